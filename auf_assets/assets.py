@@ -1,0 +1,689 @@
+"""The assets of one active round, partitioned by round.
+
+prompt_pool -> round_prompts -> completions -> reward_scores -> selected_pairs -> judgements
+-> reward_model, and the next round's reward_scores reads this round's reward_model.
+
+Each asset is thin wiring: it reads its inputs from the store, calls a pure function or a
+resource, and replaces its round's rows in the store. The algorithms live in `auf_assets.core`.
+"""
+
+import time
+from collections import Counter
+
+import dagster as dg
+import numpy as np
+import polars as pl
+from pydantic import Field
+
+from auf_assets.core.acquisition import ACQUISITION_METHODS, select_pairs
+from auf_assets.core.judging import ASPECTS, decide_preference, overall_score
+from auf_assets.core.principles import choose_system_prompt
+from auf_assets.core.prompts import demo_prompts, load_prompts
+from auf_assets.partitions import round_index, rounds_partitions
+from auf_assets.reporting import markdown_preview, stable_hash, stable_seed
+from resources.encoder import FeatureEncoder
+from resources.engine import GenerationEngine
+from resources.judge import RubricJudge
+from resources.reward_model import UncertaintyModel
+from resources.store import DuckDBStore, utcnow
+
+GROUP = "active_round"
+# Assets that run a model: a deployment gives them a GPU and limits them with this pool.
+GPU_POOL = "gpu"
+GPU_TAGS = {"auf/resources": "gpu"}
+
+
+def _progress_logger(context: dg.AssetExecutionContext, what: str, every_s: float = 10.0):
+    last = [0.0]
+
+    def report(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done == total or now - last[0] >= every_s:
+            last[0] = now
+            context.log.info(f"{what}: {done}/{total}")
+
+    return report
+
+
+# -- prompts ----------------------------------------------------------------------------------
+
+
+class PromptPoolConfig(dg.Config):
+    path: str = Field(
+        default="",
+        description="jsonl/json/csv/parquet file or a `datasets` folder; empty = built-in demo set",
+    )
+    prompt_column: str = "prompt"
+    id_column: str = "prompt_id"
+    source_column: str = "source"
+    split: str | None = Field(default=None, description="split of a saved DatasetDict")
+    limit: int | None = Field(default=None, description="keep only the first N valid prompts")
+
+
+@dg.asset(
+    group_name="prompts",
+    kinds={"duckdb", "polars"},
+    code_version="1",
+    description="Every prompt available to the active loop, ingested from a file or the demo set.",
+)
+def prompt_pool(
+    context: dg.AssetExecutionContext, config: PromptPoolConfig, store: DuckDBStore
+) -> dg.MaterializeResult:
+    if config.path:
+        batch = load_prompts(
+            config.path,
+            prompt_column=config.prompt_column,
+            id_column=config.id_column,
+            source_column=config.source_column,
+            split=config.split,
+            limit=config.limit,
+        )
+    else:
+        batch = demo_prompts()
+    context.log.info(batch.summary())
+    counts = store.add_prompts(batch.prompts, batch.origin)
+    if counts["conflicting"]:
+        context.log.warning(
+            f"{counts['conflicting']} prompt ids are already stored with another text; the "
+            "stored text is kept (pairs and labels may refer to it)"
+        )
+    total = store.count_rows("prompts")
+    return dg.MaterializeResult(
+        metadata={
+            "origin": batch.origin,
+            "dagster/row_count": total,
+            "new_prompts": counts["new"],
+            "already_stored": counts["known"],
+            "conflicting_ids": counts["conflicting"],
+            "duplicates_dropped": len(batch.duplicates),
+            "empty_dropped": len(batch.empty),
+            "sources": dg.MetadataValue.json(
+                dict(Counter(batch.prompts["source"].to_list()).most_common())
+            ),
+            "preview": markdown_preview(batch.prompts),
+        }
+    )
+
+
+class RoundPromptsConfig(dg.Config):
+    batch_size: int = Field(default=8, ge=1, description="prompts per round (the paper: 64)")
+    shuffle: bool = Field(default=False, description="seeded shuffle instead of ingestion order")
+    seed: int = 0
+
+
+@dg.asset(
+    partitions_def=rounds_partitions,
+    deps=[prompt_pool],
+    group_name=GROUP,
+    kinds={"duckdb"},
+    code_version="1",
+    description="The batch of not-yet-used prompts this round works on.",
+)
+def round_prompts(
+    context: dg.AssetExecutionContext, config: RoundPromptsConfig, store: DuckDBStore
+) -> dg.MaterializeResult:
+    round_id = context.partition_key
+    store.register_round(round_id, round_index(round_id))
+    available = store.available_prompts(round_id)
+    if available.height == 0:
+        used = store.count_rows("prompts")
+        raise dg.Failure(
+            f"the prompt pool is used up: all {used} prompts belong to earlier rounds. Ingest more "
+            "prompts (materialise prompt_pool with a new file) before starting another round."
+        )
+    if config.shuffle:
+        available = available.sample(fraction=1.0, shuffle=True, seed=config.seed)
+    batch = available.head(config.batch_size)
+    rows = batch.select(
+        pl.lit(round_id).alias("round_id"),
+        "prompt_id",
+        pl.int_range(0, batch.height, dtype=pl.Int32).alias("position"),
+    )
+    store.replace_round("round_prompts", round_id, rows)
+    if batch.height < config.batch_size:
+        context.log.warning(
+            f"only {batch.height} unused prompts left for a batch of {config.batch_size}"
+        )
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": batch.height,
+            "prompts_left_after_round": available.height - batch.height,
+            "preview": markdown_preview(batch),
+        }
+    )
+
+
+# -- completions ------------------------------------------------------------------------------
+
+
+class PoolMember(dg.Config):
+    name: str
+    model: str = "smollm2-135m-instruct"
+    temperature: float = Field(default=1.0, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(default=96, ge=1)
+    style: str = Field(default="", description="extra instruction appended to the system prompt")
+
+
+def default_pool() -> list[PoolMember]:
+    """Distinct members from the packaged model: different sampling and answer styles."""
+    return [
+        PoolMember(name="smol-t1.0", temperature=1.0),
+        PoolMember(name="smol-t0.7", temperature=0.7),
+        PoolMember(name="smol-greedy", temperature=0.0),
+        PoolMember(
+            name="smol-brief",
+            temperature=0.7,
+            max_new_tokens=48,
+            style="Answer in at most two sentences.",
+        ),
+    ]
+
+
+class CompletionsConfig(dg.Config):
+    members: list[PoolMember] = Field(default_factory=default_pool)
+    seed: int = 0
+
+
+@dg.asset(
+    partitions_def=rounds_partitions,
+    deps=[round_prompts],
+    group_name=GROUP,
+    kinds={"transformers", "vllm", "duckdb"},
+    code_version="1",
+    pool=GPU_POOL,
+    op_tags=GPU_TAGS,
+    description="One response per prompt from each member of the model pool.",
+)
+def completions(
+    context: dg.AssetExecutionContext,
+    config: CompletionsConfig,
+    engine: GenerationEngine,
+    store: DuckDBStore,
+) -> dg.MaterializeResult:
+    round_id = context.partition_key
+    names = [m.name for m in config.members]
+    if len(config.members) < 2 or len(set(names)) != len(names):
+        raise dg.Failure(f"the pool needs at least two members with distinct names, got {names}")
+    prompts = store.prompts_of_round(round_id)
+    if prompts.height == 0:
+        raise dg.Failure(f"{round_id} has no prompts: materialise round_prompts first")
+
+    frames, seconds, gen_tokens = [], 0.0, 0
+    for member in config.members:
+        chosen = [
+            choose_system_prompt(src, f"{pid}|{member.name}", config.seed)
+            for pid, src in zip(prompts["prompt_id"], prompts["source"], strict=True)
+        ]
+        systems = [f"{text} {member.style}".strip() for _, text in chosen]
+        conversations = [
+            [{"role": "system", "content": s}, {"role": "user", "content": p}]
+            for s, p in zip(systems, prompts["prompt"], strict=True)
+        ]
+        context.log.info(f"generating {len(conversations)} responses with {member.name}")
+        started = time.perf_counter()
+        outs = engine.generate(
+            member.model,
+            conversations,
+            max_new_tokens=member.max_new_tokens,
+            temperature=member.temperature,
+            top_p=member.top_p,
+            seed=stable_seed(round_id, member.name, config.seed),
+            progress=_progress_logger(context, member.name),
+        )
+        seconds += time.perf_counter() - started
+        gen_tokens += sum(o.completion_tokens for o in outs)
+        frames.append(
+            pl.DataFrame(
+                {
+                    "completion_id": [
+                        "c-" + stable_hash(pid, member.name, o.text)
+                        for pid, o in zip(prompts["prompt_id"], outs, strict=True)
+                    ],
+                    "round_id": round_id,
+                    "prompt_id": prompts["prompt_id"],
+                    "member": member.name,
+                    "model": member.model,
+                    "principle": [p for p, _ in chosen],
+                    "system_prompt": systems,
+                    "response": [o.text for o in outs],
+                    "prompt_tokens": [o.prompt_tokens for o in outs],
+                    "completion_tokens": [o.completion_tokens for o in outs],
+                    "finish_reason": [o.finish_reason for o in outs],
+                    "created_at": utcnow(),
+                },
+                schema_overrides={"prompt_tokens": pl.Int32, "completion_tokens": pl.Int32},
+            )
+        )
+    rows = pl.concat(frames)
+    store.replace_round("completions", round_id, rows)
+    empty = int((rows["response"].str.strip_chars() == "").sum())
+    identical = rows.height - rows.select("prompt_id", "response").n_unique()
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": rows.height,
+            "members": dg.MetadataValue.json(names),
+            "prompt_tokens": int(rows["prompt_tokens"].sum()),
+            "completion_tokens": gen_tokens,
+            "generation_seconds": round(seconds, 2),
+            "tokens_per_second": round(gen_tokens / seconds, 1) if seconds else 0.0,
+            "hit_max_new_tokens": int((rows["finish_reason"] == "length").sum()),
+            "empty_responses": empty,
+            "identical_responses": identical,
+            "preview": markdown_preview(
+                rows.select("prompt_id", "member", "principle", "response")
+            ),
+        }
+    )
+
+
+# -- uncertainty scores -----------------------------------------------------------------------
+
+
+class RewardScoresConfig(dg.Config):
+    beta: float = Field(default=1.0, ge=0.0, description="L, U = mu -/+ beta * sigma")
+
+
+@dg.asset(
+    partitions_def=rounds_partitions,
+    deps=[completions],
+    group_name=GROUP,
+    kinds={"pytorch", "duckdb"},
+    code_version="1",
+    pool=GPU_POOL,
+    op_tags=GPU_TAGS,
+    description="Reward mean, spread and bounds for every response, from the previous round's "
+    "reward model (fresh heads in round 1).",
+)
+def reward_scores(
+    context: dg.AssetExecutionContext,
+    config: RewardScoresConfig,
+    encoder: FeatureEncoder,
+    uncertainty_model: UncertaintyModel,
+    store: DuckDBStore,
+) -> dg.MaterializeResult:
+    round_id = context.partition_key
+    rows = store.query(
+        "SELECT c.completion_id, c.prompt_id, p.prompt, c.response FROM completions c "
+        "JOIN prompts p USING (prompt_id) WHERE c.round_id = ? ORDER BY c.prompt_id, c.member",
+        [round_id],
+    )
+    if rows.height == 0:
+        raise dg.Failure(f"{round_id} has no completions: materialise completions first")
+    ids = rows["completion_id"].to_list()
+    missing = set(store.missing_features(ids, encoder.key))
+    started = time.perf_counter()
+    if missing:
+        todo = rows.filter(pl.col("completion_id").is_in(list(missing)))
+        context.log.info(f"encoding {todo.height} responses with {encoder.key}")
+        vectors = encoder.encode(
+            todo["prompt"].to_list(),
+            todo["response"].to_list(),
+            progress=_progress_logger(context, "features"),
+        )
+        store.add_features(todo["completion_id"].to_list(), encoder.key, vectors)
+    encode_s = time.perf_counter() - started
+    features = store.load_features(ids, encoder.key)
+
+    model, model_round = uncertainty_model.latest_before(
+        store, round_id, encoder.key, features.shape[1]
+    )
+    mu, sigma = model.predict(features)
+    scores = (
+        rows.select("completion_id", "prompt_id")
+        .with_columns(
+            round_id=pl.lit(round_id),
+            reward_model_round=pl.lit(model_round, dtype=pl.String),
+            mu=pl.Series(mu, dtype=pl.Float64),
+            sigma=pl.Series(sigma, dtype=pl.Float64),
+            beta=pl.lit(config.beta),
+        )
+        .with_columns(
+            lower=pl.col("mu") - config.beta * pl.col("sigma"),
+            upper=pl.col("mu") + config.beta * pl.col("sigma"),
+        )
+    )
+    store.replace_round("reward_scores", round_id, scores)
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": scores.height,
+            "encoder": encoder.key,
+            "feature_dim": int(features.shape[1]),
+            "features_encoded": len(missing),
+            "features_reused": len(ids) - len(missing),
+            "encode_seconds": round(encode_s, 2),
+            "reward_model_round": model_round or "fresh heads",
+            "mean_mu": float(np.mean(mu)),
+            "mean_sigma": float(np.mean(sigma)),
+        }
+    )
+
+
+# -- pair selection ---------------------------------------------------------------------------
+
+
+class SelectedPairsConfig(dg.Config):
+    method: str = Field(
+        default="deltaucb", description="acquisition function; `auf methods` lists them"
+    )
+    beta: float = Field(default=1.0, ge=0.0, description="exploration width of the method")
+    seed: int = 0
+
+
+def score_matrices(
+    scores: pl.DataFrame,
+) -> tuple[list[str], list[list[str]], np.ndarray, np.ndarray, np.ndarray]:
+    """Group per-response scores into padded [P, N] matrices (mask marks real entries)."""
+    grouped = (
+        scores.sort("prompt_id", "completion_id")
+        .group_by("prompt_id", maintain_order=True)
+        .agg("completion_id", "mu", "sigma")
+    )
+    width = int(grouped["completion_id"].list.len().max())
+    n = grouped.height
+    mu = np.zeros((n, width))
+    sigma = np.zeros((n, width))
+    mask = np.zeros((n, width), dtype=bool)
+    for row, (ids, m, s) in enumerate(
+        zip(grouped["completion_id"], grouped["mu"], grouped["sigma"], strict=True)
+    ):
+        mu[row, : len(ids)] = m.to_numpy()
+        sigma[row, : len(ids)] = s.to_numpy()
+        mask[row, : len(ids)] = True
+    return (
+        grouped["prompt_id"].to_list(),
+        [ids.to_list() for ids in grouped["completion_id"]],
+        mu,
+        sigma,
+        mask,
+    )
+
+
+@dg.asset(
+    partitions_def=rounds_partitions,
+    deps=[reward_scores],
+    group_name=GROUP,
+    kinds={"numpy", "duckdb"},
+    code_version="1",
+    description="One pair of responses per prompt, picked by the acquisition function.",
+)
+def selected_pairs(
+    context: dg.AssetExecutionContext, config: SelectedPairsConfig, store: DuckDBStore
+) -> dg.MaterializeResult:
+    round_id = context.partition_key
+    if config.method not in ACQUISITION_METHODS:
+        raise dg.Failure(
+            f"unknown acquisition method {config.method!r}; known: {sorted(ACQUISITION_METHODS)}"
+        )
+    scores = store.round_rows("reward_scores", round_id)
+    if scores.height == 0:
+        raise dg.Failure(f"{round_id} has no reward scores: materialise reward_scores first")
+    prompt_ids, completion_ids, mu, sigma, mask = score_matrices(scores)
+    seed = stable_seed(round_id, config.seed)
+    picks = select_pairs(config.method, mu, sigma, beta=config.beta, seed=seed, mask=mask)
+    rows = pl.DataFrame(
+        {
+            "prompt_id": prompt_ids,
+            "completion_a": [ids[a] for ids, (a, _) in zip(completion_ids, picks, strict=True)],
+            "completion_b": [ids[b] for ids, (_, b) in zip(completion_ids, picks, strict=True)],
+            "mu_a": mu[np.arange(len(picks)), picks[:, 0]],
+            "mu_b": mu[np.arange(len(picks)), picks[:, 1]],
+            "sigma_a": sigma[np.arange(len(picks)), picks[:, 0]],
+            "sigma_b": sigma[np.arange(len(picks)), picks[:, 1]],
+        }
+    ).with_columns(
+        pair_id=pl.concat_str(
+            pl.lit(round_id), "prompt_id", "completion_a", "completion_b", separator="|"
+        ).map_elements(lambda s: "pr-" + stable_hash(s), return_dtype=pl.String),
+        round_id=pl.lit(round_id),
+        method=pl.lit(config.method),
+        beta=pl.lit(config.beta),
+        seed=pl.lit(seed, dtype=pl.Int64),
+        created_at=pl.lit(utcnow()),
+    )
+    store.replace_round("pairs", round_id, rows)
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": rows.height,
+            "method": config.method,
+            "beta": config.beta,
+            "responses_per_prompt": int(mask.sum(axis=1).max()),
+            "mean_predicted_gap": float((rows["mu_a"] - rows["mu_b"]).abs().mean()),
+            "mean_pair_sigma": float(((rows["sigma_a"] + rows["sigma_b"]) / 2).mean()),
+            "preview": markdown_preview(
+                rows.select(
+                    "prompt_id",
+                    "completion_a",
+                    "completion_b",
+                    "mu_a",
+                    "mu_b",
+                    "sigma_a",
+                    "sigma_b",
+                )
+            ),
+        }
+    )
+
+
+# -- judgements -------------------------------------------------------------------------------
+
+
+class JudgementsConfig(dg.Config):
+    tie_margin: float = Field(
+        default=0.0, ge=0.0, description="overall scores this close count as a tie"
+    )
+
+
+@dg.asset(
+    partitions_def=rounds_partitions,
+    deps=[selected_pairs],
+    group_name=GROUP,
+    kinds={"transformers", "vllm", "duckdb"},
+    code_version="1",
+    pool=GPU_POOL,
+    op_tags=GPU_TAGS,
+    description="The judge's preference for every selected pair (rubric LLM judge).",
+)
+def judgements(
+    context: dg.AssetExecutionContext,
+    config: JudgementsConfig,
+    judge: RubricJudge,
+    store: DuckDBStore,
+) -> dg.MaterializeResult:
+    round_id = context.partition_key
+    pairs = store.round_rows("pairs", round_id)
+    if pairs.height == 0:
+        raise dg.Failure(f"{round_id} has no selected pairs: materialise selected_pairs first")
+    wanted = pl.concat([pairs["completion_a"], pairs["completion_b"]]).unique().to_list()
+    items = store.query(
+        "SELECT c.completion_id, p.prompt, c.response FROM completions c "
+        "JOIN prompts p USING (prompt_id) WHERE c.round_id = ? ORDER BY c.completion_id",
+        [round_id],
+    ).filter(pl.col("completion_id").is_in(wanted))
+    context.log.info(f"judging {items.height} responses x {len(ASPECTS)} aspects with {judge.name}")
+    started = time.perf_counter()
+    rated = judge.rate(
+        items["prompt"].to_list(),
+        items["response"].to_list(),
+        progress=_progress_logger(context, "judge calls"),
+    )
+    judge_s = time.perf_counter() - started
+
+    aspect_rows = pl.DataFrame(
+        {
+            "round_id": round_id,
+            "completion_id": [items["completion_id"][r.item] for r in rated],
+            "aspect": [r.aspect for r in rated],
+            "judge": judge.name,
+            "score": [r.result.score for r in rated],
+            "failed": [r.result.failed for r in rated],
+            "reason": [r.result.reason for r in rated],
+            "digit_mass": [r.result.digit_mass for r in rated],
+            "attempts": [r.attempts for r in rated],
+        },
+        schema_overrides={
+            "score": pl.Float64,
+            "reason": pl.String,
+            "digit_mass": pl.Float64,
+            "attempts": pl.Int32,
+        },
+    )
+    matrix = np.full((items.height, len(ASPECTS)), np.nan)
+    for r in rated:
+        if not r.result.failed:
+            matrix[r.item, ASPECTS.index(r.aspect)] = r.result.score
+    overall = dict(zip(items["completion_id"], overall_score(matrix), strict=True))
+
+    verdicts = []
+    for pair in pairs.iter_rows(named=True):
+        a, b = overall[pair["completion_a"]], overall[pair["completion_b"]]
+        if np.isnan(a) or np.isnan(b):
+            pref, chosen, rejected = "failed", None, None
+        else:
+            pref = decide_preference(a, b, tie_margin=config.tie_margin)
+            chosen, rejected = {
+                "a": (pair["completion_a"], pair["completion_b"]),
+                "b": (pair["completion_b"], pair["completion_a"]),
+                "tie": (None, None),
+            }[pref]
+        verdicts.append(
+            {
+                "pair_id": pair["pair_id"],
+                "round_id": round_id,
+                "prompt_id": pair["prompt_id"],
+                "score_a": None if np.isnan(a) else float(a),
+                "score_b": None if np.isnan(b) else float(b),
+                "preference": pref,
+                "chosen_completion_id": chosen,
+                "rejected_completion_id": rejected,
+                "labeller": judge.name,
+                "labelled_at": utcnow(),
+            }
+        )
+    rows = pl.DataFrame(
+        verdicts,
+        schema_overrides={
+            "score_a": pl.Float64,
+            "score_b": pl.Float64,
+            "chosen_completion_id": pl.String,
+            "rejected_completion_id": pl.String,
+        },
+    )
+    store.replace_round("judge_scores", round_id, aspect_rows)
+    store.replace_round("judgements", round_id, rows)
+    prefs = Counter(rows["preference"].to_list())
+    failures = aspect_rows.group_by("aspect").agg(pl.col("failed").mean()).sort("aspect")
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": rows.height,
+            "judge": judge.name,
+            "labelled_pairs": prefs["a"] + prefs["b"],
+            "ties": prefs["tie"],
+            "failed_pairs": prefs["failed"],
+            "judge_calls": aspect_rows.height,
+            "aspect_failure_rate": dg.MetadataValue.json(
+                {a: round(f, 3) for a, f in failures.iter_rows()}
+            ),
+            "retried_aspects": int((aspect_rows["attempts"] > 1).sum()),
+            "mean_digit_mass": float(aspect_rows["digit_mass"].mean() or 0.0),
+            "judge_seconds": round(judge_s, 2),
+            "preview": markdown_preview(
+                rows.select("prompt_id", "score_a", "score_b", "preference")
+            ),
+        }
+    )
+
+
+# -- reward model -----------------------------------------------------------------------------
+
+
+@dg.asset(
+    partitions_def=rounds_partitions,
+    deps=[judgements],
+    group_name=GROUP,
+    kinds={"pytorch", "safetensors"},
+    code_version="1",
+    description="The uncertainty-aware reward model after training on the replay buffer, "
+    "which includes this round's labelled pairs.",
+)
+def reward_model(
+    context: dg.AssetExecutionContext,
+    encoder: FeatureEncoder,
+    uncertainty_model: UncertaintyModel,
+    store: DuckDBStore,
+) -> dg.MaterializeResult:
+    round_id = context.partition_key
+    buffer = store.query(
+        "SELECT round_id, pair_id, chosen_completion_id, rejected_completion_id FROM judgements "
+        "WHERE round_id <= ? AND preference IN ('a', 'b') "
+        "ORDER BY round_id DESC, pair_id LIMIT ?",
+        [round_id, uncertainty_model.replay_capacity],
+    )
+    this_round = int((buffer["round_id"] == round_id).sum()) if buffer.height else 0
+    dim_row = store.query(
+        "SELECT f.dim FROM features f JOIN completions c USING (completion_id) "
+        "WHERE c.round_id = ? AND f.encoder = ? LIMIT 1",
+        [round_id, encoder.key],
+    )
+    if dim_row.height == 0:
+        raise dg.Failure(f"{round_id} has no {encoder.key} features: materialise reward_scores")
+    model, base_round = uncertainty_model.latest_before(
+        store, round_id, encoder.key, int(dim_row["dim"][0])
+    )
+    prompts_done = store.prompts_done_before(round_id) + this_round
+    metadata: dict[str, object] = {
+        "base_model_round": base_round or "fresh heads",
+        "replay_pairs": buffer.height,
+        "new_pairs": this_round,
+        "prompts_done": prompts_done,
+    }
+    if buffer.height:
+        chosen = store.load_features(buffer["chosen_completion_id"].to_list(), encoder.key)
+        rejected = store.load_features(buffer["rejected_completion_id"].to_list(), encoder.key)
+        context.log.info(f"training {uncertainty_model.n_heads} heads on {buffer.height} pairs")
+        stats = model.train_round(chosen, rejected, prompts_done)
+        mu_c, _ = model.predict(chosen)
+        mu_r, _ = model.predict(rejected)
+        metadata.update(
+            {
+                "loss_before": stats.loss_before,
+                "loss_after": stats.loss_after,
+                "bt_loss_before": stats.bt_before,
+                "bt_loss_after": stats.bt_after,
+                "train_steps": stats.steps,
+                "train_seconds": round(stats.seconds, 3),
+                "anchor_lambda": stats.anchor_lambda,
+                "replay_accuracy": float(np.mean(mu_c > mu_r)),
+            }
+        )
+        loss_before, loss_after = stats.loss_before, stats.loss_after
+    else:
+        context.log.warning(
+            f"{round_id} has no labelled pairs (all ties or failures): the "
+            "previous model is carried forward unchanged"
+        )
+        loss_before = loss_after = None
+    path = uncertainty_model.checkpoint_path(store, round_id)
+    model.save(path)
+    store.replace_round(
+        "reward_models",
+        round_id,
+        pl.DataFrame(
+            {
+                "round_id": [round_id],
+                "path": [str(path)],
+                "encoder": [encoder.key],
+                "pairs_trained": [buffer.height],
+                "prompts_done": [prompts_done],
+                "loss_before": [loss_before],
+                "loss_after": [loss_after],
+                "created_at": [utcnow()],
+            },
+            schema_overrides={"loss_before": pl.Float64, "loss_after": pl.Float64},
+        ),
+    )
+    metadata["checkpoint"] = dg.MetadataValue.path(str(path))
+    return dg.MaterializeResult(metadata=metadata)
+
+
+ROUND_ASSETS = [round_prompts, completions, reward_scores, selected_pairs, judgements, reward_model]

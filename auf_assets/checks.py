@@ -1,0 +1,110 @@
+"""Data-quality checks on each round's assets, evaluated per round partition."""
+
+import dagster as dg
+
+from auf_assets.assets import completions, judgements, reward_scores, selected_pairs
+from auf_assets.partitions import rounds_partitions
+from resources.store import DuckDBStore
+
+
+@dg.asset_check(
+    asset=completions,
+    partitions_def=rounds_partitions,
+    description="Every prompt of the round has a non-empty response from each member.",
+)
+def completions_complete(
+    context: dg.AssetCheckExecutionContext, store: DuckDBStore
+) -> dg.AssetCheckResult:
+    round_id = context.partition_key
+    row = store.query(
+        "SELECT (SELECT count(*) FROM round_prompts WHERE round_id = $r) AS prompts, "
+        "count(DISTINCT member) AS members, count(*) AS responses, "
+        "count(*) FILTER (WHERE trim(response) = '') AS empty FROM completions WHERE round_id = $r",
+        {"r": round_id},
+    ).row(0, named=True)
+    missing = row["prompts"] * row["members"] - row["responses"]
+    return dg.AssetCheckResult(
+        passed=missing == 0 and row["empty"] == 0 and row["responses"] > 0,
+        severity=dg.AssetCheckSeverity.ERROR if missing else dg.AssetCheckSeverity.WARN,
+        metadata={"missing_responses": missing, "empty_responses": row["empty"], **row},
+    )
+
+
+@dg.asset_check(
+    asset=reward_scores,
+    partitions_def=rounds_partitions,
+    description="Every response has a finite reward mean and a non-negative spread.",
+)
+def reward_scores_finite(
+    context: dg.AssetCheckExecutionContext, store: DuckDBStore
+) -> dg.AssetCheckResult:
+    row = store.query(
+        "SELECT count(*) AS scored, count(*) FILTER (WHERE NOT isfinite(mu) OR NOT "
+        "isfinite(sigma) OR sigma < 0) AS bad, (SELECT count(*) FROM completions WHERE "
+        "round_id = $r) AS responses FROM reward_scores WHERE round_id = $r",
+        {"r": context.partition_key},
+    ).row(0, named=True)
+    return dg.AssetCheckResult(
+        passed=row["bad"] == 0 and row["scored"] == row["responses"] > 0, metadata=row
+    )
+
+
+@dg.asset_check(
+    asset=selected_pairs,
+    partitions_def=rounds_partitions,
+    blocking=True,
+    description="One pair per prompt, of two distinct responses to that prompt.",
+)
+def selected_pairs_valid(
+    context: dg.AssetCheckExecutionContext, store: DuckDBStore
+) -> dg.AssetCheckResult:
+    row = store.query(
+        "SELECT count(*) AS pairs, count(DISTINCT s.prompt_id) AS prompts_with_pairs, "
+        "(SELECT count(*) FROM round_prompts WHERE round_id = $r) AS prompts, "
+        "count(*) FILTER (WHERE s.completion_a = s.completion_b) AS same_response, "
+        "count(*) FILTER (WHERE a.prompt_id IS DISTINCT FROM s.prompt_id OR "
+        "b.prompt_id IS DISTINCT FROM s.prompt_id) AS foreign_response "
+        "FROM pairs s LEFT JOIN completions a ON a.completion_id = s.completion_a "
+        "LEFT JOIN completions b ON b.completion_id = s.completion_b WHERE s.round_id = $r",
+        {"r": context.partition_key},
+    ).row(0, named=True)
+    passed = (
+        row["pairs"] == row["prompts_with_pairs"] == row["prompts"]
+        and row["same_response"] == 0
+        and row["foreign_response"] == 0
+    )
+    return dg.AssetCheckResult(passed=passed, metadata=row)
+
+
+@dg.asset_check(
+    asset=judgements,
+    partitions_def=rounds_partitions,
+    description="Every pair has a verdict; no verdict rests on a missing score; "
+    "judge failures stay under half of the pairs.",
+)
+def judgements_recorded(
+    context: dg.AssetCheckExecutionContext, store: DuckDBStore
+) -> dg.AssetCheckResult:
+    row = store.query(
+        "SELECT (SELECT count(*) FROM pairs WHERE round_id = $r) AS pairs, count(*) AS verdicts, "
+        "count(*) FILTER (WHERE preference IN ('a', 'b') AND (score_a IS NULL OR score_b IS NULL "
+        "OR isnan(score_a) OR isnan(score_b))) AS unscored, "
+        "count(*) FILTER (WHERE preference = 'failed') AS failed FROM judgements "
+        "WHERE round_id = $r",
+        {"r": context.partition_key},
+    ).row(0, named=True)
+    complete = row["verdicts"] == row["pairs"] > 0 and row["unscored"] == 0
+    mostly_judged = row["failed"] * 2 <= row["verdicts"]
+    return dg.AssetCheckResult(
+        passed=complete and mostly_judged,
+        severity=dg.AssetCheckSeverity.ERROR if not complete else dg.AssetCheckSeverity.WARN,
+        metadata=row,
+    )
+
+
+ROUND_CHECKS = [
+    completions_complete,
+    reward_scores_finite,
+    selected_pairs_valid,
+    judgements_recorded,
+]

@@ -1,0 +1,184 @@
+"""The `auf` command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from resources import home
+
+
+def _prepare_home() -> Path:
+    """Create the home directory and point Dagster at its instance inside it."""
+    root = home.auf_home()
+    dagster_dir = home.dagster_home(root)
+    dagster_dir.mkdir(parents=True, exist_ok=True)
+    config = dagster_dir / "dagster.yaml"
+    if not config.exists():
+        config.write_text("telemetry:\n  enabled: false\n")
+    os.environ["DAGSTER_HOME"] = str(dagster_dir)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return root
+
+
+def _demo(args: argparse.Namespace) -> int:
+    root = _prepare_home()
+    import dagster as dg
+
+    from auf_assets.definitions import defs
+    from auf_assets.partitions import next_round_key, registered_rounds, rounds_partitions
+
+    instance = dg.DagsterInstance.get()
+    print(f"home: {root}  (Dagster instance: {os.environ['DAGSTER_HOME']})")
+
+    pool_config = {"path": args.prompts} if args.prompts else {}
+    result = defs.resolve_job_def("prompt_ingestion").execute_in_process(
+        instance=instance,
+        run_config={"ops": {"prompt_pool": {"config": pool_config}}},
+        raise_on_error=False,
+    )
+    if not result.success:
+        print(f"prompt ingestion failed: {_failure_message(result)}", file=sys.stderr)
+        return 1
+    pool_meta = _metadata(result, "prompt_pool")
+    print(
+        f"prompt pool: {pool_meta.get('dagster/row_count')} prompts "
+        f"({pool_meta.get('new_prompts')} new)"
+    )
+
+    run_config = {
+        "loggers": {"console": {"config": {"log_level": "INFO"}}},
+        "ops": {
+            "round_prompts": {"config": {"batch_size": args.batch_size}},
+            "selected_pairs": {"config": {"method": args.method, "beta": args.beta}},
+        },
+    }
+    if args.device:
+        run_config["resources"] = {
+            name: {"config": {"device": args.device}} for name in ("engine", "encoder", "judge")
+        }
+    job = defs.resolve_job_def("active_round")
+    summaries = []
+    for _ in range(args.rounds):
+        key = _round_to_run(instance, registered_rounds(instance)) or next_round_key(instance)
+        instance.add_dynamic_partitions(rounds_partitions.name, [key])
+        print(f"\n== {key}: running the active round")
+        started = time.perf_counter()
+        result = job.execute_in_process(
+            instance=instance, partition_key=key, run_config=run_config, raise_on_error=False
+        )
+        wall = time.perf_counter() - started
+        if not result.success:
+            print(f"{key} failed: {_failure_message(result)}", file=sys.stderr)
+            print(
+                "Fix the cause and run the same command again: the round is re-run.",
+                file=sys.stderr,
+            )
+            return 1
+        summaries.append(_round_summary(instance, result, key, wall))
+        print(summaries[-1])
+    print("\nDone. Browse the runs and the asset graph with `make dev` (dagster dev).")
+    return 0
+
+
+def _round_to_run(instance, rounds: list[str]) -> str | None:
+    """The newest round if its reward model never materialised (an interrupted round)."""
+    import dagster as dg
+
+    if not rounds:
+        return None
+    done = instance.get_materialized_partitions(dg.AssetKey("reward_model"))
+    return None if rounds[-1] in done else rounds[-1]
+
+
+def _metadata(result, asset: str) -> dict:
+    import dagster as dg
+
+    for event in result.get_asset_materialization_events():
+        mat = event.step_materialization_data.materialization
+        if mat.asset_key == dg.AssetKey(asset):
+            return {k: getattr(v, "value", v) for k, v in mat.metadata.items()}
+    return {}
+
+
+def _failure_message(result) -> str:
+    for event in result.all_events:
+        if event.is_step_failure:
+            error = event.step_failure_data.error
+            return f"{event.step_key}: {error.message.strip() if error else 'unknown error'}"
+    return "the run failed"
+
+
+def _round_summary(instance, result, key: str, wall: float) -> str:
+    pairs = _metadata(result, "selected_pairs")
+    verdicts = _metadata(result, "judgements")
+    gens = _metadata(result, "completions")
+    model = _metadata(result, "reward_model")
+    stats = instance.get_run_step_stats(result.run_id)
+    timings = ", ".join(
+        f"{s.step_key} {s.end_time - s.start_time:.1f}s"
+        for s in sorted(stats, key=lambda s: s.start_time or 0)
+        if s.start_time and s.end_time
+    )
+    loss = ""
+    if model.get("loss_before") is not None:
+        loss = f"; reward-model loss {model['loss_before']:.4f} -> {model['loss_after']:.4f}"
+    return (
+        f"{key}: {gens.get('dagster/row_count')} responses "
+        f"({gens.get('tokens_per_second')} tok/s), {pairs.get('dagster/row_count')} pairs by "
+        f"{pairs.get('method')}, {verdicts.get('labelled_pairs')} labels used "
+        f"({verdicts.get('ties')} ties, {verdicts.get('failed_pairs')} failed){loss}\n"
+        f"  time per stage: {timings}\n  wall time: {wall:.1f}s"
+    )
+
+
+def _methods(args: argparse.Namespace) -> int:
+    from auf_assets.core.acquisition import ACQUISITION_METHODS
+    from auf_assets.core.baselines import BASELINE_METHODS
+
+    print("Acquisition functions (pick 2 of N responses from the reward model's uncertainty):")
+    for name, method in ACQUISITION_METHODS.items():
+        print(f"  {name:<16} {method.description}")
+    print("\nStatic oracle baselines (read every response's oracle score; for comparison):")
+    for name, method in BASELINE_METHODS.items():
+        print(f"  {name:<20} {method.description} [{method.labels_per_prompt} labels/prompt]")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="auf", description="Active-learning preference data generation on Dagster."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run active rounds on the embedded default")
+    demo.add_argument("--rounds", type=int, default=1, help="rounds to run (default 1)")
+    demo.add_argument(
+        "--prompts",
+        default="",
+        help="prompt file or datasets folder (default: the built-in demo set)",
+    )
+    demo.add_argument("--batch-size", type=int, default=8, help="prompts per round")
+    demo.add_argument("--method", default="deltaucb", help="acquisition function (auf methods)")
+    demo.add_argument("--beta", type=float, default=1.0)
+    demo.add_argument("--device", default="", help="cpu, cuda, ... (default: auto)")
+    demo.set_defaults(func=_demo)
+
+    methods = sub.add_parser("methods", help="list the selection methods")
+    methods.set_defaults(func=_methods)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "rounds", 1) < 1:
+        print("--rounds must be at least 1", file=sys.stderr)
+        return 2
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

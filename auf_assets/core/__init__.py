@@ -1,0 +1,1 @@
+"""Pure algorithms of the active preference loop: no Dagster imports here."""

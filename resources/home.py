@@ -1,0 +1,36 @@
+"""Where everything the pipeline writes lives: one home directory.
+
+`AUF_HOME` overrides the default `.auf/` under the current directory (the repo root when run
+from the README). The layout below is the only place that knows these paths.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+HOME_ENV = "AUF_HOME"
+
+
+def auf_home() -> Path:
+    return Path(os.environ.get(HOME_ENV) or Path.cwd() / ".auf").resolve()
+
+
+def database_path(home: Path | None = None) -> Path:
+    return (home or auf_home()) / "auf.duckdb"
+
+
+def dagster_home(home: Path | None = None) -> Path:
+    return (home or auf_home()) / "dagster"
+
+
+def models_dir(home: Path | None = None) -> Path:
+    return (home or auf_home()) / "models"
+
+
+def features_dir(home: Path | None = None) -> Path:
+    return (home or auf_home()) / "features"
+
+
+def reward_models_dir(home: Path | None = None) -> Path:
+    return (home or auf_home()) / "reward_models"

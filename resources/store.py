@@ -1,0 +1,359 @@
+"""The DuckDB store: every table of the pipeline, and the only place that writes SQL.
+
+Writes are idempotent per round partition: `replace_round` deletes a round's rows and inserts the
+new ones in one transaction, so re-materialising a partition replaces it and never duplicates
+rows, and a failure half-way leaves the previous rows in place.
+
+DuckDB lets one process hold the file at a time, so every operation opens a short-lived
+connection and retries while another process (a run, the sensor daemon) holds the lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import numpy as np
+import polars as pl
+from pydantic import Field
+
+from resources import home
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS prompts (
+    prompt_id VARCHAR PRIMARY KEY,
+    prompt VARCHAR NOT NULL,
+    source VARCHAR NOT NULL,
+    origin VARCHAR,
+    ingested_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    round_id VARCHAR PRIMARY KEY,
+    round_index INTEGER NOT NULL,
+    created_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS round_prompts (
+    round_id VARCHAR NOT NULL,
+    prompt_id VARCHAR NOT NULL,
+    position INTEGER NOT NULL,
+    PRIMARY KEY (round_id, prompt_id)
+);
+CREATE TABLE IF NOT EXISTS completions (
+    completion_id VARCHAR PRIMARY KEY,
+    round_id VARCHAR NOT NULL,
+    prompt_id VARCHAR NOT NULL,
+    member VARCHAR NOT NULL,
+    model VARCHAR NOT NULL,
+    principle VARCHAR,
+    system_prompt VARCHAR,
+    response VARCHAR NOT NULL,
+    prompt_tokens INTEGER,
+    completion_tokens INTEGER,
+    finish_reason VARCHAR,
+    created_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS features (
+    completion_id VARCHAR NOT NULL,
+    encoder VARCHAR NOT NULL,
+    file VARCHAR NOT NULL,
+    row_index INTEGER NOT NULL,
+    dim INTEGER NOT NULL,
+    PRIMARY KEY (completion_id, encoder)
+);
+CREATE TABLE IF NOT EXISTS reward_scores (
+    round_id VARCHAR NOT NULL,
+    completion_id VARCHAR PRIMARY KEY,
+    prompt_id VARCHAR NOT NULL,
+    reward_model_round VARCHAR,
+    mu DOUBLE NOT NULL,
+    sigma DOUBLE NOT NULL,
+    lower DOUBLE NOT NULL,
+    upper DOUBLE NOT NULL,
+    beta DOUBLE NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pairs (
+    pair_id VARCHAR PRIMARY KEY,
+    round_id VARCHAR NOT NULL,
+    prompt_id VARCHAR NOT NULL,
+    completion_a VARCHAR NOT NULL,
+    completion_b VARCHAR NOT NULL,
+    method VARCHAR NOT NULL,
+    beta DOUBLE,
+    seed BIGINT,
+    mu_a DOUBLE,
+    mu_b DOUBLE,
+    sigma_a DOUBLE,
+    sigma_b DOUBLE,
+    created_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS judge_scores (
+    round_id VARCHAR NOT NULL,
+    completion_id VARCHAR NOT NULL,
+    aspect VARCHAR NOT NULL,
+    judge VARCHAR NOT NULL,
+    score DOUBLE,
+    failed BOOLEAN NOT NULL,
+    reason VARCHAR,
+    digit_mass DOUBLE,
+    attempts INTEGER,
+    PRIMARY KEY (completion_id, aspect, judge)
+);
+CREATE TABLE IF NOT EXISTS judgements (
+    pair_id VARCHAR PRIMARY KEY,
+    round_id VARCHAR NOT NULL,
+    prompt_id VARCHAR NOT NULL,
+    score_a DOUBLE,
+    score_b DOUBLE,
+    preference VARCHAR NOT NULL,
+    chosen_completion_id VARCHAR,
+    rejected_completion_id VARCHAR,
+    labeller VARCHAR NOT NULL,
+    labelled_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS reward_models (
+    round_id VARCHAR PRIMARY KEY,
+    path VARCHAR NOT NULL,
+    encoder VARCHAR NOT NULL,
+    pairs_trained INTEGER NOT NULL,
+    prompts_done INTEGER NOT NULL,
+    loss_before DOUBLE,
+    loss_after DOUBLE,
+    created_at TIMESTAMP
+);
+"""
+
+# Tables whose rows belong to one round partition (the unit of idempotent replacement).
+ROUND_TABLES = (
+    "round_prompts",
+    "completions",
+    "reward_scores",
+    "pairs",
+    "judge_scores",
+    "judgements",
+    "reward_models",
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class StoreError(RuntimeError):
+    """A store operation that cannot go ahead; nothing was written."""
+
+
+class DuckDBStore(dg.ConfigurableResource):
+    """All tables of the pipeline in one DuckDB file (default: `$AUF_HOME/auf.duckdb`)."""
+
+    path: str = Field(default="", description="DuckDB file; empty means $AUF_HOME/auf.duckdb")
+    lock_timeout_s: float = Field(
+        default=120.0, description="How long to wait for another process holding the file"
+    )
+
+    @property
+    def database(self) -> Path:
+        return Path(self.path) if self.path else home.database_path()
+
+    @property
+    def root(self) -> Path:
+        """The directory next to the database that holds feature and checkpoint files."""
+        return self.database.parent
+
+    # -- connections -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        self.database.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + self.lock_timeout_s
+        delay = 0.05
+        while True:
+            try:
+                con = duckdb.connect(str(self.database))
+                break
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        try:
+            con.execute(SCHEMA)
+            yield con
+        finally:
+            con.close()
+
+    def query(self, sql: str, params: Sequence | Mapping | None = None) -> pl.DataFrame:
+        with self.connect() as con:
+            return con.execute(sql, params or []).pl()
+
+    def scalar(self, sql: str, params: Sequence | None = None):
+        with self.connect() as con:
+            row = con.execute(sql, params or []).fetchone()
+        return None if row is None else row[0]
+
+    # -- generic partition writes ------------------------------------------------------------
+
+    def replace_round(self, table: str, round_id: str, rows: pl.DataFrame) -> int:
+        """Replace every row of `round_id` in `table` by `rows`, atomically."""
+        if table not in ROUND_TABLES:
+            raise StoreError(f"{table!r} is not a per-round table ({', '.join(ROUND_TABLES)})")
+        if rows.height and "round_id" in rows.columns:
+            other = rows.filter(pl.col("round_id") != round_id)
+            if other.height:
+                raise StoreError(
+                    f"rows for {table} of {round_id} carry other round ids: "
+                    f"{sorted(set(other['round_id']))[:3]}"
+                )
+        with self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                con.execute(f"DELETE FROM {table} WHERE round_id = ?", [round_id])
+                if rows.height:
+                    con.register("incoming", rows.to_arrow())
+                    con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM incoming")
+                    con.unregister("incoming")
+                con.execute("COMMIT")
+            except Exception:
+                con.execute("ROLLBACK")
+                raise
+        return rows.height
+
+    def round_rows(self, table: str, round_id: str) -> pl.DataFrame:
+        if table not in ROUND_TABLES:
+            raise StoreError(f"{table!r} is not a per-round table")
+        return self.query(f"SELECT * FROM {table} WHERE round_id = ?", [round_id])
+
+    def count_rows(self, table: str, round_id: str | None = None) -> int:
+        if round_id is None:
+            return int(self.scalar(f"SELECT count(*) FROM {table}"))
+        return int(self.scalar(f"SELECT count(*) FROM {table} WHERE round_id = ?", [round_id]))
+
+    # -- prompts and rounds ------------------------------------------------------------------
+
+    def add_prompts(self, prompts: pl.DataFrame, origin: str) -> dict[str, int]:
+        """Insert prompts whose id is new; an id already stored keeps its text.
+
+        Returns counts of new and already-known prompts, and of ids stored with another text
+        (reported, never overwritten: pairs and labels may already refer to them).
+        """
+        rows = prompts.select("prompt_id", "prompt", "source").with_columns(
+            origin=pl.lit(origin), ingested_at=pl.lit(utcnow())
+        )
+        with self.connect() as con:
+            con.register("incoming", rows.to_arrow())
+            conflicts = con.execute(
+                "SELECT count(*) FROM incoming i JOIN prompts p USING (prompt_id) "
+                "WHERE p.prompt <> i.prompt"
+            ).fetchone()[0]
+            known = con.execute(
+                "SELECT count(*) FROM incoming i JOIN prompts p USING (prompt_id)"
+            ).fetchone()[0]
+            con.execute("INSERT OR IGNORE INTO prompts BY NAME SELECT * FROM incoming")
+            con.unregister("incoming")
+        return {"new": rows.height - known, "known": known - conflicts, "conflicting": conflicts}
+
+    def register_round(self, round_id: str, round_index: int) -> None:
+        with self.connect() as con:
+            con.execute(
+                "INSERT OR IGNORE INTO rounds VALUES (?, ?, ?)", [round_id, round_index, utcnow()]
+            )
+
+    def available_prompts(self, round_id: str) -> pl.DataFrame:
+        """Prompts not used by any round other than `round_id`, in a stable order."""
+        return self.query(
+            "SELECT p.prompt_id, p.prompt, p.source FROM prompts p "
+            "WHERE p.prompt_id NOT IN "
+            "(SELECT prompt_id FROM round_prompts WHERE round_id <> ?) "
+            "ORDER BY p.ingested_at, p.prompt_id",
+            [round_id],
+        )
+
+    def prompts_of_round(self, round_id: str) -> pl.DataFrame:
+        return self.query(
+            "SELECT r.prompt_id, p.prompt, p.source FROM round_prompts r "
+            "JOIN prompts p USING (prompt_id) WHERE r.round_id = ? ORDER BY r.position",
+            [round_id],
+        )
+
+    def prompts_done_before(self, round_id: str) -> int:
+        """Prompts labelled in rounds ordered before `round_id` (drives the anchor schedule)."""
+        return int(
+            self.scalar(
+                "SELECT count(DISTINCT prompt_id) FROM judgements WHERE round_id < ?", [round_id]
+            )
+        )
+
+    # -- features ----------------------------------------------------------------------------
+
+    def missing_features(self, completion_ids: Sequence[str], encoder: str) -> list[str]:
+        ids = pl.DataFrame({"completion_id": list(completion_ids)})
+        with self.connect() as con:
+            con.register("wanted", ids.to_arrow())
+            missing = con.execute(
+                "SELECT w.completion_id FROM wanted w LEFT JOIN features f "
+                "ON f.completion_id = w.completion_id AND f.encoder = ? "
+                "WHERE f.completion_id IS NULL",
+                [encoder],
+            ).fetchall()
+            con.unregister("wanted")
+        return [row[0] for row in missing]
+
+    def add_features(
+        self, completion_ids: Sequence[str], encoder: str, vectors: np.ndarray
+    ) -> Path:
+        """Store feature vectors (as fp16 in one .npy file) and index them by completion."""
+        if len(completion_ids) != len(vectors):
+            raise StoreError(f"{len(completion_ids)} ids for {len(vectors)} feature vectors")
+        folder = home.features_dir(self.root) / _safe_name(encoder)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{uuid.uuid4().hex}.npy"
+        np.save(path, np.asarray(vectors, dtype=np.float16))
+        index = pl.DataFrame(
+            {
+                "completion_id": list(completion_ids),
+                "encoder": encoder,
+                "file": str(path.relative_to(self.root)),
+                "row_index": np.arange(len(completion_ids), dtype=np.int32),
+                "dim": int(vectors.shape[1]),
+            }
+        )
+        with self.connect() as con:
+            con.register("incoming", index.to_arrow())
+            con.execute("INSERT OR REPLACE INTO features BY NAME SELECT * FROM incoming")
+            con.unregister("incoming")
+        return path
+
+    def load_features(self, completion_ids: Sequence[str], encoder: str) -> np.ndarray:
+        """Feature matrix [len(ids), dim] (float32) in the order of `completion_ids`."""
+        wanted = pl.DataFrame(
+            {"completion_id": list(completion_ids), "order": np.arange(len(completion_ids))}
+        )
+        with self.connect() as con:
+            con.register("wanted", wanted.to_arrow())
+            index = con.execute(
+                "SELECT w.order, f.file, f.row_index, f.dim FROM wanted w "
+                "LEFT JOIN features f ON f.completion_id = w.completion_id AND f.encoder = ? "
+                "ORDER BY w.order",
+                [encoder],
+            ).pl()
+            con.unregister("wanted")
+        if index["file"].null_count():
+            missing = wanted["completion_id"].filter(index["file"].is_null()).to_list()
+            raise StoreError(f"no {encoder} features for {len(missing)} completions: {missing[:3]}")
+        dims = index["dim"].unique()
+        if len(dims) != 1:
+            raise StoreError(f"{encoder} features have mixed dimensions {dims.to_list()}")
+        out = np.empty((index.height, int(dims[0])), dtype=np.float32)
+        for (file,), group in index.group_by(["file"]):
+            block = np.load(self.root / file, mmap_mode="r")
+            out[group["order"].to_numpy()] = block[group["row_index"].to_numpy()]
+        return out
+
+
+def _safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

@@ -1,0 +1,382 @@
+"""Tests of the anchored reward-head ensemble (auf_assets.core.ensemble)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from auf_assets.core.ensemble import (
+    EnsembleConfig,
+    ReplayBuffer,
+    RewardEnsemble,
+    anchor_lambda,
+    half_life_from_reference,
+)
+
+D = 24
+
+
+def _pairs(n: int, d: int = D, seed: int = 0, w: np.ndarray | None = None):
+    """Pairs labelled by a hidden linear reward: chosen has the larger w.x (separable)."""
+    rng = np.random.default_rng(seed)
+    if w is None:
+        w = np.random.default_rng(1234).standard_normal(d).astype(np.float32)
+    a = rng.standard_normal((n, d)).astype(np.float32)
+    b = rng.standard_normal((n, d)).astype(np.float32)
+    first = (a @ w) >= (b @ w)
+    chosen = np.where(first[:, None], a, b)
+    rejected = np.where(first[:, None], b, a)
+    return chosen, rejected
+
+
+def _small(**kw) -> EnsembleConfig:
+    base = dict(n_heads=6, hidden=(16, 16), batch_size=16, max_steps=10, seed=3)
+    base.update(kw)
+    return EnsembleConfig(**base)
+
+
+def _per_head_loop(model: RewardEnsemble, x: torch.Tensor) -> torch.Tensor:
+    """Reference forward: one head at a time, nn.Linear convention."""
+    outs = []
+    for h in range(model.n_heads):
+        a = x
+        layers = model.head_layers(h)
+        for i, (w, b) in enumerate(layers):
+            a = torch.nn.functional.linear(a, w, b)
+            if i < len(layers) - 1:
+                a = torch.relu(a)
+        outs.append(a.squeeze(-1))
+    return torch.stack(outs)
+
+
+# ------------------------------------------------------------------------------------------ shapes
+
+
+def test_shapes_and_init():
+    cfg = _small()
+    m = RewardEnsemble(D, cfg)
+    x = torch.randn(7, D)
+    assert m.rewards(x).shape == (cfg.n_heads, 7)
+    mu, sigma = m.predict(x.numpy())
+    assert mu.shape == sigma.shape == (7,)
+    assert mu.dtype == sigma.dtype == np.float32
+    assert np.all(sigma > 0), "heads must differ at init"
+    mu0, s0 = m.predict(np.zeros((0, D), np.float32))
+    assert mu0.shape == s0.shape == (0,)
+    with pytest.raises(ValueError):
+        m.predict(np.zeros((3, D + 1), np.float32))
+
+    # Xavier-uniform bounds, zero biases, no bias on the output layer
+    params = m.parameters()
+    assert "out.bias" not in params
+    h1, h2 = cfg.hidden
+    bounds = {
+        "layer0.weight": math.sqrt(6 / (D + h1)),
+        "layer1.weight": math.sqrt(6 / (h1 + h2)),
+        "out.weight": math.sqrt(6 / (h2 + 1)),
+    }
+    for name, bound in bounds.items():
+        w = params[name]
+        assert float(w.abs().max()) <= bound
+        assert float(w.abs().max()) > 0.8 * bound  # really uniform over the range
+    assert float(params["layer0.bias"].abs().max()) == 0.0
+    assert float(params["layer1.bias"].abs().max()) == 0.0
+    layers = m.head_layers(0)
+    assert [tuple(w.shape) for w, _ in layers] == [(h1, D), (h2, h1), (1, h2)]
+    assert layers[-1][1] is None
+    assert not torch.equal(m.head_layers(0)[0][0], m.head_layers(1)[0][0])
+    assert m.n_params_per_head == D * h1 + h1 + h1 * h2 + h2 + h2
+
+
+def test_batched_equals_per_head_loop():
+    for hidden in [(16, 16), (9,), (8, 5, 7)]:
+        m = RewardEnsemble(D, _small(hidden=hidden))
+        # move away from init so the biases are non-zero
+        for p in m.parameters().values():
+            p.add_(0.1 * torch.randn_like(p))
+        x = torch.randn(11, D)
+        batched = m.rewards(x)
+        ref = _per_head_loop(m, x)
+        assert batched.shape == ref.shape
+        torch.testing.assert_close(batched, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_mean_and_std_are_over_heads_and_fp16_accepted():
+    m = RewardEnsemble(D, _small())
+    x = torch.randn(9, D)
+    r = m.rewards(x).detach()
+    mu, sigma = m.predict(x)
+    np.testing.assert_allclose(mu, r.mean(0).numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(sigma, r.std(0, correction=0).numpy(), rtol=1e-5, atol=1e-6)
+    # fp16 features (numpy and torch) are accepted and give (nearly) the same answer
+    x16 = x.numpy().astype(np.float16)
+    mu16, s16 = m.predict(x16)
+    mu16t, _ = m.predict(torch.from_numpy(x16), batch_size=4)
+    ref_mu, ref_s = m.predict(x16.astype(np.float32))
+    np.testing.assert_array_equal(mu16, ref_mu)
+    np.testing.assert_array_equal(s16, ref_s)
+    np.testing.assert_allclose(mu16t, ref_mu, rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ loss
+
+
+def test_anchor_term_and_schedule():
+    cfg = _small(anchor_lambda0=2.0, anchor_half_life=500.0)
+    m = RewardEnsemble(D, cfg)
+    c, r = _pairs(32)
+    _, parts = m.loss(c, r, n_done=0)
+    assert parts["anchor"] == 0.0
+    assert parts["anchor_lambda"] == 2.0
+    assert m.anchor_lambda(500) == pytest.approx(1.0)
+    assert m.anchor_lambda(1000) == pytest.approx(0.5)
+    assert anchor_lambda(123, 1.5, math.inf) == 1.5
+    # the reference's base**(4308 * n / N) with base 0.99 on UltraFeedback is ~1000 prompts
+    hl = half_life_from_reference(0.99, 60_829)
+    assert 950 < hl < 1050
+    assert 0.99 ** (4308 * hl / 60_829) == pytest.approx(0.5)
+    # after moving one parameter, the anchor is lambda * mean over that head's parameters
+    m.parameters()["out.weight"][0, 0] += 3.0
+    _, parts = m.loss(c, r, n_done=500)
+    expected = 1.0 * 9.0 / m.n_params_per_head / cfg.n_heads  # only head 0 moved
+    assert parts["anchor"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_loss_total_matches_definition():
+    cfg = _small(center_coef=0.3)
+    m = RewardEnsemble(D, cfg)
+    for p in m.parameters().values():
+        p.add_(0.05 * torch.randn_like(p))
+    c, r = _pairs(20)
+    total, parts = m.loss(c, r, n_done=100)
+    rc = _per_head_loop(m, torch.from_numpy(c))
+    rr = _per_head_loop(m, torch.from_numpy(r))
+    bt = -torch.nn.functional.logsigmoid(rc - rr).mean(1)
+    center = 0.3 * ((rc + rr) ** 2).mean(1)
+    n_head_params = sum(w.numel() + (0 if b is None else b.numel()) for w, b in m.head_layers(0))
+    assert n_head_params == m.n_params_per_head
+    lam = m.anchor_lambda(100)
+    assert parts["bt"] == pytest.approx(float(bt.mean()), rel=1e-5)
+    assert parts["center"] == pytest.approx(float(center.mean()), rel=1e-5)
+    assert float(total) == pytest.approx(parts["bt"] + parts["center"] + parts["anchor"], rel=1e-5)
+    assert parts["anchor"] > 0 and parts["anchor_lambda"] == lam
+    bt_mean = -torch.nn.functional.logsigmoid(rc.mean(0) - rr.mean(0)).mean()
+    assert m.bt_loss(c, r) == pytest.approx(float(bt_mean), rel=1e-5)
+
+
+def test_manual_gradients_match_autograd():
+    """The hand-written backward pass (plus the optimizer's L2 half of the anchor) is exact."""
+    for hidden in [(16, 16), (10,), (6, 8, 5)]:
+        cfg = _small(hidden=hidden, center_coef=0.2, anchor_lambda0=30.0)
+        m = RewardEnsemble(D, cfg)
+        for p in m.parameters().values():
+            p.add_(0.05 * torch.randn_like(p))
+        c, r = (torch.from_numpy(a) for a in _pairs(13))
+        params = list(m.parameters().values())
+        for p in params:
+            p.requires_grad_(True)
+        total, _ = m.loss(c, r, n_done=250)
+        auto = torch.autograd.grad(total, params)
+        for p in params:
+            p.requires_grad_(False)
+        m._ensure_optimizer()
+        lam = m.anchor_lambda(250)
+        k = 2 * lam / (cfg.n_heads * m.n_params_per_head)
+        m._compute_grads(torch.cat([c, r]), 13, k, torch.float32)
+        for p, g, a in zip(params, m._grads, auto, strict=True):
+            torch.testing.assert_close(g + k * p, a, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.05])
+def test_train_round_equals_autograd_adamw(weight_decay):
+    """One full-batch step per round equals torch.optim.AdamW on the autograd loss."""
+    cfg = _small(lr=1e-2, weight_decay=weight_decay, batch_size=40, max_steps=1, stats_pairs=0)
+    m = RewardEnsemble(D, cfg)
+    ref = [p.clone().requires_grad_(True) for p in m.parameters().values()]
+    opt = torch.optim.AdamW(ref, lr=1e-2, weight_decay=weight_decay, eps=1e-8)
+    shadow = RewardEnsemble(D, cfg)  # evaluates the loss at the reference parameters
+    c, r = _pairs(40)
+    for rnd in range(3):
+        m.train_round(c, r, n_done=64 * rnd)
+        shadow._params = ref
+        total, _ = shadow.loss(c, r, n_done=64 * rnd)
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+    for p, q in zip(m.parameters().values(), ref, strict=True):
+        torch.testing.assert_close(p, q.detach(), rtol=1e-4, atol=2e-6)
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+def test_training_lowers_loss_and_generalises():
+    cfg = _small(lr=3e-3, batch_size=64, max_steps=40, anchor_lambda0=1.0)
+    m = RewardEnsemble(D, cfg)
+    c, r = _pairs(2560, seed=0)
+    hc, hr = _pairs(1000, seed=99)
+    acc0 = float(np.mean(m.predict(hc)[0] > m.predict(hr)[0]))
+    bt0 = m.bt_loss(c, r)
+    calls = []
+    first = None
+    for rnd in range(4):
+        st = m.train_round(c, r, n_done=64 * rnd, progress=lambda s, n, lo: calls.append((s, n)))
+        first = first or st
+        assert st.steps == 40 and st.pairs_used == 2560
+        assert st.loss_after < st.loss_before
+        assert st.bt_after < st.bt_before
+    assert calls[:2] == [(1, 40), (2, 40)] and len(calls) == 160
+    assert m.rounds_trained == 4
+    assert m.bt_loss(c, r) < 0.5 * bt0
+    acc = float(np.mean(m.predict(hc)[0] > m.predict(hr)[0]))
+    assert acc > 0.9 and acc > acc0 + 0.2
+    assert first.anchor_lambda == 1.0
+
+
+def test_partial_and_empty_rounds():
+    m = RewardEnsemble(D, _small(batch_size=16, max_steps=10))
+    c, r = _pairs(40)
+    st = m.train_round(c, r, n_done=0)
+    assert (st.steps, st.pairs_used) == (3, 40)  # 16 + 16 + 8
+    st = m.train_round(c[:0], r[:0], n_done=0)
+    assert st.steps == 0 and math.isnan(st.loss_before)
+    c, r = _pairs(500)
+    st = m.train_round(c.astype(np.float16), r.astype(np.float16), n_done=0)
+    assert (st.steps, st.pairs_used) == (10, 160)
+    with pytest.raises(ValueError):
+        m.train_round(c, r[:-1], n_done=0)
+
+
+def test_bf16_compute_trains_like_fp32():
+    c, r = _pairs(1024, seed=5)
+    out = {}
+    for dt in ("float32", "bfloat16"):
+        m = RewardEnsemble(D, _small(lr=3e-3, batch_size=64, max_steps=16, compute_dtype=dt))
+        stats = [m.train_round(c, r, n_done=0) for _ in range(3)]
+        out[dt] = (stats[0].bt_before, stats[-1].bt_after, m.predict(c)[0])
+    assert out["bfloat16"][1] < 0.8 * out["bfloat16"][0]
+    assert out["bfloat16"][1] == pytest.approx(out["float32"][1], abs=0.02)
+    assert np.corrcoef(out["bfloat16"][2], out["float32"][2])[0, 1] > 0.99
+
+
+def test_determinism_under_seed():
+    c, r = _pairs(300)
+
+    def run(seed):
+        m = RewardEnsemble(D, _small(seed=seed))
+        m.train_round(c, r, n_done=0)
+        m.train_round(c, r, n_done=64)
+        return m
+
+    a, b, other = run(7), run(7), run(8)
+    for name, p in a.parameters().items():
+        assert torch.equal(p, b.parameters()[name]), name
+    assert not torch.equal(a.parameters()["layer0.weight"], other.parameters()["layer0.weight"])
+
+
+def test_save_load_continues_identically(tmp_path):
+    c, r = _pairs(400)
+    c2, r2 = _pairs(400, seed=11)
+    cfg = _small(anchor_half_life=math.inf, weight_decay=0.01)
+
+    straight = RewardEnsemble(D, cfg)
+    straight.train_round(c, r, n_done=0)
+    straight.train_round(c2, r2, n_done=64)
+
+    first = RewardEnsemble(D, cfg)
+    first.train_round(c, r, n_done=0)
+    path = tmp_path / "sub" / "ens.safetensors"
+    first.save(path)
+    loaded = RewardEnsemble.load(path)
+    assert loaded.config == cfg and loaded.in_dim == D and loaded.rounds_trained == 1
+    for name, p in first.anchors().items():
+        assert torch.equal(p, loaded.anchors()[name])
+    loaded.train_round(c2, r2, n_done=64)
+    assert loaded.rounds_trained == 2
+    for name, p in straight.parameters().items():
+        assert torch.equal(p, loaded.parameters()[name]), name
+
+    # a never-trained model round-trips too, and foreign files are refused
+    fresh = RewardEnsemble(D, cfg)
+    fresh.save(tmp_path / "fresh.safetensors")
+    again = RewardEnsemble.load(tmp_path / "fresh.safetensors")
+    assert torch.equal(again.parameters()["out.weight"], fresh.parameters()["out.weight"])
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "foreign.safetensors"))
+    with pytest.raises(ValueError):
+        RewardEnsemble.load(tmp_path / "foreign.safetensors")
+
+
+# ------------------------------------------------------------------------------------------ config
+
+
+def test_config_roundtrip_and_validation():
+    cfg = EnsembleConfig(anchor_half_life=math.inf, hidden=[32, 8])
+    assert cfg.hidden == (32, 8)
+    d = cfg.to_dict()
+    assert d["anchor_half_life"] is None
+    assert EnsembleConfig.from_dict(json.loads(json.dumps(d))) == cfg
+    assert EnsembleConfig.from_dict(EnsembleConfig().to_dict()) == EnsembleConfig()
+    bad = [
+        dict(n_heads=0),
+        dict(n_heads=2.5),
+        dict(hidden=()),
+        dict(hidden=(128, 0)),
+        dict(lr=0.0),
+        dict(lr=float("nan")),
+        dict(weight_decay=-1.0),
+        dict(anchor_lambda0=-0.1),
+        dict(anchor_half_life=0.0),
+        dict(center_coef=-1.0),
+        dict(replay_capacity=0),
+        dict(batch_size=0),
+        dict(max_steps=True),
+        dict(seed=-1),
+        dict(compute_dtype="float16"),
+        dict(stats_pairs=-1),
+    ]
+    for kwargs in bad:
+        with pytest.raises(ValueError):
+            EnsembleConfig(**kwargs)
+    with pytest.raises(ValueError, match="unknown"):
+        EnsembleConfig.from_dict({"n_head": 3})
+    with pytest.raises(ValueError):
+        RewardEnsemble(0)
+
+
+# ------------------------------------------------------------------------------------------ buffer
+
+
+def test_replay_buffer_fifo():
+    buf = ReplayBuffer(capacity=5, dim=2)
+    assert len(buf) == 0 and buf.arrays()[0].shape == (0, 2)
+
+    def rows(start, n):
+        v = np.arange(start, start + n, dtype=np.float32)
+        return np.stack([v, v], 1), -np.stack([v, v], 1)
+
+    buf.add(*rows(0, 3))
+    c, r = buf.arrays()
+    assert len(buf) == 3 and c[:, 0].tolist() == [0, 1, 2] and r[:, 0].tolist() == [0, -1, -2]
+    buf.add(*rows(3, 4))  # 7 in, capacity 5: 0 and 1 are dropped
+    c, r = buf.arrays()
+    assert len(buf) == 5 and c[:, 0].tolist() == [2, 3, 4, 5, 6]
+    assert r[:, 1].tolist() == [-2, -3, -4, -5, -6]
+    buf.add(np.array([7.0, 7.0]), np.array([-7.0, -7.0]))  # one pair
+    assert buf.arrays()[0][:, 0].tolist() == [3, 4, 5, 6, 7]
+    buf.add(*rows(100, 12))  # more than the capacity at once: only the newest 5 stay
+    c, r = buf.arrays()
+    assert c[:, 0].tolist() == [107, 108, 109, 110, 111] and r[:, 0].tolist()[0] == -107
+    for i in range(9):  # many small wraps
+        buf.add(*rows(200 + i, 1))
+    assert buf.arrays()[0][:, 0].tolist() == [204, 205, 206, 207, 208]
+    assert c.flags.c_contiguous and not c.flags.writeable
+    with pytest.raises(ValueError):
+        buf.add(np.zeros((2, 3)), np.zeros((2, 3)))
+    with pytest.raises(ValueError):
+        ReplayBuffer(0, 2)

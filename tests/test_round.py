@@ -1,0 +1,134 @@
+"""A full active round materialised with Dagster on an ephemeral instance."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+import pytest
+
+from auf_assets.assets import ROUND_ASSETS, prompt_pool
+from auf_assets.checks import ROUND_CHECKS
+from auf_assets.definitions import defs
+from resources import DuckDBStore, FeatureEncoder, GenerationEngine, RubricJudge
+from resources.reward_model import UncertaintyModel
+
+
+def tiny_resources(model_dir) -> dict:
+    model = str(model_dir)
+    return {
+        "store": DuckDBStore(),
+        "engine": GenerationEngine(device="cpu", batch_size=4),
+        # Any transformers backbone works as the encoder: last-token pooling of the tiny Llama.
+        "encoder": FeatureEncoder(model=model, pooling="last", device="cpu", max_length=64),
+        # The whole vocabulary as "top-k" so the random model always puts mass on the digits.
+        "judge": RubricJudge(model=model, device="cpu", top_k=1000),
+        "uncertainty_model": UncertaintyModel(
+            n_heads=4, hidden=[16, 16], lr=1e-2, max_steps=5, batch_size=4
+        ),
+    }
+
+
+def tiny_run_config(model_dir, method: str = "drts") -> dict:
+    members = [
+        {"name": f"tiny-{t}", "model": str(model_dir), "temperature": t, "max_new_tokens": 6}
+        for t in (0.0, 0.8, 1.2)
+    ]
+    return {
+        "ops": {
+            "round_prompts": {"config": {"batch_size": 4}},
+            "completions": {"config": {"members": members}},
+            "selected_pairs": {"config": {"method": method, "beta": 1.0}},
+        }
+    }
+
+
+def materialize_round(instance, key, model_dir, method="drts") -> dg.ExecuteInProcessResult:
+    instance.add_dynamic_partitions("rounds", [key])
+    return dg.materialize(
+        [*ROUND_ASSETS, *ROUND_CHECKS],
+        instance=instance,
+        partition_key=key,
+        resources=tiny_resources(model_dir),
+        run_config=tiny_run_config(model_dir, method),
+    )
+
+
+def test_definitions_load_the_whole_graph():
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert keys == {
+        "prompt_pool",
+        "round_prompts",
+        "completions",
+        "reward_scores",
+        "selected_pairs",
+        "judgements",
+        "reward_model",
+    }
+    assert defs.resolve_job_def("active_round").partitions_def.name == "rounds"
+
+
+def test_two_rounds_end_to_end_with_a_tiny_model(auf_home, tiny_lm_dir):
+    instance = dg.DagsterInstance.ephemeral()
+    store = DuckDBStore()
+    assert dg.materialize([prompt_pool], instance=instance, resources={"store": store}).success
+
+    first = materialize_round(instance, "round-0001", tiny_lm_dir)
+    assert first.success
+    assert all(c.passed for c in first.get_asset_check_evaluations()), [
+        (c.check_name, c.metadata) for c in first.get_asset_check_evaluations() if not c.passed
+    ]
+    assert store.count_rows("round_prompts", "round-0001") == 4
+    assert store.count_rows("completions", "round-0001") == 12  # 4 prompts x 3 members
+    pairs = store.round_rows("pairs", "round-0001")
+    assert pairs.height == 4 and (pairs["completion_a"] != pairs["completion_b"]).all()
+    verdicts = store.round_rows("judgements", "round-0001")
+    assert verdicts.height == 4
+    assert set(verdicts["preference"]) <= {"a", "b", "tie", "failed"}
+    assert store.count_rows("judge_scores", "round-0001") == 4 * len(
+        set(pairs["completion_a"]) | set(pairs["completion_b"])
+    )
+    scores = store.round_rows("reward_scores", "round-0001")
+    assert scores["reward_model_round"].null_count() == scores.height  # round 1: fresh heads
+
+    second = materialize_round(instance, "round-0002", tiny_lm_dir, method="deltaucb")
+    assert second.success
+    used_1 = set(store.round_rows("round_prompts", "round-0001")["prompt_id"])
+    used_2 = set(store.round_rows("round_prompts", "round-0002")["prompt_id"])
+    assert used_1.isdisjoint(used_2)
+    scores_2 = store.round_rows("reward_scores", "round-0002")
+    assert set(scores_2["reward_model_round"]) == {"round-0001"}
+    models = store.query("SELECT round_id, pairs_trained FROM reward_models ORDER BY round_id")
+    assert models["round_id"].to_list() == ["round-0001", "round-0002"]
+    labelled_1 = int(verdicts["preference"].is_in(["a", "b"]).sum())
+    assert models["pairs_trained"][0] == labelled_1
+
+    # Re-materialising a round replaces its rows: nothing is duplicated, nothing else changes.
+    before = {t: store.count_rows(t) for t in ("completions", "pairs", "judgements")}
+    assert materialize_round(instance, "round-0001", tiny_lm_dir).success
+    assert {t: store.count_rows(t) for t in before} == before
+    assert set(store.round_rows("round_prompts", "round-0001")["prompt_id"]) == used_1
+
+
+def test_round_metadata_is_useful(auf_home, tiny_lm_dir):
+    instance = dg.DagsterInstance.ephemeral()
+    dg.materialize([prompt_pool], instance=instance, resources={"store": DuckDBStore()})
+    result = materialize_round(instance, "round-0001", tiny_lm_dir)
+    meta = {
+        e.asset_key.to_user_string(): e.step_materialization_data.materialization.metadata
+        for e in result.get_asset_materialization_events()
+    }
+    assert meta["completions"]["completion_tokens"].value > 0
+    assert meta["completions"]["tokens_per_second"].value > 0
+    assert meta["selected_pairs"]["method"].value == "drts"
+    assert meta["reward_model"]["checkpoint"].value.endswith("round-0001.safetensors")
+    assert "preview" in meta["judgements"]
+    json.dumps(meta["judgements"]["aspect_failure_rate"].value)
+
+
+def test_unknown_method_fails_with_a_clear_message(auf_home, tiny_lm_dir):
+    instance = dg.DagsterInstance.ephemeral()
+    dg.materialize([prompt_pool], instance=instance, resources={"store": DuckDBStore()})
+    with pytest.raises(dg.Failure, match="unknown acquisition method 'nope'"):
+        materialize_round(instance, "round-0001", tiny_lm_dir, method="nope")

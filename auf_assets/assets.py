@@ -1,14 +1,18 @@
 """The assets of one active round, partitioned by round.
 
 prompt_pool -> round_prompts -> completions -> reward_scores -> selected_pairs -> judgements
--> reward_model, and the next round's reward_scores reads this round's reward_model.
+-> reward_model, and the next round's reward_scores reads this round's reward_model. When people
+label, selected_pairs -> annotation_batch writes the pairs to the outbox, and `judgements`
+resolves the labels that came back.
 
 Each asset is thin wiring: it reads its inputs from the store, calls a pure function or a
 resource, and replaces its round's rows in the store. The algorithms live in `auf_assets.core`.
 """
 
+import json
 import time
 from collections import Counter
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -17,17 +21,32 @@ from pydantic import Field
 
 from auf_assets.core.acquisition import ACQUISITION_METHODS, select_pairs
 from auf_assets.core.judging import ASPECTS, decide_preference, overall_score
+from auf_assets.core.labels import (
+    LABEL_STUDIO_CONFIG,
+    Vote,
+    atomic_write_text,
+    balanced_swaps,
+    batch_records,
+    resolve_votes,
+    to_csv,
+    to_jsonl,
+    to_labelstudio,
+)
 from auf_assets.core.principles import choose_system_prompt
 from auf_assets.core.prompts import demo_prompts, load_prompts
+from auf_assets.core.response_pool import PoolFileError, oracle_scores, read_pool
 from auf_assets.partitions import round_index, rounds_partitions
 from auf_assets.reporting import markdown_preview, stable_hash, stable_seed
 from resources.encoder import FeatureEncoder
 from resources.engine import GenerationEngine
 from resources.judge import RubricJudge
+from resources.labeling import LabelingSettings
+from resources.reward_judge import RewardModelJudge
 from resources.reward_model import UncertaintyModel
 from resources.store import DuckDBStore, utcnow
 
 GROUP = "active_round"
+LABELS_GROUP = "labels"
 # Assets that run a model: a deployment gives them a GPU and limits them with this pool.
 GPU_POOL = "gpu"
 GPU_TAGS = {"auf/resources": "gpu"}
@@ -183,6 +202,11 @@ def default_pool() -> list[PoolMember]:
 class CompletionsConfig(dg.Config):
     members: list[PoolMember] = Field(default_factory=default_pool)
     seed: int = 0
+    pool_path: str = Field(
+        default="",
+        description="read the round's responses from this pool file (prompt_id, prompt, "
+        "completion_id, model, response) instead of generating them; members are then unused",
+    )
 
 
 @dg.asset(
@@ -202,12 +226,14 @@ def completions(
     store: DuckDBStore,
 ) -> dg.MaterializeResult:
     round_id = context.partition_key
-    names = [m.name for m in config.members]
-    if len(config.members) < 2 or len(set(names)) != len(names):
-        raise dg.Failure(f"the pool needs at least two members with distinct names, got {names}")
     prompts = store.prompts_of_round(round_id)
     if prompts.height == 0:
         raise dg.Failure(f"{round_id} has no prompts: materialise round_prompts first")
+    if config.pool_path:
+        return _completions_from_pool(config.pool_path, round_id, prompts, store)
+    names = [m.name for m in config.members]
+    if len(config.members) < 2 or len(set(names)) != len(names):
+        raise dg.Failure(f"the pool needs at least two members with distinct names, got {names}")
 
     frames, seconds, gen_tokens = [], 0.0, 0
     for member in config.members:
@@ -273,6 +299,50 @@ def completions(
             "preview": markdown_preview(
                 rows.select("prompt_id", "member", "principle", "response")
             ),
+        }
+    )
+
+
+def _completions_from_pool(
+    pool_path: str, round_id: str, prompts: pl.DataFrame, store: DuckDBStore
+) -> dg.MaterializeResult:
+    """The round's responses read from a precomputed pool, keeping the pool's completion ids."""
+    try:
+        pool = read_pool(pool_path, prompts["prompt_id"].to_list())
+    except PoolFileError as exc:
+        raise dg.Failure(str(exc)) from exc
+    per_prompt = dict(pool.group_by("prompt_id").len().iter_rows())
+    short = [pid for pid in prompts["prompt_id"] if per_prompt.get(pid, 0) < 2]
+    if short:
+        raise dg.Failure(
+            f"the pool file {pool_path} has fewer than two responses for {len(short)} of the "
+            f"round's prompts, e.g. {short[:3]}: ingest prompts from the same pool file"
+        )
+    rows = pool.sort("prompt_id", "model", "completion_id").select(
+        "completion_id",
+        pl.lit(round_id).alias("round_id"),
+        "prompt_id",
+        pl.col("model").alias("member"),
+        "model",
+        pl.lit(None, dtype=pl.String).alias("principle"),
+        pl.lit(None, dtype=pl.String).alias("system_prompt"),
+        "response",
+        pl.lit(None, dtype=pl.Int32).alias("prompt_tokens"),
+        pl.lit(None, dtype=pl.Int32).alias("completion_tokens"),
+        pl.lit("pool").alias("finish_reason"),
+        pl.lit(utcnow()).alias("created_at"),
+    )
+    store.replace_round("completions", round_id, rows)
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": rows.height,
+            "pool_file": dg.MetadataValue.path(pool_path),
+            "models": rows["model"].n_unique(),
+            "responses_per_prompt": dg.MetadataValue.json(
+                {"min": min(per_prompt.values()), "max": max(per_prompt.values())}
+            ),
+            "empty_responses": int((rows["response"].str.strip_chars() == "").sum()),
+            "preview": markdown_preview(rows.select("prompt_id", "model", "response")),
         }
     )
 
@@ -465,41 +535,219 @@ def selected_pairs(
     )
 
 
-# -- judgements -------------------------------------------------------------------------------
+# -- annotation batch (people label the pairs) ------------------------------------------------
 
 
-class JudgementsConfig(dg.Config):
-    tie_margin: float = Field(
-        default=0.0, ge=0.0, description="overall scores this close count as a tie"
-    )
+class AnnotationBatchConfig(dg.Config):
+    seed: int = Field(default=0, description="seed of the per-round A/B presentation order")
 
 
 @dg.asset(
     partitions_def=rounds_partitions,
     deps=[selected_pairs],
-    group_name=GROUP,
-    kinds={"transformers", "vllm", "duckdb"},
+    group_name=LABELS_GROUP,
+    kinds={"json", "csv"},
     code_version="1",
-    pool=GPU_POOL,
-    op_tags=GPU_TAGS,
-    description="The judge's preference for every selected pair (rubric LLM judge).",
+    description="The round's pairs written to the outbox for people to label (jsonl, csv and a "
+    "Label Studio import), each shown as A/B in a seeded, balanced random order. Writes nothing "
+    "unless the label source is `people`.",
 )
-def judgements(
+def annotation_batch(
     context: dg.AssetExecutionContext,
-    config: JudgementsConfig,
-    judge: RubricJudge,
+    config: AnnotationBatchConfig,
+    labeling: LabelingSettings,
     store: DuckDBStore,
 ) -> dg.MaterializeResult:
     round_id = context.partition_key
-    pairs = store.round_rows("pairs", round_id)
-    if pairs.height == 0:
+    if not labeling.people:
+        context.log.info(f"label source is {labeling.source}: no annotation batch is written")
+        return dg.MaterializeResult(
+            metadata={
+                "written": False,
+                "reason": f"label source is {labeling.source!r}; batches are written only for "
+                "'people'",
+            }
+        )
+    rows = store.query(
+        "SELECT s.pair_id, s.round_id, s.prompt_id, p.prompt, s.completion_a, s.completion_b, "
+        "a.response AS response_a, b.response AS response_b FROM pairs s "
+        "JOIN prompts p USING (prompt_id) "
+        "JOIN completions a ON a.completion_id = s.completion_a "
+        "JOIN completions b ON b.completion_id = s.completion_b "
+        "LEFT JOIN round_prompts r ON r.round_id = s.round_id AND r.prompt_id = s.prompt_id "
+        "WHERE s.round_id = ? ORDER BY r.position, s.pair_id",
+        [round_id],
+    )
+    if rows.height == 0:
         raise dg.Failure(f"{round_id} has no selected pairs: materialise selected_pairs first")
+    seed = stable_seed(round_id, config.seed)
+    swaps = balanced_swaps(rows["pair_id"].to_list(), seed)
+    rows = rows.with_columns(
+        swapped=pl.col("pair_id").replace_strict(swaps, return_dtype=pl.Boolean)
+    )
+    new = store.add_presentations(
+        rows.select(
+            "pair_id",
+            "round_id",
+            pl.when("swapped").then("completion_b").otherwise("completion_a").alias("shown_as_a"),
+            pl.when("swapped").then("completion_a").otherwise("completion_b").alias("shown_as_b"),
+            "swapped",
+            pl.lit(seed, dtype=pl.Int64).alias("seed"),
+            pl.lit(utcnow()).alias("created_at"),
+        )
+    )
+    # A pair shown before keeps its first presentation (files already handed out stay valid).
+    stored = store.query(
+        "SELECT pair_id, swapped AS shown_swapped FROM presentations WHERE round_id = ?",
+        [round_id],
+    )
+    rows = rows.join(stored, on="pair_id", how="left").with_columns(swapped=pl.col("shown_swapped"))
+    records = batch_records(rows.iter_rows(named=True))
+    outbox = labeling.outbox_dir
+    paths = {
+        "jsonl": outbox / f"{round_id}.jsonl",
+        "csv": outbox / f"{round_id}.csv",
+        "labelstudio": outbox / f"{round_id}.labelstudio.json",
+    }
+    atomic_write_text(paths["jsonl"], to_jsonl(records))
+    atomic_write_text(paths["csv"], to_csv(records))
+    atomic_write_text(paths["labelstudio"], to_labelstudio(records))
+    atomic_write_text(outbox / "labelstudio_config.xml", LABEL_STUDIO_CONFIG)
+
+    # The wait for partial labels counts from the first time these pairs were sent out.
+    previous = store.round_rows("annotation_batches", round_id)
+    now = utcnow()
+    written_at = previous["written_at"][0] if previous.height and new == 0 else now
+    store.replace_round(
+        "annotation_batches",
+        round_id,
+        pl.DataFrame(
+            {
+                "round_id": [round_id],
+                "pairs": [rows.height],
+                "jsonl_path": [str(paths["jsonl"])],
+                "csv_path": [str(paths["csv"])],
+                "labelstudio_path": [str(paths["labelstudio"])],
+                "written_at": [written_at],
+                "updated_at": [now],
+            },
+            schema_overrides={"pairs": pl.Int32},
+        ),
+    )
+    context.log.info(f"wrote {rows.height} pairs for labelling to {paths['jsonl']} (and .csv)")
+    return dg.MaterializeResult(
+        metadata={
+            "written": True,
+            "dagster/row_count": rows.height,
+            "jsonl": dg.MetadataValue.path(str(paths["jsonl"])),
+            "csv": dg.MetadataValue.path(str(paths["csv"])),
+            "labelstudio": dg.MetadataValue.path(str(paths["labelstudio"])),
+            "inbox": dg.MetadataValue.path(str(labeling.inbox_dir)),
+            "shown_swapped": int(rows["swapped"].sum()),
+            "new_presentations": new,
+            "preview": markdown_preview(
+                pl.DataFrame(records).select("pair_id", "prompt", "response_A", "response_B")
+            ),
+        }
+    )
+
+
+# -- judgements -------------------------------------------------------------------------------
+
+
+class JudgementsConfig(dg.Config):
+    tie_margin: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="scores this close count as a tie (rubric, reward-model and oracle judges)",
+    )
+
+
+_VERDICT_SCHEMA = {
+    "pair_id": pl.String,
+    "round_id": pl.String,
+    "prompt_id": pl.String,
+    "score_a": pl.Float64,
+    "score_b": pl.Float64,
+    "preference": pl.String,
+    "chosen_completion_id": pl.String,
+    "rejected_completion_id": pl.String,
+    "labeller": pl.String,
+    "labelled_at": pl.Datetime("us"),
+    "source": pl.String,
+    "n_labels": pl.Int32,
+    "votes": pl.String,
+    "raw_choices": pl.String,
+}
+_SCORE_SCHEMA = {
+    "round_id": pl.String,
+    "completion_id": pl.String,
+    "aspect": pl.String,
+    "judge": pl.String,
+    "score": pl.Float64,
+    "failed": pl.Boolean,
+    "reason": pl.String,
+    "digit_mass": pl.Float64,
+    "attempts": pl.Int32,
+}
+
+
+def _chosen(pair: dict, pref: str) -> tuple[str | None, str | None]:
+    if pref == "a":
+        return pair["completion_a"], pair["completion_b"]
+    if pref == "b":
+        return pair["completion_b"], pair["completion_a"]
+    return None, None
+
+
+def _verdicts_from_scores(
+    pairs: pl.DataFrame,
+    scores: dict[str, float],
+    *,
+    tie_margin: float,
+    labeller: str,
+    source: str,
+) -> pl.DataFrame:
+    """One verdict per pair from a score per response (NaN or absent: the pair failed)."""
+    verdicts = []
+    for pair in pairs.iter_rows(named=True):
+        a = scores.get(pair["completion_a"], float("nan"))
+        b = scores.get(pair["completion_b"], float("nan"))
+        failed = np.isnan(a) or np.isnan(b)
+        pref = "failed" if failed else decide_preference(a, b, tie_margin=tie_margin)
+        chosen, rejected = _chosen(pair, pref)
+        verdicts.append(
+            {
+                "pair_id": pair["pair_id"],
+                "round_id": pair["round_id"],
+                "prompt_id": pair["prompt_id"],
+                "score_a": None if np.isnan(a) else float(a),
+                "score_b": None if np.isnan(b) else float(b),
+                "preference": pref,
+                "chosen_completion_id": chosen,
+                "rejected_completion_id": rejected,
+                "labeller": labeller,
+                "labelled_at": utcnow(),
+                "source": source,
+                "n_labels": 0 if failed else 1,
+                "votes": None,
+                "raw_choices": pref,
+            }
+        )
+    return pl.DataFrame(verdicts, schema=_VERDICT_SCHEMA)
+
+
+def _judged_items(store: DuckDBStore, round_id: str, pairs: pl.DataFrame) -> pl.DataFrame:
     wanted = pl.concat([pairs["completion_a"], pairs["completion_b"]]).unique().to_list()
-    items = store.query(
+    return store.query(
         "SELECT c.completion_id, p.prompt, c.response FROM completions c "
         "JOIN prompts p USING (prompt_id) WHERE c.round_id = ? ORDER BY c.completion_id",
         [round_id],
     ).filter(pl.col("completion_id").is_in(wanted))
+
+
+def _rubric_verdicts(context, config, judge: RubricJudge, store, round_id, pairs):
+    items = _judged_items(store, round_id, pairs)
     context.log.info(f"judging {items.height} responses x {len(ASPECTS)} aspects with {judge.name}")
     started = time.perf_counter()
     rated = judge.rate(
@@ -508,7 +756,6 @@ def judgements(
         progress=_progress_logger(context, "judge calls"),
     )
     judge_s = time.perf_counter() - started
-
     aspect_rows = pl.DataFrame(
         {
             "round_id": round_id,
@@ -533,63 +780,215 @@ def judgements(
         if not r.result.failed:
             matrix[r.item, ASPECTS.index(r.aspect)] = r.result.score
     overall = dict(zip(items["completion_id"], overall_score(matrix), strict=True))
+    verdicts = _verdicts_from_scores(
+        pairs, overall, tie_margin=config.tie_margin, labeller=judge.name, source="llm_judge"
+    )
+    failures = aspect_rows.group_by("aspect").agg(pl.col("failed").mean()).sort("aspect")
+    metadata = {
+        "judge": judge.name,
+        "judge_calls": aspect_rows.height,
+        "aspect_failure_rate": dg.MetadataValue.json(
+            {a: round(f, 3) for a, f in failures.iter_rows()}
+        ),
+        "retried_aspects": int((aspect_rows["attempts"] > 1).sum()),
+        "mean_digit_mass": float(aspect_rows["digit_mass"].mean() or 0.0),
+        "judge_seconds": round(judge_s, 2),
+    }
+    return verdicts, aspect_rows, metadata
 
+
+def _scalar_rows(round_id, judge_name, aspect, scores: dict[str, float], ids, reason):
+    return pl.DataFrame(
+        {
+            "round_id": round_id,
+            "completion_id": ids,
+            "aspect": aspect,
+            "judge": judge_name,
+            "score": [scores.get(c) for c in ids],
+            "failed": [c not in scores for c in ids],
+            "reason": [None if c in scores else reason for c in ids],
+            "digit_mass": None,
+            "attempts": 1,
+        },
+        schema=_SCORE_SCHEMA,
+    )
+
+
+def _reward_model_verdicts(context, config, reward_judge: RewardModelJudge, store, round_id, pairs):
+    items = _judged_items(store, round_id, pairs)
+    context.log.info(f"scoring {items.height} responses with {reward_judge.name}")
+    started = time.perf_counter()
+    try:
+        rewards = reward_judge.score(
+            items["prompt"].to_list(),
+            items["response"].to_list(),
+            progress=_progress_logger(context, "rewards"),
+        )
+    except ValueError as exc:
+        raise dg.Failure(str(exc)) from exc
+    scores = {
+        c: float(r) for c, r in zip(items["completion_id"], rewards, strict=True) if np.isfinite(r)
+    }
+    ids = items["completion_id"].to_list()
+    rows = _scalar_rows(round_id, reward_judge.name, "reward", scores, ids, "non-finite reward")
+    verdicts = _verdicts_from_scores(
+        pairs,
+        scores,
+        tie_margin=config.tie_margin,
+        labeller=reward_judge.name,
+        source="reward_model_judge",
+    )
+    metadata = {
+        "judge": reward_judge.name,
+        "judge_seconds": round(time.perf_counter() - started, 2),
+        "mean_reward": float(np.mean(rewards)) if len(rewards) else 0.0,
+    }
+    return verdicts, rows, metadata
+
+
+def _oracle_verdicts(context, config, labeling: LabelingSettings, round_id, pairs):
+    if not labeling.oracle_pool:
+        raise dg.Failure(
+            "label source is 'oracle' but no pool file is set: set labeling.oracle_pool "
+            "(AUF_ORACLE_POOL) to a file with completion_id and oracle_score"
+        )
+    ids = pl.concat([pairs["completion_a"], pairs["completion_b"]]).unique().sort().to_list()
+    try:
+        scores = oracle_scores(labeling.oracle_pool, ids)
+    except PoolFileError as exc:
+        raise dg.Failure(str(exc)) from exc
+    if not scores:
+        raise dg.Failure(
+            f"none of {round_id}'s responses are in the oracle pool {labeling.oracle_pool}: "
+            "read the round's responses from the same file (completions config pool_path)"
+        )
+    name = f"oracle:{Path(labeling.oracle_pool).name}"
+    rows = _scalar_rows(round_id, name, "oracle", scores, ids, "not in the oracle pool")
+    verdicts = _verdicts_from_scores(
+        pairs, scores, tie_margin=config.tie_margin, labeller=name, source="oracle"
+    )
+    context.log.info(f"looked up {len(scores)}/{len(ids)} oracle scores in {labeling.oracle_pool}")
+    return (
+        verdicts,
+        rows,
+        {"judge": name, "oracle_pool": dg.MetadataValue.path(labeling.oracle_pool)},
+    )
+
+
+def _people_verdicts(context, labeling: LabelingSettings, store, round_id, pairs):
+    labels = store.labels_of_round(round_id)
+    current = set(pairs["pair_id"])
+    orphans = labels.filter(~pl.col("pair_id").is_in(list(current))).height
+    votes: dict[str, list[tuple[Vote, dict]]] = {}
+    for order, row in enumerate(labels.iter_rows(named=True)):
+        if row["pair_id"] in current:
+            vote = Vote(row["labeller"], row["choice"], row["labelled_at"], order)
+            votes.setdefault(row["pair_id"], []).append((vote, row))
+    if not votes and store.count_rows("annotation_batches", round_id) == 0:
+        raise dg.Failure(
+            f"label source is 'people' but {round_id}'s pairs were never sent out: run the "
+            "pair_selection job for this round (it writes the annotation batch), not "
+            "active_round; labelled_round runs once the labels are in"
+        )
+    if not votes:
+        raise dg.Failure(
+            f"{round_id} has no labels yet: people label the pairs in "
+            f"{labeling.outbox_dir / (round_id + '.jsonl')} and drop the files in "
+            f"{labeling.inbox_dir} (or run `auf labels import FILE`); the labels_landed sensor "
+            "starts this step when enough pairs are labelled"
+        )
     verdicts = []
     for pair in pairs.iter_rows(named=True):
-        a, b = overall[pair["completion_a"]], overall[pair["completion_b"]]
-        if np.isnan(a) or np.isnan(b):
-            pref, chosen, rejected = "failed", None, None
-        else:
-            pref = decide_preference(a, b, tie_margin=config.tie_margin)
-            chosen, rejected = {
-                "a": (pair["completion_a"], pair["completion_b"]),
-                "b": (pair["completion_b"], pair["completion_a"]),
-                "tie": (None, None),
-            }[pref]
+        given = votes.get(pair["pair_id"], [])
+        res = resolve_votes([v for v, _ in given], labeling.resolution)
+        chosen, rejected = _chosen(pair, res.preference)
         verdicts.append(
             {
                 "pair_id": pair["pair_id"],
                 "round_id": round_id,
                 "prompt_id": pair["prompt_id"],
-                "score_a": None if np.isnan(a) else float(a),
-                "score_b": None if np.isnan(b) else float(b),
-                "preference": pref,
+                "score_a": None,
+                "score_b": None,
+                "preference": res.preference,
                 "chosen_completion_id": chosen,
                 "rejected_completion_id": rejected,
-                "labeller": judge.name,
-                "labelled_at": utcnow(),
+                "labeller": "people:" + ",".join(res.voters) if res.voters else "people",
+                "labelled_at": max((v.labelled_at for v, _ in given), default=None),
+                "source": "people",
+                "n_labels": res.n_labels,
+                "votes": json.dumps(res.counts) if given else None,
+                "raw_choices": ";".join(r["raw_choice"] for _, r in given) or None,
             }
         )
-    rows = pl.DataFrame(
-        verdicts,
-        schema_overrides={
-            "score_a": pl.Float64,
-            "score_b": pl.Float64,
-            "chosen_completion_id": pl.String,
-            "rejected_completion_id": pl.String,
-        },
+    metadata = {
+        "judge": "people",
+        "resolution": labeling.resolution,
+        "labels": int(sum(len(v) for v in votes.values())),
+        "annotators": int(labels["labeller"].n_unique()) if labels.height else 0,
+        "labels_of_other_pairs": orphans,
+    }
+    if orphans:
+        context.log.warning(
+            f"{orphans} labels of {round_id} name pairs that are no longer selected "
+            "(selected_pairs was re-materialised); they are kept but not used"
+        )
+    return (
+        pl.DataFrame(verdicts, schema=_VERDICT_SCHEMA),
+        pl.DataFrame(schema=_SCORE_SCHEMA),
+        metadata,
     )
-    store.replace_round("judge_scores", round_id, aspect_rows)
-    store.replace_round("judgements", round_id, rows)
+
+
+@dg.asset(
+    partitions_def=rounds_partitions,
+    deps=[selected_pairs],
+    group_name=GROUP,
+    kinds={"transformers", "vllm", "duckdb"},
+    code_version="2",
+    pool=GPU_POOL,
+    op_tags=GPU_TAGS,
+    description="One verdict per selected pair from the configured label source: the rubric LLM "
+    "judge, a reward-model judge, a simulated oracle, or people's labels (resolved).",
+)
+def judgements(
+    context: dg.AssetExecutionContext,
+    config: JudgementsConfig,
+    judge: RubricJudge,
+    reward_judge: RewardModelJudge,
+    labeling: LabelingSettings,
+    store: DuckDBStore,
+) -> dg.MaterializeResult:
+    round_id = context.partition_key
+    pairs = store.round_rows("pairs", round_id)
+    if pairs.height == 0:
+        raise dg.Failure(f"{round_id} has no selected pairs: materialise selected_pairs first")
+    pairs = pairs.sort("prompt_id", "pair_id")
+    source = labeling.source
+    if source == "llm_judge":
+        rows, scores, extra = _rubric_verdicts(context, config, judge, store, round_id, pairs)
+    elif source == "reward_model_judge":
+        rows, scores, extra = _reward_model_verdicts(
+            context, config, reward_judge, store, round_id, pairs
+        )
+    elif source == "oracle":
+        rows, scores, extra = _oracle_verdicts(context, config, labeling, round_id, pairs)
+    else:
+        rows, scores, extra = _people_verdicts(context, labeling, store, round_id, pairs)
+    store.replace_round_tables(round_id, {"judge_scores": scores, "judgements": rows})
     prefs = Counter(rows["preference"].to_list())
-    failures = aspect_rows.group_by("aspect").agg(pl.col("failed").mean()).sort("aspect")
+    preview = ["prompt_id", "preference", "labeller"]
+    if source != "people":
+        preview[1:1] = ["score_a", "score_b"]
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": rows.height,
-            "judge": judge.name,
+            "source": source,
             "labelled_pairs": prefs["a"] + prefs["b"],
             "ties": prefs["tie"],
             "failed_pairs": prefs["failed"],
-            "judge_calls": aspect_rows.height,
-            "aspect_failure_rate": dg.MetadataValue.json(
-                {a: round(f, 3) for a, f in failures.iter_rows()}
-            ),
-            "retried_aspects": int((aspect_rows["attempts"] > 1).sum()),
-            "mean_digit_mass": float(aspect_rows["digit_mass"].mean() or 0.0),
-            "judge_seconds": round(judge_s, 2),
-            "preview": markdown_preview(
-                rows.select("prompt_id", "score_a", "score_b", "preference")
-            ),
+            "unlabelled_pairs": prefs["unlabelled"],
+            **extra,
+            "preview": markdown_preview(rows.select(preview)),
         }
     )
 
@@ -687,3 +1086,6 @@ def reward_model(
 
 
 ROUND_ASSETS = [round_prompts, completions, reward_scores, selected_pairs, judgements, reward_model]
+# What runs before people label (the pair_selection job) and after (the labelled_round job).
+SELECTION_ASSETS = [round_prompts, completions, reward_scores, selected_pairs, annotation_batch]
+LABELLED_ASSETS = [judgements, reward_model]

@@ -10,7 +10,8 @@ from resources.store import DuckDBStore
 @dg.asset_check(
     asset=completions,
     partitions_def=rounds_partitions,
-    description="Every prompt of the round has a non-empty response from each member.",
+    description="Every prompt of the round has a non-empty response from each member (read "
+    "from a pool file: at least two responses per prompt).",
 )
 def completions_complete(
     context: dg.AssetCheckExecutionContext, store: DuckDBStore
@@ -19,10 +20,18 @@ def completions_complete(
     row = store.query(
         "SELECT (SELECT count(*) FROM round_prompts WHERE round_id = $r) AS prompts, "
         "count(DISTINCT member) AS members, count(*) AS responses, "
-        "count(*) FILTER (WHERE trim(response) = '') AS empty FROM completions WHERE round_id = $r",
+        "count(*) FILTER (WHERE trim(response) = '') AS empty, "
+        "count(*) FILTER (WHERE finish_reason = 'pool') AS from_pool, "
+        "(SELECT count(*) FROM round_prompts r WHERE r.round_id = $r AND (SELECT count(*) FROM "
+        "completions c WHERE c.round_id = $r AND c.prompt_id = r.prompt_id) < 2) AS short_prompts "
+        "FROM completions WHERE round_id = $r",
         {"r": round_id},
     ).row(0, named=True)
-    missing = row["prompts"] * row["members"] - row["responses"]
+    if row["from_pool"] and row["from_pool"] == row["responses"]:
+        # A pool need not answer every prompt with every model; two responses make a pair.
+        missing = row["short_prompts"]
+    else:
+        missing = row["prompts"] * row["members"] - row["responses"]
     return dg.AssetCheckResult(
         passed=missing == 0 and row["empty"] == 0 and row["responses"] > 0,
         severity=dg.AssetCheckSeverity.ERROR if missing else dg.AssetCheckSeverity.WARN,
@@ -79,22 +88,28 @@ def selected_pairs_valid(
 @dg.asset_check(
     asset=judgements,
     partitions_def=rounds_partitions,
-    description="Every pair has a verdict; no verdict rests on a missing score; "
-    "judge failures stay under half of the pairs.",
+    description="Every pair has a verdict; no judge's verdict rests on a missing score, no "
+    "people's verdict lacks a label; failed and unlabelled pairs stay under half of the pairs.",
 )
 def judgements_recorded(
     context: dg.AssetCheckExecutionContext, store: DuckDBStore
 ) -> dg.AssetCheckResult:
     row = store.query(
         "SELECT (SELECT count(*) FROM pairs WHERE round_id = $r) AS pairs, count(*) AS verdicts, "
-        "count(*) FILTER (WHERE preference IN ('a', 'b') AND (score_a IS NULL OR score_b IS NULL "
-        "OR isnan(score_a) OR isnan(score_b))) AS unscored, "
-        "count(*) FILTER (WHERE preference = 'failed') AS failed FROM judgements "
+        "count(*) FILTER (WHERE preference IN ('a', 'b') AND coalesce(source, '') <> 'people' "
+        "AND (score_a IS NULL OR score_b IS NULL OR isnan(score_a) OR isnan(score_b))) "
+        "AS unscored, "
+        "count(*) FILTER (WHERE preference IN ('a', 'b', 'tie') AND source = 'people' "
+        "AND coalesce(n_labels, 0) = 0) AS without_labels, "
+        "count(*) FILTER (WHERE preference = 'failed') AS failed, "
+        "count(*) FILTER (WHERE preference = 'unlabelled') AS unlabelled FROM judgements "
         "WHERE round_id = $r",
         {"r": context.partition_key},
     ).row(0, named=True)
-    complete = row["verdicts"] == row["pairs"] > 0 and row["unscored"] == 0
-    mostly_judged = row["failed"] * 2 <= row["verdicts"]
+    complete = (
+        row["verdicts"] == row["pairs"] > 0 and row["unscored"] == 0 and row["without_labels"] == 0
+    )
+    mostly_judged = (row["failed"] + row["unlabelled"]) * 2 <= row["verdicts"]
     return dg.AssetCheckResult(
         passed=complete and mostly_judged,
         severity=dg.AssetCheckSeverity.ERROR if not complete else dg.AssetCheckSeverity.WARN,

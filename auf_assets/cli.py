@@ -60,6 +60,12 @@ def _demo(args: argparse.Namespace) -> int:
         run_config["resources"] = {
             name: {"config": {"device": args.device}} for name in ("engine", "encoder", "judge")
         }
+    if args.config:
+        try:
+            run_config = _merge(run_config, _read_run_config(args.config))
+        except (OSError, ValueError) as exc:
+            print(f"--config {args.config}: {exc}", file=sys.stderr)
+            return 2
     job = defs.resolve_job_def("active_round")
     summaries = []
     for _ in range(args.rounds):
@@ -82,6 +88,29 @@ def _demo(args: argparse.Namespace) -> int:
         print(summaries[-1])
     print("\nDone. Browse the runs and the asset graph with `make dev` (dagster dev).")
     return 0
+
+
+def _read_run_config(path: str) -> dict:
+    import yaml  # YAML is a superset of JSON: one reader for both
+
+    try:
+        config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ValueError(f"not valid YAML/JSON: {exc}") from exc
+    if not isinstance(config, dict):
+        raise ValueError("a run config must be a mapping (ops:, resources:, ...)")
+    return config
+
+
+def _merge(base: dict, override: dict) -> dict:
+    """`override` merged into `base`, mappings recursively; other values replace."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def _round_to_run(instance, rounds: list[str]) -> str | None:
@@ -165,10 +194,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--method", default="deltaucb", help="acquisition function (auf methods)")
     demo.add_argument("--beta", type=float, default=1.0)
     demo.add_argument("--device", default="", help="cpu, cuda, ... (default: auto)")
+    demo.add_argument(
+        "--config", default="", help="YAML/JSON Dagster run config merged over the demo's"
+    )
     demo.set_defaults(func=_demo)
 
     methods = sub.add_parser("methods", help="list the selection methods")
     methods.set_defaults(func=_methods)
+
+    from auf_assets import labels_cli
+
+    labels_cli.add_commands(sub)
+
+    from auf_assets import sim_cli
+
+    sim_cli.add_commands(sub)
     return parser
 
 

@@ -4,27 +4,43 @@ from __future__ import annotations
 
 import dagster as dg
 
-from auf_assets.assets import ROUND_ASSETS, prompt_pool
+from auf_assets.assets import ROUND_ASSETS, annotation_batch, prompt_pool
 from auf_assets.checks import ROUND_CHECKS
-from auf_assets.jobs import active_round_job, prompt_ingestion_job
+from auf_assets.jobs import (
+    active_round_job,
+    labelled_round_job,
+    pair_selection_job,
+    prompt_ingestion_job,
+)
 from resources import DuckDBStore, FeatureEncoder, GenerationEngine, RubricJudge
+from resources.labeling import labeling_from_env
+from resources.reward_judge import RewardModelJudge
 from resources.reward_model import UncertaintyModel
+from sensors.rounds import SCHEDULES, SENSORS
 
 
 def default_resources() -> dict[str, dg.ConfigurableResource]:
-    """The embedded default: DuckDB file, packaged models, CPU or the first GPU found."""
+    """The embedded default: DuckDB file, packaged models, CPU or the first GPU found.
+
+    The label source and the labelling folders come from `AUF_LABEL_*` variables (see
+    `resources.labeling`); by default the rubric LLM judge labels every round.
+    """
     return {
         "store": DuckDBStore(),
         "engine": GenerationEngine(),
         "encoder": FeatureEncoder(),
         "judge": RubricJudge(),
+        "reward_judge": RewardModelJudge(),
+        "labeling": labeling_from_env(),
         "uncertainty_model": UncertaintyModel(),
     }
 
 
 defs = dg.Definitions(
-    assets=[prompt_pool, *ROUND_ASSETS],
+    assets=[prompt_pool, *ROUND_ASSETS, annotation_batch],
     asset_checks=ROUND_CHECKS,
-    jobs=[prompt_ingestion_job, active_round_job],
+    jobs=[prompt_ingestion_job, active_round_job, pair_selection_job, labelled_round_job],
+    sensors=SENSORS,
+    schedules=SCHEDULES,
     resources=default_resources(),
 )

@@ -34,3 +34,8 @@ def features_dir(home: Path | None = None) -> Path:
 
 def reward_models_dir(home: Path | None = None) -> Path:
     return (home or auf_home()) / "reward_models"
+
+
+def labels_dir(home: Path | None = None) -> Path:
+    """Human labelling: inbox/, outbox/, quarantine/ and imported/ live here."""
+    return (home or auf_home()) / "labels"

@@ -116,6 +116,65 @@ CREATE TABLE IF NOT EXISTS judgements (
     labeller VARCHAR NOT NULL,
     labelled_at TIMESTAMP
 );
+-- Added with human labelling: on an older file these add the columns, elsewhere they do nothing.
+ALTER TABLE judgements ADD COLUMN IF NOT EXISTS source VARCHAR;
+ALTER TABLE judgements ADD COLUMN IF NOT EXISTS n_labels INTEGER;
+ALTER TABLE judgements ADD COLUMN IF NOT EXISTS votes VARCHAR;
+ALTER TABLE judgements ADD COLUMN IF NOT EXISTS raw_choices VARCHAR;
+-- Which response of a pair was shown as "A" to people. Written once per pair and never changed,
+-- so choices in files already handed out always map back the same way.
+CREATE TABLE IF NOT EXISTS presentations (
+    pair_id VARCHAR PRIMARY KEY,
+    round_id VARCHAR NOT NULL,
+    shown_as_a VARCHAR NOT NULL,
+    shown_as_b VARCHAR NOT NULL,
+    swapped BOOLEAN NOT NULL,
+    seed BIGINT,
+    created_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS annotation_batches (
+    round_id VARCHAR PRIMARY KEY,
+    pairs INTEGER NOT NULL,
+    jsonl_path VARCHAR,
+    csv_path VARCHAR,
+    labelstudio_path VARCHAR,
+    written_at TIMESTAMP NOT NULL,
+    updated_at TIMESTAMP
+);
+-- Every human label ever imported; never replaced or deleted. label_id is a hash of
+-- (pair, voter, file content, location in the file): importing a file again adds nothing.
+CREATE TABLE IF NOT EXISTS labels (
+    label_id VARCHAR PRIMARY KEY,
+    pair_id VARCHAR NOT NULL,
+    round_id VARCHAR NOT NULL,
+    source VARCHAR NOT NULL,
+    labeller VARCHAR NOT NULL,
+    annotator VARCHAR,
+    raw_choice VARCHAR NOT NULL,
+    shown_as_a VARCHAR NOT NULL,
+    choice VARCHAR NOT NULL,
+    comment VARCHAR,
+    file VARCHAR NOT NULL,
+    file_sha256 VARCHAR NOT NULL,
+    line INTEGER NOT NULL,
+    location VARCHAR NOT NULL,
+    labelled_at TIMESTAMP NOT NULL,
+    imported_at TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS imported_files (
+    file_sha256 VARCHAR PRIMARY KEY,
+    file VARCHAR NOT NULL,
+    format VARCHAR,
+    status VARCHAR NOT NULL,
+    records INTEGER,
+    labels INTEGER,
+    new_labels INTEGER,
+    skipped_records INTEGER,
+    repeated_records INTEGER,
+    rounds VARCHAR,
+    reason VARCHAR,
+    imported_at TIMESTAMP NOT NULL
+);
 CREATE TABLE IF NOT EXISTS reward_models (
     round_id VARCHAR PRIMARY KEY,
     path VARCHAR NOT NULL,
@@ -137,6 +196,7 @@ ROUND_TABLES = (
     "judge_scores",
     "judgements",
     "reward_models",
+    "annotation_batches",
 )
 
 
@@ -223,6 +283,31 @@ class DuckDBStore(dg.ConfigurableResource):
                 raise
         return rows.height
 
+    def replace_round_tables(self, round_id: str, tables: Mapping[str, pl.DataFrame]) -> None:
+        """`replace_round` for several tables of one round in a single transaction."""
+        for table, rows in tables.items():
+            if table not in ROUND_TABLES:
+                raise StoreError(f"{table!r} is not a per-round table ({', '.join(ROUND_TABLES)})")
+            if (
+                rows.height
+                and "round_id" in rows.columns
+                and rows.filter(pl.col("round_id") != round_id).height
+            ):
+                raise StoreError(f"rows for {table} of {round_id} carry other round ids")
+        with self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                for table, rows in tables.items():
+                    con.execute(f"DELETE FROM {table} WHERE round_id = ?", [round_id])
+                    if rows.height:
+                        con.register("incoming", rows.to_arrow())
+                        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM incoming")
+                        con.unregister("incoming")
+                con.execute("COMMIT")
+            except Exception:
+                con.execute("ROLLBACK")
+                raise
+
     def round_rows(self, table: str, round_id: str) -> pl.DataFrame:
         if table not in ROUND_TABLES:
             raise StoreError(f"{table!r} is not a per-round table")
@@ -286,6 +371,109 @@ class DuckDBStore(dg.ConfigurableResource):
             self.scalar(
                 "SELECT count(DISTINCT prompt_id) FROM judgements WHERE round_id < ?", [round_id]
             )
+        )
+
+    def unused_prompt_count(self) -> int:
+        """Prompts that no round has taken yet (0: the pool is used up, or nothing ingested)."""
+        return int(
+            self.scalar(
+                "SELECT count(*) FROM prompts WHERE prompt_id NOT IN "
+                "(SELECT prompt_id FROM round_prompts)"
+            )
+        )
+
+    # -- human labelling ---------------------------------------------------------------------
+
+    def add_presentations(self, rows: pl.DataFrame) -> int:
+        """Record how pairs are shown (A/B); a pair shown before keeps its first presentation."""
+        if rows.height == 0:
+            return 0
+        with self.connect() as con:
+            con.register("incoming", rows.to_arrow())
+            before = con.execute("SELECT count(*) FROM presentations").fetchone()[0]
+            con.execute("INSERT OR IGNORE INTO presentations BY NAME SELECT * FROM incoming")
+            after = con.execute("SELECT count(*) FROM presentations").fetchone()[0]
+            con.unregister("incoming")
+        return after - before
+
+    def pair_infos(self, pair_ids: Sequence[str]) -> pl.DataFrame:
+        """pair_id, round_id, completion_a, completion_b, shown_as_a (null: never sent out)."""
+        wanted = pl.DataFrame(
+            {"pair_id": list(dict.fromkeys(pair_ids))}, schema={"pair_id": pl.String}
+        )
+        with self.connect() as con:
+            con.register("wanted", wanted.to_arrow())
+            out = con.execute(
+                "SELECT p.pair_id, p.round_id, p.completion_a, p.completion_b, s.shown_as_a "
+                "FROM wanted w JOIN pairs p USING (pair_id) "
+                "LEFT JOIN presentations s USING (pair_id)"
+            ).pl()
+            con.unregister("wanted")
+        return out
+
+    def imported_file(self, file_sha256: str) -> dict | None:
+        rows = self.query("SELECT * FROM imported_files WHERE file_sha256 = ?", [file_sha256])
+        return rows.row(0, named=True) if rows.height else None
+
+    def record_label_file(self, file_row: Mapping, labels: pl.DataFrame) -> int:
+        """Add a file's labels and mark the file imported, in one transaction.
+
+        Labels already stored (same label_id) are left as they are. Returns how many were new.
+        """
+        with self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                before = con.execute("SELECT count(*) FROM labels").fetchone()[0]
+                if labels.height:
+                    con.register("incoming", labels.to_arrow())
+                    con.execute("INSERT OR IGNORE INTO labels BY NAME SELECT * FROM incoming")
+                    con.unregister("incoming")
+                new = con.execute("SELECT count(*) FROM labels").fetchone()[0] - before
+                row = {**file_row, "status": "imported", "new_labels": new}
+                con.execute(
+                    "DELETE FROM imported_files WHERE file_sha256 = ?", [row["file_sha256"]]
+                )
+                con.register("incoming_file", pl.DataFrame([row]).to_arrow())
+                con.execute("INSERT INTO imported_files BY NAME SELECT * FROM incoming_file")
+                con.unregister("incoming_file")
+                con.execute("COMMIT")
+            except Exception:
+                con.execute("ROLLBACK")
+                raise
+        return new
+
+    def record_rejected_file(self, file_row: Mapping) -> None:
+        """Remember a quarantined file (a file already imported keeps that status)."""
+        row = {**file_row, "status": "quarantined", "new_labels": 0}
+        with self.connect() as con:
+            con.register("incoming_file", pl.DataFrame([row]).to_arrow())
+            con.execute(
+                "DELETE FROM imported_files WHERE file_sha256 = ? AND status <> 'imported'",
+                [row["file_sha256"]],
+            )
+            con.execute("INSERT OR IGNORE INTO imported_files BY NAME SELECT * FROM incoming_file")
+            con.unregister("incoming_file")
+
+    def labels_of_round(self, round_id: str) -> pl.DataFrame:
+        return self.query(
+            "SELECT * FROM labels WHERE round_id = ? ORDER BY labelled_at, imported_at, file, line",
+            [round_id],
+        )
+
+    def label_progress(self) -> pl.DataFrame:
+        """Per round with an annotation batch or labels: pairs, labelled pairs, labels, state."""
+        return self.query(
+            "WITH r AS (SELECT round_id FROM annotation_batches UNION "
+            "SELECT DISTINCT round_id FROM labels) "
+            "SELECT r.round_id, "
+            "(SELECT count(*) FROM pairs p WHERE p.round_id = r.round_id) AS pairs, "
+            "(SELECT count(DISTINCT l.pair_id) FROM labels l JOIN pairs p USING (pair_id) "
+            " WHERE l.round_id = r.round_id) AS labelled_pairs, "
+            "(SELECT count(*) FROM labels l WHERE l.round_id = r.round_id) AS labels, "
+            "b.written_at, b.jsonl_path, b.csv_path, b.labelstudio_path, "
+            "m.created_at AS trained_at "
+            "FROM r LEFT JOIN annotation_batches b USING (round_id) "
+            "LEFT JOIN reward_models m USING (round_id) ORDER BY r.round_id"
         )
 
     # -- features ----------------------------------------------------------------------------

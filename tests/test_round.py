@@ -11,12 +11,16 @@ from auf_assets.assets import ROUND_ASSETS, prompt_pool
 from auf_assets.checks import ROUND_CHECKS
 from auf_assets.definitions import defs
 from resources import DuckDBStore, FeatureEncoder, GenerationEngine, RubricJudge
+from resources.labeling import LabelingSettings
+from resources.reward_judge import RewardModelJudge
 from resources.reward_model import UncertaintyModel
 
 
-def tiny_resources(model_dir) -> dict:
+def tiny_resources(model_dir, labeling: LabelingSettings | None = None) -> dict:
     model = str(model_dir)
     return {
+        "labeling": labeling or LabelingSettings(),
+        "reward_judge": RewardModelJudge(),
         "store": DuckDBStore(),
         "engine": GenerationEngine(device="cpu", batch_size=4),
         # Any transformers backbone works as the encoder: last-token pooling of the tiny Llama.
@@ -65,6 +69,7 @@ def test_definitions_load_the_whole_graph():
         "selected_pairs",
         "judgements",
         "reward_model",
+        "annotation_batch",
     }
     assert defs.resolve_job_def("active_round").partitions_def.name == "rounds"
 

@@ -1,0 +1,111 @@
+"""`auf labels import FILE` and `auf labels status`: human labelling without the UI.
+
+Both read the same settings as the sensor (`AUF_LABEL_*`, see `resources.labeling`) and the same
+store (`$AUF_HOME/auf.duckdb`). `import` runs the sensor's own import code on one file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _settings():
+    from resources.labeling import labeling_from_env
+
+    return labeling_from_env()
+
+
+def _import(args: argparse.Namespace) -> int:
+    from auf_assets.label_inbox import import_label_file
+    from resources.store import DuckDBStore
+
+    path = Path(args.file)
+    if not path.is_file():
+        print(f"{path}: no such file", file=sys.stderr)
+        return 1
+    try:
+        settings = _settings()
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    store = DuckDBStore()
+    outcome = import_label_file(
+        path, store, settings, expected_round=args.round or None, keep_original=True
+    )
+    if outcome.status == "quarantined":
+        print(f"{path}: rejected, nothing was stored.", file=sys.stderr)
+        for problem in outcome.problems[:50]:
+            print(f"  {problem}", file=sys.stderr)
+        if len(outcome.problems) > 50:
+            print(f"  ... {len(outcome.problems) - 50} more", file=sys.stderr)
+        print(f"A copy and the reason are in {outcome.reason_file.parent}.", file=sys.stderr)
+        return 1
+    print(outcome.summary())
+    if not settings.people:
+        print(
+            f"note: the label source is {settings.source!r}; set AUF_LABEL_SOURCE=people for the "
+            "rounds to train on these labels"
+        )
+    _print_status(store, settings, only=set(outcome.rounds))
+    return 0
+
+
+def _print_status(store, settings, only: set[str] | None = None) -> None:
+    from auf_assets.label_inbox import label_status
+
+    rows = [s for s in label_status(store, settings) if not only or s.round_id in only]
+    if not rows:
+        print("no round has been sent out for labelling yet")
+        return
+    print(f"{'round':<12} {'labelled':>9} {'labels':>7} {'ties':>5}  state     why")
+    for s in rows:
+        print(
+            f"{s.round_id:<12} {f'{s.labelled_pairs}/{s.pairs}':>9} {s.labels:>7} {s.ties:>5}  "
+            f"{s.state:<9} {s.why}"
+        )
+        for kind, path in s.outbox.items():
+            print(f"{'':<14}{kind}: {path}")
+
+
+def _status(args: argparse.Namespace) -> int:
+    from resources.store import DuckDBStore
+
+    try:
+        settings = _settings()
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    store = DuckDBStore()
+    print(
+        f"label source: {settings.source}; rule: {settings.resolution}, min_fraction "
+        f"{settings.min_fraction:g} after {settings.wait_hours:g}h"
+    )
+    _print_status(store, settings)
+    inbox = settings.inbox_dir
+    pending = sorted(p.name for p in inbox.iterdir() if p.is_file()) if inbox.is_dir() else []
+    quarantined = settings.quarantine_dir
+    rejected = sorted(p.name for p in quarantined.glob("*.reason")) if quarantined.is_dir() else []
+    listed = f": {', '.join(pending[:5])}" + (" ..." if len(pending) > 5 else "") if pending else ""
+    print(f"inbox {inbox}: {len(pending)} file(s) not read yet{listed}")
+    print(f"quarantine {quarantined}: {len(rejected)} rejected file(s)")
+    return 0
+
+
+def add_commands(sub) -> None:
+    """Add `labels import` and `labels status` to the `auf` sub-command parser."""
+    labels = sub.add_parser("labels", help="import human labels and see labelling progress")
+    commands = labels.add_subparsers(dest="labels_command", required=True)
+    imp = commands.add_parser(
+        "import",
+        help="validate a label file and store its labels (the sensor's own import)",
+        description="Validate FILE (jsonl, csv or a Label Studio JSON export) and store its "
+        "labels. A file with any bad line is rejected whole: nothing is stored, a copy and a "
+        ".reason file go to the quarantine folder, and the exit code is 1.",
+    )
+    imp.add_argument("file", help="label file")
+    imp.add_argument("--round", default="", help="reject labels of pairs of any other round")
+    imp.set_defaults(func=_import)
+    status = commands.add_parser("status", help="per round: pairs, labelled, ties, state")
+    status.set_defaults(func=_status)

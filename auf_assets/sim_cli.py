@@ -1,0 +1,281 @@
+"""`auf simulate` and `auf bench`: simulated-oracle runs on a pool of pre-scored responses.
+
+`auf_assets.cli.build_parser` calls :func:`add_commands` to add both subcommands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+DEFAULT_BENCH_OUT = "bench-out"
+
+
+def _csv_list(values: list[str] | None) -> list[str]:
+    """``["a,b", "c"]`` -> ``["a", "b", "c"]`` (both comma and space separated lists work)."""
+    out: list[str] = []
+    for v in values or []:
+        out += [p.strip() for p in v.split(",") if p.strip()]
+    return out
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--pool", required=True, help="pool file (parquet/csv/jsonl), one row per response"
+    )
+    p.add_argument(
+        "--responses-per-prompt",
+        "-K",
+        type=int,
+        default=0,
+        help="K responses per prompt, sampled by seed (default 0: all)",
+    )
+    p.add_argument("--batch", "-B", type=int, default=32, help="prompts per round (default 32)")
+    p.add_argument(
+        "--heldout", type=float, default=0.25, help="fraction of prompts held out (default 0.25)"
+    )
+    p.add_argument("--beta", type=float, default=1.0, help="acquisition width (default 1.0)")
+    p.add_argument("--eval-every", type=int, default=1, help="evaluate every E rounds (default 1)")
+    p.add_argument(
+        "--gap-threshold",
+        type=float,
+        default=0.1,
+        help="held-out pairs count when their oracle scores differ by at least this (default 0.1)",
+    )
+    p.add_argument(
+        "--warmup-rounds", type=int, default=0, help="first rounds pick at random (default 0)"
+    )
+    p.add_argument(
+        "--train-passes",
+        type=int,
+        default=1,
+        help="training passes over the replay buffer per round (default 1, the reference)",
+    )
+    p.add_argument("--max-rounds", type=int, default=0, help="stop after N rounds (0: all)")
+    ens = p.add_argument_group("running reward model (defaults: the reference, spec section 2)")
+    ens.add_argument("--heads", type=int, default=None, help="ensemble heads (default 20)")
+    ens.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 5e-5)")
+    ens.add_argument(
+        "--max-steps", type=int, default=None, help="steps per round (default 100, batch 64)"
+    )
+    ens.add_argument(
+        "--anchor-half-life", type=float, default=None, help="prompts (default 1000; inf: none)"
+    )
+    ev = p.add_argument_group("evaluation reward model (fresh each evaluation)")
+    ev.add_argument("--eval-epochs", type=int, default=None, help="passes (default 20)")
+    ev.add_argument("--eval-lr", type=float, default=None, help="learning rate (default 1e-3)")
+    ev.add_argument("--eval-heads", type=int, default=None, help="heads (default 4)")
+    fe = p.add_argument_group("features (computed once per pool, cached under $AUF_HOME)")
+    fe.add_argument(
+        "--encoder",
+        default="minilm",
+        help="minilm | text-stats | a transformers dir | blocks joined by '+' "
+        "(default minilm = the packaged all-minilm-l6-v2)",
+    )
+    fe.add_argument("--pooling", choices=("mean", "last"), default="mean")
+    fe.add_argument("--max-length", type=int, default=512, help="encoder tokens (default 512)")
+    fe.add_argument(
+        "--dtype",
+        choices=("bf16", "fp16", "fp32", "auto"),
+        default="bf16",
+        help="encoder compute dtype (default bf16)",
+    )
+    fe.add_argument("--device", default="auto", help="cpu, cuda, ... (default auto)")
+    dm = p.add_argument_group("delta_model baseline")
+    dm.add_argument("--strong-model", default=None, help="model whose response is chosen")
+    dm.add_argument("--weak-model", default=None, help="model whose response is rejected")
+
+
+def _run_settings(args: argparse.Namespace) -> dict[str, Any]:
+    ensemble: dict[str, Any] = {}
+    for arg, key in (
+        ("heads", "n_heads"),
+        ("lr", "lr"),
+        ("max_steps", "max_steps"),
+        ("anchor_half_life", "anchor_half_life"),
+    ):
+        value = getattr(args, arg)
+        if value is not None:
+            ensemble[key] = value
+    eval_model: dict[str, Any] = {}
+    for arg, key in (("eval_epochs", "epochs"), ("eval_lr", "lr"), ("eval_heads", "n_heads")):
+        value = getattr(args, arg)
+        if value is not None:
+            eval_model[key] = value
+    settings: dict[str, Any] = {
+        "responses_per_prompt": args.responses_per_prompt or None,
+        "batch_size": args.batch,
+        "heldout_fraction": args.heldout,
+        "beta": args.beta,
+        "eval_every": args.eval_every,
+        "gap_threshold": args.gap_threshold,
+        "warmup_rounds": args.warmup_rounds,
+        "train_passes": args.train_passes,
+        "max_rounds": args.max_rounds or None,
+        "ensemble": ensemble,
+        "eval_model": eval_model,
+    }
+    if args.strong_model:
+        settings["strong_model"] = args.strong_model
+    if args.weak_model:
+        settings["weak_model"] = args.weak_model
+    return settings
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _print_pool(pool) -> None:
+    s = pool.summary()
+    per = s["responses_per_prompt"]
+    sc = s["oracle_score"]
+    print(
+        f"pool {s['pool']}: {s['prompts']} prompts, {s['responses']} responses from "
+        f"{s['models']} models ({per['min']}-{per['max']} per prompt); oracle score "
+        f"min {sc['min']:.3g} median {sc['median']:.3g} mean {sc['mean']:.3g} max {sc['max']:.3g}"
+    )
+    if pool.dropped_prompts:
+        shown = ", ".join(pool.dropped_prompts[:5])
+        print(f"dropped {len(pool.dropped_prompts)} prompt(s) with fewer than 2 responses: {shown}")
+
+
+def _setup_env() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    _setup_env()
+    from auf_assets.core.simulation import PoolError, SimulationConfig, load_pool, simulate
+    from auf_assets.pool_features import pool_features
+
+    try:
+        pool = load_pool(args.pool)
+        config = SimulationConfig.from_dict(
+            {**_run_settings(args), "method": args.method, "seed": args.seed}
+        )
+    except (PoolError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    _print_pool(pool)
+    feats = pool_features(
+        pool,
+        args.encoder,
+        pooling=args.pooling,
+        max_length=args.max_length,
+        dtype=args.dtype,
+        device=args.device,
+        log=print,
+    )
+    print(f"features: {feats.key} (dim {feats.dim})")
+    print(
+        f"{'round':>5} {'prompts':>7} {'labels':>6} {'accuracy':>8} {'running':>8} "
+        f"{'gap':>6} {'chosen':>6} {'ties':>4}"
+    )
+
+    def show(p: dict[str, Any]) -> None:
+        print(
+            f"{p['round']:>5} {p['prompts']:>7} {p['labels']:>6} {_fmt(p['accuracy']):>8} "
+            f"{_fmt(p['running_accuracy']):>8} {_fmt(p['mean_gap']):>6} "
+            f"{_fmt(p['mean_chosen_score']):>6} {p['ties']:>4}"
+        )
+
+    started = time.perf_counter()
+    result = simulate(pool, feats.matrix, config, progress=show)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result.pairs.write_parquet(out)
+    curve_path = out.with_suffix(".json")
+    summary = result.to_dict()
+    summary["features"] = {"key": feats.key, "dim": feats.dim}
+    curve_path.write_text(json.dumps(summary, indent=1, default=str))
+    info = result.info
+    print(
+        f"{result.pairs.height} pairs ({info['labels']} labels) from {info['train_prompts']} train "
+        f"prompts; {info['heldout_prompts']} held-out prompts, {info['heldout_eval_pairs']} "
+        f"evaluation pairs; {time.perf_counter() - started:.1f}s"
+    )
+    print(f"wrote {out} and {curve_path}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    _setup_env()
+    from auf_assets.core.simulation import PoolError
+    from auf_assets.sim_bench import DEFAULT_METHODS, BenchSpec, run_bench
+
+    methods = _csv_list(args.methods) or list(DEFAULT_METHODS)
+    try:
+        seeds = [int(s) for s in _csv_list(args.seeds)] or [0, 1, 2]
+        budgets = [int(b) for b in _csv_list(args.budgets)]
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    spec = BenchSpec(
+        pool=args.pool,
+        methods=methods,
+        seeds=seeds,
+        encoder=args.encoder,
+        pooling=args.pooling,
+        max_length=args.max_length,
+        dtype=args.dtype,
+        device=args.device,
+        run=_run_settings(args),
+        jobs=args.jobs,
+        budgets=budgets,
+    )
+    try:
+        result = run_bench(spec, args.out, log=print)
+    except (PoolError, ValueError, LookupError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print()
+    print(result["markdown"])
+    return 0
+
+
+def add_commands(sub) -> None:
+    """Add `simulate` and `bench` to the `auf` subcommands."""
+    # Only the method registries here (numpy): building the parser must not import torch.
+    from auf_assets.core.acquisition import ACQUISITION_METHODS
+    from auf_assets.core.baselines import BASELINE_METHODS
+
+    methods = ", ".join([*ACQUISITION_METHODS, *BASELINE_METHODS])
+    sim = sub.add_parser(
+        "simulate",
+        help="one simulated-oracle run on a pool of pre-scored responses",
+        description="Replay the active loop on a pool whose responses carry an oracle score. "
+        "Writes the selected pairs (parquet) and the evaluation curve (same name, .json).",
+    )
+    sim.add_argument("--method", "-m", default="deltaucb", help=f"one of: {methods}")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--out", "-o", required=True, help="selected pairs, .parquet")
+    _add_run_args(sim)
+    sim.set_defaults(func=_simulate)
+
+    bench = sub.add_parser(
+        "bench",
+        help="many simulated runs (methods x seeds) in parallel, with a table, JSON and plot",
+        description="Runs every method with every seed on the pool and reports held-out "
+        "accuracy, mean oracle gap and mean chosen score as functions of labels spent.",
+    )
+    bench.add_argument(
+        "--methods", nargs="+", default=None, help=f"comma/space separated, from: {methods}"
+    )
+    bench.add_argument("--seeds", nargs="+", default=None, help="default 0 1 2")
+    bench.add_argument("--out", "-o", default=DEFAULT_BENCH_OUT, help="output folder")
+    bench.add_argument("--jobs", "-j", type=int, default=0, help="worker processes (0: cores)")
+    bench.add_argument(
+        "--budgets", nargs="+", default=None, help="label budgets of the table (default: auto)"
+    )
+    _add_run_args(bench)
+    bench.set_defaults(func=_bench)

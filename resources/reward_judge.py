@@ -1,0 +1,101 @@
+"""The reward-model judge (spec section 3): a sequence-classification model's scalar score.
+
+Any transformers `AutoModelForSequenceClassification` checkpoint with one output (a reward model
+such as Skywork-Reward or a RewardBench entry) scores each (prompt, response); the pair's chosen
+response is the higher-scored one, decided by the `judgements` asset.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Sequence
+from typing import Literal
+
+import dagster as dg
+import numpy as np
+import torch
+from pydantic import Field
+
+from resources.encoder import _pair_texts
+from resources.models import Progress, autocast_dtype, resolve_device, resolve_source
+
+log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_reward_model(source: str, device: str):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = resolve_source(source).path
+    started = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
+    if model.config.num_labels != 1:
+        raise ValueError(
+            f"{source} has {model.config.num_labels} outputs; a reward-model judge needs a "
+            "scalar reward head (num_labels=1)"
+        )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    model.to(torch.device(device)).eval()
+    log.info("loaded reward model %s in %.1fs", source, time.perf_counter() - started)
+    return tokenizer, model
+
+
+class RewardModelJudge(dg.ConfigurableResource):
+    """Scores (prompt, response) with a scalar reward model; batched, on CPU or GPU."""
+
+    model: str = Field(
+        default="", description="local directory or cached Hugging Face repo id of the reward model"
+    )
+    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        default="fp32", description="fp32 keeps close rewards apart; bf16/fp16 are faster on GPU"
+    )
+    batch_size: int = Field(default=8, ge=1)
+    max_length: int = Field(default=2048, ge=8, description="tokens per (prompt, response)")
+
+    @property
+    def name(self) -> str:
+        return f"reward_model:{self.model}"
+
+    def score(
+        self, prompts: Sequence[str], responses: Sequence[str], progress: Progress | None = None
+    ) -> np.ndarray:
+        """One float reward per (prompt, response), in input order."""
+        if not self.model:
+            raise ValueError(
+                "the reward-model judge has no model: set resources.reward_judge.config.model "
+                "to a sequence-classification checkpoint"
+            )
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts for {len(responses)} responses")
+        device = resolve_device(self.device)
+        tokenizer, model = _load_reward_model(self.model, str(device))
+        texts = _pair_texts(tokenizer, prompts, responses)
+        amp = autocast_dtype(self.dtype, device)
+        tokenizer.padding_side = "right"
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = np.empty(len(texts), dtype=np.float64)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            enc = tokenizer(
+                [texts[i] for i in idx],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+            ).to(device)
+            with (
+                torch.inference_mode(),
+                torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None),
+            ):
+                logits = model(**enc).logits.float()
+            out[idx] = logits[:, 0].cpu().numpy()
+            if progress:
+                progress(min(start + self.batch_size, len(order)), len(order))
+        return out

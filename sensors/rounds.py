@@ -1,0 +1,296 @@
+"""How rounds advance by themselves: two sensors and a nightly schedule.
+
+- `labels_landed` (people label; on by default): each tick imports the label files dropped in the
+  inbox (valid files are recorded, bad ones quarantined), requests `labelled_round` (judgements
+  + reward_model) for every round whose pairs are labelled (all of them, or `min_fraction` after
+  `wait_hours`), with run_key `labels-<round>`, and, once the newest round's reward_model has
+  materialised, registers the next round partition and requests its `pair_selection` run with
+  run_key `<round>` (e.g. `round-0003`). It never starts the first round.
+- `next_round` (automatic judges; off by default): once the newest round's reward_model has
+  materialised, registers the next round and requests its `active_round` run (run_key
+  `<round>`); with no round yet, it starts `round-0001`.
+- `nightly_round` (off by default; cron and time zone from `AUF_NIGHTLY_CRON`, default
+  `0 2 * * *`, and `AUF_NIGHTLY_TIMEZONE`, default UTC): starts the next round when no round run
+  is queued or in progress and no round is waiting for labels; a round that never finished (no
+  reward_model, nothing running) is run again instead.
+
+Why the next round is requested on a later tick than the labelled round: round k+1's
+reward_scores needs round k's reward_model checkpoint, and run requests of one sensor result are
+launched independently (no ordering), so one result cannot both train round k and start round
+k+1 safely. Re-evaluating a tick is harmless: every request carries a run_key per round (the
+daemon launches a run_key once per sensor), the partition is only added when the newest round
+is finished, and an imported file is never imported again.
+
+Both sensors and the schedule stop, and say so in their skip reason, when the prompt pool is used
+up (no prompt left that no round took) or when `max_rounds` rounds exist.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import zoneinfo
+from dataclasses import dataclass
+from datetime import datetime
+
+import dagster as dg
+from dagster._utils.schedules import is_valid_cron_string
+
+from auf_assets.assets import ROUND_ASSETS, SELECTION_ASSETS, annotation_batch
+from auf_assets.jobs import active_round_job, labelled_round_job, pair_selection_job
+from auf_assets.label_inbox import label_status, scan_inbox
+from auf_assets.partitions import registered_rounds, round_index, round_key, rounds_partitions
+from resources.labeling import LabelingSettings
+from resources.store import DuckDBStore
+
+# Runs that hold a round: queued, starting or running (a failed or cancelled run does not).
+_ACTIVE_STATUSES = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+_REWARD_MODEL = dg.AssetKey("reward_model")
+
+
+def trained_rounds(instance: dg.DagsterInstance) -> set[str]:
+    """Rounds whose reward_model has materialised (the round is finished)."""
+    return set(instance.get_materialized_partitions(_REWARD_MODEL))
+
+
+def round_runs_in_progress(instance: dg.DagsterInstance) -> dict[str, str]:
+    """round key -> run id, for every queued or running run of a round partition."""
+    out = {}
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=_ACTIVE_STATUSES)):
+        key = run.tags.get("dagster/partition", "")
+        if key.startswith("round-"):
+            out[key] = run.run_id
+    return out
+
+
+@dataclass(frozen=True)
+class NextRound:
+    key: str | None  # the round to start, or None with the reason why not
+    reason: str
+
+
+def plan_next_round(
+    instance: dg.DagsterInstance,
+    store: DuckDBStore,
+    settings: LabelingSettings,
+    *,
+    start_first: bool,
+) -> NextRound:
+    """The next round to start, if the newest is finished and the stop conditions allow it."""
+    rounds = registered_rounds(instance)
+    done = 0
+    if rounds:
+        newest = rounds[-1]
+        if newest not in trained_rounds(instance):
+            running = round_runs_in_progress(instance).get(newest)
+            if running:
+                return NextRound(None, f"{newest} is running (run {running[:8]})")
+            what = "waiting for its labels or" if settings.people else "it failed or"
+            return NextRound(
+                None,
+                f"{newest} has not finished (no reward_model yet: {what} was interrupted); the "
+                "next round starts after it",
+            )
+        done = round_index(newest)
+    elif not start_first:
+        return NextRound(
+            None,
+            "no round has been started: start round-0001 yourself (launch pair_selection for a "
+            "new partition in the UI, or enable nightly_round)",
+        )
+    if settings.max_rounds and done >= settings.max_rounds:
+        return NextRound(
+            None, f"stopped: max_rounds={settings.max_rounds} reached ({rounds[-1]} was the last)"
+        )
+    unused = store.unused_prompt_count()
+    if unused == 0:
+        total = store.count_rows("prompts")
+        if total == 0:
+            return NextRound(None, "stopped: no prompts ingested yet (run prompt_ingestion)")
+        return NextRound(
+            None,
+            f"stopped: the prompt pool is used up (all {total} prompts are in rounds); ingest "
+            "more prompts to go on",
+        )
+    key = round_key(done + 1)
+    after = f"{rounds[-1]} finished" if rounds else "no round yet"
+    return NextRound(key, f"{after}: starting {key} ({unused} unused prompts)")
+
+
+@dg.sensor(
+    jobs=[pair_selection_job, labelled_round_job],
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="People label: imports label files from the inbox, trains on a round once its "
+    "pairs are labelled, then starts the next round's pair selection. Does nothing unless the "
+    "label source is 'people'; never starts the first round.",
+)
+def labels_landed(
+    context: dg.SensorEvaluationContext, store: DuckDBStore, labeling: LabelingSettings
+):
+    if not labeling.people:
+        return dg.SkipReason(
+            f"label source is {labeling.source!r}: labels_landed acts only for 'people' "
+            "(turn on next_round to advance rounds with an automatic judge)"
+        )
+    outcomes, cursor, waiting = scan_inbox(store, labeling, context.cursor, time.time())
+    notes = []
+    for outcome in outcomes:
+        if outcome.status in ("imported", "already_imported"):
+            context.log.info(outcome.summary())
+        else:
+            context.log.warning(outcome.summary())
+        notes.append(outcome.summary())
+    if waiting:
+        notes.append(f"still being written, read on a later tick: {', '.join(waiting)}")
+
+    instance = context.instance
+    registered = set(registered_rounds(instance))
+    trained = trained_rounds(instance)
+    running = round_runs_in_progress(instance)
+    requests = []
+    for status in label_status(store, labeling):
+        rid = status.round_id
+        if status.state != "ready" or rid in trained or rid not in registered:
+            if status.state == "waiting":
+                notes.append(f"{rid}: {status.why}")
+            continue
+        # Requested even while a run of the round shows as in progress: the run_key makes the
+        # daemon launch it once, and a killed run that still shows "started" cannot block it.
+        busy = f" (run {running[rid][:8]} in progress)" if rid in running else ""
+        notes.append(f"{rid}: {status.why}: training on its labels{busy}")
+        requests.append(
+            dg.RunRequest(
+                job_name=labelled_round_job.name,
+                partition_key=rid,
+                run_key=f"labels-{rid}",
+                tags={"auf/trigger": "labels_landed"},
+            )
+        )
+    plan = plan_next_round(instance, store, labeling, start_first=False)
+    partitions = []
+    if plan.key is not None:
+        partitions.append(plan.key)
+        requests.append(
+            dg.RunRequest(
+                job_name=pair_selection_job.name,
+                partition_key=plan.key,
+                run_key=plan.key,
+                tags={"auf/trigger": "labels_landed"},
+            )
+        )
+    notes.append(plan.reason)
+    for note in notes:
+        context.log.info(note)
+    if not requests:
+        return dg.SensorResult(skip_reason="; ".join(notes), cursor=cursor)
+    return dg.SensorResult(
+        run_requests=requests,
+        dynamic_partitions_requests=(
+            [rounds_partitions.build_add_request(partitions)] if partitions else []
+        ),
+        cursor=cursor,
+    )
+
+
+@dg.sensor(
+    jobs=[active_round_job],
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description="Automatic judges: starts the next active round as soon as the newest round's "
+    "reward_model has materialised (round-0001 when there is none), until the prompt pool is "
+    "used up or max_rounds is reached.",
+)
+def next_round(context: dg.SensorEvaluationContext, store: DuckDBStore, labeling: LabelingSettings):
+    if labeling.people:
+        return dg.SkipReason("label source is 'people': labels_landed advances the rounds")
+    plan = plan_next_round(context.instance, store, labeling, start_first=True)
+    if plan.key is None:
+        return dg.SkipReason(plan.reason)
+    context.log.info(plan.reason)
+    return dg.SensorResult(
+        run_requests=[
+            dg.RunRequest(
+                job_name=active_round_job.name,
+                partition_key=plan.key,
+                run_key=plan.key,
+                tags={"auf/trigger": "next_round"},
+            )
+        ],
+        dynamic_partitions_requests=[rounds_partitions.build_add_request([plan.key])],
+    )
+
+
+def nightly_settings(environ: dict[str, str] | None = None) -> tuple[str, str]:
+    """(cron, time zone) of the nightly schedule from the environment, checked."""
+    env = os.environ if environ is None else environ
+    cron = env.get("AUF_NIGHTLY_CRON", "").strip() or "0 2 * * *"
+    tz = env.get("AUF_NIGHTLY_TIMEZONE", "").strip() or "UTC"
+    if not is_valid_cron_string(cron):
+        raise ValueError(f"AUF_NIGHTLY_CRON={cron!r} is not a valid cron string (e.g. '0 2 * * *')")
+    try:
+        zoneinfo.ZoneInfo(tz)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"AUF_NIGHTLY_TIMEZONE={tz!r} is not a known time zone") from exc
+    return cron, tz
+
+
+_CRON, _TIMEZONE = nightly_settings()
+
+
+@dg.schedule(
+    cron_schedule=_CRON,
+    execution_timezone=_TIMEZONE,
+    target=dg.AssetSelection.assets(*ROUND_ASSETS, annotation_batch),
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+    description="Nightly: starts the next round (pair selection when people label, the whole "
+    "round otherwise) if no round is running or waiting for labels. Cron and time zone: "
+    "AUF_NIGHTLY_CRON, AUF_NIGHTLY_TIMEZONE.",
+)
+def nightly_round(
+    context: dg.ScheduleEvaluationContext, store: DuckDBStore, labeling: LabelingSettings
+):
+    instance = context.instance
+    running = round_runs_in_progress(instance)
+    if running:
+        return dg.SkipReason(f"{', '.join(sorted(running))} running: no new round tonight")
+    trained = trained_rounds(instance)
+    if labeling.people:
+        pending = [
+            s
+            for s in label_status(store, labeling)
+            if s.state in ("waiting", "ready") and s.round_id not in trained
+        ]
+        if pending:
+            s = pending[0]
+            return dg.SkipReason(f"{s.round_id} is waiting for labels ({s.why})")
+    selection = SELECTION_ASSETS if labeling.people else ROUND_ASSETS
+    rounds = registered_rounds(instance)
+    if rounds and rounds[-1] not in trained:
+        key = rounds[-1]  # never finished and nothing runs it: run it again
+        context.log.info(f"{key} never finished: running it again")
+    else:
+        plan = plan_next_round(instance, store, labeling, start_first=True)
+        if plan.key is None:
+            return dg.SkipReason(plan.reason)
+        key = plan.key
+        # A schedule cannot return partition requests: register the round, then request it.
+        instance.add_dynamic_partitions(rounds_partitions.name, [key])
+        context.log.info(plan.reason)
+    when = context.scheduled_execution_time or datetime.now()
+    return dg.RunRequest(
+        partition_key=key,
+        asset_selection=[a.key for a in selection],
+        run_key=f"{key}-{when:%Y-%m-%d}",
+        tags={"auf/trigger": "nightly_round"},
+    )
+
+
+SENSORS = [labels_landed, next_round]
+SCHEDULES = [nightly_round]

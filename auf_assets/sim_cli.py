@@ -68,9 +68,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
         "--anchor-half-life", type=float, default=None, help="prompts (default 1000; inf: none)"
     )
     ev = p.add_argument_group("evaluation reward model (fresh each evaluation)")
-    ev.add_argument("--eval-epochs", type=int, default=None, help="passes (default 20)")
-    ev.add_argument("--eval-lr", type=float, default=None, help="learning rate (default 1e-3)")
-    ev.add_argument("--eval-heads", type=int, default=None, help="heads (default 4)")
+    ev.add_argument("--eval-epochs", type=int, default=None, help="passes (default 10)")
+    ev.add_argument("--eval-lr", type=float, default=None, help="learning rate (default 3e-4)")
+    ev.add_argument("--eval-heads", type=int, default=None, help="heads (default 8)")
     fe = p.add_argument_group("features (computed once per pool, cached under $AUF_HOME)")
     fe.add_argument(
         "--encoder",
@@ -167,15 +167,19 @@ def _simulate(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     _print_pool(pool)
-    feats = pool_features(
-        pool,
-        args.encoder,
-        pooling=args.pooling,
-        max_length=args.max_length,
-        dtype=args.dtype,
-        device=args.device,
-        log=print,
-    )
+    try:
+        feats = pool_features(
+            pool,
+            args.encoder,
+            pooling=args.pooling,
+            max_length=args.max_length,
+            dtype=args.dtype,
+            device=args.device,
+            log=print,
+        )
+    except (ValueError, OSError) as exc:  # bad encoder setting, unknown model source
+        print(f"error: features: {exc}", file=sys.stderr)
+        return 2
     print(f"features: {feats.key} (dim {feats.dim})")
     print(
         f"{'round':>5} {'prompts':>7} {'labels':>6} {'accuracy':>8} {'running':>8} "
@@ -235,7 +239,7 @@ def _bench(args: argparse.Namespace) -> int:
     )
     try:
         result = run_bench(spec, args.out, log=print)
-    except (PoolError, ValueError, LookupError) as exc:
+    except (PoolError, ValueError, LookupError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print()

@@ -193,12 +193,18 @@ def test_manual_gradients_match_autograd():
         auto = torch.autograd.grad(total, params)
         for p in params:
             p.requires_grad_(False)
-        m._ensure_optimizer()
         lam = m.anchor_lambda(250)
         k = 2 * lam / (cfg.n_heads * m.n_params_per_head)
-        m._compute_grads(torch.cat([c, r]), 13, k, torch.float32)
-        for p, g, a in zip(params, m._grads, auto, strict=True):
+        grads = m._gradients(torch.cat([c, r]), 13, k)
+        for p, g, a in zip(params, grads, auto, strict=True):
             torch.testing.assert_close(g + k * p, a, rtol=1e-4, atol=1e-7)
+        # the first layer's weight gradient assembled from row chunks is the same
+        _, ctx = m._backward(torch.cat([c, r]), 13, k, torch.float32, want_loss=False)
+        rows = params[0].shape[0]
+        chunked = torch.cat(
+            [m._layer0_grad(ctx, r0, min(rows, r0 + 5), k) for r0 in range(0, rows, 5)]
+        )
+        torch.testing.assert_close(chunked, grads[0], rtol=1e-5, atol=1e-8)
 
 
 @pytest.mark.parametrize("weight_decay", [0.0, 1.0])
@@ -239,22 +245,45 @@ def test_train_round_equals_autograd_adamw(weight_decay):
 
 
 def test_anchor_gradient_split_only_when_harmless():
-    """Default lambda: the anchor rides on Adam's L2 term; a huge lambda: computed exactly."""
+    """Moderate lambda: the anchor rides on Adam's L2 term; huge lambda: it is computed exactly.
+
+    A ReLU unit that is dead for every input gets no data gradient; its incoming weights sit at
+    their anchor, so the exact anchor gradient is 0 and they must not move at all.
+    """
     big = RewardEnsemble(2560)  # the reference shape with the default lambda_0 = 1
     assert big._fused_anchor_ok(2 * big.anchor_lambda(0) / (20 * big.n_params_per_head))
-    c, r = _pairs(64)
-    m = RewardEnsemble(D, _small(anchor_lambda0=0.01))
-    m.train_round(c, r, n_done=0)
-    k = 2 * m.anchor_lambda(0) / (m.n_heads * m.n_params_per_head)
-    assert m._fused_anchor_ok(k)
-    assert m._optimizer.param_groups[0]["weight_decay"] == pytest.approx(k)
-    strong = RewardEnsemble(D, _small(anchor_lambda0=1e5))
-    strong.train_round(c, r, n_done=0)
-    assert strong._optimizer.param_groups[0]["weight_decay"] == 0.0
-    # exact path: a parameter whose data gradient is zero and that sits at its anchor stays put
-    params, anchors = strong.parameters(), strong.anchors()
-    dead = (params["layer0.bias"] == anchors["layer0.bias"]) & (strong._grads[1] == 0)
-    assert torch.equal(params["layer0.bias"][dead], anchors["layer0.bias"][dead])
+    c, r = _pairs(256)
+    for lam0, fused in ((0.01, True), (1e5, False)):
+        m = RewardEnsemble(D, _small(anchor_lambda0=lam0, hidden=(16,)))
+        k = 2 * m.anchor_lambda(0) / (m.n_heads * m.n_params_per_head)
+        assert m._fused_anchor_ok(k) is fused
+        for t in (m.parameters(), m.anchors()):
+            t["layer0.bias"][0, 0] = -1e3  # unit 0 of head 0 never fires
+        for rnd in range(3):
+            m.train_round(c, r, n_done=64 * rnd)
+        row, anchor = m.parameters()["layer0.weight"][0], m.anchors()["layer0.weight"][0]
+        assert not torch.equal(m.parameters()["layer0.weight"][1], m.anchors()["layer0.weight"][1])
+        if fused:
+            assert float((row - anchor).abs().max()) < 1e-9
+        else:
+            assert torch.equal(row, anchor)
+
+
+def test_fused_adam_matches_formula(monkeypatch):
+    """torch's fused Adam/AdamW kernels and the written-out formula train identically."""
+    import auf_assets.core.ensemble as ens
+
+    c, r = _pairs(200)
+    for wd in (0.0, 0.1):
+        out = []
+        for force in (False, True):
+            monkeypatch.setattr(ens, "_FORCE_REFERENCE_ADAM", force)
+            m = RewardEnsemble(D, _small(lr=1e-2, weight_decay=wd))
+            m.train_round(c, r, n_done=0)
+            m.train_round(c, r, n_done=64)
+            out.append(m.parameters())
+        for name, p in out[0].items():
+            torch.testing.assert_close(p, out[1][name], rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------- training

@@ -70,6 +70,8 @@ def test_definitions_load_the_whole_graph():
         "judgements",
         "reward_model",
         "annotation_batch",
+        "simulation_pool_features",
+        "method_benchmark",
     }
     assert defs.resolve_job_def("active_round").partitions_def.name == "rounds"
 

@@ -31,10 +31,11 @@ Speed. All heads run as one batched computation; nothing loops over heads in Pyt
 * training uses a hand-written backward pass (the model is a small MLP; it is tested against
   autograd) into preallocated gradient buffers: no autograd bookkeeping, no per-head loops;
 * the anchor term's gradient ``k * (w - w_init)`` with ``k = 2 * lambda_t / (H * P)`` is
-  analytic: the ``-k * w_init`` half is folded into the weight-gradient GEMM (``beta=-k``) and the
-  ``+k * w`` half is the L2 ``weight_decay`` of the fused Adam kernel, so the anchor costs no extra
-  pass over the parameters while ``lambda_t`` is moderate (see ``_fused_anchor_ok``; otherwise,
-  and with decoupled AdamW ``weight_decay``, the anchor gradient is added exactly, one extra pass);
+  analytic and never goes through autograd: the ``-k * w_init`` half is subtracted while the weight
+  gradient is written (the GEMM's ``beta`` term with BLAS, the copy into the gradient buffer with
+  oneDNN) and the ``+k * w`` half is the L2 ``weight_decay`` of the fused Adam kernel, so the anchor
+  adds no pass over the parameters while ``lambda_t`` is moderate (see ``_fused_anchor_ok``;
+  otherwise, and with decoupled AdamW ``weight_decay``, it is added exactly, one extra pass);
 * ``compute_dtype="bfloat16"`` runs the first-layer GEMMs (forward and weight gradient) in bf16 with
   fp32 accumulation, keeping fp32 master weights, optimizer state and deeper layers (an option
   for CPUs with AVX512-BF16/AMX; ``float32`` is the default).
@@ -53,7 +54,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -67,6 +68,7 @@ __all__ = [
     "TrainStats",
     "anchor_lambda",
     "half_life_from_reference",
+    "onednn_available",
 ]
 
 _COMPUTE_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -294,10 +296,115 @@ def onednn_available() -> bool:
                     torch.allclose(got, ref, rtol=1e-5, atol=1e-5)
                     and torch.allclose(got2, ref2, rtol=1e-5, atol=1e-5)
                 )
-        except Exception:  # noqa: BLE001 - any failure means "not usable"
+        except Exception:  # any failure means "not usable"
             ok = False
         _ONEDNN_OK = ok
     return _ONEDNN_OK
+
+
+# --------------------------------------------------------------------------------------------------
+# Adam(W)
+
+# The first layer's weight gradient is produced and consumed in row chunks of about this size, so
+# each chunk goes from the GEMM through the anchor term into the Adam update while still in cache.
+_CHUNK_BYTES = 4 << 20
+_FUSED_ADAM_OK: bool | None = None
+_FORCE_REFERENCE_ADAM = False  # tests flip this to check the fused kernel against the formula
+
+
+class _AdamState:
+    """Adam moments of every parameter and the shared step count (all parameters step together)."""
+
+    def __init__(self, params: list[torch.Tensor]):
+        self.exp_avg = [torch.zeros_like(p) for p in params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in params]
+        self.step = torch.zeros((), dtype=torch.float32)
+
+
+class _Layer0Grad(NamedTuple):
+    dz_t: torch.Tensor  # [H*h1, B] gradient at the first layer's pre-activations, transposed
+    x: torch.Tensor  # [B, d] the batch (bf16 in low-precision mode)
+    x_t: torch.Tensor | None  # [d, B] contiguous, for the oneDNN route
+
+
+def _reference_adam(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    step: float,
+    lr: float,
+    l2: float,
+    decoupled_wd: float,
+) -> None:
+    """Adam (L2 term ``l2``) or AdamW (decoupled decay ``decoupled_wd``) as torch.optim has it."""
+    beta1, beta2 = _BETAS
+    bc1 = 1.0 - beta1**step
+    bc2_sqrt = math.sqrt(1.0 - beta2**step)
+    for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs, strict=True):
+        if decoupled_wd:
+            p.mul_(1.0 - lr * decoupled_wd)
+        if l2:
+            g = g.add(p, alpha=l2)
+        m.lerp_(g, 1.0 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+        denom = (v.sqrt() / bc2_sqrt).add_(_EPS)
+        p.addcdiv_(m, denom, value=-lr / bc1)
+
+
+def _fused_adam_ok() -> bool:
+    """Whether torch's fused CPU Adam/AdamW kernels are there and agree with the formula."""
+    global _FUSED_ADAM_OK
+    if _FUSED_ADAM_OK is None:
+        ok = False
+        try:
+            gen = torch.Generator().manual_seed(0)
+            for wd, l2 in ((0.0, 0.3), (0.2, 0.0)):
+                p = torch.randn(33, generator=gen)
+                g = torch.randn(33, generator=gen)
+                m, v = torch.randn(33, generator=gen), torch.rand(33, generator=gen)
+                ref = [t.clone() for t in (p, g, m, v)]
+                step = torch.tensor(3.0)
+                fn = torch._fused_adamw_ if wd else torch._fused_adam_
+                fn([p], [g.clone()], [m], [v], [], [step], lr=0.01, beta1=_BETAS[0],
+                   beta2=_BETAS[1], weight_decay=wd or l2, eps=_EPS, amsgrad=False,
+                   maximize=False)  # fmt: skip
+                _reference_adam([ref[0]], [ref[1]], [ref[2]], [ref[3]], 3.0, 0.01, l2, wd)
+                ok = torch.allclose(p, ref[0], rtol=1e-5, atol=1e-7) and torch.allclose(
+                    v, ref[3], rtol=1e-5, atol=1e-9
+                )
+                if not ok:
+                    break
+        except Exception:  # any failure means "use the formula"
+            ok = False
+        _FUSED_ADAM_OK = bool(ok)
+    return _FUSED_ADAM_OK
+
+
+def _adam_update(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    step: torch.Tensor,
+    lr: float,
+    l2: float,
+    decoupled_wd: float,
+) -> None:
+    """One Adam step (already counted in ``step``) on a group of tensors, in place.
+
+    ``l2`` adds ``l2 * w`` to the gradient (Adam's ``weight_decay``); ``decoupled_wd`` is AdamW's
+    decay. Uses torch's fused CPU kernel (one pass over the tensors) where it checks out.
+    """
+    if decoupled_wd and l2:
+        raise ValueError("use either an L2 term or decoupled weight decay, not both")
+    if not _FORCE_REFERENCE_ADAM and _fused_adam_ok():
+        fn = torch._fused_adamw_ if decoupled_wd else torch._fused_adam_
+        fn(params, grads, exp_avgs, exp_avg_sqs, [], [step] * len(params), lr=lr,
+           beta1=_BETAS[0], beta2=_BETAS[1], weight_decay=decoupled_wd or l2, eps=_EPS,
+           amsgrad=False, maximize=False)  # fmt: skip
+    else:
+        _reference_adam(params, grads, exp_avgs, exp_avg_sqs, float(step), lr, l2, decoupled_wd)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -330,7 +437,7 @@ class RewardEnsemble:
         layer<l>.weight [H, h_l, h_{l+1}], layer<l>.bias [H, h_{l+1}]   (l = 1..L-1)
         out.weight    [H, h_L]          (no bias)
 
-    Rewards of head ``h``: ``relu(... relu(x @ W0_h + b0_h) @ W1_h + b1_h ...) @ w_out_h``.
+    Rewards of head ``h``: ``relu(... relu(x @ W0_h.T + b0_h) @ W1_h + b1_h ...) @ w_out_h``.
     :meth:`head_layers` returns one head's weights in ``torch.nn.Linear`` convention.
     """
 
@@ -371,13 +478,14 @@ class RewardEnsemble:
         self.n_params_per_head = sum(p.numel() for p in self._params) // H
 
         self._sample_gen = torch.Generator().manual_seed(cfg.seed + 1)
-        self._grads: list[torch.Tensor] | None = None
-        self._optimizer: torch.optim.Optimizer | None = None
+        self._grads: list[torch.Tensor] | None = None  # small parameters' gradient buffers
+        self._adam: _AdamState | None = None
         #: fp32 GEMM route for the first layer: "onednn" where usable, else "blas" (torch.mm);
         #: results agree to fp32 rounding, and each is deterministic for a fixed thread count.
-        self.gemm_backend = "onednn" if onednn_available() else "blas"
+        self.gemm_backend = (
+            "onednn" if onednn_available() and torch.backends.mkldnn.enabled else "blas"
+        )
         self._w0_lp: torch.Tensor | None = None  # low-precision copy of layer0.weight
-        self._g0_lp: torch.Tensor | None = None
 
     # ---------------------------------------------------------------- parameters
 
@@ -415,12 +523,11 @@ class RewardEnsemble:
         self,
         x: torch.Tensor,
         dtype: torch.dtype,
-        params: list[torch.Tensor] | None = None,
         w0_lp: torch.Tensor | None = None,
         keep: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Rewards ``[H, B]`` of ``x [B, d]``; ``keep`` collects the post-ReLU activations."""
-        p = self._params if params is None else params
+        p = self._params
         H = self.config.n_heads
         B = x.shape[0]
         h1 = self._sizes[1]
@@ -566,21 +673,12 @@ class RewardEnsemble:
 
     # ---------------------------------------------------------------- training
 
-    def _ensure_optimizer(self) -> torch.optim.Optimizer:
-        if self._optimizer is None:
-            kwargs: dict[str, Any] = dict(
-                lr=self.config.lr, betas=_BETAS, eps=_EPS, weight_decay=0.0
-            )
-            try:
-                opt = torch.optim.Adam(self._params, fused=True, **kwargs)
-            except (RuntimeError, TypeError):  # pragma: no cover - very old torch builds
-                opt = torch.optim.Adam(self._params, foreach=False, **kwargs)
-            self._optimizer = opt
+    def _ensure_adam(self) -> _AdamState:
+        if self._adam is None:
+            self._adam = _AdamState(self._params)
         if self._grads is None:
-            self._grads = [torch.zeros_like(p) for p in self._params]
-            for p, g in zip(self._params, self._grads, strict=True):
-                p.grad = g
-        return self._optimizer
+            self._grads = [torch.zeros_like(p) for p in self._params[1:]]
+        return self._adam
 
     def _fused_anchor_ok(self, k: float) -> bool:
         """Whether the anchor gradient may be split between the GEMM and Adam's L2 term.
@@ -596,18 +694,21 @@ class RewardEnsemble:
         residual = k * 2.0 * self._anchor_absmax * 2.0**-23
         return residual <= 1e-3 * _EPS
 
-    def _compute_grads(
-        self, x: torch.Tensor, n: int, k: float, dtype: torch.dtype, want_loss: bool = True
-    ) -> float:
-        """Fill ``self._grads`` for the batch ``x = [chosen; rejected]`` (``[2n, d]``).
+    def _backward(
+        self, x: torch.Tensor, n: int, k: float, dtype: torch.dtype, want_loss: bool
+    ) -> tuple[float, _Layer0Grad]:
+        """Forward and backward pass for the batch ``x = [chosen; rejected]`` (``[2n, d]``).
 
-        The grads hold the data-term gradient minus ``k * w_init``; the optimizer's L2 weight
-        decay adds ``k * w``, completing the anchor gradient ``k * (w - w_init)``. Returns the
-        batch's data loss (BT + center, mean over heads), or NaN unless ``want_loss``.
+        Fills ``self._grads`` (every parameter but ``layer0.weight``) with the data-term gradient
+        minus ``k * w_init`` (``k = 0`` leaves the anchor out) and returns the batch's data loss
+        (BT + center, mean over heads; NaN unless ``want_loss``) and what
+        :meth:`_layer0_grad` needs for the big first-layer weight gradient, which training
+        computes in row chunks, each consumed by Adam while it is still in cache.
         """
         cfg = self.config
         H = cfg.n_heads
-        p, a0, g = self._params, self._anchors, self._grads
+        p, a0 = self._params, self._anchors
+        g = self._grads
         assert g is not None
         B = 2 * n
         acts: list[torch.Tensor] = []
@@ -628,30 +729,54 @@ class RewardEnsemble:
         cen = s * (2.0 * cfg.center_coef)
         dr = torch.cat([cen - sig, cen + sig], dim=1).mul_(scale)  # [H, 2n]
 
-        last = acts[-1]
-        torch.bmm(dr.unsqueeze(1), last, out=g[-1].unsqueeze(1))
+        # g[i] is the gradient of p[i + 1]
+        torch.bmm(dr.unsqueeze(1), acts[-1], out=g[-1].unsqueeze(1))
         g[-1].sub_(a0[-1], alpha=k)
         da = dr.unsqueeze(2) * p[-1].unsqueeze(1)  # [H, B, h_L]
         for i in range(len(cfg.hidden) - 1, 0, -1):
             dz = _relu_backward(da, acts[i])
-            torch.baddbmm(a0[2 * i], acts[i - 1].transpose(1, 2), dz, beta=-k, out=g[2 * i])
-            torch.sum(dz, dim=1, out=g[2 * i + 1])
-            g[2 * i + 1].sub_(a0[2 * i + 1], alpha=k)
+            torch.baddbmm(a0[2 * i], acts[i - 1].transpose(1, 2), dz, beta=-k, out=g[2 * i - 1])
+            torch.sum(dz, dim=1, out=g[2 * i])
+            g[2 * i].sub_(a0[2 * i + 1], alpha=k)
             da = torch.bmm(dz, p[2 * i].transpose(1, 2))
         dz1 = _relu_backward(da, acts[0])  # [H, B, h1]
-        torch.sum(dz1, dim=1, out=g[1])
-        g[1].sub_(a0[1], alpha=k)
+        torch.sum(dz1, dim=1, out=g[0])
+        g[0].sub_(a0[1], alpha=k)
         dz1_t = dz1.transpose(1, 2).reshape(-1, B)  # [H*h1, B]
         if lp:
-            assert self._g0_lp is not None and x_lp is not None
-            torch.mm(dz1_t.to(dtype), x_lp, out=self._g0_lp)
-            torch.sub(self._g0_lp, a0[0], alpha=k, out=g[0])
+            ctx = _Layer0Grad(dz1_t.to(dtype), x_lp, None)
         elif self.gemm_backend == "onednn":
-            g0 = _onednn_linear(dz1_t, x.T.contiguous(), None, "none")
-            torch.sub(g0, a0[0], alpha=k, out=g[0])
+            ctx = _Layer0Grad(dz1_t, x, x.T.contiguous())
         else:
-            torch.addmm(a0[0], dz1_t, x, beta=-k, out=g[0])
-        return data_loss
+            ctx = _Layer0Grad(dz1_t, x, None)
+        return data_loss, ctx
+
+    def _layer0_grad(self, ctx: _Layer0Grad, r0: int, r1: int, k: float) -> torch.Tensor:
+        """Rows ``r0:r1`` of the ``layer0.weight`` gradient, minus ``k * w_init`` (fresh tensor)."""
+        a0 = self._anchors[0][r0:r1]
+        dz_t = ctx.dz_t[r0:r1]
+        if ctx.x.dtype != torch.float32:  # low-precision GEMM, fp32 result
+            g = torch.mm(dz_t, ctx.x)
+            return torch.sub(g, a0, alpha=k) if k else g.to(torch.float32)
+        if ctx.x_t is not None:
+            g = _onednn_linear(dz_t, ctx.x_t, None, "none")
+            return g.sub_(a0, alpha=k) if k else g
+        return torch.addmm(a0, dz_t, ctx.x, beta=-k)
+
+    def _gradients(
+        self, x: torch.Tensor, n: int, k: float, dtype: torch.dtype = torch.float32
+    ) -> list[torch.Tensor]:
+        """Full gradients (data term minus ``k * w_init``) of every parameter, for testing."""
+        self._ensure_adam()
+        _, ctx = self._backward(x, n, k, dtype, want_loss=False)
+        assert self._grads is not None
+        g0 = self._layer0_grad(ctx, 0, self._params[0].shape[0], k)
+        return [g0, *(g.clone() for g in self._grads)]
+
+    def _chunks(self) -> list[tuple[int, int]]:
+        rows = self._params[0].shape[0]
+        step = max(1, _CHUNK_BYTES // (4 * self.in_dim))
+        return [(r, min(rows, r + step)) for r in range(0, rows, step)]
 
     def train_round(
         self,
@@ -692,24 +817,26 @@ class RewardEnsemble:
         else:
             loss_before = bt_before = float("nan")
 
-        opt = self._ensure_optimizer()
+        adam = self._ensure_adam()
+        assert self._grads is not None
         k = 2.0 * lam / (cfg.n_heads * self.n_params_per_head)
-        decoupled = cfg.weight_decay > 0.0
-        fused_anchor = self._fused_anchor_ok(k) and not decoupled
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr
-            # fused: the optimizer's L2 term adds the k * w half of the anchor gradient
-            group["weight_decay"] = k if fused_anchor else 0.0
+        wd = cfg.weight_decay
+        # fused: -k * w_init goes into the gradient, Adam's L2 term adds k * w (see
+        # _fused_anchor_ok); otherwise k * (w - w_init) is added exactly. Decoupled AdamW decay
+        # needs the exact form, as its decay is not a gradient term.
+        fused_anchor = wd == 0.0 and self._fused_anchor_ok(k)
+        k_fold = k if fused_anchor else 0.0
+        l2 = k if fused_anchor else 0.0
         dtype = self.compute_dtype
         lp = dtype != torch.float32
-        if lp and (self._w0_lp is None or self._w0_lp.dtype != dtype):
-            self._w0_lp = torch.empty_like(self._params[0], dtype=dtype)
-            self._g0_lp = torch.empty_like(self._params[0], dtype=dtype)
+        if lp:
+            self._w0_lp = self._params[0].to(dtype)
+        chunks = self._chunks()
+        p0, m0, v0 = self._params[0], adam.exp_avg[0], adam.exp_avg_sq[0]
+        small = (self._params[1:], self._grads, adam.exp_avg[1:], adam.exp_avg_sq[1:])
 
-        assert self._grads is not None
         bs = cfg.batch_size
         xbuf = torch.empty(2 * bs, self.in_dim, dtype=torch.float32)
-        decay = 1.0 - cfg.lr * cfg.weight_decay
         for step in range(n_steps):
             idx = order[step * bs : (step + 1) * bs]
             n = idx.numel()
@@ -720,21 +847,24 @@ class RewardEnsemble:
             else:
                 x[:n].copy_(xc_all.index_select(0, idx))
                 x[n:].copy_(xr_all.index_select(0, idx))
-            if lp:
-                assert self._w0_lp is not None
-                self._w0_lp.copy_(self._params[0])
-            batch_loss = self._compute_grads(
-                x, n, k if fused_anchor else 0.0, dtype, want_loss=progress is not None
-            )
-            if not fused_anchor:
-                for prm, grd, anc in zip(self._params, self._grads, self._anchors, strict=True):
-                    if k:
-                        grd.add_(prm - anc, alpha=k)  # exactly zero where w == w_init
-                    if decoupled:
-                        prm.mul_(decay)  # AdamW: decay first, gradient from the old weights
-            opt.step()
+            batch_loss, ctx = self._backward(x, n, k_fold, dtype, want_loss=progress is not None)
+            adam.step += 1
+            if not fused_anchor and k:
+                pairs = zip(self._params[1:], self._anchors[1:], strict=True)
+                for grd, (prm, anc) in zip(self._grads, pairs, strict=True):
+                    grd.add_(prm - anc, alpha=k)  # exactly zero where w == w_init
+            _adam_update(*small, adam.step, cfg.lr, l2, wd)
+            for r0, r1 in chunks:
+                g = self._layer0_grad(ctx, r0, r1, k_fold)
+                if not fused_anchor and k:
+                    g.add_(p0[r0:r1] - self._anchors[0][r0:r1], alpha=k)
+                _adam_update([p0[r0:r1]], [g], [m0[r0:r1]], [v0[r0:r1]], adam.step, cfg.lr, l2, wd)
+                if lp:
+                    assert self._w0_lp is not None
+                    self._w0_lp[r0:r1].copy_(p0[r0:r1])  # refresh while the rows are in cache
             if progress is not None:
                 progress(step + 1, n_steps, batch_loss)
+        self._w0_lp = None
 
         if len(stats_idx):
             loss_after, bt_after = self._evaluate(xc_all[stats_idx], xr_all[stats_idx], lam)
@@ -765,16 +895,13 @@ class RewardEnsemble:
         for name, p, a in zip(self._names, self._params, self._anchors, strict=True):
             tensors[f"param.{name}"] = p.detach().clone()
             tensors[f"anchor.{name}"] = a.clone()
-        if self._optimizer is not None:
-            for name, p in zip(self._names, self._params, strict=True):
-                st = self._optimizer.state.get(p)
-                if not st:
-                    continue
-                tensors[f"adam.exp_avg.{name}"] = st["exp_avg"].clone()
-                tensors[f"adam.exp_avg_sq.{name}"] = st["exp_avg_sq"].clone()
-                step = st["step"]
-                step = step if isinstance(step, torch.Tensor) else torch.tensor(float(step))
-                tensors[f"adam.step.{name}"] = step.detach().to(torch.float32).reshape(1).clone()
+        if self._adam is not None:
+            for name, m, v in zip(
+                self._names, self._adam.exp_avg, self._adam.exp_avg_sq, strict=True
+            ):
+                tensors[f"adam.exp_avg.{name}"] = m.clone()
+                tensors[f"adam.exp_avg_sq.{name}"] = v.clone()
+            tensors["adam.step"] = self._adam.step.reshape(1).clone()
         tensors["rng.sample"] = self._sample_gen.get_state().clone()
         meta = {
             "format": _FORMAT,
@@ -814,16 +941,12 @@ class RewardEnsemble:
                     )
                 target[i].copy_(t)
         model._anchor_absmax = max(float(a.abs().max()) for a in model._anchors)
-        if any(key.startswith("adam.") for key in tensors):
-            opt = model._ensure_optimizer()
-            for name, p in zip(model._names, model._params, strict=True):
-                if f"adam.step.{name}" not in tensors:
-                    continue
-                opt.state[p] = {
-                    "step": tensors[f"adam.step.{name}"].reshape(()).clone(),
-                    "exp_avg": tensors[f"adam.exp_avg.{name}"].clone(),
-                    "exp_avg_sq": tensors[f"adam.exp_avg_sq.{name}"].clone(),
-                }
+        if "adam.step" in tensors:
+            adam = model._ensure_adam()
+            adam.step.copy_(tensors["adam.step"].reshape(()))
+            for i, name in enumerate(model._names):
+                adam.exp_avg[i].copy_(tensors[f"adam.exp_avg.{name}"])
+                adam.exp_avg_sq[i].copy_(tensors[f"adam.exp_avg_sq.{name}"])
         model._sample_gen.set_state(tensors["rng.sample"])
         return model
 

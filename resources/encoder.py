@@ -32,14 +32,20 @@ class FeatureEncoder(dg.ConfigurableResource):
     max_length: int = Field(default=512, ge=8)
     batch_size: int = Field(default=32, ge=1)
     device: str = "auto"
-    dtype: Literal["auto", "bf16", "fp16", "fp32"] = "fp32"
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        default="auto", description="auto = bf16 autocast: about 2x faster than fp32 on CPU"
+    )
     normalize: bool = Field(default=True, description="L2-normalise the pooled vectors")
 
     @property
     def key(self) -> str:
         """Identifies features made by this encoder setting (the feature-cache key)."""
         norm = "-l2" if self.normalize else ""
-        return f"{self.model}:{self.pooling}:{self.max_length}{norm}"
+        # The compute dtype changes the vectors slightly: fp32 and bf16 features never mix.
+        precision = (
+            "fp32" if self.dtype == "fp32" else "bf16" if self.dtype == "auto" else self.dtype
+        )
+        return f"{self.model}:{self.pooling}:{self.max_length}{norm}:{precision}"
 
     def encode(
         self, prompts: Sequence[str], responses: Sequence[str], progress: Progress | None = None

@@ -353,10 +353,17 @@ def test_determinism_under_seed():
     assert not torch.equal(a.parameters()["layer0.weight"], other.parameters()["layer0.weight"])
 
 
-def test_save_load_continues_identically(tmp_path):
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(anchor_half_life=math.inf, weight_decay=0.01),  # exact anchor term, AdamW decay
+        dict(anchor_lambda0=0.01, compute_dtype="bfloat16"),  # anchor split over Adam's L2 term
+    ],
+)
+def test_save_load_continues_identically(tmp_path, kw):
     c, r = _pairs(400)
     c2, r2 = _pairs(400, seed=11)
-    cfg = _small(anchor_half_life=math.inf, weight_decay=0.01)
+    cfg = _small(**kw)
 
     straight = RewardEnsemble(D, cfg)
     straight.train_round(c, r, n_done=0)

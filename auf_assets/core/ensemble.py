@@ -23,19 +23,21 @@ see :func:`half_life_from_reference` for the conversion (base 0.99 on UltraFeedb
 Speed. All heads run as one batched computation; nothing loops over heads in Python:
 
 * the first layer of every head is one GEMM ``[B, d] x [d, H*h1]`` (the heads see the same batch,
-  so their first-layer weights are stacked into one ``[H*h1, d]`` matrix), and its weight gradient
-  is one GEMM too. Where usable, these fp32 GEMMs go through oneDNN (AVX-512 on any x86 CPU)
-  rather than MKL (which takes its AVX2 path on AMD CPUs): 2-3x faster on the development machine;
+  so their first-layer weights are stacked into one ``[H*h1, d]`` matrix), with bias and ReLU
+  fused. Where usable, the fp32 first-layer GEMMs go through oneDNN (AVX-512 on any x86 CPU)
+  rather than MKL (which takes its AVX2 path on AMD CPUs), 2x faster on the development machine;
   see :func:`onednn_available` and ``RewardEnsemble.gemm_backend``;
 * deeper layers are ``torch.baddbmm`` over a leading head dimension;
-* training uses a hand-written backward pass (the model is a small MLP; it is tested against
-  autograd) into preallocated gradient buffers: no autograd bookkeeping, no per-head loops;
+* training uses a hand-written backward pass (tested against autograd): no autograd bookkeeping;
+* the first layer's weight gradient (``H*h1 x d``, the bulk of all parameters) is never
+  materialised whole: it is computed in row chunks of a few MB, and each chunk goes straight from
+  the GEMM through the anchor term into the fused Adam update while it is still in cache, which
+  saves most of the memory traffic of a step;
 * the anchor term's gradient ``k * (w - w_init)`` with ``k = 2 * lambda_t / (H * P)`` is
-  analytic and never goes through autograd: the ``-k * w_init`` half is subtracted while the weight
-  gradient is written (the GEMM's ``beta`` term with BLAS, the copy into the gradient buffer with
-  oneDNN) and the ``+k * w`` half is the L2 ``weight_decay`` of the fused Adam kernel, so the anchor
-  adds no pass over the parameters while ``lambda_t`` is moderate (see ``_fused_anchor_ok``;
-  otherwise, and with decoupled AdamW ``weight_decay``, it is added exactly, one extra pass);
+  analytic: the ``-k * w_init`` half is subtracted from the gradient chunk and the ``+k * w`` half
+  is the L2 ``weight_decay`` of the fused Adam kernel while ``lambda_t`` is moderate (see
+  ``_fused_anchor_ok``); otherwise, and with decoupled AdamW ``weight_decay``, it is added
+  exactly as ``k * (w - w_init)``;
 * ``compute_dtype="bfloat16"`` runs the first-layer GEMMs (forward and weight gradient) in bf16 with
   fp32 accumulation, keeping fp32 master weights, optimizer state and deeper layers (an option
   for CPUs with AVX512-BF16/AMX; ``float32`` is the default).

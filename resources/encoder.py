@@ -13,8 +13,8 @@ from pydantic import Field
 from resources import home
 from resources.models import (
     Progress,
-    autocast_dtype,
     load_tokenizer_and_model,
+    map_pairs,
     resolve_device,
 )
 
@@ -51,55 +51,30 @@ class FeatureEncoder(dg.ConfigurableResource):
         self, prompts: Sequence[str], responses: Sequence[str], progress: Progress | None = None
     ) -> np.ndarray:
         """Features [n, dim] (float32) for each (prompt, response)."""
-        if len(prompts) != len(responses):
-            raise ValueError(f"{len(prompts)} prompts for {len(responses)} responses")
+        if len(prompts) == 0:
+            return np.empty((0, 0), dtype=np.float32)
         device = resolve_device(self.device)
         tokenizer, model = load_tokenizer_and_model(
             self.model, "encoder", str(device), str(home.models_dir())
         )
-        texts = _pair_texts(tokenizer, prompts, responses)
-        amp = autocast_dtype(self.dtype, device)
-        tokenizer.padding_side = "right"
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        out: np.ndarray | None = None
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            enc = tokenizer(
-                [texts[i] for i in idx],
-                return_tensors="pt",
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-            ).to(device)
-            with (
-                torch.inference_mode(),
-                torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None),
-            ):
-                hidden = model(**enc).last_hidden_state.float()
-            pooled = _pool(hidden, enc["attention_mask"], self.pooling)
-            if self.normalize:
-                pooled = torch.nn.functional.normalize(pooled, dim=-1)
-            if out is None:
-                out = np.empty((len(texts), pooled.shape[-1]), dtype=np.float32)
-            out[idx] = pooled.cpu().numpy()
-            if progress:
-                progress(min(start + self.batch_size, len(order)), len(order))
-        if out is None:
-            return np.empty((0, 0), dtype=np.float32)
-        return out
 
+        def pooled(outputs, mask: torch.Tensor) -> torch.Tensor:
+            vectors = _pool(outputs.last_hidden_state.float(), mask, self.pooling)
+            return torch.nn.functional.normalize(vectors, dim=-1) if self.normalize else vectors
 
-def _pair_texts(tokenizer, prompts: Sequence[str], responses: Sequence[str]) -> list[str]:
-    """Chat-formatted (prompt, response) when the backbone has a chat template, else plain."""
-    if getattr(tokenizer, "chat_template", None):
-        return [
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": p}, {"role": "assistant", "content": r}],
-                tokenize=False,
-            )
-            for p, r in zip(prompts, responses, strict=True)
-        ]
-    return [f"User: {p}\nAssistant: {r}" for p, r in zip(prompts, responses, strict=True)]
+        features = map_pairs(
+            tokenizer,
+            model,
+            prompts,
+            responses,
+            pooled,
+            device=device,
+            dtype=self.dtype,
+            batch_size=self.batch_size,
+            max_length=self.max_length,
+            progress=progress,
+        )
+        return features.reshape(len(prompts), -1)
 
 
 def _pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:

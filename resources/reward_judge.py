@@ -18,8 +18,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from resources.encoder import _pair_texts
-from resources.models import Progress, autocast_dtype, resolve_device, resolve_source
+from resources.models import Progress, map_pairs, resolve_device, resolve_source
 
 log = logging.getLogger(__name__)
 
@@ -72,30 +71,18 @@ class RewardModelJudge(dg.ConfigurableResource):
                 "the reward-model judge has no model: set resources.reward_judge.config.model "
                 "to a sequence-classification checkpoint"
             )
-        if len(prompts) != len(responses):
-            raise ValueError(f"{len(prompts)} prompts for {len(responses)} responses")
         device = resolve_device(self.device)
         tokenizer, model = _load_reward_model(self.model, str(device))
-        texts = _pair_texts(tokenizer, prompts, responses)
-        amp = autocast_dtype(self.dtype, device)
-        tokenizer.padding_side = "right"
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        out = np.empty(len(texts), dtype=np.float64)
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            enc = tokenizer(
-                [texts[i] for i in idx],
-                return_tensors="pt",
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-            ).to(device)
-            with (
-                torch.inference_mode(),
-                torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None),
-            ):
-                logits = model(**enc).logits.float()
-            out[idx] = logits[:, 0].cpu().numpy()
-            if progress:
-                progress(min(start + self.batch_size, len(order)), len(order))
-        return out
+        rewards = map_pairs(
+            tokenizer,
+            model,
+            prompts,
+            responses,
+            lambda out, _mask: out.logits[:, 0],
+            device=device,
+            dtype=self.dtype,
+            batch_size=self.batch_size,
+            max_length=self.max_length,
+            progress=progress,
+        )
+        return rewards.astype(np.float64)

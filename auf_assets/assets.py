@@ -347,6 +347,32 @@ def _completions_from_pool(
     )
 
 
+def _ensure_features(
+    context: dg.AssetExecutionContext,
+    store: DuckDBStore,
+    encoder: FeatureEncoder,
+    completion_ids: list[str],
+) -> int:
+    """Encode the completions that have no features for this encoder yet; returns how many."""
+    missing = store.missing_features(completion_ids, encoder.key)
+    if not missing:
+        return 0
+    todo = store.query(
+        "SELECT c.completion_id, p.prompt, c.response FROM completions c "
+        "JOIN prompts p USING (prompt_id) WHERE c.completion_id IN "
+        "(SELECT unnest($ids))",
+        {"ids": missing},
+    )
+    context.log.info(f"encoding {todo.height} responses with {encoder.key}")
+    vectors = encoder.encode(
+        todo["prompt"].to_list(),
+        todo["response"].to_list(),
+        progress=_progress_logger(context, "features"),
+    )
+    store.add_features(todo["completion_id"].to_list(), encoder.key, vectors)
+    return todo.height
+
+
 # -- uncertainty scores -----------------------------------------------------------------------
 
 
@@ -381,17 +407,8 @@ def reward_scores(
     if rows.height == 0:
         raise dg.Failure(f"{round_id} has no completions: materialise completions first")
     ids = rows["completion_id"].to_list()
-    missing = set(store.missing_features(ids, encoder.key))
     started = time.perf_counter()
-    if missing:
-        todo = rows.filter(pl.col("completion_id").is_in(list(missing)))
-        context.log.info(f"encoding {todo.height} responses with {encoder.key}")
-        vectors = encoder.encode(
-            todo["prompt"].to_list(),
-            todo["response"].to_list(),
-            progress=_progress_logger(context, "features"),
-        )
-        store.add_features(todo["completion_id"].to_list(), encoder.key, vectors)
+    encoded = _ensure_features(context, store, encoder, ids)
     encode_s = time.perf_counter() - started
     features = store.load_features(ids, encoder.key)
 
@@ -419,8 +436,8 @@ def reward_scores(
             "dagster/row_count": scores.height,
             "encoder": encoder.key,
             "feature_dim": int(features.shape[1]),
-            "features_encoded": len(missing),
-            "features_reused": len(ids) - len(missing),
+            "features_encoded": encoded,
+            "features_reused": len(ids) - encoded,
             "encode_seconds": round(encode_s, 2),
             "reward_model_round": model_round or "fresh heads",
             "mean_mu": float(np.mean(mu)),
@@ -1037,6 +1054,13 @@ def reward_model(
         "prompts_done": prompts_done,
     }
     if buffer.height:
+        # Pairs of earlier rounds lack features when the encoder setting changed since.
+        _ensure_features(
+            context,
+            store,
+            encoder,
+            buffer["chosen_completion_id"].to_list() + buffer["rejected_completion_id"].to_list(),
+        )
         chosen = store.load_features(buffer["chosen_completion_id"].to_list(), encoder.key)
         rejected = store.load_features(buffer["rejected_completion_id"].to_list(), encoder.key)
         context.log.info(f"training {uncertainty_model.n_heads} heads on {buffer.height} pairs")

@@ -47,13 +47,15 @@ def tiny_run_config(model_dir, method: str = "drts") -> dict:
     }
 
 
-def materialize_round(instance, key, model_dir, method="drts") -> dg.ExecuteInProcessResult:
+def materialize_round(
+    instance, key, model_dir, method="drts", **resource_overrides
+) -> dg.ExecuteInProcessResult:
     instance.add_dynamic_partitions("rounds", [key])
     return dg.materialize(
         [*ROUND_ASSETS, *ROUND_CHECKS],
         instance=instance,
         partition_key=key,
-        resources=tiny_resources(model_dir),
+        resources={**tiny_resources(model_dir), **resource_overrides},
         run_config=tiny_run_config(model_dir, method),
     )
 
@@ -139,3 +141,22 @@ def test_unknown_method_fails_with_a_clear_message(auf_home, tiny_lm_dir):
     dg.materialize([prompt_pool], instance=instance, resources={"store": DuckDBStore()})
     with pytest.raises(dg.Failure, match="unknown acquisition method 'nope'"):
         materialize_round(instance, "round-0001", tiny_lm_dir, method="nope")
+
+
+def test_changing_the_encoder_between_rounds_reencodes_the_replay_buffer(auf_home, tiny_lm_dir):
+    instance = dg.DagsterInstance.ephemeral()
+    store = DuckDBStore()
+    dg.materialize([prompt_pool], instance=instance, resources={"store": store})
+    assert materialize_round(instance, "round-0001", tiny_lm_dir).success
+    other = FeatureEncoder(
+        model=str(tiny_lm_dir), pooling="mean", device="cpu", max_length=64, dtype="fp32"
+    )
+    second = materialize_round(instance, "round-0002", tiny_lm_dir, encoder=other)
+    assert second.success
+    labelled = store.query("SELECT count(*) AS n FROM judgements WHERE preference IN ('a', 'b')")[
+        "n"
+    ][0]
+    trained = store.query("SELECT pairs_trained FROM reward_models WHERE round_id = 'round-0002'")
+    assert trained["pairs_trained"][0] == labelled
+    # Round 1's model was made on other features: round 2 is scored by fresh heads instead.
+    assert store.round_rows("reward_scores", "round-0002")["reward_model_round"].null_count() > 0

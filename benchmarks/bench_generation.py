@@ -24,8 +24,14 @@ def measure(lm: TransformersLM, convs, batch_size: int, max_new_tokens: int, rep
     best = None
     for rep in range(repeats):
         started = time.perf_counter()
-        outs = lm.generate(convs, max_new_tokens=max_new_tokens, temperature=1.0, top_p=1.0,
-                           seed=rep, batch_size=batch_size)
+        outs = lm.generate(
+            convs,
+            max_new_tokens=max_new_tokens,
+            temperature=1.0,
+            top_p=1.0,
+            seed=rep,
+            batch_size=batch_size,
+        )
         seconds = time.perf_counter() - started
         tokens = sum(o.completion_tokens for o in outs)
         rate = tokens / seconds
@@ -46,22 +52,27 @@ def main() -> None:
     convs = [[{"role": "user", "content": p}] for p in prompts]
     rows = []
     for dtype in ("fp32", "bf16"):
-        lm = TransformersLM("smollm2-135m-instruct", device="cpu", dtype=dtype,
-                            cache_dir=str(home.models_dir()))
+        lm = TransformersLM(
+            "smollm2-135m-instruct", device="cpu", dtype=dtype, cache_dir=str(home.models_dir())
+        )
         lm.generate(convs[:1], max_new_tokens=4, temperature=1.0, top_p=1.0, seed=0)  # warm-up
         for batch in (1, 8):
             result = measure(lm, convs, batch, args.max_new_tokens, args.repeats)
             rows.append({"dtype": dtype, "batch": batch, **result})
             print(rows[-1], flush=True)
     base = {r["batch"]: r["tokens_per_s"] for r in rows if r["dtype"] == "fp32"}
-    print(f"\n{args.prompts} prompts, up to {args.max_new_tokens} new tokens, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    print(
+        f"\n{args.prompts} prompts, up to {args.max_new_tokens} new tokens, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads\n"
+    )
     print("| dtype | batch | generated tokens | seconds | tokens/s | vs fp32 |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         ratio = r["tokens_per_s"] / base[r["batch"]]
-        print(f"| {r['dtype']} | {r['batch']} | {r['tokens']} | {r['seconds']} | "
-              f"{r['tokens_per_s']} | {ratio:.2f}x |")
+        print(
+            f"| {r['dtype']} | {r['batch']} | {r['tokens']} | {r['seconds']} | "
+            f"{r['tokens_per_s']} | {ratio:.2f}x |"
+        )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=2)

@@ -260,40 +260,21 @@ class DuckDBStore(dg.ConfigurableResource):
 
     def replace_round(self, table: str, round_id: str, rows: pl.DataFrame) -> int:
         """Replace every row of `round_id` in `table` by `rows`, atomically."""
-        if table not in ROUND_TABLES:
-            raise StoreError(f"{table!r} is not a per-round table ({', '.join(ROUND_TABLES)})")
-        if rows.height and "round_id" in rows.columns:
-            other = rows.filter(pl.col("round_id") != round_id)
-            if other.height:
-                raise StoreError(
-                    f"rows for {table} of {round_id} carry other round ids: "
-                    f"{sorted(set(other['round_id']))[:3]}"
-                )
-        with self.connect() as con:
-            con.execute("BEGIN TRANSACTION")
-            try:
-                con.execute(f"DELETE FROM {table} WHERE round_id = ?", [round_id])
-                if rows.height:
-                    con.register("incoming", rows.to_arrow())
-                    con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM incoming")
-                    con.unregister("incoming")
-                con.execute("COMMIT")
-            except Exception:
-                con.execute("ROLLBACK")
-                raise
+        self.replace_round_tables(round_id, {table: rows})
         return rows.height
 
     def replace_round_tables(self, round_id: str, tables: Mapping[str, pl.DataFrame]) -> None:
-        """`replace_round` for several tables of one round in a single transaction."""
+        """Replace the rows of `round_id` in several tables in a single transaction."""
         for table, rows in tables.items():
             if table not in ROUND_TABLES:
                 raise StoreError(f"{table!r} is not a per-round table ({', '.join(ROUND_TABLES)})")
-            if (
-                rows.height
-                and "round_id" in rows.columns
-                and rows.filter(pl.col("round_id") != round_id).height
-            ):
-                raise StoreError(f"rows for {table} of {round_id} carry other round ids")
+            if rows.height and "round_id" in rows.columns:
+                other = rows.filter(pl.col("round_id") != round_id)
+                if other.height:
+                    raise StoreError(
+                        f"rows for {table} of {round_id} carry other round ids: "
+                        f"{sorted(set(other['round_id']))[:3]}"
+                    )
         with self.connect() as con:
             con.execute("BEGIN TRANSACTION")
             try:

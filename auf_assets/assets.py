@@ -183,6 +183,11 @@ class PoolMember(dg.Config):
     max_new_tokens: int = Field(default=96, ge=1)
     style: str = Field(default="", description="extra instruction appended to the system prompt")
 
+    def sampling_json(self) -> str:
+        """The settings that shaped this member's responses, as stored with each response."""
+        keys = ("temperature", "top_p", "max_new_tokens", "style")
+        return json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True)
+
 
 def default_pool() -> list[PoolMember]:
     """Distinct members from the packaged model: different sampling and answer styles."""
@@ -276,6 +281,7 @@ def completions(
                     "prompt_tokens": [o.prompt_tokens for o in outs],
                     "completion_tokens": [o.completion_tokens for o in outs],
                     "finish_reason": [o.finish_reason for o in outs],
+                    "sampling": member.sampling_json(),
                     "created_at": utcnow(),
                 },
                 schema_overrides={"prompt_tokens": pl.Int32, "completion_tokens": pl.Int32},
@@ -330,6 +336,7 @@ def _completions_from_pool(
         pl.lit(None, dtype=pl.Int32).alias("prompt_tokens"),
         pl.lit(None, dtype=pl.Int32).alias("completion_tokens"),
         pl.lit("pool").alias("finish_reason"),
+        pl.lit(None, dtype=pl.String).alias("sampling"),
         pl.lit(utcnow()).alias("created_at"),
     )
     store.replace_round("completions", round_id, rows)

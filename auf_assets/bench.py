@@ -6,7 +6,6 @@ the table, the plot and the curves as metadata, so results are browsable in the 
 ``method_benchmark_job`` materialises both. The logic lives in :mod:`auf_assets.sim_bench`.
 """
 
-import base64
 from pathlib import Path
 
 import dagster as dg
@@ -14,6 +13,7 @@ from pydantic import Field
 
 from auf_assets.core.simulation import SimulationConfig, load_pool
 from auf_assets.pool_features import pool_features
+from auf_assets.reporting import png_markdown
 from auf_assets.sim_bench import DEFAULT_METHODS, BenchSpec, run_bench
 from resources import home
 
@@ -97,11 +97,6 @@ class MethodBenchmarkConfig(dg.Config):
     out_dir: str = Field(default="", description="empty: $AUF_HOME/bench/<run id>")
 
 
-def _png_markdown(path: Path) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f"![benchmark curves](data:image/png;base64,{data})"
-
-
 @dg.asset(
     group_name=GROUP,
     kinds={"pytorch", "matplotlib"},
@@ -154,7 +149,7 @@ def method_benchmark(
     return dg.MaterializeResult(
         metadata={
             "table": dg.MetadataValue.md(result["markdown"]),
-            "plot": dg.MetadataValue.md(_png_markdown(plot)),
+            "plot": png_markdown(plot.read_bytes(), "benchmark curves"),
             "plot_file": dg.MetadataValue.path(str(plot)),
             "bench_json": dg.MetadataValue.path(result["files"]["json"]),
             "summary": dg.MetadataValue.json(summary),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import dagster as dg
 
 from auf_assets.assets import ROUND_ASSETS, annotation_batch, prompt_pool
@@ -13,7 +15,9 @@ from auf_assets.jobs import (
     pair_selection_job,
     prompt_ingestion_job,
 )
+from auf_assets.release import RELEASE_ASSETS, RELEASE_CHECKS, dataset_release_job
 from resources import DuckDBStore, FeatureEncoder, GenerationEngine, RubricJudge
+from resources.hub import HubDataset
 from resources.labeling import labeling_from_env
 from resources.reward_judge import RewardModelJudge
 from resources.reward_model import UncertaintyModel
@@ -34,17 +38,20 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
         "reward_judge": RewardModelJudge(),
         "labeling": labeling_from_env(),
         "uncertainty_model": UncertaintyModel(),
+        # The token is read from HF_TOKEN when a run that pushes starts (never stored in config).
+        "hub": HubDataset(repo_id=os.environ.get("AUF_HUB_REPO", ""), token=dg.EnvVar("HF_TOKEN")),
     }
 
 
 defs = dg.Definitions(
-    assets=[prompt_pool, *ROUND_ASSETS, annotation_batch, *BENCH_ASSETS],
-    asset_checks=ROUND_CHECKS,
+    assets=[prompt_pool, *ROUND_ASSETS, annotation_batch, *RELEASE_ASSETS, *BENCH_ASSETS],
+    asset_checks=[*ROUND_CHECKS, *RELEASE_CHECKS],
     jobs=[
         prompt_ingestion_job,
         active_round_job,
         pair_selection_job,
         labelled_round_job,
+        dataset_release_job,
         *BENCH_JOBS,
     ],
     sensors=SENSORS,

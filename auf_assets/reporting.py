@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 
 import dagster as dg
@@ -37,3 +38,9 @@ def markdown_preview(
     if df.height > max_rows:
         lines.append(f"\n_{df.height - max_rows} more rows_")
     return dg.MetadataValue.md("\n".join(lines))
+
+
+def png_markdown(png: bytes, alt: str) -> dg.MarkdownMetadataValue:
+    """A PNG embedded in markdown metadata (the UI shows it inline)."""
+    data = base64.b64encode(png).decode("ascii")
+    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{data})")

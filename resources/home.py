@@ -39,3 +39,8 @@ def reward_models_dir(home: Path | None = None) -> Path:
 def labels_dir(home: Path | None = None) -> Path:
     """Human labelling: inbox/, outbox/, quarantine/ and imported/ live here."""
     return (home or auf_home()) / "labels"
+
+
+def datasets_dir(home: Path | None = None) -> Path:
+    """Built dataset versions, one folder each (what `auf export` copies and the Hub receives)."""
+    return (home or auf_home()) / "datasets"

@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
-from auf_assets.core.ensemble import EnsembleConfig, RewardEnsemble
 from pydantic import Field
 
+from auf_assets.core.ensemble import EnsembleConfig, RewardEnsemble
 from resources import home
 from resources.store import DuckDBStore, StoreError
 

@@ -175,6 +175,31 @@ CREATE TABLE IF NOT EXISTS imported_files (
     reason VARCHAR,
     imported_at TIMESTAMP NOT NULL
 );
+-- Sampling settings of the pool member that wrote a response (JSON; null for pool files).
+ALTER TABLE completions ADD COLUMN IF NOT EXISTS sampling VARCHAR;
+-- Released dataset versions (one row per version name, replaced when rebuilt) and every push.
+CREATE TABLE IF NOT EXISTS dataset_releases (
+    version VARCHAR PRIMARY KEY,
+    path VARCHAR NOT NULL,
+    rounds VARCHAR NOT NULL,
+    manifest_sha256 VARCHAR NOT NULL,
+    pairs INTEGER NOT NULL,
+    card_repo_id VARCHAR,
+    built_at TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS hub_pushes (
+    push_id VARCHAR PRIMARY KEY,
+    version VARCHAR NOT NULL,
+    manifest_sha256 VARCHAR NOT NULL,
+    endpoint VARCHAR NOT NULL,
+    repo_id VARCHAR NOT NULL,
+    revision VARCHAR NOT NULL,
+    commit_oid VARCHAR NOT NULL,
+    new_commit BOOLEAN NOT NULL,
+    tag VARCHAR,
+    url VARCHAR,
+    pushed_at TIMESTAMP NOT NULL
+);
 CREATE TABLE IF NOT EXISTS reward_models (
     round_id VARCHAR PRIMARY KEY,
     path VARCHAR NOT NULL,
@@ -456,6 +481,106 @@ class DuckDBStore(dg.ConfigurableResource):
             "FROM r LEFT JOIN annotation_batches b USING (round_id) "
             "LEFT JOIN reward_models m USING (round_id) ORDER BY r.round_id"
         )
+
+    # -- releases ----------------------------------------------------------------------------
+
+    def rounds_with_judgements(self) -> list[str]:
+        """Rounds that have verdicts, in round order (by index, not by name)."""
+        rows = self.query(
+            "SELECT DISTINCT j.round_id, r.round_index FROM judgements j "
+            "LEFT JOIN rounds r USING (round_id) ORDER BY r.round_index NULLS LAST, j.round_id"
+        )
+        return rows["round_id"].to_list()
+
+    def release_pairs(self, round_ids: Sequence[str]) -> pl.DataFrame:
+        """Every verdict of `round_ids` with its pair, prompt, both responses and their scores.
+
+        `a` and `b` are the pair's responses as selected (not chosen/rejected: ties, failed and
+        unlabelled pairs are in here too, so they can be counted).
+        """
+        return self._with_rounds(
+            round_ids,
+            "SELECT j.pair_id, j.round_id, r.round_index, j.prompt_id, q.prompt, q.source, "
+            "q.origin AS prompt_origin, j.preference, j.score_a, j.score_b, j.labeller, "
+            "j.source AS label_source, j.n_labels, j.labelled_at, "
+            "p.method, p.beta, p.seed, p.completion_a, p.completion_b, "
+            "ca.member AS member_a, ca.model AS model_a, ca.sampling AS sampling_a, "
+            "ca.principle AS principle_a, ca.response AS response_a, "
+            "cb.member AS member_b, cb.model AS model_b, cb.sampling AS sampling_b, "
+            "cb.principle AS principle_b, cb.response AS response_b, "
+            "sa.mu AS mu_a, sa.sigma AS sigma_a, sb.mu AS mu_b, sb.sigma AS sigma_b, "
+            "sa.reward_model_round "
+            "FROM judgements j JOIN wanted w USING (round_id) "
+            "JOIN rounds r USING (round_id) JOIN pairs p USING (pair_id) "
+            "JOIN prompts q ON q.prompt_id = j.prompt_id "
+            "JOIN completions ca ON ca.completion_id = p.completion_a "
+            "JOIN completions cb ON cb.completion_id = p.completion_b "
+            "LEFT JOIN reward_scores sa ON sa.completion_id = p.completion_a "
+            "LEFT JOIN reward_scores sb ON sb.completion_id = p.completion_b "
+            "ORDER BY r.round_index, j.prompt_id, j.pair_id",
+        )
+
+    def release_completions(self, round_ids: Sequence[str]) -> pl.DataFrame:
+        """Every response of `round_ids` with its prompt and uncertainty scores."""
+        return self._with_rounds(
+            round_ids,
+            "SELECT c.round_id, r.round_index, c.prompt_id, q.prompt, q.source, c.completion_id, "
+            "c.member, c.model, c.sampling, c.principle, c.system_prompt, c.response, "
+            "c.completion_tokens, s.mu, s.sigma "
+            "FROM completions c JOIN wanted w USING (round_id) JOIN rounds r USING (round_id) "
+            "JOIN prompts q ON q.prompt_id = c.prompt_id "
+            "LEFT JOIN reward_scores s ON s.completion_id = c.completion_id "
+            "ORDER BY r.round_index, c.prompt_id, c.member, c.completion_id",
+        )
+
+    def release_judge_scores(self, round_ids: Sequence[str]) -> pl.DataFrame:
+        """Per-response judge scores (one row per aspect) of `round_ids`."""
+        return self._with_rounds(
+            round_ids,
+            "SELECT s.round_id, s.completion_id, s.aspect, s.judge, s.score, s.failed "
+            "FROM judge_scores s JOIN wanted w USING (round_id) "
+            "ORDER BY s.completion_id, s.aspect, s.judge",
+        )
+
+    def release_reward_models(self, round_ids: Sequence[str]) -> pl.DataFrame:
+        return self._with_rounds(
+            round_ids,
+            "SELECT m.round_id, r.round_index, m.encoder, m.pairs_trained, m.prompts_done, "
+            "m.loss_before, m.loss_after FROM reward_models m JOIN wanted w USING (round_id) "
+            "JOIN rounds r USING (round_id) ORDER BY r.round_index",
+        )
+
+    def _with_rounds(self, round_ids: Sequence[str], sql: str) -> pl.DataFrame:
+        wanted = pl.DataFrame({"round_id": list(round_ids)}, schema={"round_id": pl.String})
+        with self.connect() as con:
+            con.register("wanted", wanted.to_arrow())
+            out = con.execute(sql).pl()
+            con.unregister("wanted")
+        return out
+
+    def record_release(self, row: Mapping) -> None:
+        """Remember a built dataset version (a rebuilt version replaces its row)."""
+        with self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                con.execute("DELETE FROM dataset_releases WHERE version = ?", [row["version"]])
+                con.register("incoming", pl.DataFrame([dict(row)]).to_arrow())
+                con.execute("INSERT INTO dataset_releases BY NAME SELECT * FROM incoming")
+                con.unregister("incoming")
+                con.execute("COMMIT")
+            except Exception:
+                con.execute("ROLLBACK")
+                raise
+
+    def latest_release(self) -> dict | None:
+        rows = self.query("SELECT * FROM dataset_releases ORDER BY built_at DESC LIMIT 1")
+        return rows.row(0, named=True) if rows.height else None
+
+    def record_push(self, row: Mapping) -> None:
+        with self.connect() as con:
+            con.register("incoming", pl.DataFrame([dict(row)]).to_arrow())
+            con.execute("INSERT INTO hub_pushes BY NAME SELECT * FROM incoming")
+            con.unregister("incoming")
 
     # -- features ----------------------------------------------------------------------------
 

@@ -1,0 +1,673 @@
+"""A released preference dataset: rows, split, shards, manifest and dataset card. No Dagster.
+
+The inputs are the frames the store returns for a set of rounds (`release_pairs`,
+`release_completions`, `release_judge_scores`, `release_reward_models`); the output is a folder
+laid out as a Hugging Face dataset repository:
+
+    README.md                        the dataset card (YAML header with `configs`, then the body)
+    manifest.json                    rows per config and split, sha256 of every file, the rounds
+    data/{split}-00000-of-0000N.parquet         config `default`: one row per labelled pair
+    trl/{split}-...parquet           config `trl`: the same pairs as TRL's DPOTrainer wants them
+    completions/{split}-...parquet   config `completions`: every prompt with all its responses
+
+Everything is deterministic: the same stored rounds give byte-identical files (stable row order,
+a split by a hash of `prompt_id`, no timestamps of the build in any file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from auf_assets.core.judging import ASPECTS
+
+MANIFEST = "manifest.json"
+CARD = "README.md"
+FORMAT = "auf-release/1"
+# config name -> folder in the repo (the Hub's convention: the default config lives in data/)
+CONFIG_DIRS = {"default": "data", "trl": "trl", "completions": "completions"}
+LABELLED = ("a", "b")
+NOT_RELEASED = ("tie", "failed", "unlabelled")
+
+
+class ReleaseError(ValueError):
+    """The dataset cannot be built from what is stored (the message says why)."""
+
+
+@dataclass(frozen=True)
+class ReleaseOptions:
+    test_fraction: float = 0.1
+    train_split: str = "train"
+    test_split: str = "test"
+    max_shard_bytes: int = 500 * 2**20
+    license: str = ""
+    language: tuple[str, ...] = ()
+    pretty_name: str = ""
+    repo_id: str = ""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.test_fraction < 1.0:
+            raise ReleaseError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
+        for name in (self.train_split, self.test_split):
+            if not name or not all(c.isalnum() or c == "_" for c in name):
+                raise ReleaseError(f"split names are letters, digits and '_', got {name!r}")
+        if self.train_split == self.test_split:
+            raise ReleaseError(f"the two splits need different names, got {self.train_split!r}")
+        if self.max_shard_bytes < 1:
+            raise ReleaseError("max_shard_bytes must be positive")
+
+    @property
+    def splits(self) -> tuple[str, str]:
+        return (self.train_split, self.test_split)
+
+
+def version_name(round_ids: Sequence[str], round_indices: Sequence[int]) -> str:
+    """`rounds-0001-0012` for a contiguous run of rounds; a hash suffix marks a gap."""
+    if not round_ids:
+        raise ReleaseError("no rounds to release")
+    first, last = min(round_indices), max(round_indices)
+    name = f"rounds-{first:04d}-{last:04d}"
+    if sorted(round_indices) != list(range(first, last + 1)):
+        digest = hashlib.sha256(",".join(sorted(round_ids)).encode()).hexdigest()[:8]
+        name += f"-n{len(round_ids)}-{digest}"
+    return name
+
+
+def in_test_split(prompt_ids: pl.Series, test_fraction: float) -> pl.Series:
+    """True for the prompts of the test split: a sha256 of the id, so a prompt never moves."""
+    if test_fraction <= 0:
+        return pl.Series([False] * len(prompt_ids), dtype=pl.Boolean)
+    values = [
+        int.from_bytes(hashlib.sha256(f"auf-split|{pid}".encode()).digest()[:8], "big") / 2**64
+        for pid in prompt_ids
+    ]
+    return pl.Series(values) < test_fraction
+
+
+def _turn(role: str, content: pl.Expr) -> pl.Expr:
+    # Field order as in the Hugging Face preference sets: {"content", "role"}.
+    return pl.struct(content.alias("content"), pl.lit(role).alias("role"))
+
+
+def _side(a_wins: pl.Expr, col: str) -> tuple[pl.Expr, pl.Expr]:
+    """(chosen, rejected) values of a per-response column stored as `<col>_a` / `<col>_b`."""
+    a, b = pl.col(f"{col}_a"), pl.col(f"{col}_b")
+    return pl.when(a_wins).then(a).otherwise(b), pl.when(a_wins).then(b).otherwise(a)
+
+
+def aspect_scores(judge_scores: pl.DataFrame) -> pl.DataFrame:
+    """completion_id -> struct of the rubric's aspect scores (null where not judged or failed)."""
+    ok = judge_scores.filter(~pl.col("failed") & pl.col("aspect").is_in(list(ASPECTS)))
+    wide = pl.DataFrame({"completion_id": ok["completion_id"].unique().sort()})
+    for aspect in ASPECTS:
+        per = (
+            ok.filter(pl.col("aspect") == aspect)
+            .group_by("completion_id")
+            .agg(pl.col("score").mean().alias(aspect))
+        )
+        wide = wide.join(per, on="completion_id", how="left")
+    return wide.select("completion_id", pl.struct(*ASPECTS).alias("aspects"))
+
+
+def preference_rows(
+    pairs: pl.DataFrame, judge_scores: pl.DataFrame
+) -> tuple[pl.DataFrame, dict[str, int]]:
+    """The `default` config: one row per labelled pair, and the count of pairs left out."""
+    counts = Counter(pairs["preference"].to_list())
+    left_out = {k: int(counts.get(k, 0)) for k in NOT_RELEASED}
+    unknown = sorted(set(counts) - set(LABELLED) - set(NOT_RELEASED))
+    if unknown:
+        raise ReleaseError(f"verdicts with unknown preference values: {unknown}")
+    rows = pairs.filter(pl.col("preference").is_in(list(LABELLED)))
+    aspects = aspect_scores(judge_scores)
+    rows = rows.join(
+        aspects.rename({"completion_id": "completion_a", "aspects": "aspects_a"}),
+        on="completion_a",
+        how="left",
+    ).join(
+        aspects.rename({"completion_id": "completion_b", "aspects": "aspects_b"}),
+        on="completion_b",
+        how="left",
+    )
+    a_wins = pl.col("preference") == "a"
+    sides = {
+        col: _side(a_wins, col)
+        for col in (
+            "completion",
+            "response",
+            "score",
+            "member",
+            "model",
+            "sampling",
+            "principle",
+            "aspects",
+            "mu",
+            "sigma",
+        )
+    }
+    user = _turn("user", pl.col("prompt"))
+    out = rows.select(
+        "prompt_id",
+        "prompt",
+        pl.concat_list(user, _turn("assistant", sides["response"][0])).alias("chosen"),
+        pl.concat_list(user, _turn("assistant", sides["response"][1])).alias("rejected"),
+        pl.concat_list(user, _turn("assistant", sides["response"][0])).alias("messages"),
+        sides["score"][0].cast(pl.Float64).alias("score_chosen"),
+        sides["score"][1].cast(pl.Float64).alias("score_rejected"),
+        "pair_id",
+        pl.col("round_id").alias("round"),
+        "method",
+        pl.col("beta").cast(pl.Float64),
+        sides["completion"][0].alias("chosen_completion_id"),
+        sides["completion"][1].alias("rejected_completion_id"),
+        sides["member"][0].alias("chosen_member"),
+        sides["model"][0].alias("chosen_model"),
+        sides["sampling"][0].alias("chosen_sampling"),
+        sides["principle"][0].alias("chosen_principle"),
+        sides["member"][1].alias("rejected_member"),
+        sides["model"][1].alias("rejected_model"),
+        sides["sampling"][1].alias("rejected_sampling"),
+        sides["principle"][1].alias("rejected_principle"),
+        "label_source",
+        "labeller",
+        pl.col("n_labels").cast(pl.Int32),
+        sides["aspects"][0].alias("chosen_aspect_scores"),
+        sides["aspects"][1].alias("rejected_aspect_scores"),
+        sides["mu"][0].cast(pl.Float64).alias("chosen_reward_mean"),
+        sides["sigma"][0].cast(pl.Float64).alias("chosen_reward_std"),
+        sides["mu"][1].cast(pl.Float64).alias("rejected_reward_mean"),
+        sides["sigma"][1].cast(pl.Float64).alias("rejected_reward_std"),
+        "reward_model_round",
+        "labelled_at",
+    )
+    return out, left_out
+
+
+def trl_rows(preferences: pl.DataFrame) -> pl.DataFrame:
+    """The `trl` config: `prompt` as the user turn(s), `chosen`/`rejected` as the assistant turn.
+
+    This is the explicit-prompt conversational form TRL's DPOTrainer and RewardTrainer take (the
+    Hugging Face layout, with a string `prompt` next to whole conversations, does not load into
+    TRL 1.16 as it is). `to_trl_example` does the same for one row of the default config.
+    """
+    return preferences.select(
+        "prompt_id",
+        pl.col("chosen").list.head(pl.col("chosen").list.len() - 1).alias("prompt"),
+        pl.col("chosen").list.tail(1).alias("chosen"),
+        pl.col("rejected").list.tail(1).alias("rejected"),
+        "score_chosen",
+        "score_rejected",
+        "pair_id",
+        "round",
+    )
+
+
+def to_trl_example(example: Mapping[str, Any]) -> dict[str, Any]:
+    """One row of the Hugging Face layout as TRL wants it; use with `Dataset.map`.
+
+    `load_dataset(repo)["train"].map(to_trl_example, remove_columns=["messages"])` gives what
+    `load_dataset(repo, "trl")` gives (plus the provenance columns).
+    """
+    chosen, rejected = list(example["chosen"]), list(example["rejected"])
+    return {"prompt": chosen[:-1], "chosen": chosen[-1:], "rejected": rejected[-1:]}
+
+
+def completion_rows(completions: pl.DataFrame, pairs: pl.DataFrame) -> pl.DataFrame:
+    """The `completions` config: one row per prompt with every response (UltraFeedback's layout).
+
+    Only the two responses of the selected pair were judged; the others carry the reward model's
+    mean and spread alone. `preference` says what became of the pair (a, b, tie, failed, ...).
+    """
+    judged = pl.concat(
+        [
+            pairs.select(
+                pl.col(f"completion_{side}").alias("completion_id"),
+                pl.col(f"score_{side}").cast(pl.Float64).alias("judge_score"),
+            )
+            for side in ("a", "b")
+        ]
+    )
+    per_pair = pairs.select(
+        "prompt_id",
+        "round_id",
+        "pair_id",
+        "preference",
+        pl.concat_list("completion_a", "completion_b").alias("selected"),
+        pl.when(pl.col("preference") == "a")
+        .then("completion_a")
+        .when(pl.col("preference") == "b")
+        .then("completion_b")
+        .alias("chosen_completion_id"),
+        pl.when(pl.col("preference") == "a")
+        .then("completion_b")
+        .when(pl.col("preference") == "b")
+        .then("completion_a")
+        .alias("rejected_completion_id"),
+    )
+    responses = completions.join(judged, on="completion_id", how="left").select(
+        "round_id",
+        "round_index",
+        "prompt_id",
+        "prompt",
+        "source",
+        pl.struct(
+            "completion_id",
+            "member",
+            "model",
+            "sampling",
+            "principle",
+            "response",
+            pl.col("mu").cast(pl.Float64).alias("reward_mean"),
+            pl.col("sigma").cast(pl.Float64).alias("reward_std"),
+            pl.col("judge_score").cast(pl.Float64),
+        ).alias("completion"),
+    )
+    grouped = responses.group_by(
+        "round_id", "round_index", "prompt_id", "prompt", "source", maintain_order=True
+    ).agg(pl.col("completion").alias("completions"))
+    return (
+        grouped.join(per_pair, on=["prompt_id", "round_id"], how="left")
+        .sort("round_index", "prompt_id")
+        .select(
+            "prompt_id",
+            "prompt",
+            "source",
+            pl.col("round_id").alias("round"),
+            "completions",
+            "pair_id",
+            "selected",
+            "preference",
+            "chosen_completion_id",
+            "rejected_completion_id",
+        )
+    )
+
+
+# -- files ------------------------------------------------------------------------------------
+
+
+def _shards(table: pa.Table, max_bytes: int) -> list[pa.Table]:
+    n = max(1, math.ceil(table.nbytes / max_bytes))
+    per = math.ceil(table.num_rows / n) if table.num_rows else 0
+    if per == 0:
+        return [table]
+    return [table.slice(i * per, per) for i in range(n) if i * per < table.num_rows]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class ReleaseFiles:
+    """What `write_release` wrote: the folder, the manifest and its hash."""
+
+    folder: Path
+    manifest: dict
+    manifest_sha256: str
+    rows: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def write_tables(
+    folder: Path, configs: Mapping[str, Mapping[str, pl.DataFrame]], max_shard_bytes: int
+) -> dict[str, dict[str, list[str]]]:
+    """Write every (config, split) frame as parquet shards; returns their paths in the repo."""
+    written: dict[str, dict[str, list[str]]] = {}
+    for config, splits in configs.items():
+        sub = CONFIG_DIRS[config]
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+        written[config] = {}
+        for split, frame in splits.items():
+            shards = _shards(frame.to_arrow(), max_shard_bytes)
+            names = []
+            for i, shard in enumerate(shards):
+                name = f"{sub}/{split}-{i:05d}-of-{len(shards):05d}.parquet"
+                # No statistics/page index settings that vary; the writer records only its own
+                # version, so the same rows give the same bytes.
+                pq.write_table(shard, folder / name, compression="zstd", row_group_size=10_000)
+                names.append(name)
+            written[config][split] = names
+    return written
+
+
+def config_entries(options: ReleaseOptions) -> list[dict]:
+    """The card's `configs` YAML: where each config's splits live (what `load_dataset` reads)."""
+    return [
+        {
+            "config_name": config,
+            **({"default": True} if config == "default" else {}),
+            "data_files": [
+                {"split": split, "path": f"{sub}/{split}-*"} for split in options.splits
+            ],
+        }
+        for config, sub in CONFIG_DIRS.items()
+    ]
+
+
+def finish_release(
+    staging: Path,
+    target: Path,
+    *,
+    card_text: str,
+    manifest: dict,
+) -> ReleaseFiles:
+    """Write the card and the manifest into `staging`, then move it to `target` atomically.
+
+    The manifest lists the sha256 and size of every other file. A target that exists is
+    replaced only after the new folder is complete, so a failure leaves the old version intact.
+    """
+    (staging / CARD).write_text(card_text, encoding="utf-8")
+    files = sorted(p for p in staging.rglob("*") if p.is_file() and p.name != MANIFEST)
+    manifest = {
+        **manifest,
+        "files": {
+            str(p.relative_to(staging)): {"sha256": _sha256(p), "bytes": p.stat().st_size}
+            for p in files
+        },
+    }
+    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    (staging / MANIFEST).write_text(text, encoding="utf-8")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.replace(target, old / "v")
+    os.replace(staging, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return ReleaseFiles(
+        folder=target,
+        manifest=manifest,
+        manifest_sha256=hashlib.sha256(text.encode()).hexdigest(),
+        rows=manifest["rows"],
+    )
+
+
+def read_manifest(folder: Path) -> dict:
+    path = Path(folder) / MANIFEST
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ReleaseError(f"{folder} is not a released dataset (no {MANIFEST})") from exc
+    except json.JSONDecodeError as exc:
+        raise ReleaseError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def verify_release(folder: Path) -> dict:
+    """Check every file against the manifest; returns the manifest. Raises ReleaseError."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    listed = manifest.get("files", {})
+    present = {
+        str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST
+    }
+    if missing := sorted(set(listed) - present):
+        raise ReleaseError(f"{folder}: files listed in the manifest are missing: {missing[:5]}")
+    if extra := sorted(present - set(listed)):
+        raise ReleaseError(f"{folder}: files not in the manifest: {extra[:5]}")
+    for name, info in listed.items():
+        if _sha256(folder / name) != info["sha256"]:
+            raise ReleaseError(f"{folder / name} changed since the dataset was built")
+    return manifest
+
+
+# -- the card ---------------------------------------------------------------------------------
+
+
+def size_category(n: int) -> str:
+    for bound, label in (
+        (1_000, "n<1K"),
+        (10_000, "1K<n<10K"),
+        (100_000, "10K<n<100K"),
+        (1_000_000, "100K<n<1M"),
+        (10_000_000, "1M<n<10M"),
+    ):
+        if n < bound:
+            return label
+    return "n>10M"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def release_facts(
+    pairs: pl.DataFrame,
+    completions: pl.DataFrame,
+    reward_models: pl.DataFrame,
+    rows: Mapping[str, Mapping[str, int]],
+    left_out: Mapping[str, int],
+) -> dict:
+    """What the card says about how the data was made, all read from the stored rounds."""
+    members = (
+        completions.group_by("member", "model", "sampling")
+        .agg(pl.len().alias("responses"))
+        .sort("member", "model")
+    )
+    labelled = pairs.filter(pl.col("preference").is_in(list(LABELLED)))
+    judged = pl.concat([pairs["completion_a"], pairs["completion_b"]]).n_unique()
+    methods = pairs.group_by("method", "beta").agg(pl.len().alias("pairs")).sort("pairs", "method")
+    sources = (
+        pairs.group_by("label_source", "labeller").agg(pl.len().alias("pairs")).sort("labeller")
+    )
+    annotators = sorted(
+        {
+            name
+            for labeller in pairs.filter(pl.col("label_source") == "people")["labeller"]
+            for name in labeller.removeprefix("people").lstrip(":").split(",")
+            if name
+        }
+    )
+    origins = sorted(set(pairs["prompt_origin"].drop_nulls().to_list()))
+    return {
+        "rounds": pairs["round_id"].unique(maintain_order=True).to_list(),
+        "prompts": int(completions["prompt_id"].n_unique()),
+        "prompt_origins": origins,
+        "prompt_sources": dict(Counter(completions.unique("prompt_id")["source"]).most_common()),
+        "members": members.to_dicts(),
+        "responses": int(completions.height),
+        "responses_judged": int(judged),
+        "pairs": int(pairs.height),
+        "labelled_pairs": int(labelled.height),
+        "left_out": dict(left_out),
+        "methods": methods.to_dicts(),
+        "label_sources": sources.to_dicts(),
+        "annotators": annotators,
+        "reward_models": reward_models.to_dicts(),
+        "rows": {c: dict(s) for c, s in rows.items()},
+    }
+
+
+def render_card(facts: Mapping, options: ReleaseOptions, *, software: str) -> str:
+    """The dataset card: YAML metadata (via huggingface_hub's card classes) and the body."""
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    n_pairs = sum(facts["rows"]["default"].values())
+    data = DatasetCardData(
+        license=options.license or None,
+        language=list(options.language) or None,
+        task_categories=["text-generation"],
+        size_categories=[size_category(n_pairs)],
+        pretty_name=options.pretty_name or None,
+        tags=["dpo", "preference", "active-learning", "rlhf", "synthetic"],
+        configs=config_entries(options),
+    )
+    body = _card_body(facts, options, software)
+    card = DatasetCard.from_template(
+        data, template_str="---\n{{ card_data }}\n---\n\n{{ body }}\n", body=body
+    )
+    return str(card)
+
+
+def _card_body(facts: Mapping, options: ReleaseOptions, software: str) -> str:
+    rounds = facts["rounds"]
+    title = options.pretty_name or f"Active preference data, {rounds[0]} to {rounds[-1]}"
+    train, test = options.splits
+    rows = facts["rows"]
+    out = [f"# {title}", ""]
+    out.append(
+        f"Preference pairs (prompt, chosen, rejected) chosen by active learning "
+        f"(ActiveUltraFeedback-style) over {len(rounds)} round(s): {', '.join(rounds)}. "
+        f"Each round a pool of models answered a batch of prompts, an uncertainty-aware reward "
+        f"model scored every response, an acquisition function picked one pair per prompt, and "
+        f"only that pair was labelled."
+    )
+    out += ["", "## Contents", ""]
+    out.append(
+        _table(
+            ["config", "what a row is", train, test],
+            [
+                [
+                    "`default`",
+                    "a labelled pair (Hugging Face preference layout + provenance)",
+                    rows["default"][train],
+                    rows["default"][test],
+                ],
+                [
+                    "`trl`",
+                    "the same pair as TRL's DPOTrainer/RewardTrainer take it",
+                    rows["trl"][train],
+                    rows["trl"][test],
+                ],
+                [
+                    "`completions`",
+                    "a prompt with all its responses (UltraFeedback layout)",
+                    rows["completions"][train],
+                    rows["completions"][test],
+                ],
+            ],
+        )
+    )
+    out += [
+        "",
+        f"The split is by prompt (a hash of `prompt_id`; {options.test_fraction:.0%} of prompts "
+        f"in `{test}`), so no prompt is in both splits.",
+    ]
+    left = facts["left_out"]
+    out += [
+        "",
+        f"Of {facts['pairs']} selected pairs, {facts['labelled_pairs']} have a preference and "
+        f"are released; left out: {left['tie']} ties, {left['failed']} where the judge failed, "
+        f"{left['unlabelled']} not labelled.",
+    ]
+    out += ["", "## How it was made", "", "### Prompts", ""]
+    out.append(f"{facts['prompts']} prompts.")
+    if facts["prompt_origins"]:
+        out.append("Ingested from: " + ", ".join(f"`{o}`" for o in facts["prompt_origins"]) + ".")
+    if facts["prompt_sources"]:
+        out.append(
+            "Sources: " + ", ".join(f"{s} ({n})" for s, n in facts["prompt_sources"].items()) + "."
+        )
+    out += ["", "### Model pool", ""]
+    out.append(
+        _table(
+            ["member", "model", "sampling", "responses"],
+            [
+                [
+                    m["member"],
+                    f"`{m['model']}`",
+                    f"`{m['sampling']}`" if m["sampling"] else "",
+                    m["responses"],
+                ]
+                for m in facts["members"]
+            ],
+        )
+    )
+    out += ["", "### Pair selection", ""]
+    out.append(
+        _table(
+            ["acquisition method", "beta", "pairs"],
+            [[m["method"], m["beta"], m["pairs"]] for m in facts["methods"]],
+        )
+    )
+    out += ["", "### Labels", ""]
+    out.append(
+        _table(
+            ["label source", "labeller", "pairs"],
+            [[s["label_source"], f"`{s['labeller']}`", s["pairs"]] for s in facts["label_sources"]],
+        )
+    )
+    sources = {s["label_source"] for s in facts["label_sources"]}
+    if "llm_judge" in sources:
+        out += [
+            "",
+            "The LLM judge rated each response of a pair on four aspects with a 1-5 rubric "
+            f"({', '.join(ASPECTS)}); an aspect's score is the expectation of the digit under "
+            "the judge's first-token distribution, the response's score the mean of the four. "
+            "The per-aspect scores are in `chosen_aspect_scores` / `rejected_aspect_scores`.",
+        ]
+    if "people" in sources:
+        out.append("")
+        out.append(
+            f"People labelled pairs shown as A/B in random order ({len(facts['annotators'])} "
+            f"annotator id(s): {', '.join(facts['annotators'])}); several labels of a pair were "
+            "resolved into one verdict."
+        )
+    out += [
+        "",
+        f"Labels spent: {facts['responses_judged']} responses judged out of "
+        f"{facts['responses']} generated (labelling every response would have cost "
+        f"{facts['responses']}).",
+    ]
+    if facts["reward_models"]:
+        last = facts["reward_models"][-1]
+        out += [
+            "",
+            "### Reward model used for selection",
+            "",
+            f"An anchored ensemble of MLP heads on frozen `{last['encoder']}` features, retrained "
+            f"after every round on a replay buffer of labelled pairs ({last['pairs_trained']} "
+            f"pairs at {last['round_id']}). Each pair records the mean and spread of the ensemble "
+            "for both responses at selection time (`*_reward_mean`, `*_reward_std`) and which "
+            "round's model gave them (`reward_model_round`, empty for the first round's fresh "
+            "heads).",
+        ]
+    repo = options.repo_id or "path/or/repo-id"
+    out += [
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        "",
+        f'pairs = load_dataset("{repo}")          # prompt, chosen, rejected, messages, scores',
+        f'trl_pairs = load_dataset("{repo}", "trl")  # prompt/chosen/rejected as TRL takes them',
+        f'responses = load_dataset("{repo}", "completions")  # every response, to binarise anew',
+        "",
+        "from trl import DPOConfig, DPOTrainer",
+        "",
+        "trainer = DPOTrainer(",
+        '    model="your/sft-model",',
+        '    args=DPOConfig(output_dir="dpo-out"),',
+        f'    train_dataset=trl_pairs["{train}"],',
+        ")",
+        "trainer.train()",
+        "```",
+        "",
+        "## Provenance",
+        "",
+        f"Built by {software}. `manifest.json` lists the rounds, the rows per split and the "
+        "sha256 of every file.",
+    ]
+    if not options.license:
+        out += ["", "No license was chosen for this dataset."]
+    return "\n".join(out)

@@ -209,12 +209,16 @@ def build_parser() -> argparse.ArgumentParser:
     from auf_assets import sim_cli
 
     sim_cli.add_commands(sub)
+
+    from auf_assets import release_cli
+
+    release_cli.add_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "rounds", 1) < 1:
+    if args.command == "demo" and args.rounds < 1:
         print("--rounds must be at least 1", file=sys.stderr)
         return 2
     return args.func(args)

@@ -15,7 +15,12 @@ from auf_assets.jobs import (
     pair_selection_job,
     prompt_ingestion_job,
 )
-from auf_assets.release import RELEASE_ASSETS, RELEASE_CHECKS, dataset_release_job
+from auf_assets.release import (
+    RELEASE_ASSETS,
+    RELEASE_CHECKS,
+    dataset_build_job,
+    dataset_release_job,
+)
 from resources import DuckDBStore, FeatureEncoder, GenerationEngine, RubricJudge
 from resources.hub import HubDataset
 from resources.labeling import labeling_from_env
@@ -51,6 +56,7 @@ defs = dg.Definitions(
         active_round_job,
         pair_selection_job,
         labelled_round_job,
+        dataset_build_job,
         dataset_release_job,
         *BENCH_JOBS,
     ],

@@ -361,6 +361,11 @@ def hub_dataset(
 RELEASE_ASSETS = [preference_dataset, hub_dataset]
 RELEASE_CHECKS = [preference_dataset_valid]
 
+dataset_build_job = dg.define_asset_job(
+    "dataset_build",
+    selection=dg.AssetSelection.assets(preference_dataset),
+    description="Build the preference dataset of the completed rounds (auf export).",
+)
 dataset_release_job = dg.define_asset_job(
     "dataset_release",
     selection=dg.AssetSelection.assets(*RELEASE_ASSETS),

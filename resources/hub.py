@@ -158,6 +158,18 @@ class HubDataset(dg.ConfigurableResource):
             "bytes": sum(f.size for f in files.values()),
         }
 
+    def resolved_token(self) -> str | None:
+        """The configured token, else huggingface_hub's own (HF_TOKEN, or `hf auth login`).
+
+        The fallback matters in the launchpad: run config for this resource replaces its whole
+        configuration, so a run that sets only `repo_id` would otherwise lose the token.
+        """
+        if self.token:
+            return self.token
+        from huggingface_hub import get_token
+
+        return get_token()
+
     def endpoint_url(self) -> str:
         from huggingface_hub import constants
 
@@ -172,7 +184,8 @@ class HubDataset(dg.ConfigurableResource):
 
     def _publish(self, folder: Path, log: Callable[[str], None]) -> PushResult:
         plan = self.plan(folder)
-        if not self.token:
+        token = self.resolved_token()
+        if not token:
             raise HubError(
                 "no Hugging Face token: set the HF_TOKEN environment variable to a token with "
                 "write access (huggingface.co/settings/tokens); nothing was pushed"
@@ -180,7 +193,7 @@ class HubDataset(dg.ConfigurableResource):
         from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
         repo, revision, endpoint = plan["repo_id"], self.revision, plan["endpoint"]
-        api = HfApi(endpoint=endpoint, token=self.token, library_name="active-ultrafeedback")
+        api = HfApi(endpoint=endpoint, token=token, library_name="active-ultrafeedback")
         files = local_files(folder)
         log(f"pushing {plan['version']} ({len(files)} files, {plan['bytes']:,} bytes) to {repo}")
         self._call(
@@ -324,7 +337,8 @@ class HubDataset(dg.ConfigurableResource):
         return f"could not {what} on {self.endpoint_url()}: {_short(exc)}"
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self.token, "***") if self.token else text
+        token = self.resolved_token()
+        return text.replace(token, "***") if token else text
 
 
 @contextlib.contextmanager

@@ -33,6 +33,7 @@ ENV_VARS = {
     "AUF_LABEL_SETTLE_SECONDS": "settle_seconds",
     "AUF_MAX_ROUNDS": "max_rounds",
     "AUF_ORACLE_POOL": "oracle_pool",
+    "AUF_PUBLISH_AFTER_ROUND": "publish_after_round",
 }
 
 
@@ -78,6 +79,11 @@ class LabelingSettings(dg.ConfigurableResource):
     )
     oracle_pool: str = Field(
         default="", description="pool file with completion_id and oracle_score (source: oracle)"
+    )
+    publish_after_round: bool = Field(
+        default=False,
+        description="the round sensors and the nightly schedule push the dataset to the Hub "
+        "(the dataset_release job) after every finished round; needs HF_TOKEN and AUF_HUB_REPO",
     )
 
     def _dir(self, value: str, name: str) -> Path:

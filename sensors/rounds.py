@@ -23,6 +23,10 @@ is finished, and an imported file is never imported again.
 
 Both sensors and the schedule stop, and say so in their skip reason, when the prompt pool is used
 up (no prompt left that no round took) or when `max_rounds` rounds exist.
+
+With `publish_after_round` (`AUF_PUBLISH_AFTER_ROUND=1`, off by default) each of them also
+requests the `dataset_release` job (build the dataset, push it to the Hub) once per finished
+round, with run_key `release-<round>`: the newest finished round's dataset is pushed once.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from auf_assets.assets import ROUND_ASSETS, SELECTION_ASSETS, annotation_batch
 from auf_assets.jobs import active_round_job, labelled_round_job, pair_selection_job
 from auf_assets.label_inbox import label_status, scan_inbox
 from auf_assets.partitions import registered_rounds, round_index, round_key, rounds_partitions
+from auf_assets.release import RELEASE_ASSETS, dataset_release_job
 from resources.labeling import LabelingSettings
 from resources.store import DuckDBStore
 
@@ -67,6 +72,19 @@ def round_runs_in_progress(instance: dg.DagsterInstance) -> dict[str, str]:
         if key.startswith("round-"):
             out[key] = run.run_id
     return out
+
+
+def release_request(
+    instance: dg.DagsterInstance, settings: LabelingSettings, trigger: str, **target
+) -> dg.RunRequest | None:
+    """Push the dataset once per finished round, if `publish_after_round` is on."""
+    if not settings.publish_after_round:
+        return None
+    trained = trained_rounds(instance)
+    if not trained:
+        return None
+    newest = max(trained, key=round_index)
+    return dg.RunRequest(run_key=f"release-{newest}", tags={"auf/trigger": trigger}, **target)
 
 
 @dataclass(frozen=True)
@@ -124,7 +142,7 @@ def plan_next_round(
 
 
 @dg.sensor(
-    jobs=[pair_selection_job, labelled_round_job],
+    jobs=[pair_selection_job, labelled_round_job, dataset_release_job],
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="People label: imports label files from the inbox, trains on a round once its "
@@ -186,6 +204,11 @@ def labels_landed(
             )
         )
     notes.append(plan.reason)
+    release = release_request(
+        instance, labeling, "labels_landed", job_name=dataset_release_job.name
+    )
+    if release is not None:
+        requests.append(release)
     for note in notes:
         context.log.info(note)
     if not requests:
@@ -200,7 +223,7 @@ def labels_landed(
 
 
 @dg.sensor(
-    jobs=[active_round_job],
+    jobs=[active_round_job, dataset_release_job],
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.STOPPED,
     description="Automatic judges: starts the next active round as soon as the newest round's "
@@ -211,18 +234,24 @@ def next_round(context: dg.SensorEvaluationContext, store: DuckDBStore, labeling
     if labeling.people:
         return dg.SkipReason("label source is 'people': labels_landed advances the rounds")
     plan = plan_next_round(context.instance, store, labeling, start_first=True)
+    release = release_request(
+        context.instance, labeling, "next_round", job_name=dataset_release_job.name
+    )
     if plan.key is None:
-        return dg.SkipReason(plan.reason)
+        if release is None:
+            return dg.SkipReason(plan.reason)
+        return dg.SensorResult(run_requests=[release], skip_reason=plan.reason)
     context.log.info(plan.reason)
+    requests = [
+        dg.RunRequest(
+            job_name=active_round_job.name,
+            partition_key=plan.key,
+            run_key=plan.key,
+            tags={"auf/trigger": "next_round"},
+        )
+    ]
     return dg.SensorResult(
-        run_requests=[
-            dg.RunRequest(
-                job_name=active_round_job.name,
-                partition_key=plan.key,
-                run_key=plan.key,
-                tags={"auf/trigger": "next_round"},
-            )
-        ],
+        run_requests=requests + ([release] if release else []),
         dynamic_partitions_requests=[rounds_partitions.build_add_request([plan.key])],
     )
 
@@ -247,7 +276,7 @@ _CRON, _TIMEZONE = nightly_settings()
 @dg.schedule(
     cron_schedule=_CRON,
     execution_timezone=_TIMEZONE,
-    target=dg.AssetSelection.assets(*ROUND_ASSETS, annotation_batch),
+    target=dg.AssetSelection.assets(*ROUND_ASSETS, annotation_batch, *RELEASE_ASSETS),
     default_status=dg.DefaultScheduleStatus.STOPPED,
     description="Nightly: starts the next round (pair selection when people label, the whole "
     "round otherwise) if no round is running or waiting for labels. Cron and time zone: "
@@ -271,6 +300,9 @@ def nightly_round(
             s = pending[0]
             return dg.SkipReason(f"{s.round_id} is waiting for labels ({s.why})")
     selection = SELECTION_ASSETS if labeling.people else ROUND_ASSETS
+    release = release_request(
+        instance, labeling, "nightly_round", asset_selection=[a.key for a in RELEASE_ASSETS]
+    )
     rounds = registered_rounds(instance)
     if rounds and rounds[-1] not in trained:
         key = rounds[-1]  # never finished and nothing runs it: run it again
@@ -278,18 +310,20 @@ def nightly_round(
     else:
         plan = plan_next_round(instance, store, labeling, start_first=True)
         if plan.key is None:
-            return dg.SkipReason(plan.reason)
+            # No round to start (pool used up, max_rounds): still push the last one's dataset.
+            return [release] if release else dg.SkipReason(plan.reason)
         key = plan.key
         # A schedule cannot return partition requests: register the round, then request it.
         instance.add_dynamic_partitions(rounds_partitions.name, [key])
         context.log.info(plan.reason)
     when = context.scheduled_execution_time or datetime.now()
-    return dg.RunRequest(
+    request = dg.RunRequest(
         partition_key=key,
         asset_selection=[a.key for a in selection],
         run_key=f"{key}-{when:%Y-%m-%d}",
         tags={"auf/trigger": "nightly_round"},
     )
+    return [request, release] if release else request
 
 
 SENSORS = [labels_landed, next_round]

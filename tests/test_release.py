@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from datetime import datetime, timezone
 from pathlib import Path
 
 import dagster as dg
@@ -169,7 +170,7 @@ def test_ties_failures_and_unlabelled_pairs_are_left_out_and_counted(home):
         labelled = store.query("SELECT count(*) AS n FROM judgements WHERE preference IN ('a','b')")
         assert released == labelled["n"][0]
         card = (built["folder"] / "README.md").read_text()
-        assert "1 ties, 1 where the judge failed, 1 not labelled" in card
+        assert "1 tie, 1 where the judge failed, 1 not labelled" in card
     finally:
         store.replace_round("judgements", "round-0002", verdicts)
 
@@ -429,3 +430,95 @@ def test_dry_run_plan_needs_no_network_and_lists_what_would_be_pushed(home):
     plan = HubDataset(repo_id="me/prefs", endpoint="http://127.0.0.1:9").plan(built["folder"])
     assert plan["repo_id"] == "me/prefs" and plan["version"] == "rounds-0001-0002"
     assert set(plan["files"]) == set(_files(built["folder"]))
+
+
+# -- publishing after each round, and the command line ---------------------------------------
+
+
+def test_rounds_request_a_release_after_each_finished_round_when_enabled(auf_home):
+    from resources.labeling import LabelingSettings
+    from sensors.rounds import next_round, nightly_round
+
+    store = DuckDBStore()
+    with dg.instance_for_test() as instance:
+        dg.materialize([prompt_pool], instance=instance, resources={"store": store})
+        instance.add_dynamic_partitions("rounds", ["round-0001"])
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization("reward_model", partition="round-0001")
+        )
+
+        def sensor(settings):
+            ctx = dg.build_sensor_context(
+                instance=instance, resources={"store": store, "labeling": settings}
+            )
+            return next_round(ctx)
+
+        off = sensor(LabelingSettings())
+        assert [r.job_name for r in off.run_requests] == ["active_round"]
+        on = sensor(LabelingSettings(publish_after_round=True))
+        release = [r for r in on.run_requests if r.job_name == "dataset_release"]
+        assert [r.run_key for r in release] == ["release-round-0001"]
+
+        with dg.build_schedule_context(
+            instance=instance,
+            resources={"store": store, "labeling": LabelingSettings(publish_after_round=True)},
+            scheduled_execution_time=datetime(2026, 3, 1, 2, 0, tzinfo=timezone.utc),
+        ) as context:
+            requests = nightly_round(context)
+        assert [r.partition_key for r in requests] == ["round-0002", None]
+        assert set(requests[1].asset_selection) == {
+            dg.AssetKey("preference_dataset"),
+            dg.AssetKey("hub_dataset"),
+        }
+        assert requests[1].run_key == "release-round-0001"
+
+
+def _cli(monkeypatch, home: Path, *argv: str) -> int:
+    from auf_assets.cli import main
+
+    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))  # restored after the test
+    return main(list(argv))
+
+
+def test_auf_export_writes_exactly_what_would_be_pushed(home, monkeypatch, tmp_path, capsys):
+    out = tmp_path / "export"
+    assert _cli(monkeypatch, home, "export", "--out", str(out), "--split-names", "h4") == 0
+    printed = capsys.readouterr().out
+    assert "rounds-0001-0002" in printed and "train_prefs" in printed
+    built = _files(_built_folder_of(home))
+    assert _files(out) == built
+    # Exporting again over an earlier export is fine; over some other folder it is refused.
+    assert _cli(monkeypatch, home, "export", "--out", str(out)) == 0
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "cat.jpg").write_bytes(b"\xff")
+    assert _cli(monkeypatch, home, "export", "--out", str(other)) == 1
+    assert (other / "cat.jpg").read_bytes() == b"\xff"
+
+
+def _built_folder_of(home: Path) -> Path:
+    store = DuckDBStore()
+    return store.root / store.latest_release()["path"]
+
+
+def test_auf_publish_pushes_and_dry_run_sends_nothing(home, monkeypatch, capsys):
+    with FakeHub({TOKEN: {"me"}}) as fake:
+        args = ("publish", "--repo", "me/cli-prefs", "--endpoint", fake.url)
+        assert _cli(monkeypatch, home, *args, "--dry-run") == 0
+        assert fake.requests == []
+        assert "nothing was sent" in capsys.readouterr().out
+
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        assert _cli(monkeypatch, home, *args) == 2
+        assert "no Hugging Face token" in capsys.readouterr().err
+        assert _cli(monkeypatch, home, "publish", "--repo", "bad id") == 2
+
+        monkeypatch.setenv("HF_TOKEN", TOKEN)
+        assert _cli(monkeypatch, home, *args, "--public") == 0
+        printed = capsys.readouterr()
+        assert "rounds-0001-0002: pushed" in printed.out
+        assert fake.repos["me/cli-prefs"].private is False
+        assert len(fake.commits("me/cli-prefs")) == 2
+        assert _cli(monkeypatch, home, *args) == 0
+        assert "no new commit" in capsys.readouterr().out
+        assert TOKEN not in printed.out + printed.err

@@ -72,6 +72,8 @@ def test_definitions_load_the_whole_graph():
         "judgements",
         "reward_model",
         "annotation_batch",
+        "preference_dataset",
+        "hub_dataset",
         "simulation_pool_features",
         "method_benchmark",
     }

@@ -299,6 +299,23 @@ def completion_rows(completions: pl.DataFrame, pairs: pl.DataFrame) -> pl.DataFr
 # -- files ------------------------------------------------------------------------------------
 
 
+def _standard_type(t: pa.DataType) -> pa.DataType:
+    """polars writes large strings and lists; the Hugging Face sets use the standard ones."""
+    if pa.types.is_large_string(t):
+        return pa.string()
+    if pa.types.is_large_list(t) or pa.types.is_list(t):
+        return pa.list_(_standard_type(t.value_type))
+    if pa.types.is_struct(t):
+        return pa.struct([pa.field(f.name, _standard_type(f.type), f.nullable) for f in t])
+    return t
+
+
+def standard_table(frame: pl.DataFrame) -> pa.Table:
+    table = frame.to_arrow()
+    schema = pa.schema([pa.field(f.name, _standard_type(f.type), f.nullable) for f in table.schema])
+    return table.cast(schema)
+
+
 def _shards(table: pa.Table, max_bytes: int) -> list[pa.Table]:
     n = max(1, math.ceil(table.nbytes / max_bytes))
     per = math.ceil(table.num_rows / n) if table.num_rows else 0
@@ -335,7 +352,7 @@ def write_tables(
         (folder / sub).mkdir(parents=True, exist_ok=True)
         written[config] = {}
         for split, frame in splits.items():
-            shards = _shards(frame.to_arrow(), max_shard_bytes)
+            shards = _shards(standard_table(frame), max_shard_bytes)
             names = []
             for i, shard in enumerate(shards):
                 name = f"{sub}/{split}-{i:05d}-of-{len(shards):05d}.parquet"
@@ -373,6 +390,7 @@ def finish_release(
     The manifest lists the sha256 and size of every other file. A target that exists is
     replaced only after the new folder is complete, so a failure leaves the old version intact.
     """
+    staging.chmod(0o755)  # made by mkdtemp (0700): a release is meant to be read by others
     (staging / CARD).write_text(card_text, encoding="utf-8")
     files = sorted(p for p in staging.rglob("*") if p.is_file() and p.name != MANIFEST)
     manifest = {
@@ -477,7 +495,7 @@ def release_facts(
             if name
         }
     )
-    origins = sorted(set(pairs["prompt_origin"].drop_nulls().to_list()))
+    origins = sorted({_origin_name(o) for o in pairs["prompt_origin"].drop_nulls()})
     return {
         "rounds": pairs["round_id"].unique(maintain_order=True).to_list(),
         "prompts": int(completions["prompt_id"].n_unique()),
@@ -495,6 +513,24 @@ def release_facts(
         "reward_models": reward_models.to_dicts(),
         "rows": {c: dict(s) for c, s in rows.items()},
     }
+
+
+DEMO_ORIGIN = "the built-in demo prompts"
+
+
+def _origin_name(origin: str) -> str:
+    """Where prompts came from, without this machine's directories (a Hub id stays as it is)."""
+    from auf_assets.core.prompts import DEMO_PROMPTS_PATH
+
+    if origin == str(DEMO_PROMPTS_PATH):
+        return DEMO_ORIGIN
+    if Path(origin).is_absolute():  # "/home/me/prompts.jsonl [split=train]" -> its last part
+        return Path(origin).name
+    return origin
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def render_card(facts: Mapping, options: ReleaseOptions, *, software: str) -> str:
@@ -566,17 +602,20 @@ def _card_body(facts: Mapping, options: ReleaseOptions, software: str) -> str:
     out += [
         "",
         f"Of {facts['pairs']} selected pairs, {facts['labelled_pairs']} have a preference and "
-        f"are released; left out: {left['tie']} ties, {left['failed']} where the judge failed, "
-        f"{left['unlabelled']} not labelled.",
+        f"are released; left out: {_n(left['tie'], 'tie')}, {left['failed']} where the judge "
+        f"failed, {left['unlabelled']} not labelled.",
     ]
     out += ["", "## How it was made", "", "### Prompts", ""]
-    out.append(f"{facts['prompts']} prompts.")
+    line = f"{_n(facts['prompts'], 'prompt')}"
     if facts["prompt_origins"]:
-        out.append("Ingested from: " + ", ".join(f"`{o}`" for o in facts["prompt_origins"]) + ".")
-    if facts["prompt_sources"]:
-        out.append(
-            "Sources: " + ", ".join(f"{s} ({n})" for s, n in facts["prompt_sources"].items()) + "."
+        line += ", from " + ", ".join(
+            o if o == DEMO_ORIGIN else f"`{o}`" for o in facts["prompt_origins"]
         )
+    if facts["prompt_sources"]:
+        line += "; by source: " + ", ".join(
+            f"{s} ({n})" for s, n in facts["prompt_sources"].items()
+        )
+    out.append(line + ".")
     out += ["", "### Model pool", ""]
     out.append(
         _table(
@@ -625,8 +664,8 @@ def _card_body(facts: Mapping, options: ReleaseOptions, software: str) -> str:
     out += [
         "",
         f"Labels spent: {facts['responses_judged']} responses judged out of "
-        f"{facts['responses']} generated (labelling every response would have cost "
-        f"{facts['responses']}).",
+        f"{facts['responses']} generated; labelling every response would have taken "
+        f"{facts['responses'] / max(facts['responses_judged'], 1):.1f}x as many.",
     ]
     if facts["reward_models"]:
         last = facts["reward_models"][-1]

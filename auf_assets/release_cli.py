@@ -103,7 +103,10 @@ def _print_summary(folder: Path) -> None:
     for config, splits in rows.items():
         print(f"  {config:<12} " + ", ".join(f"{s}: {n}" for s, n in splits.items()))
     left = manifest["left_out"]
-    print(f"  left out: {left['tie']} tie(s), {left['failed']} failed, {left['unlabelled']} unlabelled")
+    print(
+        f"  left out: {left['tie']} tie(s), {left['failed']} failed, "
+        f"{left['unlabelled']} unlabelled"
+    )
 
 
 def _hub_config(args: argparse.Namespace) -> dict:

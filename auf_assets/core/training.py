@@ -1,0 +1,625 @@
+"""Training on the active dataset with TRL and PEFT, and evaluating what was trained. No Dagster.
+
+- `train_policy`: a LoRA adapter on a causal LM with TRL's `DPOTrainer` (losses `dpo` = sigmoid,
+  `ipo`) or its `CPOTrainer` (`simpo`). The reference model of DPO/IPO is the base with the
+  adapter disabled (TRL does this when it gets a `peft_config`): no second copy of the weights.
+- `train_reward_model`: a LoRA sequence-classification reward model with TRL's `RewardTrainer`.
+- `implicit_reward_accuracy`, `reward_model_accuracy`, `win_rate`: the evaluations.
+
+Rows are TRL's explicit-prompt conversational form (the `trl` config of a released dataset):
+`prompt` = the user turn(s), `chosen` / `rejected` = the assistant turn. A checkpoint is written to
+a temporary folder and renamed into place only when complete, so a failed run never touches
+the checkpoints already there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+LOSSES = ("dpo", "ipo", "simpo")
+CHECKPOINT_INFO = "auf_checkpoint.json"
+Log = Callable[[str], None]
+
+
+class TrainingError(ValueError):
+    """Training cannot start or did not finish; the message says why. Nothing was replaced."""
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Hyper-parameters of one training run (see `preset` for the CPU and GPU defaults)."""
+
+    loss: str = "dpo"
+    beta: float = 0.1
+    learning_rate: float = 5e-4
+    epochs: float = 1.0
+    max_steps: int = 0  # 0: the epochs decide
+    batch_size: int = 4
+    grad_accum: int = 1
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    max_length: int = 384
+    simpo_gamma: float = 0.5
+    seed: int = 0
+    device: str = "auto"  # auto: the first GPU if there is one, else the CPU
+    bf16: bool | None = None  # None: on a GPU that supports it
+    gradient_checkpointing: bool | None = None  # None: on a GPU
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise TrainingError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.batch_size < 1 or self.grad_accum < 1 or self.lora_r < 1:
+            raise TrainingError("batch_size, grad_accum and lora_r must be at least 1")
+        if self.epochs <= 0 and self.max_steps <= 0:
+            raise TrainingError("give epochs > 0 or max_steps > 0")
+
+
+# The spec's settings (LoRA r=64, beta 0.1, lr 2e-5, 3 epochs, effective batch 32) on a GPU; small,
+# fast ones on CPU, where a 135M model is what fits. Reward models: r=16, lr 2e-5, 2 epochs.
+PRESETS: dict[str, dict[str, TrainSettings]] = {
+    "gpu": {
+        "policy": TrainSettings(
+            learning_rate=2e-5,
+            epochs=3,
+            batch_size=8,
+            grad_accum=4,
+            lora_r=64,
+            lora_alpha=128,
+            max_length=2048,
+        ),
+        "reward_model": TrainSettings(
+            learning_rate=2e-5,
+            epochs=2,
+            batch_size=8,
+            grad_accum=4,
+            lora_r=16,
+            lora_alpha=32,
+            max_length=2048,
+        ),
+    },
+    "cpu": {
+        "policy": TrainSettings(
+            learning_rate=5e-4, epochs=1, batch_size=4, lora_r=8, lora_alpha=16, max_length=384
+        ),
+        "reward_model": TrainSettings(
+            learning_rate=1e-3, epochs=2, batch_size=4, lora_r=8, lora_alpha=16, max_length=384
+        ),
+    },
+}
+
+
+def preset(kind: str, device: str = "auto", **overrides: Any) -> TrainSettings:
+    """The preset for `kind` (policy, reward_model) on `device`, with `overrides` applied."""
+    where = "gpu" if _on_gpu(device) else "cpu"
+    base = PRESETS[where][kind]
+    return replace(base, device=device, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _on_gpu(device: str) -> bool:
+    import torch
+
+    if device == "auto":
+        return torch.cuda.is_available()
+    return device.startswith("cuda")
+
+
+@dataclass
+class TrainReport:
+    """What a run did: per-step curves and totals (for metadata and plots)."""
+
+    steps: int
+    rows: int
+    seconds: float
+    tokens: int
+    peak_rss_mb: float
+    peak_gpu_mb: float | None
+    curves: dict[str, list[float]] = field(default_factory=dict)
+
+    def last(self, name: str) -> float | None:
+        values = self.curves.get(name) or []
+        return values[-1] if values else None
+
+    def first(self, name: str) -> float | None:
+        values = self.curves.get(name) or []
+        return values[0] if values else None
+
+
+# -- input checks -----------------------------------------------------------------------------
+
+
+def check_rows(rows: Sequence[dict]) -> list[dict]:
+    """Pairs worth training on; raises on an empty or one-class dataset."""
+    if not rows:
+        raise TrainingError("no preference pairs to train on (the dataset is empty)")
+    usable = [r for r in rows if _text(r["chosen"]) != _text(r["rejected"])]
+    if not usable:
+        raise TrainingError(
+            f"all {len(rows)} pairs have the same response as chosen and rejected: there is "
+            "nothing to learn from (a one-class dataset)"
+        )
+    return usable
+
+
+def _text(turns: Sequence[dict]) -> str:
+    return "\n".join(t["content"] for t in turns)
+
+
+def check_base(base_dir: str | Path, kind: str) -> None:
+    """The base model must be a causal LM whose tokenizer has a chat template."""
+    from transformers import AutoConfig, AutoTokenizer
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    try:
+        config = AutoConfig.from_pretrained(base_dir)
+    except (OSError, ValueError) as exc:
+        raise TrainingError(f"cannot read the base model at {base_dir}: {exc}") from None
+    archs = config.architectures or []
+    causal = (
+        any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+        if archs
+        else config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    )
+    if not causal:
+        raise TrainingError(
+            f"the base model at {base_dir} is not a causal language model "
+            f"({', '.join(archs) or config.model_type}): {kind} training needs one"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    if not getattr(tokenizer, "chat_template", None):
+        raise TrainingError(
+            f"the tokenizer at {base_dir} has no chat template: the pairs are conversations and "
+            "are formatted with it; use an instruct/chat model or add a template to it"
+        )
+
+
+def _tokenizer(base_dir: str | Path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def _device_args(settings: TrainSettings) -> dict[str, Any]:
+    import torch
+
+    gpu = _on_gpu(settings.device)
+    bf16 = settings.bf16 if settings.bf16 is not None else gpu and torch.cuda.is_bf16_supported()
+    checkpointing = settings.gradient_checkpointing
+    return {
+        "use_cpu": not gpu,
+        "bf16": bool(bf16),
+        "gradient_checkpointing": bool(gpu if checkpointing is None else checkpointing),
+    }
+
+
+def _common_args(settings: TrainSettings, output_dir: str) -> dict[str, Any]:
+    return {
+        "output_dir": output_dir,
+        "learning_rate": settings.learning_rate,
+        "num_train_epochs": settings.epochs,
+        "max_steps": settings.max_steps if settings.max_steps > 0 else -1,
+        "per_device_train_batch_size": settings.batch_size,
+        "gradient_accumulation_steps": settings.grad_accum,
+        "max_length": settings.max_length,
+        "seed": settings.seed,
+        "report_to": "none",
+        "save_strategy": "no",
+        "logging_steps": 1,
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+        **_device_args(settings),
+    }
+
+
+class _Progress:
+    """A transformers callback that logs every few steps (long work shows progress)."""
+
+    def __new__(cls, log: Log, every_s: float = 15.0):
+        from transformers import TrainerCallback
+
+        class Callback(TrainerCallback):
+            last = 0.0
+
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                now = time.monotonic()
+                if state.global_step == state.max_steps or now - self.last >= every_s:
+                    self.last = now
+                    loss = (logs or {}).get("loss")
+                    shown = f", loss {loss:.4f}" if loss is not None else ""
+                    log(f"step {state.global_step}/{state.max_steps}{shown}")
+
+        return Callback()
+
+
+def _run(trainer, rows: int, log: Log) -> TrainReport:
+    import torch
+
+    gpu = torch.cuda.is_available()
+    if gpu:
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    try:
+        trainer.train()
+    except torch.OutOfMemoryError as exc:
+        raise TrainingError(
+            f"out of memory while training ({str(exc).splitlines()[0]}): lower batch_size or "
+            "max_length, or raise grad_accum; no checkpoint was written"
+        ) from None
+    except MemoryError:
+        raise TrainingError(
+            "out of memory while training: lower batch_size or max_length; no checkpoint was "
+            "written"
+        ) from None
+    seconds = time.perf_counter() - started
+    curves: dict[str, list[float]] = {}
+    for entry in trainer.state.log_history:
+        for key, value in entry.items():
+            if isinstance(value, (int, float)) and key not in ("epoch", "step"):
+                curves.setdefault(key, []).append(float(value))
+    tokens = int((curves.get("num_tokens") or [0])[-1])
+    return TrainReport(
+        steps=int(trainer.state.global_step),
+        rows=rows,
+        seconds=seconds,
+        tokens=tokens,
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        peak_gpu_mb=torch.cuda.max_memory_allocated() / 2**20 if gpu else None,
+        curves=curves,
+    )
+
+
+def _save(trainer, tokenizer, out_dir: Path, info: dict) -> None:
+    """Adapter + tokenizer + our own record, complete or not at all."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        trainer.model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        (staging / CHECKPOINT_INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        staging.chmod(0o755)
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out_dir, old)
+            os.replace(staging, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def train_policy(
+    base_dir: str | Path,
+    rows: Sequence[dict],
+    settings: TrainSettings,
+    out_dir: str | Path,
+    *,
+    init_adapter: str | Path | None = None,
+    info: dict | None = None,
+    log: Log = print,
+) -> TrainReport:
+    """Train a LoRA policy on preference `rows`; write the adapter to `out_dir`."""
+    import datasets
+    from peft import LoraConfig
+
+    check_base(base_dir, "policy")
+    rows = check_rows(rows)
+    tokenizer = _tokenizer(base_dir)
+    lora = LoraConfig(
+        r=settings.lora_r,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+    dataset = datasets.Dataset.from_list([_trl_row(r) for r in rows])
+    with tempfile.TemporaryDirectory() as scratch:
+        common = _common_args(settings, scratch)
+        if settings.loss == "simpo":
+            from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+            args = CPOConfig(
+                loss_type="simpo",
+                cpo_alpha=0.0,
+                beta=settings.beta,
+                simpo_gamma=settings.simpo_gamma,
+                **common,
+            )
+            trainer = CPOTrainer(
+                model=str(base_dir),
+                args=args,
+                train_dataset=dataset,
+                processing_class=tokenizer,
+                peft_config=lora,
+            )
+        else:
+            from trl import DPOConfig, DPOTrainer
+
+            loss_type = ["sigmoid"] if settings.loss == "dpo" else ["ipo"]
+            args = DPOConfig(loss_type=loss_type, beta=settings.beta, **common)
+            trainer = DPOTrainer(
+                model=str(base_dir),
+                args=args,
+                train_dataset=dataset,
+                processing_class=tokenizer,
+                peft_config=lora,
+            )
+        if init_adapter is not None:
+            _load_adapter_weights(trainer.model, Path(init_adapter))
+            log(f"warm start from {init_adapter}")
+        trainer.add_callback(_Progress(log))
+        log(f"{settings.loss} training on {len(rows)} pairs")
+        report = _run(trainer, len(rows), log)
+        record = {
+            "kind": "policy",
+            "base_model": str(base_dir),
+            "settings": asdict(settings),
+            "rows": len(rows),
+            "warm_start": str(init_adapter) if init_adapter else None,
+            **(info or {}),
+        }
+        _save(trainer, tokenizer, Path(out_dir), record)
+    return report
+
+
+def _trl_row(row: dict) -> dict:
+    return {
+        "prompt": list(row["prompt"]),
+        "chosen": list(row["chosen"]),
+        "rejected": list(row["rejected"]),
+    }
+
+
+def _load_adapter_weights(model, folder: Path) -> None:
+    """Start from another adapter's weights; the reference stays the base (adapter disabled)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    path = folder / "adapter_model.safetensors"
+    if not path.is_file():
+        raise TrainingError(f"warm start: no adapter_model.safetensors in {folder}")
+    result = set_peft_model_state_dict(model, load_file(str(path)))
+    if getattr(result, "unexpected_keys", None):
+        raise TrainingError(
+            f"warm start: the adapter in {folder} does not fit this model/LoRA setting "
+            f"({len(result.unexpected_keys)} unexpected weights)"
+        )
+
+
+def train_reward_model(
+    base_dir: str | Path,
+    rows: Sequence[dict],
+    settings: TrainSettings,
+    out_dir: str | Path,
+    *,
+    info: dict | None = None,
+    log: Log = print,
+) -> TrainReport:
+    """Train a LoRA sequence-classification reward model on `rows`; write it to `out_dir`."""
+    import datasets
+    from peft import LoraConfig
+    from transformers import AutoModelForSequenceClassification
+    from trl import RewardConfig, RewardTrainer
+
+    check_base(base_dir, "reward model")
+    rows = check_rows(rows)
+    tokenizer = _tokenizer(base_dir)
+    tokenizer.padding_side = "right"
+    model = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    lora = LoraConfig(
+        r=settings.lora_r,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        target_modules="all-linear",
+        task_type="SEQ_CLS",
+    )
+    dataset = datasets.Dataset.from_list([_trl_row(r) for r in rows])
+    with tempfile.TemporaryDirectory() as scratch:
+        args = RewardConfig(**_common_args(settings, scratch))
+        trainer = RewardTrainer(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=lora,
+        )
+        trainer.add_callback(_Progress(log))
+        log(f"reward-model training on {len(rows)} pairs")
+        report = _run(trainer, len(rows), log)
+        record = {
+            "kind": "reward_model",
+            "base_model": str(base_dir),
+            "settings": asdict(settings),
+            "rows": len(rows),
+            **(info or {}),
+        }
+        _save(trainer, tokenizer, Path(out_dir), record)
+    return report
+
+
+# -- evaluation -------------------------------------------------------------------------------
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_policy(base_dir: str | Path, adapter_dir: str | Path, device: str = "auto"):
+    """(tokenizer, PeftModel) ready for scoring; `model.disable_adapter()` gives the reference."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = _tokenizer(base_dir)
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    model = PeftModel.from_pretrained(base, str(adapter_dir))
+    return tokenizer, model.to(_device(device)).eval()
+
+
+def response_logps(model, tokenizer, prompts, responses, *, batch_size=8, max_length=1024):
+    """Sum of log pi(response tokens | prompt) per (prompt turns, response turns) pair."""
+    import torch
+
+    device = next(model.parameters()).device
+    out = np.zeros(len(prompts))
+    items = []
+    for prompt, response in zip(prompts, responses, strict=True):
+        head = tokenizer.apply_chat_template(
+            list(prompt), add_generation_prompt=True, tokenize=False
+        )
+        full = tokenizer.apply_chat_template(list(prompt) + list(response), tokenize=False)
+        head_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
+        full_ids = tokenizer(full, add_special_tokens=False)["input_ids"][:max_length]
+        items.append((full_ids, min(len(head_ids), len(full_ids))))
+    pad = tokenizer.pad_token_id
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        width = max(len(ids) for ids, _ in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for i, (row, _) in enumerate(chunk):  # right padding: positions line up with the text
+            ids[i, : len(row)] = torch.tensor(row)
+            mask[i, : len(row)] = 1
+        with torch.no_grad():
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        token_logps = logps.gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1).cpu()
+        for i, (row, head_len) in enumerate(chunk):
+            # tokens head_len .. len(row)-1 are the response; token t is predicted at t-1
+            out[start + i] = float(token_logps[i, head_len - 1 : len(row) - 1].sum())
+    return out
+
+
+def implicit_reward_accuracy(
+    model, tokenizer, rows: Sequence[dict], beta: float, *, batch_size: int = 8
+) -> dict[str, float]:
+    """How often beta * (log pi - log pi_ref) ranks chosen above rejected (ties count half)."""
+    if not rows:
+        return {"accuracy": float("nan"), "mean_margin": float("nan"), "pairs": 0}
+    prompts = [r["prompt"] for r in rows]
+    policy_c = response_logps(
+        model, tokenizer, prompts, [r["chosen"] for r in rows], batch_size=batch_size
+    )
+    policy_r = response_logps(
+        model, tokenizer, prompts, [r["rejected"] for r in rows], batch_size=batch_size
+    )
+    with model.disable_adapter():
+        ref_c = response_logps(
+            model, tokenizer, prompts, [r["chosen"] for r in rows], batch_size=batch_size
+        )
+        ref_r = response_logps(
+            model, tokenizer, prompts, [r["rejected"] for r in rows], batch_size=batch_size
+        )
+    margin = beta * ((policy_c - ref_c) - (policy_r - ref_r))
+    accuracy = float(np.mean((margin > 0) + 0.5 * (margin == 0)))
+    return {"accuracy": accuracy, "mean_margin": float(np.mean(margin)), "pairs": len(rows)}
+
+
+def load_reward_model(base_dir: str | Path, adapter_dir: str | Path, device: str = "auto"):
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    tokenizer = _tokenizer(base_dir)
+    tokenizer.padding_side = "right"
+    base = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=1)
+    base.config.pad_token_id = tokenizer.pad_token_id
+    model = PeftModel.from_pretrained(base, str(adapter_dir))
+    return tokenizer, model.to(_device(device)).eval()
+
+
+def reward_scores(model, tokenizer, conversations, *, batch_size=8, max_length=1024) -> np.ndarray:
+    import torch
+
+    device = next(model.parameters()).device
+    texts = [tokenizer.apply_chat_template(list(c), tokenize=False) for c in conversations]
+    out = []
+    for start in range(0, len(texts), batch_size):
+        enc = tokenizer(
+            texts[start : start + batch_size],
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+            add_special_tokens=False,
+        ).to(device)
+        with torch.no_grad():
+            out.append(model(**enc).logits[:, 0].float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def reward_model_accuracy(model, tokenizer, rows: Sequence[dict]) -> dict[str, float]:
+    """Held-out pairwise accuracy of a reward model (ties count half)."""
+    if not rows:
+        return {"accuracy": float("nan"), "mean_margin": float("nan"), "pairs": 0}
+    chosen = reward_scores(model, tokenizer, [list(r["prompt"]) + list(r["chosen"]) for r in rows])
+    rejected = reward_scores(
+        model, tokenizer, [list(r["prompt"]) + list(r["rejected"]) for r in rows]
+    )
+    margin = chosen - rejected
+    return {
+        "accuracy": float(np.mean((margin > 0) + 0.5 * (margin == 0))),
+        "mean_margin": float(np.mean(margin)),
+        "pairs": len(rows),
+    }
+
+
+def win_rate(policy_scores: Sequence[float], base_scores: Sequence[float], *, tie_margin=0.0):
+    """Share of comparisons the policy wins (ties half), with a 95% Wilson interval.
+
+    Comparisons where either score is missing (NaN: the judge failed) are left out and counted.
+    """
+    p = np.asarray(policy_scores, dtype=float)
+    b = np.asarray(base_scores, dtype=float)
+    ok = ~(np.isnan(p) | np.isnan(b))
+    diff = p[ok] - b[ok]
+    wins = int((diff > tie_margin).sum())
+    losses = int((diff < -tie_margin).sum())
+    ties = int(ok.sum()) - wins - losses
+    n = wins + losses + ties
+    if n == 0:
+        return {
+            "win_rate": float("nan"),
+            "ci_low": float("nan"),
+            "ci_high": float("nan"),
+            "wins": 0,
+            "ties": 0,
+            "losses": 0,
+            "comparisons": 0,
+            "failed": int((~ok).sum()),
+        }
+    rate = (wins + 0.5 * ties) / n
+    z = 1.959963984540054
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return {
+        "win_rate": rate,
+        "ci_low": max(0.0, centre - half),
+        "ci_high": min(1.0, centre + half),
+        "wins": wins,
+        "ties": ties,
+        "losses": losses,
+        "comparisons": n,
+        "failed": int((~ok).sum()),
+    }

@@ -1,0 +1,172 @@
+"""DPO/IPO/SimPO policies and reward models trained with TRL + PEFT on a tiny random model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from auf_assets.core.training import (
+    TrainingError,
+    TrainSettings,
+    check_rows,
+    implicit_reward_accuracy,
+    load_policy,
+    load_reward_model,
+    response_logps,
+    reward_model_accuracy,
+    train_policy,
+    train_reward_model,
+    win_rate,
+)
+
+TOPICS = [
+    "the sea",
+    "a cat",
+    "python code",
+    "paris",
+    "photosynthesis",
+    "the wind",
+    "a poem",
+    "five",
+]
+
+
+def toy_rows(n: int = 16) -> list[dict]:
+    """Separable pairs: the chosen answer always says one thing, the rejected another."""
+    return [
+        {
+            "prompt": [{"role": "user", "content": f"Tell me about {TOPICS[i % len(TOPICS)]}."}],
+            "chosen": [{"role": "assistant", "content": "Rate 5. The answer is good."}],
+            "rejected": [{"role": "assistant", "content": "def add(a, b): return a"}],
+        }
+        for i in range(n)
+    ]
+
+
+def settings(**kw) -> TrainSettings:
+    base = dict(
+        learning_rate=2e-2,
+        epochs=1,
+        max_steps=12,
+        batch_size=4,
+        lora_r=4,
+        lora_alpha=8,
+        max_length=64,
+        device="cpu",
+        beta=0.1,
+    )
+    return TrainSettings(**{**base, **kw})
+
+
+def test_dpo_loss_goes_down_and_the_adapter_reloads(tiny_chat_lm_dir, tmp_path):
+    rows = toy_rows()
+    out = tmp_path / "policy"
+    report = train_policy(tiny_chat_lm_dir, rows, settings(), out, log=lambda _: None)
+    losses = report.curves["loss"]
+    assert report.steps == 12 and len(losses) == 12
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.05
+    assert (out / "adapter_model.safetensors").is_file()
+    info = json.loads((out / "auf_checkpoint.json").read_text())
+    assert info["settings"]["loss"] == "dpo" and info["rows"] == 16
+
+    tokenizer, model = load_policy(tiny_chat_lm_dir, out, device="cpu")
+    prompts = [r["prompt"] for r in rows[:4]]
+    chosen = [r["chosen"] for r in rows[:4]]
+    first = response_logps(model, tokenizer, prompts, chosen)
+    again = response_logps(
+        *reversed(load_policy(tiny_chat_lm_dir, out, device="cpu")), prompts, chosen
+    )
+    np.testing.assert_allclose(first, again, rtol=1e-5)
+    with model.disable_adapter():
+        base = response_logps(model, tokenizer, prompts, chosen)
+    assert np.all(first > base)  # the trained adapter raised the chosen answer's likelihood
+    assert implicit_reward_accuracy(model, tokenizer, rows, beta=0.1)["accuracy"] == 1.0
+
+
+@pytest.mark.parametrize("loss", ["ipo", "simpo"])
+def test_ipo_and_simpo_train(tiny_chat_lm_dir, tmp_path, loss):
+    report = train_policy(
+        tiny_chat_lm_dir,
+        toy_rows(8),
+        settings(loss=loss, max_steps=3),
+        tmp_path / loss,
+        log=lambda _: None,
+    )
+    assert report.steps == 3 and all(np.isfinite(report.curves["loss"]))
+    assert (tmp_path / loss / "adapter_model.safetensors").is_file()
+
+
+def test_warm_start_continues_from_the_previous_adapter(tiny_chat_lm_dir, tmp_path):
+    rows = toy_rows()
+    train_policy(tiny_chat_lm_dir, rows, settings(), tmp_path / "r1", log=lambda _: None)
+    cold = train_policy(
+        tiny_chat_lm_dir, rows, settings(max_steps=2), tmp_path / "cold", log=lambda _: None
+    )
+    warm = train_policy(
+        tiny_chat_lm_dir,
+        rows,
+        settings(max_steps=2),
+        tmp_path / "warm",
+        init_adapter=tmp_path / "r1",
+        log=lambda _: None,
+    )
+    assert warm.curves["loss"][0] < cold.curves["loss"][0]
+
+
+def test_reward_model_accuracy_rises(tiny_chat_lm_dir, tmp_path):
+    rows = toy_rows()
+    short = settings(max_steps=1, learning_rate=1e-9)
+    train_reward_model(tiny_chat_lm_dir, rows, short, tmp_path / "untrained", log=lambda _: None)
+    before = reward_model_accuracy(
+        *reversed(load_reward_model(tiny_chat_lm_dir, tmp_path / "untrained", device="cpu")), rows
+    )
+    train_reward_model(
+        tiny_chat_lm_dir, rows, settings(max_steps=16), tmp_path / "rm", log=lambda _: None
+    )
+    after = reward_model_accuracy(
+        *reversed(load_reward_model(tiny_chat_lm_dir, tmp_path / "rm", device="cpu")), rows
+    )
+    assert after["accuracy"] == 1.0 and after["mean_margin"] > before["mean_margin"]
+
+
+def test_bad_input_fails_clearly_and_keeps_the_previous_checkpoint(
+    tiny_chat_lm_dir, tiny_lm_dir, tmp_path
+):
+    out = tmp_path / "policy"
+    out.mkdir()
+    (out / "adapter_model.safetensors").write_bytes(b"previous")
+    with pytest.raises(TrainingError, match="dataset is empty"):
+        train_policy(tiny_chat_lm_dir, [], settings(), out, log=lambda _: None)
+    same = [{**r, "rejected": r["chosen"]} for r in toy_rows(4)]
+    with pytest.raises(TrainingError, match="one-class"):
+        check_rows(same)
+    with pytest.raises(TrainingError, match="no chat template"):
+        train_policy(tiny_lm_dir, toy_rows(4), settings(), out, log=lambda _: None)
+    with pytest.raises(TrainingError, match="must be one of"):
+        settings(loss="kto")
+    assert (out / "adapter_model.safetensors").read_bytes() == b"previous"
+
+
+def test_a_base_model_that_is_not_a_causal_lm_is_refused(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    BertModel(
+        BertConfig(
+            vocab_size=50,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+        )
+    ).save_pretrained(tmp_path)
+    with pytest.raises(TrainingError, match="not a causal language model"):
+        train_policy(tmp_path, toy_rows(4), settings(), tmp_path / "out", log=lambda _: None)
+
+
+def test_win_rate_counts_ties_half_and_gives_an_interval():
+    result = win_rate([3, 2, 5, float("nan")], [1, 2, 4, 1])
+    assert result["wins"] == 2 and result["ties"] == 1 and result["failed"] == 1
+    assert result["win_rate"] == pytest.approx(2.5 / 3)
+    assert 0 < result["ci_low"] < result["win_rate"] < result["ci_high"] <= 1

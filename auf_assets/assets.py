@@ -20,7 +20,7 @@ import polars as pl
 from pydantic import Field
 
 from auf_assets.core.acquisition import ACQUISITION_METHODS, select_pairs
-from auf_assets.core.judging import ASPECTS, decide_preference, overall_score
+from auf_assets.core.judging import ASPECTS, decide_preference
 from auf_assets.core.labels import (
     LABEL_STUDIO_CONFIG,
     Vote,
@@ -774,7 +774,7 @@ def _rubric_verdicts(context, config, judge: RubricJudge, store, round_id, pairs
     items = _judged_items(store, round_id, pairs)
     context.log.info(f"judging {items.height} responses x {len(ASPECTS)} aspects with {judge.name}")
     started = time.perf_counter()
-    rated = judge.rate(
+    overall_scores, rated = judge.overall(
         items["prompt"].to_list(),
         items["response"].to_list(),
         progress=_progress_logger(context, "judge calls"),
@@ -799,11 +799,7 @@ def _rubric_verdicts(context, config, judge: RubricJudge, store, round_id, pairs
             "attempts": pl.Int32,
         },
     )
-    matrix = np.full((items.height, len(ASPECTS)), np.nan)
-    for r in rated:
-        if not r.result.failed:
-            matrix[r.item, ASPECTS.index(r.aspect)] = r.result.score
-    overall = dict(zip(items["completion_id"], overall_score(matrix), strict=True))
+    overall = dict(zip(items["completion_id"], overall_scores, strict=True))
     verdicts = _verdicts_from_scores(
         pairs, overall, tie_margin=config.tie_margin, labeller=judge.name, source="llm_judge"
     )

@@ -21,11 +21,17 @@ from auf_assets.release import (
     dataset_build_job,
     dataset_release_job,
 )
+from auf_assets.training import (
+    TRAINING_ASSETS,
+    policy_training_job,
+    reward_model_training_job,
+)
 from resources import DuckDBStore, FeatureEncoder, GenerationEngine, RubricJudge
 from resources.hub import HubDataset
 from resources.labeling import labeling_from_env
 from resources.reward_judge import RewardModelJudge
 from resources.reward_model import UncertaintyModel
+from resources.training import TrainingSettings
 from sensors.rounds import SCHEDULES, SENSORS
 
 
@@ -43,13 +49,21 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
         "reward_judge": RewardModelJudge(),
         "labeling": labeling_from_env(),
         "uncertainty_model": UncertaintyModel(),
+        "training": TrainingSettings(),
         # The token is read from HF_TOKEN when a run that pushes starts (never stored in config).
         "hub": HubDataset(repo_id=os.environ.get("AUF_HUB_REPO", ""), token=dg.EnvVar("HF_TOKEN")),
     }
 
 
 defs = dg.Definitions(
-    assets=[prompt_pool, *ROUND_ASSETS, annotation_batch, *RELEASE_ASSETS, *BENCH_ASSETS],
+    assets=[
+        prompt_pool,
+        *ROUND_ASSETS,
+        annotation_batch,
+        *RELEASE_ASSETS,
+        *TRAINING_ASSETS,
+        *BENCH_ASSETS,
+    ],
     asset_checks=[*ROUND_CHECKS, *RELEASE_CHECKS],
     jobs=[
         prompt_ingestion_job,
@@ -58,6 +72,8 @@ defs = dg.Definitions(
         labelled_round_job,
         dataset_build_job,
         dataset_release_job,
+        policy_training_job,
+        reward_model_training_job,
         *BENCH_JOBS,
     ],
     sensors=SENSORS,

@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 import dagster as dg
+import numpy as np
 from pydantic import Field
 
 from auf_assets.core.judging import (
     ASPECTS,
     AspectScore,
     judge_messages,
+    overall_score,
     score_from_text,
     score_from_top_logprobs,
 )
@@ -60,6 +62,17 @@ class RubricJudge(dg.ConfigurableResource):
             dtype=self.dtype,
             cache_dir=str(home.models_dir()),
         )
+
+    def overall(
+        self, prompts: Sequence[str], responses: Sequence[str], progress: Progress | None = None
+    ) -> tuple[np.ndarray, list[AspectJudgement]]:
+        """Each response's overall score (mean of the aspects; NaN where an aspect failed)."""
+        rated = self.rate(prompts, responses, progress=progress)
+        matrix = np.full((len(prompts), len(ASPECTS)), np.nan)
+        for r in rated:
+            if not r.result.failed:
+                matrix[r.item, ASPECTS.index(r.aspect)] = r.result.score
+        return overall_score(matrix), rated
 
     def rate(
         self, prompts: Sequence[str], responses: Sequence[str], progress: Progress | None = None

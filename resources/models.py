@@ -144,6 +144,33 @@ def load_tokenizer_and_model(source: str, kind: str, device: str, cache_dir: str
     return tokenizer, model
 
 
+def local_model_dir(source: str, cache_dir: str | Path) -> Path:
+    """A folder of Hugging Face files for `source` (what trainers that take a path need).
+
+    A GGUF model (the packaged ones) is de-quantised once into `cache_dir`; a local folder is
+    used as it is; a repo id must already be in the local Hugging Face cache.
+    """
+    resolved = resolve_source(source)
+    local = _local_copy_dir(resolved, Path(cache_dir))
+    if local is not None:
+        if not (local / "config.json").is_file():
+            load_tokenizer_and_model(source, "causal", "cpu", str(cache_dir))
+        if not (local / "config.json").is_file():
+            raise ModelSourceError(f"could not convert {source!r} into {local}")
+        return local
+    if Path(resolved.path).is_dir():
+        return Path(resolved.path)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(resolved.path, local_files_only=True))
+    except Exception as exc:
+        raise ModelSourceError(
+            f"{source!r} is neither a local folder nor a model in the local Hugging Face cache "
+            f"({type(exc).__name__})"
+        ) from None
+
+
 def _save_dequantized(tokenizer, model, folder: Path) -> None:
     """Save a GGUF-loaded model as plain safetensors (its weights are already de-quantised).
 

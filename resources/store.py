@@ -200,6 +200,32 @@ CREATE TABLE IF NOT EXISTS hub_pushes (
     url VARCHAR,
     pushed_at TIMESTAMP NOT NULL
 );
+-- Downstream checkpoints (LoRA adapters trained with TRL) and their evaluations, per round.
+CREATE TABLE IF NOT EXISTS trained_checkpoints (
+    kind VARCHAR NOT NULL,
+    round_id VARCHAR NOT NULL,
+    path VARCHAR NOT NULL,
+    base_model VARCHAR NOT NULL,
+    loss VARCHAR,
+    rows INTEGER NOT NULL,
+    rounds VARCHAR NOT NULL,
+    data_sha256 VARCHAR NOT NULL,
+    settings VARCHAR NOT NULL,
+    steps INTEGER,
+    train_seconds DOUBLE,
+    code_version VARCHAR,
+    created_at TIMESTAMP NOT NULL,
+    PRIMARY KEY (kind, round_id)
+);
+CREATE TABLE IF NOT EXISTS checkpoint_evals (
+    round_id VARCHAR NOT NULL,
+    kind VARCHAR NOT NULL,
+    metric VARCHAR NOT NULL,
+    value DOUBLE,
+    n INTEGER,
+    created_at TIMESTAMP NOT NULL,
+    PRIMARY KEY (round_id, kind, metric)
+);
 CREATE TABLE IF NOT EXISTS reward_models (
     round_id VARCHAR PRIMARY KEY,
     path VARCHAR NOT NULL,
@@ -560,17 +586,9 @@ class DuckDBStore(dg.ConfigurableResource):
 
     def record_release(self, row: Mapping) -> None:
         """Remember a built dataset version (a rebuilt version replaces its row)."""
-        with self.connect() as con:
-            con.execute("BEGIN TRANSACTION")
-            try:
-                con.execute("DELETE FROM dataset_releases WHERE version = ?", [row["version"]])
-                con.register("incoming", pl.DataFrame([dict(row)]).to_arrow())
-                con.execute("INSERT INTO dataset_releases BY NAME SELECT * FROM incoming")
-                con.unregister("incoming")
-                con.execute("COMMIT")
-            except Exception:
-                con.execute("ROLLBACK")
-                raise
+        self._replace_where(
+            "dataset_releases", "version = ?", [row["version"]], pl.DataFrame([dict(row)])
+        )
 
     def latest_release(self) -> dict | None:
         rows = self.query("SELECT * FROM dataset_releases ORDER BY built_at DESC LIMIT 1")
@@ -581,6 +599,47 @@ class DuckDBStore(dg.ConfigurableResource):
             con.register("incoming", pl.DataFrame([dict(row)]).to_arrow())
             con.execute("INSERT INTO hub_pushes BY NAME SELECT * FROM incoming")
             con.unregister("incoming")
+
+    # -- downstream checkpoints --------------------------------------------------------------
+
+    def record_checkpoint(self, row: Mapping) -> None:
+        """Register a trained checkpoint (a re-trained round replaces its row)."""
+        self._replace_where(
+            "trained_checkpoints",
+            "kind = ? AND round_id = ?",
+            [row["kind"], row["round_id"]],
+            pl.DataFrame([dict(row)]),
+        )
+
+    def checkpoint(self, kind: str, round_id: str) -> dict | None:
+        rows = self.query(
+            "SELECT * FROM trained_checkpoints WHERE kind = ? AND round_id = ?", [kind, round_id]
+        )
+        return rows.row(0, named=True) if rows.height else None
+
+    def record_evals(self, round_id: str, kind: str, rows: pl.DataFrame) -> None:
+        """Replace the evaluation metrics of one (round, checkpoint kind)."""
+        self._replace_where("checkpoint_evals", "round_id = ? AND kind = ?", [round_id, kind], rows)
+
+    def evals(self) -> pl.DataFrame:
+        return self.query(
+            "SELECT e.*, r.round_index FROM checkpoint_evals e LEFT JOIN rounds r "
+            "USING (round_id) ORDER BY r.round_index, e.kind, e.metric"
+        )
+
+    def _replace_where(self, table: str, where: str, params: list, rows: pl.DataFrame) -> None:
+        with self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                con.execute(f"DELETE FROM {table} WHERE {where}", params)
+                if rows.height:
+                    con.register("incoming", rows.to_arrow())
+                    con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM incoming")
+                    con.unregister("incoming")
+                con.execute("COMMIT")
+            except Exception:
+                con.execute("ROLLBACK")
+                raise
 
     # -- features ----------------------------------------------------------------------------
 

@@ -78,3 +78,29 @@ def tiny_chat_lm_dir(tiny_lm_dir, tmp_path_factory) -> Path:
     )
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def rounds_home(tmp_path_factory, tiny_lm_dir) -> Path:
+    """A home with two real rounds (tiny random models, rubric judge); treat it as read-mostly."""
+    import dagster as dg
+    from test_round import materialize_round
+
+    from auf_assets.assets import prompt_pool
+    from resources.store import DuckDBStore
+
+    home = tmp_path_factory.mktemp("rounds-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AUF_HOME", str(home))
+        instance = dg.DagsterInstance.ephemeral()
+        assert dg.materialize([prompt_pool], instance=instance, resources={"store": DuckDBStore()})
+        for key in ("round-0001", "round-0002"):
+            assert materialize_round(instance, key, tiny_lm_dir).success
+    return home
+
+
+@pytest.fixture()
+def home(rounds_home, monkeypatch) -> Path:
+    """`rounds_home` as the current AUF_HOME."""
+    monkeypatch.setenv("AUF_HOME", str(rounds_home))
+    return rounds_home

@@ -13,7 +13,6 @@ import dagster as dg
 import polars as pl
 import pytest
 from fake_hub import FakeHub
-from test_round import materialize_round
 
 from auf_assets.assets import prompt_pool
 from auf_assets.core.release import in_test_split, to_trl_example, version_name
@@ -28,25 +27,6 @@ from resources.hub import HubDataset
 from resources.store import DuckDBStore
 
 TOKEN = "hf_SENTINEL_never_in_logs_1234567890"
-
-
-@pytest.fixture(scope="module")
-def rounds_home(tmp_path_factory, tiny_lm_dir):
-    """A home with two real rounds (tiny random models): every test builds from it."""
-    home = tmp_path_factory.mktemp("release-home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AUF_HOME", str(home))
-        instance = dg.DagsterInstance.ephemeral()
-        assert dg.materialize([prompt_pool], instance=instance, resources={"store": DuckDBStore()})
-        for key in ("round-0001", "round-0002"):
-            assert materialize_round(instance, key, tiny_lm_dir).success
-    return home
-
-
-@pytest.fixture()
-def home(rounds_home, monkeypatch):
-    monkeypatch.setenv("AUF_HOME", str(rounds_home))
-    return rounds_home
 
 
 def _files(folder: Path) -> dict[str, bytes]:

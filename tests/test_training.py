@@ -144,6 +144,8 @@ def test_bad_input_fails_clearly_and_keeps_the_previous_checkpoint(
         check_rows(same)
     with pytest.raises(TrainingError, match="no chat template"):
         train_policy(tiny_lm_dir, toy_rows(4), settings(), out, log=lambda _: None)
+    with pytest.raises(TrainingError, match="longer than max_length=8"):
+        train_policy(tiny_chat_lm_dir, toy_rows(4), settings(max_length=8), out, log=print)
     with pytest.raises(TrainingError, match="must be one of"):
         settings(loss="kto")
     assert (out / "adapter_model.safetensors").read_bytes() == b"previous"
@@ -170,3 +172,88 @@ def test_win_rate_counts_ties_half_and_gives_an_interval():
     assert result["wins"] == 2 and result["ties"] == 1 and result["failed"] == 1
     assert result["win_rate"] == pytest.approx(2.5 / 3)
     assert 0 < result["ci_low"] < result["win_rate"] < result["ci_high"] <= 1
+
+
+# -- the Dagster assets -----------------------------------------------------------------------
+
+
+def _training_resources(tiny_lm_dir, tiny_chat_lm_dir, **overrides):
+    from test_round import tiny_resources
+
+    from resources.training import TrainingSettings
+
+    return {
+        **tiny_resources(tiny_lm_dir),
+        "training": TrainingSettings(
+            base_model=str(tiny_chat_lm_dir),
+            device="cpu",
+            max_steps=4,
+            batch_size=2,
+            max_length=512,
+            lora_r=4,
+            lora_alpha=8,
+            learning_rate=1e-2,
+            test_fraction=0.5,
+            **overrides,
+        ),
+    }
+
+
+def test_training_assets_train_register_and_evaluate_a_round(home, tiny_lm_dir, tiny_chat_lm_dir):
+    import dagster as dg
+
+    from auf_assets.training import dpo_policy, policy_eval, reward_model_checkpoint
+    from resources.store import DuckDBStore
+
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("rounds", ["round-0001", "round-0002"])
+    resources = _training_resources(tiny_lm_dir, tiny_chat_lm_dir)
+    first = dg.materialize(
+        [dpo_policy], instance=instance, partition_key="round-0001", resources=resources
+    )
+    assert first.success
+    result = dg.materialize(
+        [dpo_policy, reward_model_checkpoint, policy_eval],
+        instance=instance,
+        partition_key="round-0002",
+        resources=resources,
+        run_config={
+            "ops": {
+                "dpo_policy": {"config": {"loss": "ipo", "warm_start": True}},
+                "policy_eval": {"config": {"win_rate_prompts": 3, "max_new_tokens": 4}},
+            }
+        },
+    )
+    assert result.success
+    store = DuckDBStore()
+    policy = store.checkpoint("dpo_policy", "round-0002")
+    assert policy["rounds"] == "round-0001,round-0002" and policy["loss"] == "ipo"
+    assert (store.root / policy["path"] / "adapter_model.safetensors").is_file()
+    meta = result.asset_materializations_for_node("dpo_policy")[0].metadata
+    assert meta["warm_start_from"].value.endswith("dpo_policy/round-0001")
+    assert meta["steps"].value == 4 and meta["train_pairs"].value == policy["rows"]
+    assert meta["curves"].value.startswith("![training curves](data:image/png")
+    rm = result.asset_materializations_for_node("reward_model_checkpoint")[0].metadata
+    assert 0.0 <= rm["heldout_accuracy"].value <= 1.0
+    ev = result.asset_materializations_for_node("policy_eval")[0].metadata
+    assert 0.0 <= ev["implicit_accuracy_vs_labels"].value <= 1.0
+    assert ev["comparisons"].value + ev["judge_failures"].value == 3
+    assert ev["across_rounds"].value.startswith("![evaluation across rounds]")
+    evals = store.evals()
+    assert {"vs_labels", "win_rate_vs_base", "heldout_accuracy"} <= set(evals["metric"])
+
+
+def test_training_a_round_without_judgements_fails_clearly(home, tiny_lm_dir, tiny_chat_lm_dir):
+    import dagster as dg
+
+    from auf_assets.training import dpo_policy
+
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("rounds", ["round-0007"])
+    with pytest.raises(dg.Failure, match="round-0007 has no judgements"):
+        dg.materialize(
+            [dpo_policy],
+            instance=instance,
+            partition_key="round-0007",
+            resources=_training_resources(tiny_lm_dir, tiny_chat_lm_dir),
+        )

@@ -127,6 +127,7 @@ class TrainReport:
     peak_rss_mb: float
     peak_gpu_mb: float | None
     curves: dict[str, list[float]] = field(default_factory=dict)
+    dropped_too_long: int = 0
 
     def last(self, name: str) -> float | None:
         values = self.curves.get(name) or []
@@ -151,6 +152,34 @@ def check_rows(rows: Sequence[dict]) -> list[dict]:
             "nothing to learn from (a one-class dataset)"
         )
     return usable
+
+
+def fit_rows(tokenizer, rows: Sequence[dict], max_length: int, kind: str) -> list[dict]:
+    """The rows TRL will train on: it drops a pair whose prompt alone fills `max_length`
+    (policies) or whose whole conversation is longer (reward models). Raises when none is left.
+    """
+
+    def length(turns, generation_prompt=False) -> int:
+        text = tokenizer.apply_chat_template(
+            list(turns), add_generation_prompt=generation_prompt, tokenize=False
+        )
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    if kind == "policy":
+        kept = [r for r in rows if length(r["prompt"], True) < max_length]
+    else:
+        kept = [
+            r
+            for r in rows
+            if max(length(list(r["prompt"]) + list(r[side])) for side in ("chosen", "rejected"))
+            <= max_length
+        ]
+    if not kept:
+        raise TrainingError(
+            f"every one of the {len(rows)} pairs is longer than max_length={max_length} tokens "
+            f"({'the prompt alone' if kind == 'policy' else 'prompt + response'}): raise max_length"
+        )
+    return kept
 
 
 def _text(turns: Sequence[dict]) -> str:
@@ -321,8 +350,9 @@ def train_policy(
     from peft import LoraConfig
 
     check_base(base_dir, "policy")
-    rows = check_rows(rows)
+    given = check_rows(rows)
     tokenizer = _tokenizer(base_dir)
+    rows = fit_rows(tokenizer, given, settings.max_length, "policy")
     lora = LoraConfig(
         r=settings.lora_r,
         lora_alpha=settings.lora_alpha,
@@ -366,8 +396,9 @@ def train_policy(
             _load_adapter_weights(trainer.model, Path(init_adapter))
             log(f"warm start from {init_adapter}")
         trainer.add_callback(_Progress(log))
-        log(f"{settings.loss} training on {len(rows)} pairs")
+        log(f"{settings.loss} training on {len(rows)} pairs ({len(given) - len(rows)} too long)")
         report = _run(trainer, len(rows), log)
+        report.dropped_too_long = len(given) - len(rows)
         record = {
             "kind": "policy",
             "base_model": str(base_dir),
@@ -420,9 +451,10 @@ def train_reward_model(
     from trl import RewardConfig, RewardTrainer
 
     check_base(base_dir, "reward model")
-    rows = check_rows(rows)
+    given = check_rows(rows)
     tokenizer = _tokenizer(base_dir)
     tokenizer.padding_side = "right"
+    rows = fit_rows(tokenizer, given, settings.max_length, "reward_model")
     model = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
     lora = LoraConfig(
@@ -443,8 +475,9 @@ def train_reward_model(
             peft_config=lora,
         )
         trainer.add_callback(_Progress(log))
-        log(f"reward-model training on {len(rows)} pairs")
+        log(f"reward-model training on {len(rows)} pairs ({len(given) - len(rows)} too long)")
         report = _run(trainer, len(rows), log)
+        report.dropped_too_long = len(given) - len(rows)
         record = {
             "kind": "reward_model",
             "base_model": str(base_dir),

@@ -1,0 +1,497 @@
+"""The `training` group: what the active data is for, trained and measured, per round.
+
+- `dpo_policy` (round k): a LoRA adapter trained with TRL (DPO, IPO or SimPO) on the labelled
+  pairs of rounds 1..k, the train split of the released dataset (same rows, same split).
+- `reward_model_checkpoint` (round k): a LoRA sequence-classification reward model on the same
+  pairs, with its held-out pairwise accuracy.
+- `policy_eval` (round k): the policy's implicit-reward accuracy on the held-out split (against
+  the labels, and against the oracle when the prompts come from a simulated-oracle pool), and
+  the win rate of its answers over the base model's on held-out prompts, judged by the
+  configured judge; with a plot of every metric across rounds.
+
+None of these is part of a round's job (a round must stay fast): they run from the UI, from
+`auf train`, or after each round when `AUF_TRAIN_AFTER_ROUND=1`.
+"""
+
+import hashlib
+import io
+import time
+from typing import Literal
+
+import dagster as dg
+import numpy as np
+import polars as pl
+from pydantic import Field
+
+from auf_assets.assets import GPU_POOL, GPU_TAGS, _progress_logger, judgements
+from auf_assets.core.release import in_test_split, preference_rows, trl_rows
+from auf_assets.core.response_pool import PoolFileError, oracle_scores
+from auf_assets.core.training import (
+    TrainingError,
+    implicit_reward_accuracy,
+    load_policy,
+    load_reward_model,
+    reward_model_accuracy,
+    train_policy,
+    train_reward_model,
+    win_rate,
+)
+from auf_assets.partitions import round_index, rounds_partitions
+from auf_assets.reporting import png_markdown
+from resources.engine import GenerationEngine
+from resources.judge import RubricJudge
+from resources.labeling import LabelingSettings
+from resources.reward_judge import RewardModelJudge
+from resources.store import DuckDBStore, utcnow
+from resources.training import TrainingSettings
+
+GROUP = "training"
+CODE_VERSION = "1"
+
+
+def training_rows(
+    store: DuckDBStore, round_id: str, split: str, test_fraction: float
+) -> tuple[list[dict], list[str], pl.DataFrame]:
+    """The TRL rows of rounds 1..round_id in `split` ("train"/"test"), the rounds, and the frame.
+
+    The same rows and split as `preference_dataset`: labelled pairs only, split by prompt id.
+    """
+    upto = round_index(round_id)
+    rounds = [r for r in store.rounds_with_judgements() if round_index(r) <= upto]
+    if round_id not in rounds:
+        raise dg.Failure(f"{round_id} has no judgements: run the round (or its labels) first")
+    pairs = store.release_pairs(rounds)
+    prefs, _ = preference_rows(pairs, store.release_judge_scores(rounds))
+    frame = trl_rows(prefs)
+    test = in_test_split(frame["prompt_id"], test_fraction)
+    frame = frame.filter(test if split == "test" else ~test)
+    return frame.select("prompt", "chosen", "rejected").to_dicts(), rounds, frame
+
+
+def _data_sha(frame: pl.DataFrame) -> str:
+    return hashlib.sha256("\n".join(sorted(frame["pair_id"])).encode()).hexdigest()
+
+
+def _curve_plot(curves: dict[str, list[float]], names: list[str]) -> bytes | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [n for n in names if curves.get(n)]
+    if not shown:
+        return None
+    fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 2.6), dpi=100)
+    for ax, name in zip(np.atleast_1d(axes), shown, strict=True):
+        ax.plot(range(1, len(curves[name]) + 1), curves[name])
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _train_metadata(report, rows: int, rounds: list[str], frame: pl.DataFrame, curves: list[str]):
+    meta = {
+        "rounds": dg.MetadataValue.json(rounds),
+        "train_pairs": rows,
+        "data_sha256": _data_sha(frame),
+        "pairs_too_long_dropped": report.dropped_too_long,
+        "steps": report.steps,
+        "tokens": report.tokens,
+        "train_seconds": round(report.seconds, 2),
+        "peak_rss_mb": round(report.peak_rss_mb, 1),
+        "loss_first": report.first("loss"),
+        "loss_last": report.last("loss"),
+    }
+    if report.peak_gpu_mb is not None:
+        meta["peak_gpu_mb"] = round(report.peak_gpu_mb, 1)
+    plot = _curve_plot(report.curves, curves)
+    if plot is not None:
+        meta["curves"] = png_markdown(plot, "training curves")
+    return meta
+
+
+def _register(store, kind, round_id, training, path, base, loss, rows, rounds, frame, report):
+    store.record_checkpoint(
+        {
+            "kind": kind,
+            "round_id": round_id,
+            "path": str(path.relative_to(store.root))
+            if path.is_relative_to(store.root)
+            else str(path),
+            "base_model": base,
+            "loss": loss,
+            "rows": rows,
+            "rounds": ",".join(rounds),
+            "data_sha256": _data_sha(frame),
+            "settings": training.model_dump_json(exclude={"checkpoint_dir"}),
+            "steps": report.steps,
+            "train_seconds": report.seconds,
+            "code_version": CODE_VERSION,
+            "created_at": utcnow(),
+        }
+    )
+
+
+class DpoPolicyConfig(dg.Config):
+    loss: Literal["dpo", "ipo", "simpo"] = Field(
+        default="dpo", description="dpo (sigmoid), ipo, or simpo (TRL's CPOTrainer)"
+    )
+    warm_start: bool = Field(
+        default=False, description="start from the previous round's adapter (if there is one)"
+    )
+    seed: int = 0
+
+
+@dg.asset(
+    partitions_def=rounds_partitions,
+    deps=[judgements],
+    group_name=GROUP,
+    kinds={"pytorch", "peft", "safetensors"},
+    code_version=CODE_VERSION,
+    pool=GPU_POOL,
+    op_tags=GPU_TAGS,
+    description="A LoRA policy trained with TRL (DPO/IPO/SimPO) on the labelled pairs of rounds "
+    "1..k (the released dataset's train split); the reference is the base, adapter disabled.",
+)
+def dpo_policy(
+    context: dg.AssetExecutionContext,
+    config: DpoPolicyConfig,
+    training: TrainingSettings,
+    store: DuckDBStore,
+) -> dg.MaterializeResult:
+    round_id = context.partition_key
+    rows, rounds, frame = training_rows(store, round_id, "train", training.test_fraction)
+    init = None
+    if config.warm_start:
+        before = [r for r in rounds if round_index(r) < round_index(round_id)]
+        previous = store.checkpoint("dpo_policy", before[-1]) if before else None
+        if previous is not None:
+            init = store.root / previous["path"]
+        else:
+            context.log.info("warm start asked, but no earlier round has a policy: from the base")
+    out = training.checkpoint_root() / "dpo_policy" / round_id
+    try:
+        base = training.base_dir("policy")
+        settings = training.settings("policy", loss=config.loss, seed=config.seed)
+        report = train_policy(
+            base,
+            rows,
+            settings,
+            out,
+            init_adapter=init,
+            info={"round": round_id, "rounds": rounds, "base_source": training.base_model},
+            log=context.log.info,
+        )
+    except (TrainingError, ValueError) as exc:
+        raise dg.Failure(f"{round_id}: {exc}") from None
+    _register(
+        store,
+        "dpo_policy",
+        round_id,
+        training,
+        out,
+        training.base_model,
+        config.loss,
+        len(rows),
+        rounds,
+        frame,
+        report,
+    )
+    meta = _train_metadata(
+        report, len(rows), rounds, frame, ["loss", "rewards/accuracies", "rewards/margins"]
+    )
+    meta.update(
+        {
+            "loss_type": config.loss,
+            "base_model": training.base_model,
+            "warm_start_from": str(init) if init else "base",
+            "reward_accuracy_last": report.last("rewards/accuracies"),
+            "reward_margin_last": report.last("rewards/margins"),
+            "checkpoint": dg.MetadataValue.path(str(out)),
+        }
+    )
+    return dg.MaterializeResult(metadata=meta)
+
+
+@dg.asset(
+    partitions_def=rounds_partitions,
+    deps=[judgements],
+    group_name=GROUP,
+    kinds={"pytorch", "peft", "safetensors"},
+    code_version=CODE_VERSION,
+    pool=GPU_POOL,
+    op_tags=GPU_TAGS,
+    description="A LoRA sequence-classification reward model trained with TRL's RewardTrainer "
+    "on the labelled pairs of rounds 1..k, with its held-out pairwise accuracy.",
+)
+def reward_model_checkpoint(
+    context: dg.AssetExecutionContext, training: TrainingSettings, store: DuckDBStore
+) -> dg.MaterializeResult:
+    round_id = context.partition_key
+    rows, rounds, frame = training_rows(store, round_id, "train", training.test_fraction)
+    test_rows, _, _ = training_rows(store, round_id, "test", training.test_fraction)
+    out = training.checkpoint_root() / "reward_model" / round_id
+    base_source = training.reward_base_model or training.base_model
+    try:
+        base = training.base_dir("reward_model")
+        report = train_reward_model(
+            base,
+            rows,
+            training.settings("reward_model"),
+            out,
+            info={"round": round_id, "rounds": rounds, "base_source": base_source},
+            log=context.log.info,
+        )
+        held_out = reward_model_accuracy(
+            *reversed(load_reward_model(base, out, device=training.device)), test_rows
+        )
+    except (TrainingError, ValueError) as exc:
+        raise dg.Failure(f"{round_id}: {exc}") from None
+    _register(
+        store,
+        "reward_model",
+        round_id,
+        training,
+        out,
+        base_source,
+        None,
+        len(rows),
+        rounds,
+        frame,
+        report,
+    )
+    _store_evals(store, round_id, "reward_model", {"heldout_accuracy": held_out})
+    meta = _train_metadata(report, len(rows), rounds, frame, ["loss", "accuracy", "margin"])
+    meta.update(
+        {
+            "base_model": base_source,
+            "heldout_accuracy": held_out["accuracy"],
+            "heldout_pairs": held_out["pairs"],
+            "checkpoint": dg.MetadataValue.path(str(out)),
+        }
+    )
+    return dg.MaterializeResult(metadata=meta)
+
+
+def _store_evals(store: DuckDBStore, round_id: str, kind: str, results: dict[str, dict]) -> None:
+    rows = []
+    for name, result in results.items():
+        value = result["accuracy"] if "accuracy" in result else result["win_rate"]
+        rows.append(
+            {
+                "round_id": round_id,
+                "kind": kind,
+                "metric": name,
+                "value": None if np.isnan(value) else float(value),
+                "n": int(result.get("pairs", result.get("comparisons", 0))),
+                "created_at": utcnow(),
+            }
+        )
+    store.record_evals(
+        round_id,
+        kind,
+        pl.DataFrame(
+            rows,
+            schema={
+                "round_id": pl.String,
+                "kind": pl.String,
+                "metric": pl.String,
+                "value": pl.Float64,
+                "n": pl.Int32,
+                "created_at": pl.Datetime("us"),
+            },
+        ),
+    )
+
+
+class PolicyEvalConfig(dg.Config):
+    win_rate_prompts: int = Field(
+        default=16, ge=0, description="held-out prompts for the win rate (0: skip it)"
+    )
+    max_new_tokens: int = Field(default=96, ge=1)
+    oracle_pairs: int = Field(
+        default=200, ge=0, description="most held-out pool pairs with a clear oracle gap to score"
+    )
+    oracle_gap: float = Field(default=0.1, ge=0, description="a clear oracle gap")
+
+
+def _oracle_rows(store, labeling, test_prompts: list[str], config: PolicyEvalConfig) -> list[dict]:
+    """Held-out prompts' response pairs with a clear oracle gap (simulated-oracle pools only)."""
+    responses = store.query(
+        "SELECT c.prompt_id, p.prompt, c.completion_id, c.response FROM completions c "
+        "JOIN prompts p USING (prompt_id) WHERE c.prompt_id IN (SELECT unnest($ids)) "
+        "ORDER BY c.prompt_id, c.completion_id",
+        {"ids": test_prompts},
+    )
+    if responses.height == 0:
+        return []
+    scores = oracle_scores(labeling.oracle_pool, responses["completion_id"].to_list())
+    rows = []
+    for (_,), group in responses.group_by(["prompt_id"], maintain_order=True):
+        items = [r for r in group.iter_rows(named=True) if r["completion_id"] in scores]
+        for i, a in enumerate(items):
+            for b in items[i + 1 :]:
+                gap = scores[a["completion_id"]] - scores[b["completion_id"]]
+                if abs(gap) >= config.oracle_gap:
+                    win, lose = (a, b) if gap > 0 else (b, a)
+                    rows.append(
+                        {
+                            "prompt": [{"role": "user", "content": a["prompt"]}],
+                            "chosen": [{"role": "assistant", "content": win["response"]}],
+                            "rejected": [{"role": "assistant", "content": lose["response"]}],
+                        }
+                    )
+    rng = np.random.default_rng(0)
+    keep = sorted(rng.permutation(len(rows))[: config.oracle_pairs])
+    return [rows[i] for i in keep]
+
+
+def _judge_scores(labeling, judge, reward_judge, prompts, responses, progress):
+    if labeling.source == "llm_judge":
+        return judge.overall(prompts, responses, progress=progress)[0]
+    if labeling.source == "reward_model_judge":
+        return reward_judge.score(prompts, responses, progress=progress)
+    return None
+
+
+def _eval_plot(evals: pl.DataFrame) -> bytes | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    evals = evals.filter(pl.col("value").is_not_null())
+    if evals.height == 0:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3), dpi=100)
+    for (kind, metric), group in evals.group_by(["kind", "metric"], maintain_order=True):
+        ax.plot(group["round_id"], group["value"], marker="o", label=f"{kind}: {metric}")
+    ax.axhline(0.5, color="#999", lw=0.8, ls="--")
+    ax.set_ylim(0, 1)
+    ax.tick_params(axis="x", labelrotation=45)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+@dg.asset(
+    partitions_def=rounds_partitions,
+    deps=[dpo_policy],
+    group_name=GROUP,
+    kinds={"pytorch", "peft"},
+    code_version=CODE_VERSION,
+    pool=GPU_POOL,
+    op_tags=GPU_TAGS,
+    description="The round's DPO policy measured: implicit-reward accuracy on held-out pairs "
+    "(against the labels, and the oracle for simulated-oracle pools) and the win rate of its "
+    "answers over the base model's, judged by the configured judge.",
+)
+def policy_eval(
+    context: dg.AssetExecutionContext,
+    config: PolicyEvalConfig,
+    training: TrainingSettings,
+    engine: GenerationEngine,
+    judge: RubricJudge,
+    reward_judge: RewardModelJudge,
+    labeling: LabelingSettings,
+    store: DuckDBStore,
+) -> dg.MaterializeResult:
+    round_id = context.partition_key
+    checkpoint = store.checkpoint("dpo_policy", round_id)
+    if checkpoint is None:
+        raise dg.Failure(f"{round_id} has no dpo_policy checkpoint: materialise dpo_policy first")
+    adapter = store.root / checkpoint["path"]
+    test_rows, _, test_frame = training_rows(store, round_id, "test", training.test_fraction)
+    base = training.base_dir("policy")
+    started = time.perf_counter()
+    tokenizer, model = load_policy(base, adapter, device=training.device)
+    results = {"vs_labels": implicit_reward_accuracy(model, tokenizer, test_rows, training.beta)}
+    test_prompts = test_frame["prompt_id"].unique().to_list()
+    if labeling.oracle_pool and test_prompts:
+        try:
+            oracle_rows = _oracle_rows(store, labeling, test_prompts, config)
+        except PoolFileError as exc:
+            raise dg.Failure(str(exc)) from None
+        results["vs_oracle"] = implicit_reward_accuracy(
+            model, tokenizer, oracle_rows, training.beta
+        )
+    del model
+    metadata: dict = {f"implicit_accuracy_{k}": r["accuracy"] for k, r in results.items()} | {
+        f"pairs_{k}": r["pairs"] for k, r in results.items()
+    }
+
+    held_out = store.query(
+        "SELECT prompt_id, prompt FROM prompts WHERE prompt_id IN (SELECT unnest($ids)) "
+        "UNION ALL (SELECT prompt_id, prompt FROM prompts WHERE prompt_id NOT IN "
+        "(SELECT prompt_id FROM round_prompts) ORDER BY prompt_id)",
+        {"ids": test_prompts},
+    ).head(config.win_rate_prompts)
+    if held_out.height and labeling.source in ("llm_judge", "reward_model_judge"):
+        convs = [[{"role": "user", "content": p}] for p in held_out["prompt"]]
+        answers = {}
+        for name, source in (("policy", str(adapter)), ("base", training.base_model)):
+            context.log.info(f"generating {len(convs)} held-out answers with the {name}")
+            outs = engine.generate(
+                source,
+                convs,
+                max_new_tokens=config.max_new_tokens,
+                temperature=0.0,
+                top_p=1.0,
+                seed=0,
+                progress=_progress_logger(context, name),
+            )
+            answers[name] = [o.text for o in outs]
+        prompts = held_out["prompt"].to_list()
+        scores = {
+            name: _judge_scores(
+                labeling, judge, reward_judge, prompts, texts, _progress_logger(context, "judge")
+            )
+            for name, texts in answers.items()
+        }
+        results["win_rate_vs_base"] = win_rate(scores["policy"], scores["base"])
+        wr = results["win_rate_vs_base"]
+        metadata.update(
+            {
+                "win_rate_vs_base": wr["win_rate"],
+                "win_rate_ci95": dg.MetadataValue.json([wr["ci_low"], wr["ci_high"]]),
+                "comparisons": wr["comparisons"],
+                "wins_ties_losses": dg.MetadataValue.json([wr["wins"], wr["ties"], wr["losses"]]),
+                "judge_failures": wr["failed"],
+            }
+        )
+    else:
+        why = (
+            "no held-out prompts"
+            if held_out.height == 0
+            else (f"the label source {labeling.source!r} cannot judge new answers")
+        )
+        metadata["win_rate_skipped"] = why
+    _store_evals(store, round_id, "dpo_policy", results)
+    plot = _eval_plot(store.evals())
+    if plot is not None:
+        metadata["across_rounds"] = png_markdown(plot, "evaluation across rounds")
+    metadata["eval_seconds"] = round(time.perf_counter() - started, 2)
+    return dg.MaterializeResult(metadata=metadata)
+
+
+TRAINING_ASSETS = [dpo_policy, reward_model_checkpoint, policy_eval]
+
+policy_training_job = dg.define_asset_job(
+    "policy_training",
+    selection=dg.AssetSelection.assets(dpo_policy, policy_eval),
+    partitions_def=rounds_partitions,
+    description="Train the round's DPO policy on rounds 1..k and evaluate it.",
+)
+reward_model_training_job = dg.define_asset_job(
+    "reward_model_training",
+    selection=dg.AssetSelection.assets(reward_model_checkpoint),
+    partitions_def=rounds_partitions,
+    description="Train the round's LoRA reward model on rounds 1..k and measure it held out.",
+)

@@ -210,9 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim_cli.add_commands(sub)
 
-    from auf_assets import release_cli
+    from auf_assets import release_cli, training_cli
 
     release_cli.add_commands(sub)
+    training_cli.add_commands(sub)
     return parser
 
 

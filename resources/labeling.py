@@ -34,6 +34,7 @@ ENV_VARS = {
     "AUF_MAX_ROUNDS": "max_rounds",
     "AUF_ORACLE_POOL": "oracle_pool",
     "AUF_PUBLISH_AFTER_ROUND": "publish_after_round",
+    "AUF_TRAIN_AFTER_ROUND": "train_after_round",
 }
 
 
@@ -84,6 +85,11 @@ class LabelingSettings(dg.ConfigurableResource):
         default=False,
         description="the round sensors and the nightly schedule push the dataset to the Hub "
         "(the dataset_release job) after every finished round; needs HF_TOKEN and AUF_HUB_REPO",
+    )
+    train_after_round: bool = Field(
+        default=False,
+        description="the round sensors and the nightly schedule train and evaluate the round's "
+        "DPO policy (the policy_training job) after every finished round",
     )
 
     def _dir(self, value: str, name: str) -> Path:

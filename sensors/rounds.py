@@ -26,7 +26,8 @@ up (no prompt left that no round took) or when `max_rounds` rounds exist.
 
 With `publish_after_round` (`AUF_PUBLISH_AFTER_ROUND=1`, off by default) each of them also
 requests the `dataset_release` job (build the dataset, push it to the Hub) once per finished
-round, with run_key `release-<round>`: the newest finished round's dataset is pushed once.
+round, with run_key `release-<round>`; with `train_after_round` (`AUF_TRAIN_AFTER_ROUND=1`, off
+by default) the `policy_training` job for that round (run_key `train-<round>`).
 """
 
 from __future__ import annotations
@@ -45,9 +46,11 @@ from auf_assets.jobs import active_round_job, labelled_round_job, pair_selection
 from auf_assets.label_inbox import label_status, scan_inbox
 from auf_assets.partitions import registered_rounds, round_index, round_key, rounds_partitions
 from auf_assets.release import RELEASE_ASSETS, dataset_release_job
+from auf_assets.training import dpo_policy, policy_eval, policy_training_job
 from resources.labeling import LabelingSettings
 from resources.store import DuckDBStore
 
+POLICY_ASSETS = [dpo_policy, policy_eval]
 # Runs that hold a round: queued, starting or running (a failed or cancelled run does not).
 _ACTIVE_STATUSES = [
     dg.DagsterRunStatus.QUEUED,
@@ -74,17 +77,33 @@ def round_runs_in_progress(instance: dg.DagsterInstance) -> dict[str, str]:
     return out
 
 
-def release_request(
-    instance: dg.DagsterInstance, settings: LabelingSettings, trigger: str, **target
-) -> dg.RunRequest | None:
-    """Push the dataset once per finished round, if `publish_after_round` is on."""
-    if not settings.publish_after_round:
-        return None
+def after_round_requests(
+    instance: dg.DagsterInstance, settings: LabelingSettings, trigger: str, *, schedule: bool
+) -> list[dg.RunRequest]:
+    """Once per finished round: push the dataset, train the round's policy (if switched on)."""
     trained = trained_rounds(instance)
-    if not trained:
-        return None
+    if not trained or not (settings.publish_after_round or settings.train_after_round):
+        return []
     newest = max(trained, key=round_index)
-    return dg.RunRequest(run_key=f"release-{newest}", tags={"auf/trigger": trigger}, **target)
+    tags = {"auf/trigger": trigger}
+    out = []
+    if settings.publish_after_round:
+        target = (
+            {"asset_selection": [a.key for a in RELEASE_ASSETS]}
+            if schedule
+            else {"job_name": dataset_release_job.name}
+        )
+        out.append(dg.RunRequest(run_key=f"release-{newest}", tags=tags, **target))
+    if settings.train_after_round:
+        target = (
+            {"asset_selection": [a.key for a in POLICY_ASSETS]}
+            if schedule
+            else {"job_name": policy_training_job.name}
+        )
+        out.append(
+            dg.RunRequest(run_key=f"train-{newest}", partition_key=newest, tags=tags, **target)
+        )
+    return out
 
 
 @dataclass(frozen=True)
@@ -142,7 +161,7 @@ def plan_next_round(
 
 
 @dg.sensor(
-    jobs=[pair_selection_job, labelled_round_job, dataset_release_job],
+    jobs=[pair_selection_job, labelled_round_job, dataset_release_job, policy_training_job],
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="People label: imports label files from the inbox, trains on a round once its "
@@ -204,11 +223,7 @@ def labels_landed(
             )
         )
     notes.append(plan.reason)
-    release = release_request(
-        instance, labeling, "labels_landed", job_name=dataset_release_job.name
-    )
-    if release is not None:
-        requests.append(release)
+    requests += after_round_requests(instance, labeling, "labels_landed", schedule=False)
     for note in notes:
         context.log.info(note)
     if not requests:
@@ -223,7 +238,7 @@ def labels_landed(
 
 
 @dg.sensor(
-    jobs=[active_round_job, dataset_release_job],
+    jobs=[active_round_job, dataset_release_job, policy_training_job],
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.STOPPED,
     description="Automatic judges: starts the next active round as soon as the newest round's "
@@ -234,13 +249,11 @@ def next_round(context: dg.SensorEvaluationContext, store: DuckDBStore, labeling
     if labeling.people:
         return dg.SkipReason("label source is 'people': labels_landed advances the rounds")
     plan = plan_next_round(context.instance, store, labeling, start_first=True)
-    release = release_request(
-        context.instance, labeling, "next_round", job_name=dataset_release_job.name
-    )
+    after = after_round_requests(context.instance, labeling, "next_round", schedule=False)
     if plan.key is None:
-        if release is None:
+        if not after:
             return dg.SkipReason(plan.reason)
-        return dg.SensorResult(run_requests=[release], skip_reason=plan.reason)
+        return dg.SensorResult(run_requests=after, skip_reason=plan.reason)
     context.log.info(plan.reason)
     requests = [
         dg.RunRequest(
@@ -251,7 +264,7 @@ def next_round(context: dg.SensorEvaluationContext, store: DuckDBStore, labeling
         )
     ]
     return dg.SensorResult(
-        run_requests=requests + ([release] if release else []),
+        run_requests=requests + after,
         dynamic_partitions_requests=[rounds_partitions.build_add_request([plan.key])],
     )
 
@@ -276,7 +289,9 @@ _CRON, _TIMEZONE = nightly_settings()
 @dg.schedule(
     cron_schedule=_CRON,
     execution_timezone=_TIMEZONE,
-    target=dg.AssetSelection.assets(*ROUND_ASSETS, annotation_batch, *RELEASE_ASSETS),
+    target=dg.AssetSelection.assets(
+        *ROUND_ASSETS, annotation_batch, *RELEASE_ASSETS, *POLICY_ASSETS
+    ),
     default_status=dg.DefaultScheduleStatus.STOPPED,
     description="Nightly: starts the next round (pair selection when people label, the whole "
     "round otherwise) if no round is running or waiting for labels. Cron and time zone: "
@@ -300,9 +315,7 @@ def nightly_round(
             s = pending[0]
             return dg.SkipReason(f"{s.round_id} is waiting for labels ({s.why})")
     selection = SELECTION_ASSETS if labeling.people else ROUND_ASSETS
-    release = release_request(
-        instance, labeling, "nightly_round", asset_selection=[a.key for a in RELEASE_ASSETS]
-    )
+    after = after_round_requests(instance, labeling, "nightly_round", schedule=True)
     rounds = registered_rounds(instance)
     if rounds and rounds[-1] not in trained:
         key = rounds[-1]  # never finished and nothing runs it: run it again
@@ -311,7 +324,7 @@ def nightly_round(
         plan = plan_next_round(instance, store, labeling, start_first=True)
         if plan.key is None:
             # No round to start (pool used up, max_rounds): still push the last one's dataset.
-            return [release] if release else dg.SkipReason(plan.reason)
+            return after or dg.SkipReason(plan.reason)
         key = plan.key
         # A schedule cannot return partition requests: register the round, then request it.
         instance.add_dynamic_partitions(rounds_partitions.name, [key])
@@ -323,7 +336,7 @@ def nightly_round(
         run_key=f"{key}-{when:%Y-%m-%d}",
         tags={"auf/trigger": "nightly_round"},
     )
-    return [request, release] if release else request
+    return [request, *after] if after else request
 
 
 SENSORS = [labels_landed, next_round]

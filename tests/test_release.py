@@ -435,9 +435,11 @@ def test_rounds_request_a_release_after_each_finished_round_when_enabled(auf_hom
 
         off = sensor(LabelingSettings())
         assert [r.job_name for r in off.run_requests] == ["active_round"]
-        on = sensor(LabelingSettings(publish_after_round=True))
+        on = sensor(LabelingSettings(publish_after_round=True, train_after_round=True))
         release = [r for r in on.run_requests if r.job_name == "dataset_release"]
         assert [r.run_key for r in release] == ["release-round-0001"]
+        train = [r for r in on.run_requests if r.job_name == "policy_training"]
+        assert [(r.run_key, r.partition_key) for r in train] == [("train-round-0001", "round-0001")]
 
         with dg.build_schedule_context(
             instance=instance,

@@ -257,3 +257,30 @@ def test_training_a_round_without_judgements_fails_clearly(home, tiny_lm_dir, ti
             partition_key="round-0007",
             resources=_training_resources(tiny_lm_dir, tiny_chat_lm_dir),
         )
+
+
+def test_auf_train_trains_the_newest_round(home, tiny_chat_lm_dir, monkeypatch, capsys):
+    from auf_assets.cli import main
+    from resources.store import DuckDBStore
+
+    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
+    args = [
+        "train",
+        "--no-eval",
+        "--base-model",
+        str(tiny_chat_lm_dir),
+        "--device",
+        "cpu",
+        "--max-steps",
+        "2",
+        "--max-length",
+        "512",
+    ]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "dpo_policy round-0002" in out and "2 steps" in out
+    assert DuckDBStore().checkpoint("dpo_policy", "round-0002") is not None
+    assert main([*args, "--reward-model", "--round", "round-0001"]) == 0
+    assert "held-out accuracy" in capsys.readouterr().out
+    assert main(["train", "--round", "round-0009", "--base-model", str(tiny_chat_lm_dir)]) == 1
+    assert "round-0009 has no judgements" in capsys.readouterr().err

@@ -8,7 +8,7 @@ ROUNDS ?= 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_VERBOSITY := error
 
-.PHONY: demo test dev lint format bench clean-home
+.PHONY: demo test test-heavy dev lint format bench clean-home
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Opt-in: TRL training steps on the packaged SmolLM2 (minutes on CPU).
+test-heavy: $(STAMP)
+	$(BIN)/python -m pytest -q -m heavy
 
 dev: $(STAMP)
 	mkdir -p .auf/dagster

@@ -71,3 +71,33 @@ def test_a_round_with_the_packaged_models(auf_home):
     verdicts = store.round_rows("judgements", "round-0001")
     assert verdicts.height == 2
     assert store.count_rows("reward_models", "round-0001") == 1
+
+
+@pytest.mark.heavy
+def test_dpo_and_reward_model_training_on_the_packaged_smollm2(auf_home, tmp_path):
+    """A handful of TRL steps on the real 135M model: the CPU defaults run and give a checkpoint."""
+    from auf_assets.core.training import (
+        implicit_reward_accuracy,
+        load_policy,
+        preset,
+        train_policy,
+        train_reward_model,
+    )
+    from resources.training import TrainingSettings
+
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": f"Name a colour, number {i}."}],
+            "chosen": [{"role": "assistant", "content": "Blue."}],
+            "rejected": [{"role": "assistant", "content": "I refuse to answer that."}],
+        }
+        for i in range(8)
+    ]
+    base = TrainingSettings().base_dir("policy")  # the packaged GGUF, converted once
+    settings = preset("policy", "cpu", max_steps=3, batch_size=2, max_length=128)
+    report = train_policy(base, rows, settings, tmp_path / "policy", log=lambda _: None)
+    assert report.steps == 3 and report.seconds > 0
+    tokenizer, model = load_policy(base, tmp_path / "policy", device="cpu")
+    assert implicit_reward_accuracy(model, tokenizer, rows[:4], beta=0.1)["pairs"] == 4
+    rm = preset("reward_model", "cpu", max_steps=2, batch_size=2, max_length=128)
+    assert train_reward_model(base, rows, rm, tmp_path / "rm", log=lambda _: None).steps == 2

@@ -34,7 +34,13 @@ def _demo(args: argparse.Namespace) -> int:
     instance = dg.DagsterInstance.get()
     print(f"home: {root}  (Dagster instance: {os.environ['DAGSTER_HOME']})")
 
-    pool_config = {"path": args.prompts} if args.prompts else {}
+    pool_config = {}
+    if args.prompts.startswith("hf:"):
+        pool_config["dataset"] = args.prompts[3:]
+    elif args.prompts:
+        pool_config["path"] = args.prompts
+    if args.prompts_split:
+        pool_config["split"] = args.prompts_split
     result = defs.resolve_job_def("prompt_ingestion").execute_in_process(
         instance=instance,
         run_config={"ops": {"prompt_pool": {"config": pool_config}}},
@@ -188,7 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--prompts",
         default="",
-        help="prompt file or datasets folder (default: the built-in demo set)",
+        help="prompt file, datasets folder, or hf:<Hub dataset id> (default: the built-in demo "
+        "set)",
+    )
+    demo.add_argument(
+        "--prompts-split", default="", help="split of a saved DatasetDict or Hub dataset"
     )
     demo.add_argument("--batch-size", type=int, default=8, help="prompts per round")
     demo.add_argument("--method", default="deltaucb", help="acquisition function (auf methods)")

@@ -133,6 +133,234 @@ def test_limit_keeps_first_valid(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
+# layout recognition (prompt_column=None)
+
+H4_ROWS = [  # HuggingFaceH4/ultrafeedback_binarized: prompt, prompt_id, chosen, rejected, messages
+    {
+        "prompt": "What is 2 + 2?",
+        "prompt_id": "h1",
+        "chosen": [
+            {"role": "user", "content": "What is 2 + 2?"},
+            {"role": "assistant", "content": "4"},
+        ],
+        "rejected": [
+            {"role": "user", "content": "What is 2 + 2?"},
+            {"role": "assistant", "content": "5"},
+        ],
+        "messages": [
+            {"role": "user", "content": "What is 2 + 2?"},
+            {"role": "assistant", "content": "4"},
+        ],
+        "score_chosen": 9.0,
+    },
+    {
+        "prompt": "Name a colour.",
+        "prompt_id": "h2",
+        "chosen": [
+            {"role": "user", "content": "Name a colour."},
+            {"role": "assistant", "content": "Blue"},
+        ],
+        "rejected": [
+            {"role": "user", "content": "Name a colour."},
+            {"role": "assistant", "content": "Seven"},
+        ],
+        "messages": [
+            {"role": "user", "content": "Name a colour."},
+            {"role": "assistant", "content": "Blue"},
+        ],
+        "score_chosen": 8.0,
+    },
+]
+
+CHAT_ROWS = [  # a system turn first: the prompt is the first *user* turn
+    {
+        "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "Capital of France?"},
+            {"role": "assistant", "content": "Paris."},
+            {"role": "user", "content": "And of Spain?"},
+        ]
+    },
+    {
+        "messages": [
+            {"role": "user", "content": "Say hi."},
+            {"role": "assistant", "content": "Hi."},
+        ]
+    },
+]
+
+
+def test_layout_prompt_column_h4(tmp_path):
+    path = tmp_path / "h4.parquet"
+    pl.DataFrame(H4_ROWS).write_parquet(path)
+    batch = load_prompts(path)
+    assert batch.prompts["prompt"].to_list() == ["What is 2 + 2?", "Name a colour."]
+    assert batch.prompts["prompt_id"].to_list() == ["h1", "h2"]
+    assert batch.prompts["source"].to_list() == ["h4", "h4"]  # no source column: the stem
+
+
+def test_layout_instruction_ultrafeedback(tmp_path):
+    rows = [  # openbmb/UltraFeedback: source, instruction, models, completions
+        {
+            "source": "evol_instruct",
+            "instruction": "Explain recursion.",
+            "models": ["a", "b"],
+            "completions": [{"model": "a", "response": "..."}],
+        },
+        {
+            "source": "flan_v2_niv2",
+            "instruction": "Translate 'cat' to French.",
+            "models": ["b"],
+            "completions": [{"model": "b", "response": "chat"}],
+        },
+    ]
+    batch = load_prompts(write_jsonl(tmp_path / "uf.jsonl", rows))
+    assert batch.prompts["prompt"].to_list() == ["Explain recursion.", "Translate 'cat' to French."]
+    assert batch.prompts["source"].to_list() == ["evol_instruct", "flan_v2_niv2"]
+    assert batch.prompts["prompt_id"].to_list() == [
+        stable_prompt_id("Explain recursion."),
+        stable_prompt_id("Translate 'cat' to French."),
+    ]
+
+
+def test_layout_instruction_alpaca_eval_uses_dataset_as_source(tmp_path):
+    path = tmp_path / "alpaca_eval.csv"  # AlpacaEval: instruction, output, generator, dataset
+    pl.DataFrame(
+        {
+            "instruction": ["Write a limerick.", "What is DNA?"],
+            "output": ["There once...", "A molecule."],
+            "generator": ["gpt4", "gpt4"],
+            "dataset": ["helpful_base", "koala"],
+        }
+    ).write_csv(path)
+    batch = load_prompts(path)
+    assert batch.prompts["prompt"].to_list() == ["Write a limerick.", "What is DNA?"]
+    assert batch.prompts["source"].to_list() == ["helpful_base", "koala"]
+    # a real source column still wins over 'dataset'
+    df = pl.DataFrame({"instruction": ["x"], "dataset": ["koala"], "source": ["mine"]})
+    assert prompts_from_frame(df, origin="m").prompts["source"].to_list() == ["mine"]
+    # and a source_column named by the caller turns the fallback off
+    df = pl.DataFrame({"instruction": ["x"], "dataset": ["koala"]})
+    batch = prompts_from_frame(df, origin="m", source_column="cat", default_source="d")
+    assert batch.prompts["source"].to_list() == ["d"]
+
+
+def test_layout_messages_first_user_turn(tmp_path):
+    expected = ["Capital of France?", "Say hi."]
+    assert (
+        load_prompts(write_jsonl(tmp_path / "chat.jsonl", CHAT_ROWS)).prompts["prompt"].to_list()
+        == expected
+    )
+    path = tmp_path / "chat.parquet"  # a list-of-struct column once it went through Arrow
+    pl.DataFrame(CHAT_ROWS).write_parquet(path)
+    batch = load_prompts(path)
+    assert batch.prompts["prompt"].to_list() == expected
+    assert batch.prompts["prompt_id"].to_list() == [stable_prompt_id(p) for p in expected]
+
+
+def test_layout_sharegpt_conversations_and_h4_chosen():
+    df = pl.DataFrame(
+        {
+            "conversations": [
+                [{"from": "system", "value": "Be kind."}, {"from": "human", "value": "Hello?"}],
+                [{"from": "human", "value": "Why is the sky blue?"}, {"from": "gpt", "value": "."}],
+            ]
+        }
+    )
+    batch = prompts_from_frame(df, origin="sharegpt")
+    assert batch.prompts["prompt"].to_list() == ["Hello?", "Why is the sky blue?"]
+    chosen_only = pl.DataFrame([{k: r[k] for k in ("chosen", "rejected")} for r in H4_ROWS])
+    batch = prompts_from_frame(chosen_only, origin="prefs")
+    assert batch.prompts["prompt"].to_list() == ["What is 2 + 2?", "Name a colour."]
+
+
+def test_layout_order_prompt_before_instruction_before_messages():
+    df = pl.DataFrame(
+        {
+            "messages": [[{"role": "user", "content": "from messages"}]],
+            "instruction": ["from instruction"],
+            "prompt": ["from prompt"],
+        }
+    )
+    assert prompts_from_frame(df, origin="m").prompts["prompt"].to_list() == ["from prompt"]
+    df = df.drop("prompt")
+    assert prompts_from_frame(df, origin="m").prompts["prompt"].to_list() == ["from instruction"]
+    df = df.drop("instruction")
+    assert prompts_from_frame(df, origin="m").prompts["prompt"].to_list() == ["from messages"]
+
+
+def test_layout_prompt_column_holding_chat():
+    # TRL's conversational layout: 'prompt' is itself a list of messages
+    df = pl.DataFrame(
+        {
+            "prompt": [
+                [{"role": "system", "content": "sys"}, {"role": "user", "content": "Q1"}],
+                [{"role": "user", "content": "Q2"}],
+            ]
+        }
+    )
+    assert prompts_from_frame(df, origin="trl").prompts["prompt"].to_list() == ["Q1", "Q2"]
+
+
+def test_explicit_prompt_column_is_used_as_is(tmp_path):
+    rows = [{"prompt": "ignored", "question": "asked", "messages": CHAT_ROWS[0]["messages"]}]
+    path = write_jsonl(tmp_path / "many.jsonl", rows)
+    assert load_prompts(path).prompts["prompt"].to_list() == ["ignored"]
+    assert load_prompts(path, prompt_column="question").prompts["prompt"].to_list() == ["asked"]
+    by_chat = load_prompts(path, prompt_column="messages")
+    assert by_chat.prompts["prompt"].to_list() == ["Capital of France?"]
+    # an explicit column is not replaced by a recognised one when it is missing
+    raises(path, "many.jsonl", "no prompt column 'instruction'", prompt_column="instruction")
+
+
+def test_error_no_layout_names_columns_and_layouts_tried():
+    df = pl.DataFrame({"text": ["a"], "chosen": ["Human: hi Assistant: hello"]})
+    with pytest.raises(PromptInputError) as info:
+        prompts_from_frame(df, origin="hh")
+    message = str(info.value)
+    for part in (
+        "hh: ",
+        "no prompt column found",
+        "'text', 'chosen'",
+        "'prompt'",
+        "'instruction'",
+        "'messages'",
+        "'conversations'",
+        "first user turn",
+        "'chosen' is there but not chat messages",
+        "prompt_column",
+    ):
+        assert part in message, f"{part!r} not in {message!r}"
+
+
+def test_error_chat_without_user_turn_names_the_row(tmp_path):
+    rows = [
+        CHAT_ROWS[1],
+        {"messages": [{"role": "system", "content": "s"}, {"role": "assistant", "content": "a"}]},
+    ]
+    path = write_jsonl(tmp_path / "nouser.jsonl", rows)
+    err = raises(path, "nouser.jsonl", "line 2", "no user turn", "'messages'", "system, assistant")
+    assert err.row == 2
+
+
+def test_error_chat_row_that_is_not_a_chat(tmp_path):
+    rows = [CHAT_ROWS[1], {"messages": "just text"}]
+    path = write_jsonl(tmp_path / "mixed.jsonl", rows)
+    raises(path, "mixed.jsonl", "line 2", "list of chat messages", "str")
+    rows = [CHAT_ROWS[1], {"messages": [{"role": "user", "content": ["part"]}]}]
+    path = write_jsonl(tmp_path / "parts.jsonl", rows)
+    raises(path, "parts.jsonl", "line 2", "first user turn", "must be text", "list")
+
+
+def test_layout_on_a_saved_dataset(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset.from_list(CHAT_ROWS).save_to_disk(str(tmp_path / "chat_ds"))
+    batch = load_prompts(tmp_path / "chat_ds")
+    assert batch.prompts["prompt"].to_list() == ["Capital of France?", "Say hi."]
+    assert batch.prompts["source"].to_list() == ["chat_ds", "chat_ds"]
+
+
+# ---------------------------------------------------------------------------------------------
 # ids, duplicates and empties
 
 
@@ -236,8 +464,18 @@ def test_error_non_text_prompt_in_parquet(tmp_path):
 
 
 def test_error_missing_column_lists_found_columns(tmp_path):
+    # an 'instruction' column is now a recognised layout, so the named-column error needs the
+    # column named explicitly; the automatic layouts are checked on the CSV below
     path = write_jsonl(tmp_path / "cols.jsonl", [{"instruction": "hi", "category": "x"}])
-    raises(path, "cols.jsonl", "'prompt'", "'instruction'", "'category'", "prompt_column")
+    raises(
+        path,
+        "cols.jsonl",
+        "no prompt column 'prompt'",
+        "'instruction'",
+        "'category'",
+        "prompt_column",
+        prompt_column="prompt",
+    )
     csv = tmp_path / "cols.csv"
     csv.write_text("question,id\nhi,1\n", encoding="utf-8")
     raises(csv, "cols.csv", "'question'", "'id'", "prompt_column")

@@ -74,6 +74,9 @@ def test_definitions_load_the_whole_graph():
         "annotation_batch",
         "preference_dataset",
         "hub_dataset",
+        "dpo_policy",
+        "reward_model_checkpoint",
+        "policy_eval",
         "simulation_pool_features",
         "method_benchmark",
     }

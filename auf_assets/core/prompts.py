@@ -1,9 +1,25 @@
-"""Prompt ingestion: read a prompt pool from disk, validate it, and hand back a clean table.
+"""Prompt ingestion: read a prompt pool, validate it, and hand back a clean table.
 
 Every reader ends in the same validation path (`_batch_from_records`), so a prompt pool behaves
-the same whether it came from JSON Lines, JSON, CSV, Parquet, or a Hugging Face dataset saved
-with ``save_to_disk``. The result is a :class:`PromptBatch` whose ``prompts`` frame has the
-columns ``prompt_id``, ``prompt`` and ``source``, one row per distinct prompt, in input order.
+the same whether it came from JSON Lines, JSON, CSV, Parquet, a Hugging Face dataset saved
+with ``save_to_disk``, a dataset on the Hugging Face Hub (:func:`load_hub_prompts`) or a polars
+frame. The result is a :class:`PromptBatch` whose ``prompts`` frame has the columns
+``prompt_id``, ``prompt`` and ``source``, one row per distinct prompt, in input order.
+
+Where the prompt is (``prompt_column=None``, the default, means "recognise the layout"):
+
+1. a ``prompt`` column (HuggingFaceH4/ultrafeedback_binarized and most prompt files). If it
+   holds chat messages instead of text (TRL's conversational layout), the first user turn is used;
+2. an ``instruction`` column (openbmb/UltraFeedback, AlpacaEval);
+3. a chat column ``messages``, ``conversations`` or ``chosen`` whose values are lists of
+   ``{"role", "content"}`` messages (ShareGPT's ``{"from", "value"}`` too): the prompt is the
+   content of the first user turn (``role == "user"``, or ``from`` ``human``/``user``).
+
+The first rule whose column is there wins (for rule 3 the column must also hold chat messages;
+a ``chosen`` column of plain text, as in Anthropic HH, is not a prompt). A ``prompt_column``
+given by name is used as is: text, or chat messages (first user turn). Without a ``source``
+column a text ``dataset`` column (AlpacaEval) is the source, when ``source_column`` is the
+default ``"source"``.
 
 Rules, in short:
 
@@ -15,17 +31,22 @@ Rules, in short:
 * Empty or whitespace-only prompts are dropped and reported. Repeats (the same id with the same
   text, or the same whitespace-normalised text) are dropped and reported, the first one is kept.
 * Anything else that is wrong raises :class:`PromptInputError` and nothing is returned: the file
-  is missing or unreadable, it holds no rows, the prompt column is missing, a prompt is not text,
-  an id is not a string or an integer, or one id names two different prompts.
+  is missing or unreadable, it holds no rows, no prompt column is found, a prompt is not text, a
+  chat has no user turn, an id is not a string or an integer, or one id names two different
+  prompts. Hub errors (bad id, not cached while offline, unknown split or config) are
+  :class:`PromptInputError` too.
 * ``limit`` keeps the first N valid prompts; rows after the N-th kept prompt are not examined.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
+import os
+import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +59,7 @@ __all__ = [
     "PromptBatch",
     "PromptInputError",
     "demo_prompts",
+    "load_hub_prompts",
     "load_prompts",
     "normalise_prompt",
     "prompts_from_frame",
@@ -120,7 +142,7 @@ def stable_prompt_id(prompt: str) -> str:
 def load_prompts(
     path: str | Path,
     *,
-    prompt_column: str = "prompt",
+    prompt_column: str | None = None,
     id_column: str = "prompt_id",
     source_column: str = "source",
     default_source: str | None = None,
@@ -133,7 +155,8 @@ def load_prompts(
     file, or a directory written by ``Dataset.save_to_disk``/``DatasetDict.save_to_disk``. For a
     ``DatasetDict`` ``split`` picks the split (default ``"train"`` when there is one); ``split``
     is an error for every other kind of input, except a saved ``Dataset`` whose own split is the
-    one named. See the module docstring for the validation rules.
+    one named. ``prompt_column=None`` recognises the layout (see the module docstring, which also
+    has the validation rules).
     """
     _check_limit(limit)
     p = Path(path)
@@ -143,7 +166,7 @@ def load_prompts(
     source = default_source if default_source is not None else p.stem
 
     if p.is_dir():
-        records, columns, origin = _read_saved_dataset(p, origin, split)
+        table, origin = _read_saved_dataset(p, origin, split)
         where = "row"
     else:
         if split is not None:
@@ -154,16 +177,16 @@ def load_prompts(
             )
         suffix = p.suffix.lower()
         if suffix in (".jsonl", ".ndjson"):
-            records, columns = _read_jsonl(p, origin)
+            table = _read_jsonl(p, origin)
             where = "line"
         elif suffix == ".json":
-            records, columns = _read_json(p, origin)
+            table = _read_json(p, origin)
             where = "row"
         elif suffix == ".parquet":
-            records, columns = _read_parquet(p, origin)
+            table = _read_parquet(p, origin)
             where = "row"
         elif suffix == ".csv":
-            records, columns = _read_csv(p, origin)
+            table = _read_csv(p, origin)
             where = "row"
         else:
             raise PromptInputError(
@@ -173,8 +196,7 @@ def load_prompts(
             )
 
     return _batch_from_records(
-        records,
-        columns,
+        table,
         origin=origin,
         where=where,
         prompt_column=prompt_column,
@@ -189,7 +211,7 @@ def prompts_from_frame(
     df: pl.DataFrame,
     *,
     origin: str,
-    prompt_column: str = "prompt",
+    prompt_column: str | None = None,
     id_column: str = "prompt_id",
     source_column: str = "source",
     default_source: str | None = None,
@@ -198,14 +220,13 @@ def prompts_from_frame(
     """Validate prompts already in a polars frame (row ``i`` of the frame is row ``i + 1``).
 
     Without a source column and without ``default_source`` the source is ``origin``.
+    ``prompt_column=None`` recognises the layout (see the module docstring).
     """
     _check_limit(limit)
     if df.height == 0:
         raise PromptInputError(origin, "no rows (the input holds no prompts)")
-    records = enumerate(df.iter_rows(named=True), start=1)
     return _batch_from_records(
-        records,
-        list(df.columns),
+        _frame_table(df),
         origin=origin,
         where="row",
         prompt_column=prompt_column,
@@ -216,15 +237,300 @@ def prompts_from_frame(
     )
 
 
+def load_hub_prompts(
+    dataset_id: str,
+    *,
+    split: str = "train",
+    config_name: str | None = None,
+    revision: str | None = None,
+    prompt_column: str | None = None,
+    id_column: str = "prompt_id",
+    source_column: str = "source",
+    default_source: str | None = None,
+    limit: int | None = None,
+) -> PromptBatch:
+    """Read and validate the prompts of a dataset on the Hugging Face Hub.
+
+    ``dataset_id`` is a Hub id such as ``"HuggingFaceH4/ultrafeedback_binarized"``; it is loaded
+    with ``datasets.load_dataset(dataset_id, name=config_name, split=split, revision=revision)``,
+    so the local ``datasets`` cache is used and, with ``HF_HUB_OFFLINE=1``, only the cache (which
+    then serves the latest cached version whatever ``revision`` says). The rows then go through
+    the same validation as files (:func:`prompts_from_frame`); the layout is recognised when
+    ``prompt_column`` is ``None``. Without a source column the source is ``default_source`` or
+    the dataset id. ``origin`` reads ``hf://datasets/{id}[:{config}] split={split}[@{revision}]``.
+
+    Raises :class:`PromptInputError` for a malformed id, a dataset that is neither reachable nor
+    cached (the message says whether offline mode is on and how to fix it), an unknown split or
+    config (listing the available ones when ``datasets`` names them), or any other load failure.
+    """
+    _check_limit(limit)
+    origin = f"hf://datasets/{dataset_id}"
+    if config_name:
+        origin += f":{config_name}"
+    origin += f" split={split}"
+    if revision:
+        origin += f"@{revision}"
+    _check_hub_id(dataset_id, origin)
+
+    import datasets  # imported here: slow to import and only needed for this input kind
+
+    try:
+        loaded = datasets.load_dataset(dataset_id, name=config_name, split=split, revision=revision)
+    except Exception as exc:  # datasets/huggingface_hub raise many kinds; all become one kind
+        raise _hub_load_error(exc, dataset_id, origin, split, config_name, datasets) from exc
+
+    if isinstance(loaded, Mapping):  # a DatasetDict: only when split=None slips through
+        splits = [str(k) for k in loaded]
+        if "train" not in loaded:
+            raise PromptInputError(
+                origin, f"no split was named; pass split= one of {', '.join(splits)}"
+            )
+        loaded = loaded["train"]
+    try:
+        df = loaded.to_polars()
+    except Exception as exc:
+        raise PromptInputError(origin, f"cannot read the dataset ({_first_line(exc)})") from exc
+    return prompts_from_frame(
+        df,
+        origin=origin,
+        prompt_column=prompt_column,
+        id_column=id_column,
+        source_column=source_column,
+        default_source=default_source if default_source is not None else dataset_id,
+        limit=limit,
+    )
+
+
 def demo_prompts() -> PromptBatch:
     """The built-in demo pool (48 short prompts in several categories) shipped with the package."""
     return load_prompts(DEMO_PROMPTS_PATH, default_source="general")
 
 
 # ----------------------------------------------------------------------------------------------
-# readers: each returns (numbered records, column names seen)
+# the Hugging Face Hub
+
+# A Hub dataset id: "name" or "namespace/name"; letters, digits, "-", "_", "."; at most 96 each.
+_HUB_ID_PART = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?")
+_TRUE_VALUES = {"1", "ON", "YES", "TRUE"}
+_HUB_FIX = (
+    "run this once with network access (HF_HUB_OFFLINE unset or HF_HUB_OFFLINE=0) so that "
+    "datasets downloads and caches it, or download it first with datasets.load_dataset({call}) "
+    "where the Hub is reachable and reuse that datasets cache (HF_DATASETS_CACHE)"
+)
+
+
+def _hub_fix(dataset_id: str, config_name: str | None) -> str:
+    call = repr(dataset_id) if not config_name else f"{dataset_id!r}, {config_name!r}"
+    return _HUB_FIX.format(call=call)
+
+
+def _check_hub_id(dataset_id: Any, origin: str) -> None:
+    if not isinstance(dataset_id, str) or not dataset_id.strip():
+        raise PromptInputError(
+            origin,
+            f"malformed dataset id {dataset_id!r}: expected a Hub id like 'owner/name'",
+        )
+    parts = dataset_id.split("/")
+    problem = None
+    if "://" in dataset_id or dataset_id.startswith(("/", ".", "~")) or "\\" in dataset_id:
+        problem = "it looks like a URL or a local path"
+    elif len(parts) > 2:
+        problem = "it has more than one '/'"
+    elif not all(_HUB_ID_PART.fullmatch(part) for part in parts):
+        problem = (
+            "each part may only hold letters, digits, '-', '_' and '.', must start and end with a "
+            "letter or digit and be at most 96 characters"
+        )
+    elif "--" in dataset_id or ".." in dataset_id:
+        problem = "'--' and '..' are not allowed in Hub ids"
+    if problem is not None:
+        hint = ""
+        if Path(dataset_id).expanduser().exists():
+            hint = "; for a local file or saved dataset use load_prompts (the path option)"
+        raise PromptInputError(
+            origin,
+            f"malformed dataset id {dataset_id!r}: {problem}; expected a Hub id like "
+            f"'owner/name' (e.g. 'HuggingFaceH4/ultrafeedback_binarized'){hint}",
+        )
+    if len(parts) == 1 and dataset_id.lower() in _packaged_builders():
+        raise PromptInputError(
+            origin,
+            f"{dataset_id!r} names a built-in datasets file reader, not a Hub dataset; "
+            "for local files use load_prompts (the path option)",
+        )
+
+
+def _packaged_builders() -> set[str]:
+    try:
+        from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
+    except Exception:  # a private name; fall back to the usual ones
+        return {"arrow", "csv", "json", "parquet", "text", "pandas", "sql", "webdataset"}
+    return set(_PACKAGED_DATASETS_MODULES)
+
+
+def _hub_offline(datasets_module: Any) -> bool:
+    """Whether Hub offline mode is on (datasets reads the variable once, at import)."""
+    if getattr(getattr(datasets_module, "config", None), "HF_HUB_OFFLINE", False):
+        return True
+    try:
+        from huggingface_hub import constants
+
+        if getattr(constants, "HF_HUB_OFFLINE", False):
+            return True
+    except Exception:
+        pass
+    return any(
+        os.environ.get(name, "").strip().upper() in _TRUE_VALUES
+        for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
+
+
+def _listed_names(text: str, pattern: str) -> str | None:
+    """The ``[...]`` list after ``pattern`` in an error text, as ``a, b, c`` (None: not there)."""
+    match = re.search(pattern + r"\s*(\[[^\]]*\])", text)
+    if match is None:
+        return None
+    try:
+        names = ast.literal_eval(match.group(1))
+    except (ValueError, SyntaxError):
+        return match.group(1)
+    return ", ".join(str(n) for n in names) if names else "none"
+
+
+def _hub_load_error(
+    exc: Exception,
+    dataset_id: str,
+    origin: str,
+    split: str,
+    config_name: str | None,
+    datasets_module: Any,
+) -> PromptInputError:
+    """Turn what ``datasets.load_dataset`` raised into a message a user can act on."""
+    text = str(exc)
+    said = f" (datasets said: {_first_line(exc)})"
+    offline = _hub_offline(datasets_module)
+    offline_note = " (offline mode is on: only the local cache is read)" if offline else ""
+
+    if isinstance(exc, ValueError):
+        if "Unknown split" in text or "Bad split" in text:
+            names = _listed_names(text, r"(?:Should be one of|Available splits:)")
+            advice = (
+                f"available splits: {names}; pass one of them as split"
+                if names
+                else "pass an existing split (see the dataset page)"
+            )
+            return PromptInputError(
+                origin, f"no split {split!r} in dataset {dataset_id!r}; {advice}"
+            )
+        if "Config name is missing" in text:
+            names = _listed_names(text, r"available configs:")
+            return PromptInputError(
+                origin,
+                f"dataset {dataset_id!r} has several configs and none was named; pass "
+                f"config_name= one of {names or '(see the dataset page)'}",
+            )
+        if "configurations in the cache" in text:
+            match = re.search(r"configurations in the cache:\s*([^\n]*)", text)
+            names = match.group(1).strip() if match else "(see the cache)"
+            return PromptInputError(
+                origin,
+                f"the local cache holds several configs of dataset {dataset_id!r} and none was "
+                f"named{offline_note}; pass config_name= one of {names}",
+            )
+        if "BuilderConfig" in text and "not found" in text:
+            names = _listed_names(text, r"Available:")
+            listing = f"; available configs: {names}" if names else ""
+            return PromptInputError(
+                origin, f"no config {config_name!r} in dataset {dataset_id!r}{listing}"
+            )
+        if "Couldn't find cache for" in text:
+            names = _listed_names(text, r"Available configs in the cache:")
+            listing = f"; configs in the cache: {names}" if names else ""
+            fix = _hub_fix(dataset_id, config_name)
+            return PromptInputError(
+                origin,
+                f"config {config_name!r} of dataset {dataset_id!r} is not in the local cache"
+                f"{offline_note}{listing}; to get it, {fix}",
+            )
+
+    not_found_types: tuple[type[BaseException], ...] = (ConnectionError, FileNotFoundError)
+    dataset_not_found = getattr(
+        getattr(datasets_module, "exceptions", None), "DatasetNotFoundError", None
+    )
+    data_files_not_found = getattr(
+        getattr(datasets_module, "exceptions", None), "DataFilesNotFoundError", None
+    )
+    if isinstance(dataset_not_found, type):
+        not_found_types += (dataset_not_found,)
+    if isinstance(data_files_not_found, type) and isinstance(exc, data_files_not_found):
+        return PromptInputError(
+            origin, f"dataset {dataset_id!r} holds no data files that datasets can read{said}"
+        )
+    if isinstance(exc, not_found_types):
+        fix = _hub_fix(dataset_id, config_name)
+        if offline:
+            return PromptInputError(
+                origin,
+                f"dataset {dataset_id!r} is not cached locally and offline mode is on "
+                f"(HF_HUB_OFFLINE=1), so the Hub is not asked; to get it, {fix}{said}",
+            )
+        if isinstance(exc, ConnectionError):
+            return PromptInputError(
+                origin,
+                f"could not reach the Hugging Face Hub for dataset {dataset_id!r} and it is not "
+                f"cached locally; check the network (or a proxy), or {fix}{said}",
+            )
+        return PromptInputError(
+            origin,
+            f"dataset {dataset_id!r} was not found on the Hugging Face Hub nor in the local "
+            "cache; check the id and revision, and for a private or gated dataset log in "
+            f"(`hf auth login` or HF_TOKEN) and accept its terms{said}",
+        )
+    return PromptInputError(origin, f"cannot load dataset {dataset_id!r}{offline_note}{said}")
+
+
+# ----------------------------------------------------------------------------------------------
+# readers: each returns a _Table (column names, numbered records, a peek at each column)
 
 Records = Iterable[tuple[int, Mapping[str, Any]]]
+
+
+@dataclass
+class _Table:
+    """What a reader hands to the validation path.
+
+    ``rows(names)`` yields ``(row number, record)`` with at least the named columns (frames only
+    convert those, which keeps wide datasets cheap); ``first_value(name)`` is the column's first
+    non-null value, or ``_MISSING`` when it has none (used to recognise the layout).
+    """
+
+    columns: list[str]
+    rows: Callable[[list[str]], Records]
+    first_value: Callable[[str], Any]
+
+
+def _records_table(records: Sequence[tuple[int, Mapping[str, Any]]], columns: list[str]) -> _Table:
+    def first_value(name: str) -> Any:
+        for _, rec in records:
+            value = rec.get(name)
+            if value is not None:
+                return value
+        return _MISSING
+
+    return _Table(columns=columns, rows=lambda _names: iter(records), first_value=first_value)
+
+
+def _frame_table(df: pl.DataFrame) -> _Table:
+    def rows(names: list[str]) -> Records:
+        wanted = [c for c in dict.fromkeys(names) if c in df.columns]
+        frame = df.select(wanted) if wanted else df
+        return enumerate(frame.iter_rows(named=True), start=1)
+
+    def first_value(name: str) -> Any:
+        values = df.get_column(name).drop_nulls().head(1).to_list()
+        return values[0] if values else _MISSING
+
+    return _Table(columns=list(df.columns), rows=rows, first_value=first_value)
 
 
 def _read_text(p: Path, origin: str) -> str:
@@ -238,7 +544,7 @@ def _read_text(p: Path, origin: str) -> str:
         raise PromptInputError(origin, f"cannot read the file ({exc.strerror or exc})") from exc
 
 
-def _read_jsonl(p: Path, origin: str) -> tuple[list[tuple[int, dict]], list[str]]:
+def _read_jsonl(p: Path, origin: str) -> _Table:
     text = _read_text(p, origin)
     records: list[tuple[int, dict]] = []
     columns: dict[str, None] = {}
@@ -262,10 +568,10 @@ def _read_jsonl(p: Path, origin: str) -> tuple[list[tuple[int, dict]], list[str]
         columns.update(dict.fromkeys(obj))
     if not records:
         raise PromptInputError(origin, "the file is empty (no JSON objects)")
-    return records, list(columns)
+    return _records_table(records, list(columns))
 
 
-def _read_json(p: Path, origin: str) -> tuple[list[tuple[int, dict]], list[str]]:
+def _read_json(p: Path, origin: str) -> _Table:
     text = _read_text(p, origin)
     if not text.strip():
         raise PromptInputError(origin, "the file is empty")
@@ -290,16 +596,16 @@ def _read_json(p: Path, origin: str) -> tuple[list[tuple[int, dict]], list[str]]
             )
         records.append((i, obj))
         columns.update(dict.fromkeys(obj))
-    return records, list(columns)
+    return _records_table(records, list(columns))
 
 
-def _frame_records(df: pl.DataFrame, origin: str) -> tuple[Records, list[str]]:
+def _frame_records(df: pl.DataFrame, origin: str) -> _Table:
     if df.height == 0:
         raise PromptInputError(origin, "no rows (the input has columns but no data rows)")
-    return enumerate(df.iter_rows(named=True), start=1), list(df.columns)
+    return _frame_table(df)
 
 
-def _read_parquet(p: Path, origin: str) -> tuple[Records, list[str]]:
+def _read_parquet(p: Path, origin: str) -> _Table:
     if p.stat().st_size == 0:
         raise PromptInputError(origin, "the file is empty")
     try:
@@ -309,7 +615,7 @@ def _read_parquet(p: Path, origin: str) -> tuple[Records, list[str]]:
     return _frame_records(df, origin)
 
 
-def _read_csv(p: Path, origin: str) -> tuple[Records, list[str]]:
+def _read_csv(p: Path, origin: str) -> _Table:
     if not _read_text(p, origin).strip():
         raise PromptInputError(origin, "the file is empty")
     try:
@@ -320,7 +626,7 @@ def _read_csv(p: Path, origin: str) -> tuple[Records, list[str]]:
     return _frame_records(df, origin)
 
 
-def _read_saved_dataset(p: Path, origin: str, split: str | None) -> tuple[Records, list[str], str]:
+def _read_saved_dataset(p: Path, origin: str, split: str | None) -> tuple[_Table, str]:
     is_dict = (p / "dataset_dict.json").is_file()
     is_single = (p / "state.json").is_file() or (p / "dataset_info.json").is_file()
     if not (is_dict or is_single):
@@ -367,35 +673,129 @@ def _read_saved_dataset(p: Path, origin: str, split: str | None) -> tuple[Record
         raise PromptInputError(
             origin, f"cannot read the saved dataset ({_first_line(exc)})"
         ) from exc
-    records, columns = _frame_records(df, origin)
-    return records, columns, origin
+    return _frame_records(df, origin), origin
 
 
 # ----------------------------------------------------------------------------------------------
 # the shared validation path
 
 
+_CHAT_COLUMNS = ("messages", "conversations", "chosen")
+_LAYOUTS_TRIED = (
+    "a 'prompt' column, an 'instruction' column (UltraFeedback, AlpacaEval), or a chat column "
+    "'messages', 'conversations' or 'chosen' holding lists of {role, content} messages (first "
+    "user turn)"
+)
+_USER_ROLES = ("user", "human")
+
+
+@dataclass(frozen=True)
+class _Layout:
+    column: str
+    chat: bool  # values are lists of chat messages; the prompt is the first user turn
+
+
+def _is_message(value: Any) -> bool:
+    return isinstance(value, Mapping) and (
+        ("role" in value and "content" in value) or ("from" in value and "value" in value)
+    )
+
+
+def _is_chat(value: Any) -> bool:
+    """A non-empty list of ``{"role", "content"}`` (or ShareGPT ``{"from", "value"}``) objects."""
+    return isinstance(value, (list, tuple)) and bool(value) and all(_is_message(m) for m in value)
+
+
+def _resolve_layout(table: _Table, prompt_column: str | None, origin: str) -> _Layout:
+    columns = table.columns
+    found = ", ".join(repr(c) for c in columns) if columns else "none"
+    if prompt_column is not None:
+        if prompt_column not in columns:
+            raise PromptInputError(
+                origin,
+                f"no prompt column {prompt_column!r} (columns found: {found}); "
+                "use the prompt_column option to name the column that holds the prompts",
+            )
+        return _Layout(prompt_column, _is_chat(table.first_value(prompt_column)))
+
+    # a 'prompt' or 'instruction' column wins when present, whatever it holds: a prompt that is
+    # not text is then reported on its row rather than another column being read silently
+    for name in ("prompt", "instruction"):
+        if name in columns:
+            return _Layout(name, _is_chat(table.first_value(name)))
+    skipped = []
+    for name in _CHAT_COLUMNS:
+        if name in columns:
+            if _is_chat(table.first_value(name)):
+                return _Layout(name, True)
+            skipped.append(name)
+    note = ""
+    if skipped:
+        listed = ", ".join(repr(c) for c in skipped)
+        note = f"; {listed} {'is' if len(skipped) == 1 else 'are'} there but not chat messages"
+    raise PromptInputError(
+        origin,
+        f"no prompt column found (columns found: {found}); looked for {_LAYOUTS_TRIED}{note}; "
+        "use the prompt_column option to name the column that holds the prompts",
+    )
+
+
+def _resolve_source_column(table: _Table, source_column: str) -> str | None:
+    if source_column in table.columns:
+        return source_column
+    # AlpacaEval names the origin of each instruction 'dataset'
+    if (
+        source_column == "source"
+        and "dataset" in table.columns
+        and isinstance(table.first_value("dataset"), str)
+    ):
+        return "dataset"
+    return None
+
+
+def _first_user_turn(value: Any, column: str, origin: str, row: int, where: str) -> Any:
+    """The content of the first user turn of a chat (not checked for being text here)."""
+    if not isinstance(value, (list, tuple)) or not all(_is_message(m) for m in value):
+        raise PromptInputError(
+            origin,
+            f"the {column!r} value must be a list of chat messages ({{role, content}} objects), "
+            f"got {_describe_type(value)}",
+            row=row,
+            where=where,
+        )
+    roles = []
+    for message in value:
+        if "role" in message and "content" in message:
+            role, content = message.get("role"), message.get("content")
+        else:
+            role, content = message.get("from"), message.get("value")
+        if isinstance(role, str) and role.strip().lower() in _USER_ROLES:
+            return content
+        roles.append(str(role))
+    seen = ", ".join(dict.fromkeys(roles)) if roles else "none"
+    raise PromptInputError(
+        origin,
+        f"no user turn in the {column!r} chat (roles found: {seen})",
+        row=row,
+        where=where,
+    )
+
+
 def _batch_from_records(
-    records: Records,
-    columns: list[str],
+    table: _Table,
     *,
     origin: str,
     where: str,
-    prompt_column: str,
+    prompt_column: str | None,
     id_column: str,
     source_column: str,
     default_source: str,
     limit: int | None,
 ) -> PromptBatch:
-    if prompt_column not in columns:
-        found = ", ".join(repr(c) for c in columns) if columns else "none"
-        raise PromptInputError(
-            origin,
-            f"no prompt column {prompt_column!r} (columns found: {found}); "
-            "use the prompt_column option to name the column that holds the prompts",
-        )
-    has_ids = id_column in columns
-    has_source = source_column in columns
+    layout = _resolve_layout(table, prompt_column, origin)
+    column = layout.column
+    has_ids = id_column in table.columns
+    source_name = _resolve_source_column(table, source_column)
 
     ids: list[str] = []
     texts: list[str] = []
@@ -406,13 +806,24 @@ def _batch_from_records(
     by_id: dict[str, tuple[int, str]] = {}
     by_text: dict[str, tuple[int, str]] = {}
 
-    for row, rec in records:
+    wanted = [column] + [c for c in (id_column, source_name) if c in table.columns]
+    for row, rec in table.rows(wanted):
         if limit is not None and len(ids) >= limit:
             break
-        value = rec.get(prompt_column, _MISSING)
+        value = rec.get(column, _MISSING)
         if value is _MISSING:
-            raise PromptInputError(origin, f"no {prompt_column!r} field", row=row, where=where)
-        if not isinstance(value, str):
+            raise PromptInputError(origin, f"no {column!r} field", row=row, where=where)
+        if layout.chat:
+            value = _first_user_turn(value, column, origin, row, where)
+            if not isinstance(value, str):
+                raise PromptInputError(
+                    origin,
+                    f"the first user turn in the {column!r} chat must be text, "
+                    f"got {_describe_type(value)}",
+                    row=row,
+                    where=where,
+                )
+        elif not isinstance(value, str):
             raise PromptInputError(
                 origin,
                 f"the prompt must be text, got {_describe_type(value)}",
@@ -447,15 +858,15 @@ def _batch_from_records(
             continue
 
         src = default_source
-        if has_source:
-            raw_src = rec.get(source_column)
+        if source_name is not None:
+            raw_src = rec.get(source_name)
             if isinstance(raw_src, str):
                 if raw_src.strip():
                     src = raw_src.strip()
             elif raw_src is not None:
                 raise PromptInputError(
                     origin,
-                    f"the {source_column!r} value must be text, got {_describe_type(raw_src)}",
+                    f"the {source_name!r} value must be text, got {_describe_type(raw_src)}",
                     row=row,
                     where=where,
                 )

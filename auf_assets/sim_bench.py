@@ -1,7 +1,7 @@
 """`auf bench`: many simulated-oracle runs (method x seed), in parallel, and their report.
 
-Shared by the CLI (:mod:`auf_assets.sim_cli`) and the Dagster assets (:mod:`auf_assets.bench`); no
-Dagster import here. The parent process loads the pool and fills the feature cache once; the runs
+Shared by the CLI (:mod:`auf_assets.cli.simulate`) and the Dagster assets
+(:mod:`auf_assets.bench`); no Dagster import here. The parent process loads the pool and fills the feature cache once; the runs
 go to a process pool of ``min(cores, runs)`` spawned workers (one torch thread each) that
 memory-map the cached features. Outputs in ``out_dir``:
 

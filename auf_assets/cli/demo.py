@@ -1,4 +1,4 @@
-"""The `auf` command line."""
+"""`auf demo`: active rounds on the embedded default (or your prompts and run config)."""
 
 from __future__ import annotations
 
@@ -8,24 +8,11 @@ import sys
 import time
 from pathlib import Path
 
-from resources import home
-
-
-def _prepare_home() -> Path:
-    """Create the home directory and point Dagster at its instance inside it."""
-    root = home.auf_home()
-    dagster_dir = home.dagster_home(root)
-    dagster_dir.mkdir(parents=True, exist_ok=True)
-    config = dagster_dir / "dagster.yaml"
-    if not config.exists():
-        config.write_text("telemetry:\n  enabled: false\n")
-    os.environ["DAGSTER_HOME"] = str(dagster_dir)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return root
+from auf_assets.cli.common import failure_message, metadata, prepare_home
 
 
 def _demo(args: argparse.Namespace) -> int:
-    root = _prepare_home()
+    root = prepare_home()
     import dagster as dg
 
     from auf_assets.definitions import defs
@@ -47,9 +34,9 @@ def _demo(args: argparse.Namespace) -> int:
         raise_on_error=False,
     )
     if not result.success:
-        print(f"prompt ingestion failed: {_failure_message(result)}", file=sys.stderr)
+        print(f"prompt ingestion failed: {failure_message(result)}", file=sys.stderr)
         return 1
-    pool_meta = _metadata(result, "prompt_pool")
+    pool_meta = metadata(result, "prompt_pool")
     print(
         f"prompt pool: {pool_meta.get('dagster/row_count')} prompts "
         f"({pool_meta.get('new_prompts')} new)"
@@ -84,7 +71,7 @@ def _demo(args: argparse.Namespace) -> int:
         )
         wall = time.perf_counter() - started
         if not result.success:
-            print(f"{key} failed: {_failure_message(result)}", file=sys.stderr)
+            print(f"{key} failed: {failure_message(result)}", file=sys.stderr)
             print(
                 "Fix the cause and run the same command again: the round is re-run.",
                 file=sys.stderr,
@@ -129,29 +116,11 @@ def _round_to_run(instance, rounds: list[str]) -> str | None:
     return None if rounds[-1] in done else rounds[-1]
 
 
-def _metadata(result, asset: str) -> dict:
-    import dagster as dg
-
-    for event in result.get_asset_materialization_events():
-        mat = event.step_materialization_data.materialization
-        if mat.asset_key == dg.AssetKey(asset):
-            return {k: getattr(v, "value", v) for k, v in mat.metadata.items()}
-    return {}
-
-
-def _failure_message(result) -> str:
-    for event in result.all_events:
-        if event.is_step_failure:
-            error = event.step_failure_data.error
-            return f"{event.step_key}: {error.message.strip() if error else 'unknown error'}"
-    return "the run failed"
-
-
 def _round_summary(instance, result, key: str, wall: float) -> str:
-    pairs = _metadata(result, "selected_pairs")
-    verdicts = _metadata(result, "judgements")
-    gens = _metadata(result, "completions")
-    model = _metadata(result, "reward_model")
+    pairs = metadata(result, "selected_pairs")
+    verdicts = metadata(result, "judgements")
+    gens = metadata(result, "completions")
+    model = metadata(result, "reward_model")
     stats = instance.get_run_step_stats(result.run_id)
     timings = ", ".join(
         f"{s.step_key} {s.end_time - s.start_time:.1f}s"
@@ -170,25 +139,7 @@ def _round_summary(instance, result, key: str, wall: float) -> str:
     )
 
 
-def _methods(args: argparse.Namespace) -> int:
-    from auf_assets.core.acquisition import ACQUISITION_METHODS
-    from auf_assets.core.baselines import BASELINE_METHODS
-
-    print("Acquisition functions (pick 2 of N responses from the reward model's uncertainty):")
-    for name, method in ACQUISITION_METHODS.items():
-        print(f"  {name:<16} {method.description}")
-    print("\nStatic oracle baselines (read every response's oracle score; for comparison):")
-    for name, method in BASELINE_METHODS.items():
-        print(f"  {name:<20} {method.description} [{method.labels_per_prompt} labels/prompt]")
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="auf", description="Active-learning preference data generation on Dagster."
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def add_commands(sub) -> None:
     demo = sub.add_parser("demo", help="run active rounds on the embedded default")
     demo.add_argument("--rounds", type=int, default=1, help="rounds to run (default 1)")
     demo.add_argument(
@@ -208,32 +159,3 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", default="", help="YAML/JSON Dagster run config merged over the demo's"
     )
     demo.set_defaults(func=_demo)
-
-    methods = sub.add_parser("methods", help="list the selection methods")
-    methods.set_defaults(func=_methods)
-
-    from auf_assets import labels_cli
-
-    labels_cli.add_commands(sub)
-
-    from auf_assets import sim_cli
-
-    sim_cli.add_commands(sub)
-
-    from auf_assets import release_cli, training_cli
-
-    release_cli.add_commands(sub)
-    training_cli.add_commands(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "demo" and args.rounds < 1:
-        print("--rounds must be at least 1", file=sys.stderr)
-        return 2
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,9 +18,9 @@ def _newest_round() -> str | None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from auf_assets.cli import _failure_message, _metadata, _prepare_home
+    from auf_assets.cli.common import failure_message, metadata, prepare_home
 
-    _prepare_home()
+    prepare_home()
     import dagster as dg
 
     from auf_assets.definitions import defs
@@ -65,10 +65,10 @@ def _train(args: argparse.Namespace) -> int:
         raise_on_error=False,
     )
     if not result.success:
-        print(f"\n{job.name} failed: {_failure_message(result)}", file=sys.stderr)
+        print(f"\n{job.name} failed: {failure_message(result)}", file=sys.stderr)
         print("Earlier checkpoints are untouched.", file=sys.stderr)
         return 1
-    meta = _metadata(result, asset)
+    meta = metadata(result, asset)
     print(
         f"\n{asset} {round_id}: {meta.get('train_pairs')} pairs, {meta.get('steps')} steps in "
         f"{meta.get('train_seconds')}s, loss {meta.get('loss_first'):.4f} -> "
@@ -77,7 +77,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.reward_model:
         print(f"  held-out accuracy: {meta.get('heldout_accuracy')}")
     elif not args.no_eval:
-        ev = _metadata(result, "policy_eval")
+        ev = metadata(result, "policy_eval")
         for key in (
             "implicit_accuracy_vs_labels",
             "implicit_accuracy_vs_oracle",

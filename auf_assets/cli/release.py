@@ -34,9 +34,9 @@ def _dataset_config(args: argparse.Namespace) -> dict:
 
 def _run(job_name: str, run_config: dict):
     """Run a release job on the local instance; returns (result, metadata by asset)."""
-    from auf_assets.cli import _failure_message, _prepare_home
+    from auf_assets.cli.common import failure_message, prepare_home
 
-    _prepare_home()
+    prepare_home()
     import dagster as dg
 
     from auf_assets.definitions import defs
@@ -46,7 +46,7 @@ def _run(job_name: str, run_config: dict):
         instance=dg.DagsterInstance.get(), run_config=run_config, raise_on_error=False
     )
     if not result.success:
-        print(f"\n{job_name} failed: {_failure_message(result)}", file=sys.stderr)
+        print(f"\n{job_name} failed: {failure_message(result)}", file=sys.stderr)
         return None
     return result
 

@@ -1,9 +1,9 @@
 """`auf bench`: many simulated-oracle runs (method x seed), in parallel, and their report.
 
 Shared by the CLI (:mod:`auf_assets.cli.simulate`) and the Dagster assets
-(:mod:`auf_assets.bench`); no Dagster import here. The parent process loads the pool and fills the feature cache once; the runs
-go to a process pool of ``min(cores, runs)`` spawned workers (one torch thread each) that
-memory-map the cached features. Outputs in ``out_dir``:
+(:mod:`auf_assets.bench`); no Dagster import here. The parent process loads the pool and fills
+the feature cache once; the runs go to a process pool of ``min(cores, runs)`` spawned workers
+(one torch thread each) that memory-map the cached features. Outputs in ``out_dir``:
 
 * ``bench.json``: settings, pool summary, every run's curve, and per method the mean/std curve;
 * ``bench.md``: markdown tables at a few label budgets and at the end of the train prompts;

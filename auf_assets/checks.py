@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from auf_assets.assets import completions, judgements, reward_scores, selected_pairs
+from auf_assets.active_round import completions, judgements, reward_scores, selected_pairs
 from auf_assets.partitions import rounds_partitions
 from resources.store import DuckDBStore
 

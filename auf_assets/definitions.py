@@ -6,7 +6,7 @@ import os
 
 import dagster as dg
 
-from auf_assets.assets import ROUND_ASSETS, annotation_batch, prompt_pool
+from auf_assets.active_round import ROUND_ASSETS
 from auf_assets.bench import BENCH_ASSETS, BENCH_JOBS
 from auf_assets.checks import ROUND_CHECKS
 from auf_assets.jobs import (
@@ -15,6 +15,8 @@ from auf_assets.jobs import (
     pair_selection_job,
     prompt_ingestion_job,
 )
+from auf_assets.labels import annotation_batch
+from auf_assets.prompts import prompt_pool
 from auf_assets.release import (
     RELEASE_ASSETS,
     RELEASE_CHECKS,

@@ -4,7 +4,21 @@ from __future__ import annotations
 
 import dagster as dg
 
-from auf_assets.assets import LABELLED_ASSETS, ROUND_ASSETS, SELECTION_ASSETS, prompt_pool
+from auf_assets.active_round import (
+    ROUND_ASSETS,
+    completions,
+    judgements,
+    reward_model,
+    reward_scores,
+    round_prompts,
+    selected_pairs,
+)
+from auf_assets.labels import annotation_batch
+from auf_assets.prompts import prompt_pool
+
+# What runs before people label (the pair_selection job) and after (the labelled_round job).
+SELECTION_ASSETS = [round_prompts, completions, reward_scores, selected_pairs, annotation_batch]
+LABELLED_ASSETS = [judgements, reward_model]
 
 prompt_ingestion_job = dg.define_asset_job(
     "prompt_ingestion",

@@ -19,7 +19,13 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from auf_assets.assets import completions, judgements, reward_model, reward_scores, selected_pairs
+from auf_assets.active_round import (
+    completions,
+    judgements,
+    reward_model,
+    reward_scores,
+    selected_pairs,
+)
 from auf_assets.core.release import (
     ReleaseError,
     ReleaseOptions,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import time
 
 import dagster as dg
 import polars as pl
@@ -44,3 +45,15 @@ def png_markdown(png: bytes, alt: str) -> dg.MarkdownMetadataValue:
     """A PNG embedded in markdown metadata (the UI shows it inline)."""
     data = base64.b64encode(png).decode("ascii")
     return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{data})")
+
+
+def progress_logger(context: dg.AssetExecutionContext, what: str, every_s: float = 10.0):
+    last = [0.0]
+
+    def report(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done == total or now - last[0] >= every_s:
+            last[0] = now
+            context.log.info(f"{what}: {done}/{total}")
+
+    return report

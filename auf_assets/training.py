@@ -23,7 +23,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from auf_assets.assets import GPU_POOL, GPU_TAGS, _progress_logger, judgements
+from auf_assets.active_round import judgements
 from auf_assets.core.release import in_test_split, preference_rows, trl_rows
 from auf_assets.core.response_pool import PoolFileError, oracle_scores
 from auf_assets.core.training import (
@@ -37,7 +37,8 @@ from auf_assets.core.training import (
     win_rate,
 )
 from auf_assets.partitions import round_index, rounds_partitions
-from auf_assets.reporting import png_markdown
+from auf_assets.placement import GPU_POOL, GPU_TAGS
+from auf_assets.reporting import png_markdown, progress_logger
 from resources.engine import GenerationEngine
 from resources.judge import RubricJudge
 from resources.labeling import LabelingSettings
@@ -445,13 +446,13 @@ def policy_eval(
                 temperature=0.0,
                 top_p=1.0,
                 seed=0,
-                progress=_progress_logger(context, name),
+                progress=progress_logger(context, name),
             )
             answers[name] = [o.text for o in outs]
         prompts = held_out["prompt"].to_list()
         scores = {
             name: _judge_scores(
-                labeling, judge, reward_judge, prompts, texts, _progress_logger(context, "judge")
+                labeling, judge, reward_judge, prompts, texts, progress_logger(context, "judge")
             )
             for name, texts in answers.items()
         }

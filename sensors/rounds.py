@@ -41,9 +41,15 @@ from datetime import datetime
 import dagster as dg
 from dagster._utils.schedules import is_valid_cron_string
 
-from auf_assets.assets import ROUND_ASSETS, SELECTION_ASSETS, annotation_batch
-from auf_assets.jobs import active_round_job, labelled_round_job, pair_selection_job
+from auf_assets.active_round import ROUND_ASSETS
+from auf_assets.jobs import (
+    SELECTION_ASSETS,
+    active_round_job,
+    labelled_round_job,
+    pair_selection_job,
+)
 from auf_assets.label_inbox import label_status, scan_inbox
+from auf_assets.labels import annotation_batch
 from auf_assets.partitions import registered_rounds, round_index, round_key, rounds_partitions
 from auf_assets.release import RELEASE_ASSETS, dataset_release_job
 from auf_assets.training import dpo_policy, policy_eval, policy_training_job

@@ -86,7 +86,7 @@ def rounds_home(tmp_path_factory, tiny_lm_dir) -> Path:
     import dagster as dg
     from test_round import materialize_round
 
-    from auf_assets.assets import prompt_pool
+    from auf_assets.prompts import prompt_pool
     from resources.store import DuckDBStore
 
     home = tmp_path_factory.mktemp("rounds-home")

@@ -357,7 +357,7 @@ def test_hub_errors_become_prompt_input_errors(online, monkeypatch, exc, kwargs,
 def test_prompt_pool_asset_ingests_a_cached_hub_dataset(hub_cache, auf_home):
     import dagster as dg
 
-    from auf_assets.assets import prompt_pool
+    from auf_assets.prompts import prompt_pool
     from resources.store import DuckDBStore
 
     cache_hub_dataset(hub_cache, CACHED_ID, {"train_prefs": H4_TRAIN, "test_prefs": H4_TEST})

@@ -18,18 +18,19 @@ import polars as pl
 import pytest
 from test_round import tiny_resources, tiny_run_config
 
-from auf_assets.assets import (
-    LABELLED_ASSETS,
-    ROUND_ASSETS,
-    SELECTION_ASSETS,
-    annotation_batch,
-    judgements,
-    prompt_pool,
-)
+from auf_assets.active_round import ROUND_ASSETS, judgements
 from auf_assets.checks import ROUND_CHECKS, judgements_recorded
 from auf_assets.cli import main as cli_main
-from auf_assets.jobs import active_round_job, labelled_round_job, pair_selection_job
+from auf_assets.jobs import (
+    LABELLED_ASSETS,
+    SELECTION_ASSETS,
+    active_round_job,
+    labelled_round_job,
+    pair_selection_job,
+)
 from auf_assets.label_inbox import import_label_file, label_status, scan_inbox
+from auf_assets.labels import annotation_batch
+from auf_assets.prompts import prompt_pool
 from resources.labeling import LabelingSettings, labeling_from_env
 from resources.reward_judge import RewardModelJudge
 from resources.store import DuckDBStore

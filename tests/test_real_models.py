@@ -7,8 +7,9 @@ import importlib.util
 import dagster as dg
 import pytest
 
-from auf_assets.assets import ROUND_ASSETS, prompt_pool
+from auf_assets.active_round import ROUND_ASSETS
 from auf_assets.checks import ROUND_CHECKS
+from auf_assets.prompts import prompt_pool
 from resources import DuckDBStore, FeatureEncoder, GenerationEngine, RubricJudge
 from resources.labeling import LabelingSettings
 from resources.reward_judge import RewardModelJudge

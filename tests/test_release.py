@@ -14,8 +14,8 @@ import polars as pl
 import pytest
 from fake_hub import FakeHub
 
-from auf_assets.assets import prompt_pool
 from auf_assets.core.release import in_test_split, to_trl_example, version_name
+from auf_assets.prompts import prompt_pool
 from auf_assets.release import (
     PreferenceDatasetConfig,
     build_release,

@@ -256,6 +256,13 @@ def _common_args(settings: TrainSettings, output_dir: str) -> dict[str, Any]:
     }
 
 
+def _quiet(trainer) -> None:
+    """transformers prints every log line to stdout when tqdm is off; we log our own progress."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+
+
 class _Progress:
     """A transformers callback that logs every few steps (long work shows progress)."""
 
@@ -395,6 +402,7 @@ def train_policy(
         if init_adapter is not None:
             _load_adapter_weights(trainer.model, Path(init_adapter))
             log(f"warm start from {init_adapter}")
+        _quiet(trainer)
         trainer.add_callback(_Progress(log))
         log(f"{settings.loss} training on {len(rows)} pairs ({len(given) - len(rows)} too long)")
         report = _run(trainer, len(rows), log)
@@ -474,6 +482,7 @@ def train_reward_model(
             processing_class=tokenizer,
             peft_config=lora,
         )
+        _quiet(trainer)
         trainer.add_callback(_Progress(log))
         log(f"reward-model training on {len(rows)} pairs ({len(given) - len(rows)} too long)")
         report = _run(trainer, len(rows), log)

@@ -1,12 +1,9 @@
-"""The assets of one active round, partitioned by round.
+"""The `active_round` group: the assets of one active round, partitioned by round.
 
-prompt_pool -> round_prompts -> completions -> reward_scores -> selected_pairs -> judgements
--> reward_model, and the next round's reward_scores reads this round's reward_model. When people
-label, selected_pairs -> annotation_batch writes the pairs to the outbox, and `judgements`
-resolves the labels that came back.
-
-Each asset is thin wiring: it reads its inputs from the store, calls a pure function or a
-resource, and replaces its round's rows in the store. The algorithms live in `auf_assets.core`.
+round_prompts -> completions -> reward_scores -> selected_pairs -> judgements -> reward_model, and
+the next round's reward_scores reads this round's reward_model. Each asset is thin wiring: it
+reads its inputs from the store, calls a pure function or a resource, and replaces its round's
+rows in the store. The algorithms live in `auf_assets.core`.
 """
 
 import json
@@ -21,28 +18,13 @@ from pydantic import Field
 
 from auf_assets.core.acquisition import ACQUISITION_METHODS, select_pairs
 from auf_assets.core.judging import ASPECTS, decide_preference
-from auf_assets.core.labels import (
-    LABEL_STUDIO_CONFIG,
-    Vote,
-    atomic_write_text,
-    balanced_swaps,
-    batch_records,
-    resolve_votes,
-    to_csv,
-    to_jsonl,
-    to_labelstudio,
-)
+from auf_assets.core.labels import Vote, resolve_votes
 from auf_assets.core.principles import choose_system_prompt
-from auf_assets.core.prompts import (
-    PromptBatch,
-    PromptInputError,
-    demo_prompts,
-    load_hub_prompts,
-    load_prompts,
-)
 from auf_assets.core.response_pool import PoolFileError, oracle_scores, read_pool
 from auf_assets.partitions import round_index, rounds_partitions
-from auf_assets.reporting import markdown_preview, stable_hash, stable_seed
+from auf_assets.placement import GPU_POOL, GPU_TAGS
+from auf_assets.prompts import prompt_pool
+from auf_assets.reporting import markdown_preview, progress_logger, stable_hash, stable_seed
 from resources.encoder import FeatureEncoder
 from resources.engine import GenerationEngine
 from resources.judge import RubricJudge
@@ -52,114 +34,6 @@ from resources.reward_model import UncertaintyModel
 from resources.store import DuckDBStore, utcnow
 
 GROUP = "active_round"
-LABELS_GROUP = "labels"
-# Assets that run a model: a deployment gives them a GPU and limits them with this pool.
-GPU_POOL = "gpu"
-GPU_TAGS = {"auf/resources": "gpu"}
-
-
-def _progress_logger(context: dg.AssetExecutionContext, what: str, every_s: float = 10.0):
-    last = [0.0]
-
-    def report(done: int, total: int) -> None:
-        now = time.monotonic()
-        if done == total or now - last[0] >= every_s:
-            last[0] = now
-            context.log.info(f"{what}: {done}/{total}")
-
-    return report
-
-
-# -- prompts ----------------------------------------------------------------------------------
-
-
-class PromptPoolConfig(dg.Config):
-    path: str = Field(
-        default="",
-        description="jsonl/json/csv/parquet file or a `datasets` folder; empty (and no dataset) = "
-        "the built-in demo set",
-    )
-    dataset: str = Field(
-        default="",
-        description="a Hugging Face Hub dataset id (e.g. HuggingFaceH4/ultrafeedback_binarized), "
-        "read with datasets.load_dataset; offline it must be in the local cache",
-    )
-    config_name: str | None = Field(default=None, description="the Hub dataset's config")
-    revision: str | None = Field(default=None, description="the Hub dataset's revision")
-    prompt_column: str | None = Field(
-        default=None,
-        description="empty: recognised (a prompt or instruction column, or the first user turn "
-        "of a messages chat)",
-    )
-    id_column: str = "prompt_id"
-    source_column: str = "source"
-    split: str | None = Field(
-        default=None, description="split of a saved DatasetDict or of the Hub dataset (train)"
-    )
-    limit: int | None = Field(default=None, description="keep only the first N valid prompts")
-
-
-def _read_prompt_pool(config: PromptPoolConfig) -> PromptBatch:
-    columns = {
-        "prompt_column": config.prompt_column or None,
-        "id_column": config.id_column,
-        "source_column": config.source_column,
-        "limit": config.limit,
-    }
-    if config.path and config.dataset:
-        raise dg.Failure(
-            "give either path (a local file or folder) or dataset (a Hub id), not both"
-        )
-    try:
-        if config.dataset:
-            return load_hub_prompts(
-                config.dataset,
-                split=config.split or "train",
-                config_name=config.config_name,
-                revision=config.revision,
-                **columns,
-            )
-        if config.path:
-            return load_prompts(config.path, split=config.split, **columns)
-    except PromptInputError as exc:
-        raise dg.Failure(str(exc)) from None
-    return demo_prompts()
-
-
-@dg.asset(
-    group_name="prompts",
-    kinds={"duckdb", "polars"},
-    code_version="1",
-    description="Every prompt available to the active loop, ingested from a file, a Hugging Face "
-    "dataset or the demo set.",
-)
-def prompt_pool(
-    context: dg.AssetExecutionContext, config: PromptPoolConfig, store: DuckDBStore
-) -> dg.MaterializeResult:
-    batch = _read_prompt_pool(config)
-    context.log.info(batch.summary())
-    counts = store.add_prompts(batch.prompts, batch.origin)
-    if counts["conflicting"]:
-        context.log.warning(
-            f"{counts['conflicting']} prompt ids are already stored with another text; the "
-            "stored text is kept (pairs and labels may refer to it)"
-        )
-    total = store.count_rows("prompts")
-    return dg.MaterializeResult(
-        metadata={
-            "origin": batch.origin,
-            "dagster/row_count": total,
-            "new_prompts": counts["new"],
-            "already_stored": counts["known"],
-            "conflicting_ids": counts["conflicting"],
-            "duplicates_dropped": len(batch.duplicates),
-            "empty_dropped": len(batch.empty),
-            "sources": dg.MetadataValue.json(
-                dict(Counter(batch.prompts["source"].to_list()).most_common())
-            ),
-            "preview": markdown_preview(batch.prompts),
-        }
-    )
 
 
 class RoundPromptsConfig(dg.Config):
@@ -298,7 +172,7 @@ def completions(
             temperature=member.temperature,
             top_p=member.top_p,
             seed=stable_seed(round_id, member.name, config.seed),
-            progress=_progress_logger(context, member.name),
+            progress=progress_logger(context, member.name),
         )
         seconds += time.perf_counter() - started
         gen_tokens += sum(o.completion_tokens for o in outs)
@@ -412,7 +286,7 @@ def _ensure_features(
     vectors = encoder.encode(
         todo["prompt"].to_list(),
         todo["response"].to_list(),
-        progress=_progress_logger(context, "features"),
+        progress=progress_logger(context, "features"),
     )
     store.add_features(todo["completion_id"].to_list(), encoder.key, vectors)
     return todo.height
@@ -597,123 +471,6 @@ def selected_pairs(
     )
 
 
-# -- annotation batch (people label the pairs) ------------------------------------------------
-
-
-class AnnotationBatchConfig(dg.Config):
-    seed: int = Field(default=0, description="seed of the per-round A/B presentation order")
-
-
-@dg.asset(
-    partitions_def=rounds_partitions,
-    deps=[selected_pairs],
-    group_name=LABELS_GROUP,
-    kinds={"json", "csv"},
-    code_version="1",
-    description="The round's pairs written to the outbox for people to label (jsonl, csv and a "
-    "Label Studio import), each shown as A/B in a seeded, balanced random order. Writes nothing "
-    "unless the label source is `people`.",
-)
-def annotation_batch(
-    context: dg.AssetExecutionContext,
-    config: AnnotationBatchConfig,
-    labeling: LabelingSettings,
-    store: DuckDBStore,
-) -> dg.MaterializeResult:
-    round_id = context.partition_key
-    if not labeling.people:
-        context.log.info(f"label source is {labeling.source}: no annotation batch is written")
-        return dg.MaterializeResult(
-            metadata={
-                "written": False,
-                "reason": f"label source is {labeling.source!r}; batches are written only for "
-                "'people'",
-            }
-        )
-    rows = store.query(
-        "SELECT s.pair_id, s.round_id, s.prompt_id, p.prompt, s.completion_a, s.completion_b, "
-        "a.response AS response_a, b.response AS response_b FROM pairs s "
-        "JOIN prompts p USING (prompt_id) "
-        "JOIN completions a ON a.completion_id = s.completion_a "
-        "JOIN completions b ON b.completion_id = s.completion_b "
-        "LEFT JOIN round_prompts r ON r.round_id = s.round_id AND r.prompt_id = s.prompt_id "
-        "WHERE s.round_id = ? ORDER BY r.position, s.pair_id",
-        [round_id],
-    )
-    if rows.height == 0:
-        raise dg.Failure(f"{round_id} has no selected pairs: materialise selected_pairs first")
-    seed = stable_seed(round_id, config.seed)
-    swaps = balanced_swaps(rows["pair_id"].to_list(), seed)
-    rows = rows.with_columns(
-        swapped=pl.col("pair_id").replace_strict(swaps, return_dtype=pl.Boolean)
-    )
-    new = store.add_presentations(
-        rows.select(
-            "pair_id",
-            "round_id",
-            pl.when("swapped").then("completion_b").otherwise("completion_a").alias("shown_as_a"),
-            pl.when("swapped").then("completion_a").otherwise("completion_b").alias("shown_as_b"),
-            "swapped",
-            pl.lit(seed, dtype=pl.Int64).alias("seed"),
-            pl.lit(utcnow()).alias("created_at"),
-        )
-    )
-    # A pair shown before keeps its first presentation (files already handed out stay valid).
-    stored = store.query(
-        "SELECT pair_id, swapped AS shown_swapped FROM presentations WHERE round_id = ?",
-        [round_id],
-    )
-    rows = rows.join(stored, on="pair_id", how="left").with_columns(swapped=pl.col("shown_swapped"))
-    records = batch_records(rows.iter_rows(named=True))
-    outbox = labeling.outbox_dir
-    paths = {
-        "jsonl": outbox / f"{round_id}.jsonl",
-        "csv": outbox / f"{round_id}.csv",
-        "labelstudio": outbox / f"{round_id}.labelstudio.json",
-    }
-    atomic_write_text(paths["jsonl"], to_jsonl(records))
-    atomic_write_text(paths["csv"], to_csv(records))
-    atomic_write_text(paths["labelstudio"], to_labelstudio(records))
-    atomic_write_text(outbox / "labelstudio_config.xml", LABEL_STUDIO_CONFIG)
-
-    # The wait for partial labels counts from the first time these pairs were sent out.
-    previous = store.round_rows("annotation_batches", round_id)
-    now = utcnow()
-    written_at = previous["written_at"][0] if previous.height and new == 0 else now
-    store.replace_round(
-        "annotation_batches",
-        round_id,
-        pl.DataFrame(
-            {
-                "round_id": [round_id],
-                "pairs": [rows.height],
-                "jsonl_path": [str(paths["jsonl"])],
-                "csv_path": [str(paths["csv"])],
-                "labelstudio_path": [str(paths["labelstudio"])],
-                "written_at": [written_at],
-                "updated_at": [now],
-            },
-            schema_overrides={"pairs": pl.Int32},
-        ),
-    )
-    context.log.info(f"wrote {rows.height} pairs for labelling to {paths['jsonl']} (and .csv)")
-    return dg.MaterializeResult(
-        metadata={
-            "written": True,
-            "dagster/row_count": rows.height,
-            "jsonl": dg.MetadataValue.path(str(paths["jsonl"])),
-            "csv": dg.MetadataValue.path(str(paths["csv"])),
-            "labelstudio": dg.MetadataValue.path(str(paths["labelstudio"])),
-            "inbox": dg.MetadataValue.path(str(labeling.inbox_dir)),
-            "shown_swapped": int(rows["swapped"].sum()),
-            "new_presentations": new,
-            "preview": markdown_preview(
-                pl.DataFrame(records).select("pair_id", "prompt", "response_A", "response_B")
-            ),
-        }
-    )
-
-
 # -- judgements -------------------------------------------------------------------------------
 
 
@@ -815,7 +572,7 @@ def _rubric_verdicts(context, config, judge: RubricJudge, store, round_id, pairs
     overall_scores, rated = judge.overall(
         items["prompt"].to_list(),
         items["response"].to_list(),
-        progress=_progress_logger(context, "judge calls"),
+        progress=progress_logger(context, "judge calls"),
     )
     judge_s = time.perf_counter() - started
     aspect_rows = pl.DataFrame(
@@ -880,7 +637,7 @@ def _reward_model_verdicts(context, config, reward_judge: RewardModelJudge, stor
         rewards = reward_judge.score(
             items["prompt"].to_list(),
             items["response"].to_list(),
-            progress=_progress_logger(context, "rewards"),
+            progress=progress_logger(context, "rewards"),
         )
     except ValueError as exc:
         raise dg.Failure(str(exc)) from exc
@@ -1151,6 +908,3 @@ def reward_model(
 
 
 ROUND_ASSETS = [round_prompts, completions, reward_scores, selected_pairs, judgements, reward_model]
-# What runs before people label (the pair_selection job) and after (the labelled_round job).
-SELECTION_ASSETS = [round_prompts, completions, reward_scores, selected_pairs, annotation_batch]
-LABELLED_ASSETS = [judgements, reward_model]

@@ -177,22 +177,31 @@ def _save_dequantized(tokenizer, model, folder: Path) -> None:
     transformers refuses to serialise a model that still carries its GGUF quantizer, so the
     marker is dropped for the save. A failure only costs the next load its speed.
     """
-    tmp = folder.with_name(folder.name + ".partial")
+    import tempfile
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # A folder of this process's own: two processes converting at once never share a half copy.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     quantizer = getattr(model, "hf_quantizer", None)
     quant_config = getattr(model.config, "quantization_config", None)
     try:
         model.hf_quantizer = None
         if quant_config is not None:
             del model.config.quantization_config
-        tmp.mkdir(parents=True, exist_ok=True)
         tokenizer.save_pretrained(tmp)
         model.save_pretrained(tmp)
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.replace(folder)  # complete copies only: a crash mid-save leaves no half folder
+        tmp.chmod(0o755)
+        if folder.exists() and not (folder / "config.json").is_file():
+            shutil.rmtree(folder, ignore_errors=True)  # a broken copy from an older version
+        try:
+            tmp.replace(folder)  # complete copies only: a crash mid-save leaves no half folder
+        except OSError:
+            if not (folder / "config.json").is_file():  # not another process's finished copy
+                raise
     except (OSError, ValueError) as exc:
         log.warning("could not cache %s as safetensors (%s); later loads stay slow", folder, exc)
     finally:
+        shutil.rmtree(tmp, ignore_errors=True)
         model.hf_quantizer = quantizer
         if quant_config is not None:
             model.config.quantization_config = quant_config

@@ -78,13 +78,19 @@ def _train(args: argparse.Namespace) -> int:
         print(f"  held-out accuracy: {meta.get('heldout_accuracy')}")
     elif not args.no_eval:
         ev = metadata(result, "policy_eval")
-        for key in (
-            "implicit_accuracy_vs_labels",
-            "implicit_accuracy_vs_oracle",
-            "win_rate_vs_base",
-        ):
-            if key in ev:
-                print(f"  {key}: {ev[key]}")
+        for which in ("labels", "oracle"):
+            if f"implicit_accuracy_vs_{which}" in ev:
+                print(
+                    f"  implicit-reward accuracy vs {which}: "
+                    f"{ev[f'implicit_accuracy_vs_{which}']:.3f} "
+                    f"on {ev[f'pairs_vs_{which}']} held-out pairs"
+                )
+        if "win_rate_vs_base" in ev:
+            low, high = ev["win_rate_ci95"]
+            print(
+                f"  win rate over the base model: {ev['win_rate_vs_base']:.3f} "
+                f"(95% CI {low:.2f}-{high:.2f}, {ev['comparisons']} comparisons)"
+            )
         if "win_rate_skipped" in ev:
             print(f"  win rate skipped: {ev['win_rate_skipped']}")
     return 0

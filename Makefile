@@ -30,7 +30,7 @@ test-heavy: $(STAMP)
 	$(BIN)/python -m pytest -q -m heavy
 
 dev: $(STAMP)
-	mkdir -p .auf/dagster
+	mkdir -p $${AUF_HOME:-$$PWD/.auf}/dagster
 	DAGSTER_HOME=$${AUF_HOME:-$$PWD/.auf}/dagster $(BIN)/dagster dev -w workspace.yaml
 
 lint: $(STAMP)

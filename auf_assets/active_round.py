@@ -606,7 +606,8 @@ def _rubric_verdicts(context, config, judge: RubricJudge, store, round_id, pairs
             {a: round(f, 3) for a, f in failures.iter_rows()}
         ),
         "retried_aspects": int((aspect_rows["attempts"] > 1).sum()),
-        "mean_digit_mass": float(aspect_rows["digit_mass"].mean() or 0.0),
+        # Text-fallback scores carry no digit mass (NaN): averaged over the others, never NaN.
+        "mean_digit_mass": float(aspect_rows["digit_mass"].fill_nan(None).mean() or 0.0),
         "judge_seconds": round(judge_s, 2),
     }
     return verdicts, aspect_rows, metadata

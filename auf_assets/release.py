@@ -8,7 +8,6 @@ version, and the metadata names the runs that made each round's labels and rewar
 """
 
 import importlib.metadata
-import io
 import shutil
 import tempfile
 import time
@@ -41,7 +40,7 @@ from auf_assets.core.release import (
     write_tables,
 )
 from auf_assets.partitions import round_index
-from auf_assets.reporting import markdown_preview, png_markdown
+from auf_assets.reporting import figure_png, markdown_preview, png_markdown
 from resources import home
 from resources.hub import HubDataset, HubError
 from resources.store import DuckDBStore, utcnow
@@ -202,11 +201,7 @@ def _round_plot(pairs: pl.DataFrame) -> bytes:
         twin = ax.twinx()
         twin.plot(per_round["round_id"], per_round["gap"], color="#c44", marker="o")
         twin.set_ylabel("mean |score gap|", color="#c44")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig)
 
 
 def _lineage(instance: dg.DagsterInstance, rounds: list[str]) -> dict[str, dict[str, str]]:

@@ -57,3 +57,16 @@ def progress_logger(context: dg.AssetExecutionContext, what: str, every_s: float
             context.log.info(f"{what}: {done}/{total}")
 
     return report
+
+
+def figure_png(fig) -> bytes:
+    """A matplotlib figure as PNG bytes (closed afterwards)."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()

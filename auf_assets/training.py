@@ -14,7 +14,6 @@ None of these is part of a round's job (a round must stay fast): they run from t
 """
 
 import hashlib
-import io
 import time
 from typing import Literal
 
@@ -38,7 +37,7 @@ from auf_assets.core.training import (
 )
 from auf_assets.partitions import round_index, rounds_partitions
 from auf_assets.placement import GPU_POOL, GPU_TAGS
-from auf_assets.reporting import png_markdown, progress_logger
+from auf_assets.reporting import figure_png, png_markdown, progress_logger
 from resources.engine import GenerationEngine
 from resources.judge import RubricJudge
 from resources.labeling import LabelingSettings
@@ -87,11 +86,7 @@ def _curve_plot(curves: dict[str, list[float]], names: list[str]) -> bytes | Non
         ax.plot(range(1, len(curves[name]) + 1), curves[name])
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig)
 
 
 def _train_metadata(report, rows: int, rounds: list[str], frame: pl.DataFrame, curves: list[str]):
@@ -375,11 +370,7 @@ def _eval_plot(evals: pl.DataFrame) -> bytes | None:
     ax.set_ylim(0, 1)
     ax.tick_params(axis="x", labelrotation=45)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig)
 
 
 @dg.asset(

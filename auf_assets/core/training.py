@@ -354,19 +354,12 @@ def train_policy(
 ) -> TrainReport:
     """Train a LoRA policy on preference `rows`; write the adapter to `out_dir`."""
     import datasets
-    from peft import LoraConfig
 
     check_base(base_dir, "policy")
     given = check_rows(rows)
     tokenizer = _tokenizer(base_dir)
     rows = fit_rows(tokenizer, given, settings.max_length, "policy")
-    lora = LoraConfig(
-        r=settings.lora_r,
-        lora_alpha=settings.lora_alpha,
-        lora_dropout=settings.lora_dropout,
-        target_modules="all-linear",
-        task_type="CAUSAL_LM",
-    )
+    lora = _lora(settings, "CAUSAL_LM")
     dataset = datasets.Dataset.from_list([_trl_row(r) for r in rows])
     with tempfile.TemporaryDirectory() as scratch:
         common = _common_args(settings, scratch)
@@ -402,21 +395,49 @@ def train_policy(
         if init_adapter is not None:
             _load_adapter_weights(trainer.model, Path(init_adapter))
             log(f"warm start from {init_adapter}")
-        _quiet(trainer)
-        trainer.add_callback(_Progress(log))
-        log(f"{settings.loss} training on {len(rows)} pairs ({len(given) - len(rows)} too long)")
-        report = _run(trainer, len(rows), log)
-        report.dropped_too_long = len(given) - len(rows)
-        record = {
-            "kind": "policy",
-            "base_model": str(base_dir),
-            "settings": asdict(settings),
-            "rows": len(rows),
-            "warm_start": str(init_adapter) if init_adapter else None,
-            **(info or {}),
-        }
-        _save(trainer, tokenizer, Path(out_dir), record)
+        record = {"kind": "policy", "warm_start": str(init_adapter) if init_adapter else None}
+        return _train_and_save(
+            trainer,
+            tokenizer,
+            base_dir,
+            settings,
+            given,
+            rows,
+            out_dir,
+            {**record, **(info or {})},
+            log,
+        )
+
+
+def _train_and_save(trainer, tokenizer, base_dir, settings, given, rows, out_dir, record, log):
+    """Run a prepared trainer with progress logging and write its checkpoint."""
+    _quiet(trainer)
+    trainer.add_callback(_Progress(log))
+    what = settings.loss if record["kind"] == "policy" else "reward-model"
+    log(f"{what} training on {len(rows)} pairs ({len(given) - len(rows)} too long)")
+    report = _run(trainer, len(rows), log)
+    report.dropped_too_long = len(given) - len(rows)
+    record = {
+        "base_model": str(base_dir),
+        "settings": asdict(settings),
+        "rows": len(rows),
+        **record,
+    }
+    _save(trainer, tokenizer, Path(out_dir), record)
     return report
+
+
+def _lora(settings: TrainSettings, task_type: str):
+    from peft import LoraConfig
+
+    # every linear layer: works for any causal LM architecture without naming its modules
+    return LoraConfig(
+        r=settings.lora_r,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        target_modules="all-linear",
+        task_type=task_type,
+    )
 
 
 def _trl_row(row: dict) -> dict:
@@ -454,7 +475,6 @@ def train_reward_model(
 ) -> TrainReport:
     """Train a LoRA sequence-classification reward model on `rows`; write it to `out_dir`."""
     import datasets
-    from peft import LoraConfig
     from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig, RewardTrainer
 
@@ -465,13 +485,7 @@ def train_reward_model(
     rows = fit_rows(tokenizer, given, settings.max_length, "reward_model")
     model = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
-    lora = LoraConfig(
-        r=settings.lora_r,
-        lora_alpha=settings.lora_alpha,
-        lora_dropout=settings.lora_dropout,
-        target_modules="all-linear",
-        task_type="SEQ_CLS",
-    )
+    lora = _lora(settings, "SEQ_CLS")
     dataset = datasets.Dataset.from_list([_trl_row(r) for r in rows])
     with tempfile.TemporaryDirectory() as scratch:
         args = RewardConfig(**_common_args(settings, scratch))
@@ -482,20 +496,17 @@ def train_reward_model(
             processing_class=tokenizer,
             peft_config=lora,
         )
-        _quiet(trainer)
-        trainer.add_callback(_Progress(log))
-        log(f"reward-model training on {len(rows)} pairs ({len(given) - len(rows)} too long)")
-        report = _run(trainer, len(rows), log)
-        report.dropped_too_long = len(given) - len(rows)
-        record = {
-            "kind": "reward_model",
-            "base_model": str(base_dir),
-            "settings": asdict(settings),
-            "rows": len(rows),
-            **(info or {}),
-        }
-        _save(trainer, tokenizer, Path(out_dir), record)
-    return report
+        return _train_and_save(
+            trainer,
+            tokenizer,
+            base_dir,
+            settings,
+            given,
+            rows,
+            out_dir,
+            {"kind": "reward_model", **(info or {})},
+            log,
+        )
 
 
 # -- evaluation -------------------------------------------------------------------------------

@@ -129,6 +129,14 @@ def load_tokenizer_and_model(source: str, kind: str, device: str, cache_dir: str
     if local is not None and (local / "config.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(local)
         model = model_cls.from_pretrained(local, dtype=torch.float32)
+    elif kind == "causal" and (Path(resolved.path) / "adapter_config.json").is_file():
+        # A LoRA adapter (a dpo_policy checkpoint): merged into its base, it generates as fast
+        # as the base model does.
+        from peft import AutoPeftModelForCausalLM
+
+        tokenizer = AutoTokenizer.from_pretrained(resolved.path)
+        peft_model = AutoPeftModelForCausalLM.from_pretrained(resolved.path, dtype=torch.float32)
+        model = peft_model.merge_and_unload()
     else:
         kwargs = {"gguf_file": resolved.gguf_file} if resolved.gguf_file else {}
         tokenizer = AutoTokenizer.from_pretrained(resolved.path, **kwargs)

@@ -284,3 +284,22 @@ def test_auf_train_trains_the_newest_round(home, tiny_chat_lm_dir, monkeypatch, 
     assert "held-out accuracy" in capsys.readouterr().out
     assert main(["train", "--round", "round-0009", "--base-model", str(tiny_chat_lm_dir)]) == 1
     assert "round-0009 has no judgements" in capsys.readouterr().err
+
+
+def test_the_engine_generates_with_a_policy_adapter_merged(tiny_chat_lm_dir, tmp_path):
+    """policy_eval hands the adapter folder to the generation engine: it loads merged."""
+    from resources.models import load_tokenizer_and_model
+
+    train_policy(
+        tiny_chat_lm_dir, toy_rows(8), settings(max_steps=2), tmp_path / "p", log=lambda _: None
+    )
+    tokenizer, model = load_tokenizer_and_model(str(tmp_path / "p"), "causal", "cpu", None)
+    assert not any("lora" in name for name, _ in model.named_parameters())
+    merged = response_logps(
+        model, tokenizer, [r["prompt"] for r in toy_rows(2)], [r["chosen"] for r in toy_rows(2)]
+    )
+    peft_tok, peft_model = load_policy(tiny_chat_lm_dir, tmp_path / "p", device="cpu")
+    unmerged = response_logps(
+        peft_model, peft_tok, [r["prompt"] for r in toy_rows(2)], [r["chosen"] for r in toy_rows(2)]
+    )
+    np.testing.assert_allclose(merged, unmerged, rtol=1e-4)

@@ -30,8 +30,8 @@ test-heavy: $(STAMP)
 	$(BIN)/python -m pytest -q -m heavy
 
 dev: $(STAMP)
-	mkdir -p $${AUF_HOME:-$$PWD/.auf}/dagster
-	DAGSTER_HOME=$${AUF_HOME:-$$PWD/.auf}/dagster $(BIN)/dagster dev -w workspace.yaml
+	DAGSTER_HOME=$$($(BIN)/python -c 'from resources.home import ensure_dagster_home as h; print(h())') \
+		$(BIN)/dagster dev -w workspace.yaml
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

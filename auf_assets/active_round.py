@@ -6,6 +6,7 @@ reads its inputs from the store, calls a pure function or a resource, and replac
 rows in the store. The algorithms live in `auf_assets.core`.
 """
 
+import functools
 import json
 import time
 from collections import Counter
@@ -25,21 +26,51 @@ from auf_assets.partitions import round_index, rounds_partitions
 from auf_assets.placement import GPU_POOL, GPU_TAGS
 from auf_assets.prompts import prompt_pool
 from auf_assets.reporting import markdown_preview, progress_logger, stable_hash, stable_seed
+from resources import home
+from resources.chain_lock import ChainBusy, round_chain
 from resources.encoder import FeatureEncoder
 from resources.engine import GenerationEngine
 from resources.judge import RubricJudge
 from resources.labeling import LabelingSettings
 from resources.reward_judge import RewardModelJudge
 from resources.reward_model import UncertaintyModel
-from resources.store import DuckDBStore, utcnow
+from resources.store import DuckDBStore, StoreError, utcnow
 
 GROUP = "active_round"
+
+
+def holds_round_chain(compute):
+    """Run a round asset while holding its home's round-chain lock (see resources.chain_lock).
+
+    A second process working on the rounds of the same home at that moment makes this step fail
+    with a message that names the holder, instead of letting two rounds interleave.
+    """
+
+    @functools.wraps(compute)
+    def wrapper(context: dg.AssetExecutionContext, *args, **kwargs):
+        store: DuckDBStore = kwargs["store"]
+        what = (
+            f"run {context.run.run_id[:8]} ({context.asset_key.to_user_string()} of "
+            f"{context.partition_key})"
+        )
+        try:
+            with round_chain(store.root, what):
+                return compute(context, *args, **kwargs)
+        except ChainBusy as exc:
+            raise dg.Failure(str(exc)) from exc
+
+    return wrapper
 
 
 class RoundPromptsConfig(dg.Config):
     batch_size: int = Field(default=8, ge=1, description="prompts per round (the paper: 64)")
     shuffle: bool = Field(default=False, description="seeded shuffle instead of ingestion order")
     seed: int = 0
+    retake: bool = Field(
+        default=False,
+        description="draw a new batch for a round that already holds prompts (only while no "
+        "later round exists and nobody labelled its pairs; its other rows are cleared)",
+    )
 
 
 @dg.asset(
@@ -47,38 +78,47 @@ class RoundPromptsConfig(dg.Config):
     deps=[prompt_pool],
     group_name=GROUP,
     kinds={"duckdb"},
-    code_version="1",
-    description="The batch of not-yet-used prompts this round works on.",
+    code_version="2",
+    description="The batch of prompts this round works on: taken once from the prompts no other "
+    "round holds, and kept when the round is re-run.",
 )
+@holds_round_chain
 def round_prompts(
     context: dg.AssetExecutionContext, config: RoundPromptsConfig, store: DuckDBStore
 ) -> dg.MaterializeResult:
     round_id = context.partition_key
-    store.register_round(round_id, round_index(round_id))
-    available = store.available_prompts(round_id)
-    if available.height == 0:
+    try:
+        taken = store.take_round_prompts(
+            round_id,
+            round_index(round_id),
+            config.batch_size,
+            shuffle=config.shuffle,
+            seed=config.seed,
+            retake=config.retake,
+        )
+    except StoreError as exc:
+        raise dg.Failure(str(exc)) from exc
+    batch = taken.prompts
+    if batch.height == 0:
         used = store.count_rows("prompts")
         raise dg.Failure(
             f"the prompt pool is used up: all {used} prompts belong to earlier rounds. Ingest more "
             "prompts (materialise prompt_pool with a new file) before starting another round."
         )
-    if config.shuffle:
-        available = available.sample(fraction=1.0, shuffle=True, seed=config.seed)
-    batch = available.head(config.batch_size)
-    rows = batch.select(
-        pl.lit(round_id).alias("round_id"),
-        "prompt_id",
-        pl.int_range(0, batch.height, dtype=pl.Int32).alias("position"),
-    )
-    store.replace_round("round_prompts", round_id, rows)
-    if batch.height < config.batch_size:
+    if taken.kept:
+        context.log.info(
+            f"{round_id} keeps the {batch.height} prompts it took before (re-running a round "
+            "re-runs it on its own prompts; retake=True draws new ones)"
+        )
+    elif batch.height < config.batch_size:
         context.log.warning(
             f"only {batch.height} unused prompts left for a batch of {config.batch_size}"
         )
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": batch.height,
-            "prompts_left_after_round": available.height - batch.height,
+            "kept_from_before": taken.kept,
+            "prompts_left_after_round": taken.left,
             "preview": markdown_preview(batch),
         }
     )
@@ -136,6 +176,7 @@ class CompletionsConfig(dg.Config):
     op_tags=GPU_TAGS,
     description="One response per prompt from each member of the model pool.",
 )
+@holds_round_chain
 def completions(
     context: dg.AssetExecutionContext,
     config: CompletionsConfig,
@@ -292,62 +333,107 @@ def _ensure_features(
     return todo.height
 
 
-# -- uncertainty scores -----------------------------------------------------------------------
-
-
-class RewardScoresConfig(dg.Config):
-    beta: float = Field(default=1.0, ge=0.0, description="L, U = mu -/+ beta * sigma")
+# -- response features ------------------------------------------------------------------------
 
 
 @dg.asset(
     partitions_def=rounds_partitions,
     deps=[completions],
     group_name=GROUP,
-    kinds={"pytorch", "duckdb"},
+    kinds={"pytorch", "numpy"},
     code_version="1",
     pool=GPU_POOL,
     op_tags=GPU_TAGS,
-    description="Reward mean, spread and bounds for every response, from the previous round's "
-    "reward model (fresh heads in round 1).",
+    description="The encoder's feature vector of every response of the round (the reward "
+    "model's input), cached under the home and reused by every later use of the response.",
 )
+@holds_round_chain
+def response_features(
+    context: dg.AssetExecutionContext, encoder: FeatureEncoder, store: DuckDBStore
+) -> dg.MaterializeResult:
+    round_id = context.partition_key
+    ids = store.query(
+        "SELECT completion_id FROM completions WHERE round_id = ? ORDER BY completion_id",
+        [round_id],
+    ).to_series()
+    if ids.len() == 0:
+        raise dg.Failure(f"{round_id} has no completions: materialise completions first")
+    started = time.perf_counter()
+    encoded = _ensure_features(context, store, encoder, ids.to_list())
+    seconds = time.perf_counter() - started
+    dims = store.query(
+        "SELECT DISTINCT f.dim FROM features f JOIN completions c USING (completion_id) "
+        "WHERE c.round_id = ? AND f.encoder = ?",
+        [round_id, encoder.key],
+    ).to_series()
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": ids.len(),
+            "encoder": encoder.key,
+            "feature_dim": int(dims[0]) if dims.len() else 0,
+            "encoded": encoded,
+            "reused": ids.len() - encoded,
+            "encode_seconds": round(seconds, 2),
+            "responses_per_second": round(encoded / seconds, 1) if encoded and seconds else 0.0,
+        }
+    )
+
+
+# -- uncertainty scores -----------------------------------------------------------------------
+
+
+def _previous_model(uncertainty_model, store, round_id, encoder_key, in_dim):
+    try:
+        return uncertainty_model.previous_model(
+            store, round_id, round_index(round_id), encoder_key, in_dim
+        )
+    except StoreError as exc:
+        raise dg.Failure(str(exc)) from exc
+
+
+@dg.asset(
+    partitions_def=rounds_partitions,
+    deps=[response_features],
+    group_name=GROUP,
+    kinds={"pytorch", "duckdb"},
+    code_version="2",
+    pool=GPU_POOL,
+    op_tags=GPU_TAGS,
+    description="Reward mean and spread of every response, from the previous round's reward "
+    "model (fresh heads in round 1). The checkpoint used is recorded with the scores.",
+)
+@holds_round_chain
 def reward_scores(
     context: dg.AssetExecutionContext,
-    config: RewardScoresConfig,
     encoder: FeatureEncoder,
     uncertainty_model: UncertaintyModel,
     store: DuckDBStore,
 ) -> dg.MaterializeResult:
     round_id = context.partition_key
     rows = store.query(
-        "SELECT c.completion_id, c.prompt_id, p.prompt, c.response FROM completions c "
-        "JOIN prompts p USING (prompt_id) WHERE c.round_id = ? ORDER BY c.prompt_id, c.member",
+        "SELECT completion_id, prompt_id FROM completions WHERE round_id = ? "
+        "ORDER BY prompt_id, member",
         [round_id],
     )
     if rows.height == 0:
         raise dg.Failure(f"{round_id} has no completions: materialise completions first")
     ids = rows["completion_id"].to_list()
-    started = time.perf_counter()
-    encoded = _ensure_features(context, store, encoder, ids)
-    encode_s = time.perf_counter() - started
+    if store.missing_features(ids, encoder.key):
+        raise dg.Failure(
+            f"{round_id} has responses without {encoder.key} features: materialise "
+            "response_features first"
+        )
     features = store.load_features(ids, encoder.key)
-
-    model, model_round = uncertainty_model.latest_before(
-        store, round_id, encoder.key, features.shape[1]
+    model, previous = _previous_model(
+        uncertainty_model, store, round_id, encoder.key, features.shape[1]
     )
     mu, sigma = model.predict(features)
-    scores = (
-        rows.select("completion_id", "prompt_id")
-        .with_columns(
-            round_id=pl.lit(round_id),
-            reward_model_round=pl.lit(model_round, dtype=pl.String),
-            mu=pl.Series(mu, dtype=pl.Float64),
-            sigma=pl.Series(sigma, dtype=pl.Float64),
-            beta=pl.lit(config.beta),
-        )
-        .with_columns(
-            lower=pl.col("mu") - config.beta * pl.col("sigma"),
-            upper=pl.col("mu") + config.beta * pl.col("sigma"),
-        )
+    scores = rows.with_columns(
+        round_id=pl.lit(round_id),
+        reward_model_round=pl.lit(previous and previous["round_id"], dtype=pl.String),
+        reward_model_path=pl.lit(previous and previous["path"], dtype=pl.String),
+        mu=pl.Series(mu, dtype=pl.Float64),
+        sigma=pl.Series(sigma, dtype=pl.Float64),
     )
     store.replace_round("reward_scores", round_id, scores)
     return dg.MaterializeResult(
@@ -355,10 +441,8 @@ def reward_scores(
             "dagster/row_count": scores.height,
             "encoder": encoder.key,
             "feature_dim": int(features.shape[1]),
-            "features_encoded": encoded,
-            "features_reused": len(ids) - encoded,
-            "encode_seconds": round(encode_s, 2),
-            "reward_model_round": model_round or "fresh heads",
+            "reward_model_round": previous["round_id"] if previous else "fresh heads",
+            "reward_model_checkpoint": previous["path"] if previous else "",
             "mean_mu": float(np.mean(mu)),
             "mean_sigma": float(np.mean(sigma)),
         }
@@ -413,6 +497,7 @@ def score_matrices(
     code_version="1",
     description="One pair of responses per prompt, picked by the acquisition function.",
 )
+@holds_round_chain
 def selected_pairs(
     context: dg.AssetExecutionContext, config: SelectedPairsConfig, store: DuckDBStore
 ) -> dg.MaterializeResult:
@@ -766,6 +851,7 @@ def _people_verdicts(context, labeling: LabelingSettings, store, round_id, pairs
     description="One verdict per selected pair from the configured label source: the rubric LLM "
     "judge, a reward-model judge, a simulated oracle, or people's labels (resolved).",
 )
+@holds_round_chain
 def judgements(
     context: dg.AssetExecutionContext,
     config: JudgementsConfig,
@@ -812,15 +898,28 @@ def judgements(
 # -- reward model -----------------------------------------------------------------------------
 
 
+def replay_fingerprint(buffer: pl.DataFrame) -> str:
+    """A hash of the replay buffer's pairs and verdicts (what a reward model was trained on)."""
+    return stable_hash(
+        *(
+            f"{p}:{c}>{r}"
+            for p, c, r in buffer.select(
+                "pair_id", "chosen_completion_id", "rejected_completion_id"
+            ).iter_rows()
+        )
+    )
+
+
 @dg.asset(
     partitions_def=rounds_partitions,
     deps=[judgements],
     group_name=GROUP,
     kinds={"pytorch", "safetensors"},
-    code_version="1",
-    description="The uncertainty-aware reward model after training on the replay buffer, "
-    "which includes this round's labelled pairs.",
+    code_version="2",
+    description="The uncertainty-aware reward model of the round: the previous round's model "
+    "trained on the replay buffer (the newest decided pairs of this and earlier rounds).",
 )
+@holds_round_chain
 def reward_model(
     context: dg.AssetExecutionContext,
     encoder: FeatureEncoder,
@@ -828,12 +927,8 @@ def reward_model(
     store: DuckDBStore,
 ) -> dg.MaterializeResult:
     round_id = context.partition_key
-    buffer = store.query(
-        "SELECT round_id, pair_id, chosen_completion_id, rejected_completion_id FROM judgements "
-        "WHERE round_id <= ? AND preference IN ('a', 'b') "
-        "ORDER BY round_id DESC, pair_id LIMIT ?",
-        [round_id, uncertainty_model.replay_capacity],
-    )
+    index = round_index(round_id)
+    buffer = store.replay_buffer(index, uncertainty_model.replay_capacity)
     this_round = int((buffer["round_id"] == round_id).sum()) if buffer.height else 0
     dim_row = store.query(
         "SELECT f.dim FROM features f JOIN completions c USING (completion_id) "
@@ -841,14 +936,17 @@ def reward_model(
         [round_id, encoder.key],
     )
     if dim_row.height == 0:
-        raise dg.Failure(f"{round_id} has no {encoder.key} features: materialise reward_scores")
-    model, base_round = uncertainty_model.latest_before(
-        store, round_id, encoder.key, int(dim_row["dim"][0])
+        raise dg.Failure(f"{round_id} has no {encoder.key} features: materialise response_features")
+    model, previous = _previous_model(
+        uncertainty_model, store, round_id, encoder.key, int(dim_row["dim"][0])
     )
-    prompts_done = store.prompts_done_before(round_id) + this_round
+    prompts_done = store.prompts_judged_through(index)
+    replay_rounds = sorted(set(buffer["round_id"]), key=round_index) if buffer.height else []
     metadata: dict[str, object] = {
-        "base_model_round": base_round or "fresh heads",
+        "base_model_round": previous["round_id"] if previous else "fresh heads",
+        "base_checkpoint": previous["path"] if previous else "",
         "replay_pairs": buffer.height,
+        "replay_rounds": dg.MetadataValue.json(replay_rounds),
         "new_pairs": this_round,
         "prompts_done": prompts_done,
     }
@@ -885,27 +983,55 @@ def reward_model(
             "previous model is carried forward unchanged"
         )
         loss_before = loss_after = None
-    path = uncertainty_model.checkpoint_path(store, round_id)
+    # A new file per save, and the row moved to it in one transaction: a crash at any point
+    # leaves the row and the file it names in agreement (the loser file is an orphan, removed).
+    path = uncertainty_model.new_checkpoint_path(store, round_id)
     model.save(path)
+    stored_path = store.relative(path)
     store.replace_round(
         "reward_models",
         round_id,
         pl.DataFrame(
             {
                 "round_id": [round_id],
-                "path": [str(path)],
+                "path": [stored_path],
                 "encoder": [encoder.key],
                 "pairs_trained": [buffer.height],
                 "prompts_done": [prompts_done],
                 "loss_before": [loss_before],
                 "loss_after": [loss_after],
                 "created_at": [utcnow()],
+                "base_round": [previous["round_id"] if previous else None],
+                "base_path": [previous["path"] if previous else None],
+                "replay_rounds": [json.dumps(replay_rounds)],
+                "replay_sha256": [replay_fingerprint(buffer)],
+                "replay_capacity": [uncertainty_model.replay_capacity],
             },
-            schema_overrides={"loss_before": pl.Float64, "loss_after": pl.Float64},
+            schema_overrides={
+                "loss_before": pl.Float64,
+                "loss_after": pl.Float64,
+                "base_round": pl.String,
+                "base_path": pl.String,
+                "replay_capacity": pl.Int32,
+            },
         ),
     )
+    removed = store.remove_orphan_files(
+        [uncertainty_model.checkpoint_folder(store), home.features_dir(store.root)]
+    )
+    if removed:
+        context.log.info(f"removed {removed} files no row refers to (replaced or left by a crash)")
     metadata["checkpoint"] = dg.MetadataValue.path(str(path))
+    metadata["orphan_files_removed"] = removed
     return dg.MaterializeResult(metadata=metadata)
 
 
-ROUND_ASSETS = [round_prompts, completions, reward_scores, selected_pairs, judgements, reward_model]
+ROUND_ASSETS = [
+    round_prompts,
+    completions,
+    response_features,
+    reward_scores,
+    selected_pairs,
+    judgements,
+    reward_model,
+]

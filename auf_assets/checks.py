@@ -2,8 +2,15 @@
 
 import dagster as dg
 
-from auf_assets.active_round import completions, judgements, reward_scores, selected_pairs
+from auf_assets.active_round import (
+    completions,
+    judgements,
+    reward_model,
+    reward_scores,
+    selected_pairs,
+)
 from auf_assets.partitions import rounds_partitions
+from auf_assets.round_chain import chain_report, stale_rounds
 from resources.store import DuckDBStore
 
 
@@ -117,7 +124,40 @@ def judgements_recorded(
     )
 
 
+@dg.asset_check(
+    asset=reward_model,
+    description="The round chain is current: every round's scores and reward model were built "
+    "on the checkpoint its previous round holds now, and on the judgements stored now. Fails "
+    "(as a warning) after an earlier round is re-run, naming the rounds to run again in order.",
+)
+def round_chain_current(
+    context: dg.AssetCheckExecutionContext, store: DuckDBStore
+) -> dg.AssetCheckResult:
+    report = chain_report(store)
+    stale = stale_rounds(report)
+    if stale:
+        context.log.warning(
+            f"{len(stale)} rounds are stale, from {stale[0]} ({report_reason(report)}): re-run "
+            f"{', '.join(stale)} in this order"
+        )
+    return dg.AssetCheckResult(
+        passed=not stale,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "rounds": len(report),
+            "stale_rounds": dg.MetadataValue.json(stale),
+            "first_stale_reason": report_reason(report),
+            "rerun_in_order": ", ".join(stale) or "nothing",
+        },
+    )
+
+
+def report_reason(report) -> str:
+    return next((f"{link.round_id}: {link.why}" for link in report if link.stale), "")
+
+
 ROUND_CHECKS = [
+    round_chain_current,
     completions_complete,
     reward_scores_finite,
     selected_pairs_valid,

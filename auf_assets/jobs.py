@@ -8,6 +8,7 @@ from auf_assets.active_round import (
     ROUND_ASSETS,
     completions,
     judgements,
+    response_features,
     reward_model,
     reward_scores,
     round_prompts,
@@ -17,7 +18,21 @@ from auf_assets.labels import annotation_batch
 from auf_assets.prompts import prompt_pool
 
 # What runs before people label (the pair_selection job) and after (the labelled_round job).
-SELECTION_ASSETS = [round_prompts, completions, reward_scores, selected_pairs, annotation_batch]
+# Every run of the round chain carries this tag: the run queue admits one such run at a time per
+# home (the limit is in the instance's dagster.yaml, written by `resources.home`), and the store's
+# chain lease stops any run that gets past the queue (the CLI, a UI materialisation of a single
+# asset) while another holds the chain.
+ROUND_CHAIN_TAG = "auf/chain"
+ROUND_CHAIN_TAGS = {ROUND_CHAIN_TAG: "rounds"}
+
+SELECTION_ASSETS = [
+    round_prompts,
+    completions,
+    response_features,
+    reward_scores,
+    selected_pairs,
+    annotation_batch,
+]
 LABELLED_ASSETS = [judgements, reward_model]
 
 prompt_ingestion_job = dg.define_asset_job(
@@ -28,13 +43,15 @@ prompt_ingestion_job = dg.define_asset_job(
 
 active_round_job = dg.define_asset_job(
     "active_round",
+    tags=ROUND_CHAIN_TAGS,
     selection=dg.AssetSelection.assets(*ROUND_ASSETS),
-    description="One active round with an automatic judge: prompts -> completions -> "
+    description="One active round with an automatic judge: prompts -> completions -> features -> "
     "uncertainty scores -> pairs -> judgements -> reward model.",
 )
 
 pair_selection_job = dg.define_asset_job(
     "pair_selection",
+    tags=ROUND_CHAIN_TAGS,
     selection=dg.AssetSelection.assets(*SELECTION_ASSETS),
     description="The first half of a round people label: prompts -> completions -> uncertainty "
     "scores -> pairs -> the annotation batch in the outbox.",
@@ -42,6 +59,7 @@ pair_selection_job = dg.define_asset_job(
 
 labelled_round_job = dg.define_asset_job(
     "labelled_round",
+    tags=ROUND_CHAIN_TAGS,
     selection=dg.AssetSelection.assets(*LABELLED_ASSETS),
     description="The second half, once the labels are in: judgements (resolved labels) -> "
     "reward model.",

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -40,6 +41,7 @@ from auf_assets.core.labels import (
     validate_labels,
     voter_of,
 )
+from auf_assets.partitions import round_index
 from resources.labeling import LabelingSettings
 from resources.store import DuckDBStore, utcnow
 
@@ -157,7 +159,7 @@ def import_label_file(
         "labels": len(kept),
         "skipped_records": len(parsed.skipped),
         "repeated_records": len(repeats),
-        "rounds": ",".join(sorted({pairs[k.pair_id].round_id for k in kept})),
+        "rounds": ",".join(sorted({pairs[k.pair_id].round_id for k in kept}, key=_round_order)),
         "reason": None,
         "imported_at": now,
     }
@@ -220,7 +222,7 @@ def import_label_file(
     )
     outcome.new_labels = store.record_label_file(file_row, frame)
     outcome.labels = frame.height
-    outcome.rounds = sorted(set(frame["round_id"])) if frame.height else []
+    outcome.rounds = sorted(set(frame["round_id"]), key=_round_order) if frame.height else []
     if not keep_original:
         outcome.moved_to = _place(path, settings.archive_dir, sha, keep_original=False)
     return outcome
@@ -275,32 +277,93 @@ class RoundLabelStatus:
     written_at: datetime | None
     trained_at: datetime | None
     ready: bool  # labelled enough to train on (all pairs, or the partial rule)
-    state: str  # not_sent, waiting, ready, trained
+    state: str  # not_sent, waiting, ready, trained, retrain
     why: str
     outbox: dict[str, str]
+    # Labels imported after the round's reward model was trained (imported_at > its created_at),
+    # and the pairs they label. The newest round is trained again on them (state "retrain");
+    # once a later round exists they are not used (`superseded_by` names it, `why` says so).
+    late_labels: int = 0
+    late_pairs: int = 0
+    superseded_by: str | None = None
+
+
+def _round_order(key: str) -> tuple[int, str]:
+    """Sort key of round ids by round index (a key outside the pattern goes last)."""
+    try:
+        return round_index(key), key
+    except ValueError:
+        return sys.maxsize, key
+
+
+def _later_round(round_id: str, known: Iterable[str]) -> str | None:
+    """The first round after `round_id` among `known`, if any."""
+    later = [k for k in known if _round_order(k) > _round_order(round_id)]
+    return min(later, key=_round_order) if later else None
 
 
 def label_status(
-    store: DuckDBStore, settings: LabelingSettings, now: datetime | None = None
+    store: DuckDBStore,
+    settings: LabelingSettings,
+    now: datetime | None = None,
+    *,
+    registered: Iterable[str] = (),
 ) -> list[RoundLabelStatus]:
-    """Label progress of every round sent out for labelling (or holding labels)."""
+    """Label progress of every round sent out for labelling (or holding labels).
+
+    Two queries whatever the number of rounds (a third when a round has late labels). A trained
+    round with labels imported after its reward model was trained is `retrain` while it is the
+    newest round: no later round in the store (it took prompts) or in `registered` (the Dagster
+    partitions a sensor passes). Training it again once a later round exists would fork the
+    chain (the later round started from its old checkpoint), so then the labels are reported as
+    not used instead.
+    """
     now = now or utcnow()
+    progress = store.label_progress()
+    labels = store.labels_of_rounds(progress["round_id"].to_list())
+    by_round: dict[str, list[dict]] = {}
+    for lab in labels.iter_rows(named=True):
+        by_round.setdefault(lab["round_id"], []).append(lab)
+    registered = list(registered)
+    known_rounds: list[str] | None = None  # read from the store only when needed
     out = []
-    for row in store.label_progress().iter_rows(named=True):
+    for row in progress.iter_rows(named=True):
         round_id, pairs, done = row["round_id"], row["pairs"], row["labelled_pairs"]
-        labels = store.labels_of_round(round_id)
+        rows = by_round.get(round_id, [])
         per_pair: dict[str, list[Vote]] = {}
-        for k, lab in enumerate(labels.iter_rows(named=True)):
+        for k, lab in enumerate(rows):
             per_pair.setdefault(lab["pair_id"], []).append(
                 Vote(lab["labeller"], lab["choice"], lab["labelled_at"], k)
             )
         ties = sum(
             resolve_votes(v, settings.resolution).preference == "tie" for v in per_pair.values()
         )
-        written = row["written_at"]
+        written, trained = row["written_at"], row["trained_at"]
+        late = [lab for lab in rows if trained is not None and lab["imported_at"] > trained]
+        late_pairs = len({lab["pair_id"] for lab in late})
+        later = None
+        if late:
+            if known_rounds is None:
+                known_rounds = store.rounds()["round_id"].to_list() + registered
+            later = _later_round(round_id, known_rounds)
         waited = now - written if written is not None else timedelta(0)
         enough = pairs > 0 and done / pairs >= settings.min_fraction
-        if row["trained_at"] is not None:
+        if trained is not None and late and later is None:
+            state, ready = "retrain", True
+            why = (
+                f"{len(late)} labels ({late_pairs} pairs) arrived after its reward model was "
+                f"trained: training it again on all {row['labels']} labels ({done}/{pairs} pairs "
+                "labelled)"
+            )
+        elif trained is not None and late:
+            state, ready = "trained", True
+            why = (
+                f"trained; {len(late)} labels ({late_pairs} pairs) arrived after its reward "
+                f"model was trained and are NOT used: {later} already started from this "
+                f"round's model. Re-running labelled_round for {round_id} would use them, and "
+                f"make {later} and every later round stale (they would need re-running too)"
+            )
+        elif trained is not None:
             state, ready, why = "trained", True, "labels trained on (reward model saved)"
         elif written is None:
             state, ready, why = "not_sent", False, "no annotation batch was written"
@@ -329,13 +392,16 @@ def label_status(
                 labels=row["labels"],
                 ties=ties,
                 written_at=written,
-                trained_at=row["trained_at"],
+                trained_at=trained,
                 ready=ready,
                 state=state,
                 why=why,
                 outbox={
                     k: row[f"{k}_path"] for k in ("jsonl", "csv", "labelstudio") if row[f"{k}_path"]
                 },
+                late_labels=len(late),
+                late_pairs=late_pairs,
+                superseded_by=later,
             )
         )
     return out

@@ -8,7 +8,7 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from auf_assets.active_round import selected_pairs
+from auf_assets.active_round import holds_round_chain, selected_pairs
 from auf_assets.core.labels import (
     LABEL_STUDIO_CONFIG,
     atomic_write_text,
@@ -40,6 +40,7 @@ class AnnotationBatchConfig(dg.Config):
     "Label Studio import), each shown as A/B in a seeded, balanced random order. Writes nothing "
     "unless the label source is `people`.",
 )
+@holds_round_chain
 def annotation_batch(
     context: dg.AssetExecutionContext,
     config: AnnotationBatchConfig,

@@ -1,4 +1,7 @@
-"""One partition per active round: `round-0001`, `round-0002`, ... (sortable by name)."""
+"""One partition per active round: `round-0001`, `round-0002`, ...
+
+Rounds are ordered by their index, never by name: `round-10000` comes after `round-9999`.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ def round_index(key: str) -> int:
 
 def registered_rounds(instance: dg.DagsterInstance) -> list[str]:
     keys = instance.get_dynamic_partitions(rounds_partitions.name)
-    return sorted(k for k in keys if _ROUND_KEY.match(k))
+    return sorted((k for k in keys if _ROUND_KEY.match(k)), key=round_index)
 
 
 def next_round_key(instance: dg.DagsterInstance) -> str:

@@ -115,9 +115,7 @@ def _register(store, kind, round_id, training, path, base, loss, rows, rounds, f
         {
             "kind": kind,
             "round_id": round_id,
-            "path": str(path.relative_to(store.root))
-            if path.is_relative_to(store.root)
-            else str(path),
+            "path": store.relative(path),
             "base_model": base,
             "loss": loss,
             "rows": rows,
@@ -166,7 +164,7 @@ def dpo_policy(
         before = [r for r in rounds if round_index(r) < round_index(round_id)]
         previous = store.checkpoint("dpo_policy", before[-1]) if before else None
         if previous is not None:
-            init = store.root / previous["path"]
+            init = store.resolve(previous["path"])
         else:
             context.log.info("warm start asked, but no earlier round has a policy: from the base")
     out = training.checkpoint_root() / "dpo_policy" / round_id
@@ -399,7 +397,7 @@ def policy_eval(
     checkpoint = store.checkpoint("dpo_policy", round_id)
     if checkpoint is None:
         raise dg.Failure(f"{round_id} has no dpo_policy checkpoint: materialise dpo_policy first")
-    adapter = store.root / checkpoint["path"]
+    adapter = store.resolve(checkpoint["path"])
     test_rows, _, test_frame = training_rows(store, round_id, "test", training.test_fraction)
     base = training.base_dir("policy")
     started = time.perf_counter()
@@ -478,12 +476,10 @@ TRAINING_ASSETS = [dpo_policy, reward_model_checkpoint, policy_eval]
 policy_training_job = dg.define_asset_job(
     "policy_training",
     selection=dg.AssetSelection.assets(dpo_policy, policy_eval),
-    partitions_def=rounds_partitions,
     description="Train the round's DPO policy on rounds 1..k and evaluate it.",
 )
 reward_model_training_job = dg.define_asset_job(
     "reward_model_training",
     selection=dg.AssetSelection.assets(reward_model_checkpoint),
-    partitions_def=rounds_partitions,
     description="Train the round's LoRA reward model on rounds 1..k and measure it held out.",
 )

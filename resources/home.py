@@ -44,3 +44,31 @@ def labels_dir(home: Path | None = None) -> Path:
 def datasets_dir(home: Path | None = None) -> Path:
     """Built dataset versions, one folder each (what `auf export` copies and the Hub receives)."""
     return (home or auf_home()) / "datasets"
+
+
+# The run queue admits one run of the round chain at a time (the round jobs carry this tag).
+CHAIN_TAG_LIMIT = {"key": "auf/chain", "value": "rounds", "limit": 1}
+
+
+def ensure_dagster_home(root: Path | None = None) -> Path:
+    """The home's Dagster instance folder, with a dagster.yaml that serialises round runs.
+
+    A dagster.yaml the user wrote is kept; only the round-chain run limit is added to it when
+    missing (and telemetry is off in a new file).
+    """
+    import yaml
+
+    folder = dagster_home(root)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "dagster.yaml"
+    config = (yaml.safe_load(path.read_text()) if path.exists() else None) or {}
+    if not path.exists():
+        config["telemetry"] = {"enabled": False}
+    if "run_queue" in config:
+        return folder  # the old-style queue settings conflict with `concurrency`; leave them
+    runs = config.setdefault("concurrency", {}).setdefault("runs", {})
+    limits = runs.get("tag_concurrency_limits") or []
+    if not any(lim.get("key") == CHAIN_TAG_LIMIT["key"] for lim in limits):
+        runs["tag_concurrency_limits"] = [*limits, dict(CHAIN_TAG_LIMIT)]
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return folder

@@ -1,11 +1,14 @@
 """The reward-model checkpoint resource: ensemble settings and where checkpoints live.
 
 Both `reward_scores` (which needs the model of the previous round, or fresh heads in round 1)
-and `reward_model` (which trains it) read the ensemble settings from here, so they can't drift.
+and `reward_model` (which trains it) read the ensemble settings from here; a loaded checkpoint
+takes the settings that may change between rounds and refuses the ones that cannot (see
+`EnsembleConfig.CHANGEABLE_FIELDS` and `FIXED_FIELDS`), so what is configured is what trains.
 """
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import dagster as dg
@@ -50,36 +53,58 @@ class UncertaintyModel(dg.ConfigurableResource):
     def fresh(self, in_dim: int) -> RewardEnsemble:
         return RewardEnsemble(in_dim, self.ensemble_config())
 
-    def latest_before(
-        self, store: DuckDBStore, round_id: str, encoder: str, in_dim: int
-    ) -> tuple[RewardEnsemble, str | None]:
-        """The newest checkpoint of a round before `round_id`, or fresh heads (round 1)."""
-        row = store.query(
-            "SELECT round_id, path FROM reward_models WHERE round_id < ? AND encoder = ? "
-            "ORDER BY round_id DESC LIMIT 1",
-            [round_id, encoder],
-        )
-        if row.height == 0:
+    def previous_model(
+        self, store: DuckDBStore, round_id: str, round_index: int, encoder: str, in_dim: int
+    ) -> tuple[RewardEnsemble, dict | None]:
+        """The model round `round_id` builds on: the previous round's checkpoint.
+
+        The first round starts from fresh heads. Any later round needs the checkpoint of the round
+        right before it (in round order); when that round has none yet, this fails and names it:
+        falling back to an older checkpoint would silently fork the model's history. Settings
+        that may change between rounds (learning rate, steps, batch, anchor schedule) take effect
+        on the loaded model; the ones that cannot (heads, layers, seed, feature size) fail.
+        Returns the model and the previous round's `reward_models` row (None in the first round).
+        """
+        previous = store.previous_round(round_index)
+        if previous is None:
             return self.fresh(in_dim), None
-        path = Path(row["path"][0])
-        if not path.is_absolute():
-            path = store.root / path
+        record = store.reward_model_record(previous)
+        if record is None:
+            raise StoreError(
+                f"{round_id} builds on the reward model of {previous}, which has none yet: "
+                f"finish {previous} first (materialise its judgements and reward_model), then "
+                f"run {round_id} again"
+            )
+        if record["encoder"] != encoder:
+            raise StoreError(
+                f"the reward model of {previous} was trained on {record['encoder']} features but "
+                f"the encoder is now {encoder}: use the same encoder for every round of a home, "
+                "or start a new home"
+            )
+        path = store.resolve(record["path"])
         if not path.is_file():
             raise StoreError(
-                f"reward model of {row['round_id'][0]} is recorded at {path} but the file is "
-                "missing; re-materialise that round's reward_model"
+                f"the reward model of {previous} is recorded at {path} but the file is missing; "
+                f"re-materialise {previous}'s reward_model"
             )
-        model = RewardEnsemble.load(path)
+        try:
+            model = RewardEnsemble.load(path, self.ensemble_config())
+        except ValueError as exc:
+            raise StoreError(f"the reward model of {previous} ({path}): {exc}") from exc
         if model.in_dim != in_dim:
             raise StoreError(
-                f"reward model of {row['round_id'][0]} expects {model.in_dim}-dim features but "
-                f"the encoder gives {in_dim}; use the same encoder or start a new home"
+                f"the reward model of {previous} expects {model.in_dim}-dim features but the "
+                f"encoder gives {in_dim}; use the same encoder or start a new home"
             )
-        return model, row["round_id"][0]
+        return model, record
 
-    def checkpoint_path(self, store: DuckDBStore, round_id: str) -> Path:
-        folder = (
+    def new_checkpoint_path(self, store: DuckDBStore, round_id: str) -> Path:
+        """A fresh file name for a round's checkpoint (the old file stays until the row moves)."""
+        folder = self.checkpoint_folder(store)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / f"{round_id}.{uuid.uuid4().hex[:12]}.safetensors"
+
+    def checkpoint_folder(self, store: DuckDBStore) -> Path:
+        return (
             Path(self.checkpoint_dir) if self.checkpoint_dir else home.reward_models_dir(store.root)
         )
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder / f"{round_id}.safetensors"

@@ -11,9 +11,12 @@ connection and retries while another process (a run, the sensor daemon) holds th
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -73,9 +76,9 @@ CREATE TABLE IF NOT EXISTS reward_scores (
     reward_model_round VARCHAR,
     mu DOUBLE NOT NULL,
     sigma DOUBLE NOT NULL,
-    lower DOUBLE NOT NULL,
-    upper DOUBLE NOT NULL,
-    beta DOUBLE NOT NULL
+    lower DOUBLE,
+    upper DOUBLE,
+    beta DOUBLE
 );
 CREATE TABLE IF NOT EXISTS pairs (
     pair_id VARCHAR PRIMARY KEY,
@@ -236,7 +239,23 @@ CREATE TABLE IF NOT EXISTS reward_models (
     loss_after DOUBLE,
     created_at TIMESTAMP
 );
+-- The round chain's lineage: which checkpoint a round's scores and training started from, and
+-- which judgements its replay buffer held (a hash), so a changed earlier round shows as stale.
+ALTER TABLE reward_models ADD COLUMN IF NOT EXISTS base_round VARCHAR;
+ALTER TABLE reward_models ADD COLUMN IF NOT EXISTS base_path VARCHAR;
+ALTER TABLE reward_models ADD COLUMN IF NOT EXISTS replay_rounds VARCHAR;
+ALTER TABLE reward_models ADD COLUMN IF NOT EXISTS replay_sha256 VARCHAR;
+ALTER TABLE reward_models ADD COLUMN IF NOT EXISTS replay_capacity INTEGER;
+ALTER TABLE reward_scores ADD COLUMN IF NOT EXISTS reward_model_path VARCHAR;
+-- Bounds used to be stored with a second beta; selection owns the one beta now (pairs.beta).
+ALTER TABLE reward_scores ALTER COLUMN lower DROP NOT NULL;
+ALTER TABLE reward_scores ALTER COLUMN upper DROP NOT NULL;
+ALTER TABLE reward_scores ALTER COLUMN beta DROP NOT NULL;
 """
+
+# Bumped whenever SCHEMA changes: a connection runs SCHEMA only when the file's version is older.
+SCHEMA_VERSION = 3
+
 
 # Tables whose rows belong to one round partition (the unit of idempotent replacement).
 ROUND_TABLES = (
@@ -249,6 +268,13 @@ ROUND_TABLES = (
     "reward_models",
     "annotation_batches",
 )
+
+
+@dataclass(frozen=True)
+class TakenPrompts:
+    prompts: pl.DataFrame  # prompt_id, prompt, source in round order
+    kept: bool  # the round already held these prompts
+    left: int  # unused prompts after this round
 
 
 def utcnow() -> datetime:
@@ -293,10 +319,22 @@ class DuckDBStore(dg.ConfigurableResource):
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
         try:
-            con.execute(SCHEMA)
+            _ensure_schema(con)
             yield con
         finally:
             con.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection inside one transaction: committed at the end, rolled back on error."""
+        with self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield con
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
 
     def query(self, sql: str, params: Sequence | Mapping | None = None) -> pl.DataFrame:
         with self.connect() as con:
@@ -326,19 +364,11 @@ class DuckDBStore(dg.ConfigurableResource):
                         f"rows for {table} of {round_id} carry other round ids: "
                         f"{sorted(set(other['round_id']))[:3]}"
                     )
-        with self.connect() as con:
-            con.execute("BEGIN TRANSACTION")
-            try:
-                for table, rows in tables.items():
-                    con.execute(f"DELETE FROM {table} WHERE round_id = ?", [round_id])
-                    if rows.height:
-                        con.register("incoming", rows.to_arrow())
-                        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM incoming")
-                        con.unregister("incoming")
-                con.execute("COMMIT")
-            except Exception:
-                con.execute("ROLLBACK")
-                raise
+        with self.transaction() as con:
+            for table, rows in tables.items():
+                con.execute(f"DELETE FROM {table} WHERE round_id = ?", [round_id])
+                if rows.height:
+                    _insert(con, table, rows)
 
     def round_rows(self, table: str, round_id: str) -> pl.DataFrame:
         if table not in ROUND_TABLES:
@@ -380,15 +410,82 @@ class DuckDBStore(dg.ConfigurableResource):
                 "INSERT OR IGNORE INTO rounds VALUES (?, ?, ?)", [round_id, round_index, utcnow()]
             )
 
-    def available_prompts(self, round_id: str) -> pl.DataFrame:
-        """Prompts not used by any round other than `round_id`, in a stable order."""
+    def take_round_prompts(
+        self,
+        round_id: str,
+        round_index: int,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        retake: bool = False,
+    ) -> TakenPrompts:
+        """The round's prompts: the ones it already holds, or a new batch of unused prompts.
+
+        Reading the unused prompts and writing the batch happen in one transaction (and the
+        database refuses a prompt in two rounds), so two rounds started at once never share a
+        prompt. A round keeps its prompts once taken, so re-running round k gives round k's
+        prompts whatever later rounds took since. `retake` draws a new batch for a round that has
+        no labels and no later round; the round's other rows are cleared with the old prompts.
+        """
+        with self.connect() as con:
+            _add_unique_round_prompts(con)
+        with self.transaction() as con:
+            con.execute(
+                "INSERT OR IGNORE INTO rounds VALUES (?, ?, ?)",
+                [round_id, round_index, utcnow()],
+            )
+            held = con.execute(
+                "SELECT r.prompt_id, p.prompt, p.source FROM round_prompts r "
+                "JOIN prompts p USING (prompt_id) WHERE r.round_id = ? ORDER BY r.position",
+                [round_id],
+            ).pl()
+            if held.height and not retake:
+                return TakenPrompts(held, kept=True, left=_unused(con))
+            if held.height:
+                _check_retake(con, round_id, round_index)
+                for table in ROUND_TABLES:
+                    con.execute(f"DELETE FROM {table} WHERE round_id = ?", [round_id])
+            available = con.execute(
+                "SELECT p.prompt_id, p.prompt, p.source FROM prompts p "
+                "WHERE p.prompt_id NOT IN "
+                "(SELECT prompt_id FROM round_prompts WHERE round_id <> ?) "
+                "ORDER BY p.ingested_at, p.prompt_id",
+                [round_id],
+            ).pl()
+            if shuffle:
+                available = available.sample(fraction=1.0, shuffle=True, seed=seed)
+            batch = available.head(batch_size)
+            if batch.height:
+                rows = batch.select(
+                    pl.lit(round_id).alias("round_id"),
+                    "prompt_id",
+                    pl.int_range(0, batch.height, dtype=pl.Int32).alias("position"),
+                )
+                _insert(con, "round_prompts", rows)
+        return TakenPrompts(batch, kept=False, left=available.height - batch.height)
+
+    def shared_round_prompts(self) -> pl.DataFrame:
+        """Prompts held by more than one round (only possible in files from before the rule)."""
         return self.query(
-            "SELECT p.prompt_id, p.prompt, p.source FROM prompts p "
-            "WHERE p.prompt_id NOT IN "
-            "(SELECT prompt_id FROM round_prompts WHERE round_id <> ?) "
-            "ORDER BY p.ingested_at, p.prompt_id",
-            [round_id],
+            "SELECT prompt_id, list(round_id ORDER BY round_id) AS rounds FROM round_prompts "
+            "GROUP BY prompt_id HAVING count(*) > 1 ORDER BY prompt_id"
         )
+
+    def rounds(self) -> pl.DataFrame:
+        """Every round the store knows (it took prompts), in round order."""
+        return self.query("SELECT round_id, round_index FROM rounds ORDER BY round_index")
+
+    def previous_round(self, round_index: int) -> str | None:
+        """The round the store knows right before index `round_index` (None: it is the first)."""
+        return self.scalar(
+            "SELECT round_id FROM rounds WHERE round_index < ? ORDER BY round_index DESC LIMIT 1",
+            [round_index],
+        )
+
+    def reward_model_record(self, round_id: str) -> dict | None:
+        rows = self.query("SELECT * FROM reward_models WHERE round_id = ?", [round_id])
+        return rows.row(0, named=True) if rows.height else None
 
     def prompts_of_round(self, round_id: str) -> pl.DataFrame:
         return self.query(
@@ -397,12 +494,29 @@ class DuckDBStore(dg.ConfigurableResource):
             [round_id],
         )
 
-    def prompts_done_before(self, round_id: str) -> int:
-        """Prompts labelled in rounds ordered before `round_id` (drives the anchor schedule)."""
+    def prompts_judged_through(self, round_index: int) -> int:
+        """Prompts with a verdict (a, b or tie) in the rounds up to `round_index`, inclusive.
+
+        The one count that drives the anchor schedule, the same rule as the simulator's: a prompt
+        counts once its round judged its pair, whatever the verdict; failed and unlabelled pairs
+        taught the model nothing and do not count.
+        """
         return int(
             self.scalar(
-                "SELECT count(DISTINCT prompt_id) FROM judgements WHERE round_id < ?", [round_id]
+                "SELECT count(DISTINCT j.prompt_id) FROM judgements j JOIN rounds r "
+                "USING (round_id) WHERE r.round_index <= ? AND j.preference IN ('a', 'b', 'tie')",
+                [round_index],
             )
+        )
+
+    def replay_buffer(self, round_index: int, capacity: int) -> pl.DataFrame:
+        """The newest `capacity` decided pairs of the rounds up to `round_index` (FIFO order)."""
+        return self.query(
+            "SELECT j.round_id, r.round_index, j.pair_id, j.chosen_completion_id, "
+            "j.rejected_completion_id FROM judgements j JOIN rounds r USING (round_id) "
+            "WHERE r.round_index <= ? AND j.preference IN ('a', 'b') "
+            "ORDER BY r.round_index DESC, j.pair_id LIMIT ?",
+            [round_index, capacity],
         )
 
     def unused_prompt_count(self) -> int:
@@ -452,26 +566,14 @@ class DuckDBStore(dg.ConfigurableResource):
 
         Labels already stored (same label_id) are left as they are. Returns how many were new.
         """
-        with self.connect() as con:
-            con.execute("BEGIN TRANSACTION")
-            try:
-                before = con.execute("SELECT count(*) FROM labels").fetchone()[0]
-                if labels.height:
-                    con.register("incoming", labels.to_arrow())
-                    con.execute("INSERT OR IGNORE INTO labels BY NAME SELECT * FROM incoming")
-                    con.unregister("incoming")
-                new = con.execute("SELECT count(*) FROM labels").fetchone()[0] - before
-                row = {**file_row, "status": "imported", "new_labels": new}
-                con.execute(
-                    "DELETE FROM imported_files WHERE file_sha256 = ?", [row["file_sha256"]]
-                )
-                con.register("incoming_file", pl.DataFrame([row]).to_arrow())
-                con.execute("INSERT INTO imported_files BY NAME SELECT * FROM incoming_file")
-                con.unregister("incoming_file")
-                con.execute("COMMIT")
-            except Exception:
-                con.execute("ROLLBACK")
-                raise
+        with self.transaction() as con:
+            before = con.execute("SELECT count(*) FROM labels").fetchone()[0]
+            if labels.height:
+                _insert(con, "labels", labels, "INSERT OR IGNORE")
+            new = con.execute("SELECT count(*) FROM labels").fetchone()[0] - before
+            row = {**file_row, "status": "imported", "new_labels": new}
+            con.execute("DELETE FROM imported_files WHERE file_sha256 = ?", [row["file_sha256"]])
+            _insert(con, "imported_files", pl.DataFrame([row]))
         return new
 
     def record_rejected_file(self, file_row: Mapping) -> None:
@@ -492,6 +594,14 @@ class DuckDBStore(dg.ConfigurableResource):
             [round_id],
         )
 
+    def labels_of_rounds(self, round_ids: Sequence[str]) -> pl.DataFrame:
+        """Every label of `round_ids` in one query, each round's in `labels_of_round` order."""
+        return self._with_rounds(
+            round_ids,
+            "SELECT * FROM labels WHERE round_id IN (SELECT round_id FROM wanted) "
+            "ORDER BY labelled_at, imported_at, file, line",
+        )
+
     def label_progress(self) -> pl.DataFrame:
         """Per round with an annotation batch or labels: pairs, labelled pairs, labels, state."""
         return self.query(
@@ -505,7 +615,8 @@ class DuckDBStore(dg.ConfigurableResource):
             "b.written_at, b.jsonl_path, b.csv_path, b.labelstudio_path, "
             "m.created_at AS trained_at "
             "FROM r LEFT JOIN annotation_batches b USING (round_id) "
-            "LEFT JOIN reward_models m USING (round_id) ORDER BY r.round_id"
+            "LEFT JOIN reward_models m USING (round_id) "
+            "LEFT JOIN rounds x USING (round_id) ORDER BY x.round_index NULLS LAST, r.round_id"
         )
 
     # -- releases ----------------------------------------------------------------------------
@@ -596,9 +707,7 @@ class DuckDBStore(dg.ConfigurableResource):
 
     def record_push(self, row: Mapping) -> None:
         with self.connect() as con:
-            con.register("incoming", pl.DataFrame([dict(row)]).to_arrow())
-            con.execute("INSERT INTO hub_pushes BY NAME SELECT * FROM incoming")
-            con.unregister("incoming")
+            _insert(con, "hub_pushes", pl.DataFrame([dict(row)]))
 
     # -- downstream checkpoints --------------------------------------------------------------
 
@@ -628,18 +737,52 @@ class DuckDBStore(dg.ConfigurableResource):
         )
 
     def _replace_where(self, table: str, where: str, params: list, rows: pl.DataFrame) -> None:
-        with self.connect() as con:
-            con.execute("BEGIN TRANSACTION")
-            try:
-                con.execute(f"DELETE FROM {table} WHERE {where}", params)
-                if rows.height:
-                    con.register("incoming", rows.to_arrow())
-                    con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM incoming")
-                    con.unregister("incoming")
-                con.execute("COMMIT")
-            except Exception:
-                con.execute("ROLLBACK")
-                raise
+        with self.transaction() as con:
+            con.execute(f"DELETE FROM {table} WHERE {where}", params)
+            if rows.height:
+                _insert(con, table, rows)
+
+    # -- files next to the database ------------------------------------------------------------
+
+    def relative(self, path: str | os.PathLike) -> str:
+        """How a file path is stored: relative to the home when inside it (the home can move)."""
+        path = Path(path).resolve()
+        try:
+            return str(path.relative_to(self.root.resolve()))
+        except ValueError:
+            return str(path)
+
+    def resolve(self, stored: str) -> Path:
+        """A stored file path as a path on this machine (the inverse of `relative`)."""
+        path = Path(stored)
+        return path if path.is_absolute() else self.root / path
+
+    def remove_orphan_files(self, folders: Sequence[Path], older_than_s: float = 3600.0) -> int:
+        """Delete files under `folders` that no row refers to; returns how many.
+
+        A crash between writing a feature block or checkpoint and committing its row leaves such
+        a file behind, as does a replaced checkpoint. Only files older than `older_than_s` go:
+        a younger one may belong to a write that is about to commit.
+        """
+        referenced = set()
+        for sql in (
+            "SELECT DISTINCT file FROM features",
+            "SELECT path FROM reward_models",
+        ):
+            referenced |= {self.resolve(v).resolve() for v in self.query(sql).to_series()}
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for folder in folders:
+            if not folder.is_dir():
+                continue
+            for path in folder.rglob("*"):
+                if not path.is_file() or not _OWN_FILE.match(path.name):
+                    continue  # only files this pipeline names (a shared folder keeps the rest)
+                if path.resolve() in referenced or path.stat().st_mtime > cutoff:
+                    continue
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
 
     # -- features ----------------------------------------------------------------------------
 
@@ -665,7 +808,12 @@ class DuckDBStore(dg.ConfigurableResource):
         folder = home.features_dir(self.root) / _safe_name(encoder)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{uuid.uuid4().hex}.npy"
-        np.save(path, np.asarray(vectors, dtype=np.float16))
+        # Written under a temporary name first: a crash leaves a .tmp file or an unindexed .npy,
+        # both removed by `remove_orphan_files`, never a half-written file the index points to.
+        tmp = path.with_suffix(".npy.tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, np.asarray(vectors, dtype=np.float16))
+        os.replace(tmp, path)
         index = pl.DataFrame(
             {
                 "completion_id": list(completion_ids),
@@ -676,9 +824,7 @@ class DuckDBStore(dg.ConfigurableResource):
             }
         )
         with self.connect() as con:
-            con.register("incoming", index.to_arrow())
-            con.execute("INSERT OR REPLACE INTO features BY NAME SELECT * FROM incoming")
-            con.unregister("incoming")
+            _insert(con, "features", index, "INSERT OR REPLACE")
         return path
 
     def load_features(self, completion_ids: Sequence[str], encoder: str) -> np.ndarray:
@@ -706,6 +852,74 @@ class DuckDBStore(dg.ConfigurableResource):
             block = np.load(self.root / file, mmap_mode="r")
             out[group["order"].to_numpy()] = block[group["row_index"].to_numpy()]
         return out
+
+
+# Feature blocks (uuid.npy) and reward-model checkpoints (round-0003.<hex>.safetensors), and
+# their temporary names while being written.
+_OWN_FILE = re.compile(r"^(round-\d{4,}(\.[0-9a-f]{8,})?\.safetensors|[0-9a-f]{32}\.npy)(\.tmp)?$")
+
+
+def _insert(
+    con: duckdb.DuckDBPyConnection, table: str, rows: pl.DataFrame, verb: str = "INSERT"
+) -> None:
+    """Insert a frame's rows by column name (`verb`: INSERT, INSERT OR IGNORE/REPLACE)."""
+    con.register("incoming_rows", rows.to_arrow())
+    try:
+        con.execute(f"{verb} INTO {table} BY NAME SELECT * FROM incoming_rows")
+    finally:
+        con.unregister("incoming_rows")
+
+
+def _unused(con: duckdb.DuckDBPyConnection) -> int:
+    return con.execute(
+        "SELECT count(*) FROM prompts WHERE prompt_id NOT IN (SELECT prompt_id FROM round_prompts)"
+    ).fetchone()[0]
+
+
+def _check_retake(con: duckdb.DuckDBPyConnection, round_id: str, round_index: int) -> None:
+    """A round may draw new prompts only while nothing depends on the ones it holds."""
+    later = con.execute(
+        "SELECT min(round_id) FROM rounds r WHERE round_index > ? AND EXISTS "
+        "(SELECT 1 FROM round_prompts p WHERE p.round_id = r.round_id)",
+        [round_index],
+    ).fetchone()[0]
+    if later:
+        raise StoreError(
+            f"{round_id} cannot take new prompts: {later} already built on it. Re-run "
+            f"{round_id} with its prompts (retake off), or start a new home"
+        )
+    labels = con.execute("SELECT count(*) FROM labels WHERE round_id = ?", [round_id]).fetchone()
+    if labels[0]:
+        raise StoreError(
+            f"{round_id} cannot take new prompts: people already gave {labels[0]} labels on its "
+            "pairs, which would be orphaned"
+        )
+
+
+def _ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    """Create or upgrade the tables once per file version (not on every connection)."""
+    try:
+        row = con.execute("SELECT max(version) FROM auf_schema").fetchone()
+        if row and row[0] is not None and row[0] >= SCHEMA_VERSION:
+            return
+    except duckdb.CatalogException:
+        pass
+    con.execute(SCHEMA)
+    _add_unique_round_prompts(con)
+    con.execute("CREATE TABLE IF NOT EXISTS auf_schema (version INTEGER, applied_at TIMESTAMP)")
+    con.execute("INSERT INTO auf_schema VALUES (?, ?)", [SCHEMA_VERSION, utcnow()])
+
+
+def _add_unique_round_prompts(con: duckdb.DuckDBPyConnection) -> None:
+    """A prompt belongs to one round at most: the database itself refuses a second round.
+
+    A file written before the rule may already hold a prompt in two rounds (two rounds that ran
+    at once); the index is then left out, and `shared_round_prompts` names the rounds to redo.
+    """
+    with contextlib.suppress(duckdb.ConstraintException):
+        con.execute(
+            "CREATE UNIQUE INDEX IF NOT EXISTS round_prompts_one_round ON round_prompts (prompt_id)"
+        )
 
 
 def _safe_name(name: str) -> str:

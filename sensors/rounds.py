@@ -3,31 +3,50 @@
 - `labels_landed` (people label; on by default): each tick imports the label files dropped in the
   inbox (valid files are recorded, bad ones quarantined), requests `labelled_round` (judgements
   + reward_model) for every round whose pairs are labelled (all of them, or `min_fraction` after
-  `wait_hours`), with run_key `labels-<round>`, and, once the newest round's reward_model has
-  materialised, registers the next round partition and requests its `pair_selection` run with
-  run_key `<round>` (e.g. `round-0003`). It never starts the first round.
+  `wait_hours`), with run_key `labels-<round>-<labels>` (the number of labels the round holds, so
+  labels that arrive after a failed run start a new run), and, once the newest round's
+  reward_model has materialised and no run of it is queued or running, registers the next round
+  partition and requests its `pair_selection` run with run_key `<round>` (e.g. `round-0003`). It
+  never starts the first round.
+- Late labels (imported after a round's reward model was trained, e.g. the rest of a round trained
+  on `min_fraction`): while the round is still the newest (no later round registered or holding
+  prompts), `labels_landed` trains it again on all its labels (same run_key rule) and starts the
+  next round only after that run. Once a later round exists they are not used: that round started
+  from the old checkpoint, and training the earlier round again would fork the chain. `auf labels
+  status` says how many labels that is, and that re-running `labelled_round` for the round would
+  make the later rounds stale.
 - `next_round` (automatic judges; off by default): once the newest round's reward_model has
   materialised, registers the next round and requests its `active_round` run (run_key
   `<round>`); with no round yet, it starts `round-0001`.
 - `nightly_round` (off by default; cron and time zone from `AUF_NIGHTLY_CRON`, default
   `0 2 * * *`, and `AUF_NIGHTLY_TIMEZONE`, default UTC): starts the next round when no round run
   is queued or in progress and no round is waiting for labels; a round that never finished (no
-  reward_model, nothing running) is run again instead.
+  reward_model, nothing running) is run again instead. Its round runs carry the round-chain tag
+  (`auf_assets.jobs.ROUND_CHAIN_TAGS`) that the job-based requests get from their jobs.
 
 Why the next round is requested on a later tick than the labelled round: round k+1's
 reward_scores needs round k's reward_model checkpoint, and run requests of one sensor result are
 launched independently (no ordering), so one result cannot both train round k and start round
-k+1 safely. Re-evaluating a tick is harmless: every request carries a run_key per round (the
-daemon launches a run_key once per sensor), the partition is only added when the newest round
-is finished, and an imported file is never imported again.
+k+1 safely. Re-evaluating a tick is harmless: every request carries a run_key per round (per
+round and label count for `labelled_round`; the daemon launches a run_key once per sensor), the
+partition is only added when the newest round is finished and no run of it is in progress, and
+an imported file is never imported again.
 
 Both sensors and the schedule stop, and say so in their skip reason, when the prompt pool is used
-up (no prompt left that no round took) or when `max_rounds` rounds exist.
+up (no prompt left that no round took), when `max_rounds` rounds exist, or while the round
+chain is stale (an earlier round was re-run: the rounds after it must be re-run first).
+
+Bad settings never stop the code location from loading. A rejected `AUF_NIGHTLY_CRON` or
+`AUF_NIGHTLY_TIMEZONE` leaves the schedule on the default at definition time, and every tick
+skips naming the variable, its value and what is allowed; a rejected `AUF_LABEL_*` (or other
+labelling variable, see `resources.labeling`) makes the sensors and the schedule skip with its
+message, and the runs that use the settings fail with it.
 
 With `publish_after_round` (`AUF_PUBLISH_AFTER_ROUND=1`, off by default) each of them also
 requests the `dataset_release` job (build the dataset, push it to the Hub) once per finished
 round, with run_key `release-<round>`; with `train_after_round` (`AUF_TRAIN_AFTER_ROUND=1`, off
-by default) the `policy_training` job for that round (run_key `train-<round>`).
+by default) the `policy_training` job for that round (run_key `train-<round>`). A round whose
+reward model is trained again (late labels) gets both again (`release-<round>-<event id>`).
 """
 
 from __future__ import annotations
@@ -35,6 +54,7 @@ from __future__ import annotations
 import os
 import time
 import zoneinfo
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -43,6 +63,7 @@ from dagster._utils.schedules import is_valid_cron_string
 
 from auf_assets.active_round import ROUND_ASSETS
 from auf_assets.jobs import (
+    ROUND_CHAIN_TAGS,
     SELECTION_ASSETS,
     active_round_job,
     labelled_round_job,
@@ -52,6 +73,7 @@ from auf_assets.label_inbox import label_status, scan_inbox
 from auf_assets.labels import annotation_batch
 from auf_assets.partitions import registered_rounds, round_index, round_key, rounds_partitions
 from auf_assets.release import RELEASE_ASSETS, dataset_release_job
+from auf_assets.round_chain import chain_report, stale_rounds
 from auf_assets.training import dpo_policy, policy_eval, policy_training_job
 from resources.labeling import LabelingSettings
 from resources.store import DuckDBStore
@@ -66,6 +88,7 @@ _ACTIVE_STATUSES = [
     dg.DagsterRunStatus.CANCELING,
 ]
 _REWARD_MODEL = dg.AssetKey("reward_model")
+_RUN_KEY_TAG = "dagster/run_key"  # the tag a sensor's run carries its run_key in
 
 
 def trained_rounds(instance: dg.DagsterInstance) -> set[str]:
@@ -78,9 +101,17 @@ def round_runs_in_progress(instance: dg.DagsterInstance) -> dict[str, str]:
     out = {}
     for run in instance.get_runs(filters=dg.RunsFilter(statuses=_ACTIVE_STATUSES)):
         key = run.tags.get("dagster/partition", "")
-        if key.startswith("round-"):
+        if _is_round_key(key):
             out[key] = run.run_id
     return out
+
+
+def _is_round_key(key: str) -> bool:
+    try:
+        round_index(key)
+    except ValueError:
+        return False
+    return True
 
 
 def after_round_requests(
@@ -91,6 +122,9 @@ def after_round_requests(
     if not trained or not (settings.publish_after_round or settings.train_after_round):
         return []
     newest = max(trained, key=round_index)
+    # Keyed by the reward_model materialisation too: a round trained again (late labels) is
+    # published and trained on again; re-evaluating a tick still requests each once.
+    version = _reward_model_version(instance, newest)
     tags = {"auf/trigger": trigger}
     out = []
     if settings.publish_after_round:
@@ -99,7 +133,7 @@ def after_round_requests(
             if schedule
             else {"job_name": dataset_release_job.name}
         )
-        out.append(dg.RunRequest(run_key=f"release-{newest}", tags=tags, **target))
+        out.append(dg.RunRequest(run_key=f"release-{newest}{version}", tags=tags, **target))
     if settings.train_after_round:
         target = (
             {"asset_selection": [a.key for a in POLICY_ASSETS]}
@@ -107,9 +141,19 @@ def after_round_requests(
             else {"job_name": policy_training_job.name}
         )
         out.append(
-            dg.RunRequest(run_key=f"train-{newest}", partition_key=newest, tags=tags, **target)
+            dg.RunRequest(
+                run_key=f"train-{newest}{version}", partition_key=newest, tags=tags, **target
+            )
         )
     return out
+
+
+def _reward_model_version(instance: dg.DagsterInstance, round_id: str) -> str:
+    """'' for a round's first reward_model, '-<storage id>' for a later materialisation."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=_REWARD_MODEL, asset_partitions=[round_id]), limit=2
+    ).records
+    return f"-{records[0].storage_id}" if len(records) > 1 else ""
 
 
 @dataclass(frozen=True)
@@ -130,10 +174,12 @@ def plan_next_round(
     done = 0
     if rounds:
         newest = rounds[-1]
+        # A run of the newest round that is queued or running (its first run, or training it
+        # again on late labels) changes its checkpoint: the next round starts after it.
+        running = round_runs_in_progress(instance).get(newest)
+        if running:
+            return NextRound(None, f"{newest} is running (run {running[:8]})")
         if newest not in trained_rounds(instance):
-            running = round_runs_in_progress(instance).get(newest)
-            if running:
-                return NextRound(None, f"{newest} is running (run {running[:8]})")
             what = "waiting for its labels or" if settings.people else "it failed or"
             return NextRound(
                 None,
@@ -141,6 +187,14 @@ def plan_next_round(
                 "next round starts after it",
             )
         done = round_index(newest)
+        stale = stale_rounds(chain_report(store))
+        if stale:
+            # A new round would build on a model whose own inputs have been replaced.
+            return NextRound(
+                None,
+                f"the round chain is stale from {stale[0]} (an earlier round was re-run): re-run "
+                f"{', '.join(stale)} in this order first (`auf rounds` shows why)",
+            )
     elif not start_first:
         return NextRound(
             None,
@@ -177,6 +231,8 @@ def plan_next_round(
 def labels_landed(
     context: dg.SensorEvaluationContext, store: DuckDBStore, labeling: LabelingSettings
 ):
+    if labeling.problem:
+        return dg.SkipReason(labeling.problem)
     if not labeling.people:
         return dg.SkipReason(
             f"label source is {labeling.source!r}: labels_landed acts only for 'people' "
@@ -194,41 +250,59 @@ def labels_landed(
         notes.append(f"still being written, read on a later tick: {', '.join(waiting)}")
 
     instance = context.instance
-    registered = set(registered_rounds(instance))
+    registered = registered_rounds(instance)
     trained = trained_rounds(instance)
     running = round_runs_in_progress(instance)
     requests = []
-    for status in label_status(store, labeling):
+    retraining = []
+    for status in label_status(store, labeling, registered=registered):
         rid = status.round_id
-        if status.state != "ready" or rid in trained or rid not in registered:
-            if status.state == "waiting":
-                notes.append(f"{rid}: {status.why}")
+        if status.state == "waiting":
+            notes.append(f"{rid}: {status.why}")
+        if rid not in registered:
+            continue
+        if status.state == "retrain":
+            retraining.append(rid)
+        elif status.state != "ready" or rid in trained:
             continue
         # Requested even while a run of the round shows as in progress: the run_key makes the
         # daemon launch it once, and a killed run that still shows "started" cannot block it.
+        # The key counts the round's labels: new labels after a failed run make a new run.
+        run_key = f"labels-{rid}-{status.labels}"
         busy = f" (run {running[rid][:8]} in progress)" if rid in running else ""
         notes.append(f"{rid}: {status.why}: training on its labels{busy}")
+        failed = _failed_run(instance, run_key)
+        if failed:
+            notes.append(
+                f"{rid}: run {failed[:8]} ({run_key}) failed: it is tried again when more labels "
+                f"arrive, or re-run labelled_round for {rid} in the UI once the cause is fixed"
+            )
         requests.append(
             dg.RunRequest(
                 job_name=labelled_round_job.name,
                 partition_key=rid,
-                run_key=f"labels-{rid}",
+                run_key=run_key,
                 tags={"auf/trigger": "labels_landed"},
             )
         )
-    plan = plan_next_round(instance, store, labeling, start_first=False)
     partitions = []
-    if plan.key is not None:
-        partitions.append(plan.key)
-        requests.append(
-            dg.RunRequest(
-                job_name=pair_selection_job.name,
-                partition_key=plan.key,
-                run_key=plan.key,
-                tags={"auf/trigger": "labels_landed"},
+    if retraining:
+        # Requests of one result launch in any order: the next round starts on a later tick,
+        # from the checkpoint trained on the late labels.
+        notes.append(f"the next round starts after {', '.join(retraining)} is trained again")
+    else:
+        plan = plan_next_round(instance, store, labeling, start_first=False)
+        if plan.key is not None:
+            partitions.append(plan.key)
+            requests.append(
+                dg.RunRequest(
+                    job_name=pair_selection_job.name,
+                    partition_key=plan.key,
+                    run_key=plan.key,
+                    tags={"auf/trigger": "labels_landed"},
+                )
             )
-        )
-    notes.append(plan.reason)
+        notes.append(plan.reason)
     requests += after_round_requests(instance, labeling, "labels_landed", schedule=False)
     for note in notes:
         context.log.info(note)
@@ -243,6 +317,15 @@ def labels_landed(
     )
 
 
+def _failed_run(instance: dg.DagsterInstance, run_key: str) -> str | None:
+    """The id of a failed run that was launched with `run_key` (the daemon will not relaunch it)."""
+    runs = instance.get_runs(
+        filters=dg.RunsFilter(tags={_RUN_KEY_TAG: run_key}, statuses=[dg.DagsterRunStatus.FAILURE]),
+        limit=1,
+    )
+    return runs[0].run_id if runs else None
+
+
 @dg.sensor(
     jobs=[active_round_job, dataset_release_job, policy_training_job],
     minimum_interval_seconds=60,
@@ -252,6 +335,8 @@ def labels_landed(
     "used up or max_rounds is reached.",
 )
 def next_round(context: dg.SensorEvaluationContext, store: DuckDBStore, labeling: LabelingSettings):
+    if labeling.problem:
+        return dg.SkipReason(labeling.problem)
     if labeling.people:
         return dg.SkipReason("label source is 'people': labels_landed advances the rounds")
     plan = plan_next_round(context.instance, store, labeling, start_first=True)
@@ -259,7 +344,9 @@ def next_round(context: dg.SensorEvaluationContext, store: DuckDBStore, labeling
     if plan.key is None:
         if not after:
             return dg.SkipReason(plan.reason)
-        return dg.SensorResult(run_requests=after, skip_reason=plan.reason)
+        # A result carries run requests or a skip reason, never both: the reason goes to the log.
+        context.log.info(plan.reason)
+        return dg.SensorResult(run_requests=after)
     context.log.info(plan.reason)
     requests = [
         dg.RunRequest(
@@ -275,26 +362,56 @@ def next_round(context: dg.SensorEvaluationContext, store: DuckDBStore, labeling
     )
 
 
-def nightly_settings(environ: dict[str, str] | None = None) -> tuple[str, str]:
-    """(cron, time zone) of the nightly schedule from the environment, checked."""
+DEFAULT_NIGHTLY_CRON = "0 2 * * *"
+DEFAULT_NIGHTLY_TIMEZONE = "UTC"
+
+
+@dataclass(frozen=True)
+class NightlySettings:
+    cron: str  # the default when AUF_NIGHTLY_CRON was rejected
+    timezone: str  # the default when AUF_NIGHTLY_TIMEZONE was rejected
+    problem: str | None  # why the schedule must not start anything (rejected values), or None
+
+
+def nightly_settings(environ: Mapping[str, str] | None = None) -> NightlySettings:
+    """Cron and time zone of the nightly schedule from the environment, checked.
+
+    Never raises (the schedule is defined when the code location loads): a rejected value is
+    replaced by the default and named in `problem`, and every tick skips with it.
+    """
     env = os.environ if environ is None else environ
-    cron = env.get("AUF_NIGHTLY_CRON", "").strip() or "0 2 * * *"
-    tz = env.get("AUF_NIGHTLY_TIMEZONE", "").strip() or "UTC"
+    cron = env.get("AUF_NIGHTLY_CRON", "").strip() or DEFAULT_NIGHTLY_CRON
+    tz = env.get("AUF_NIGHTLY_TIMEZONE", "").strip() or DEFAULT_NIGHTLY_TIMEZONE
+    errors = []
     if not is_valid_cron_string(cron):
-        raise ValueError(f"AUF_NIGHTLY_CRON={cron!r} is not a valid cron string (e.g. '0 2 * * *')")
+        errors.append(
+            f"AUF_NIGHTLY_CRON={cron!r} is not a valid cron string (five fields: minute hour "
+            f"day-of-month month day-of-week, e.g. {DEFAULT_NIGHTLY_CRON!r})"
+        )
+        cron = DEFAULT_NIGHTLY_CRON
     try:
         zoneinfo.ZoneInfo(tz)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-        raise ValueError(f"AUF_NIGHTLY_TIMEZONE={tz!r} is not a known time zone") from exc
-    return cron, tz
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        errors.append(
+            f"AUF_NIGHTLY_TIMEZONE={tz!r} is not a known time zone (an IANA name such as 'UTC' "
+            "or 'Europe/Zurich')"
+        )
+        tz = DEFAULT_NIGHTLY_TIMEZONE
+    problem = None
+    if errors:
+        problem = (
+            f"{'; '.join(errors)}. nightly_round starts nothing until this is fixed and the code "
+            "location reloaded"
+        )
+    return NightlySettings(cron, tz, problem)
 
 
-_CRON, _TIMEZONE = nightly_settings()
+NIGHTLY = nightly_settings()
 
 
 @dg.schedule(
-    cron_schedule=_CRON,
-    execution_timezone=_TIMEZONE,
+    cron_schedule=NIGHTLY.cron,
+    execution_timezone=NIGHTLY.timezone,
     target=dg.AssetSelection.assets(
         *ROUND_ASSETS, annotation_batch, *RELEASE_ASSETS, *POLICY_ASSETS
     ),
@@ -306,16 +423,24 @@ _CRON, _TIMEZONE = nightly_settings()
 def nightly_round(
     context: dg.ScheduleEvaluationContext, store: DuckDBStore, labeling: LabelingSettings
 ):
+    if NIGHTLY.problem:
+        return dg.SkipReason(NIGHTLY.problem)
+    if labeling.problem:
+        return dg.SkipReason(labeling.problem)
     instance = context.instance
     running = round_runs_in_progress(instance)
     if running:
-        return dg.SkipReason(f"{', '.join(sorted(running))} running: no new round tonight")
+        keys = ", ".join(sorted(running, key=round_index))
+        return dg.SkipReason(f"{keys} running: no new round tonight")
     trained = trained_rounds(instance)
     if labeling.people:
+        statuses = label_status(store, labeling, registered=registered_rounds(instance))
+        retrain = [s for s in statuses if s.state == "retrain"]
+        if retrain:
+            s = retrain[0]
+            return dg.SkipReason(f"{s.round_id} is trained again by labels_landed ({s.why})")
         pending = [
-            s
-            for s in label_status(store, labeling)
-            if s.state in ("waiting", "ready") and s.round_id not in trained
+            s for s in statuses if s.state in ("waiting", "ready") and s.round_id not in trained
         ]
         if pending:
             s = pending[0]
@@ -340,7 +465,8 @@ def nightly_round(
         partition_key=key,
         asset_selection=[a.key for a in selection],
         run_key=f"{key}-{when:%Y-%m-%d}",
-        tags={"auf/trigger": "nightly_round"},
+        # By asset selection, not a job: the round-chain tag the round jobs carry is added here.
+        tags={**ROUND_CHAIN_TAGS, "auf/trigger": "nightly_round"},
     )
     return [request, *after] if after else request
 

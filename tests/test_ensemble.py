@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -392,6 +393,254 @@ def test_save_load_continues_identically(tmp_path, kw):
     save_file({"x": torch.zeros(1)}, str(tmp_path / "foreign.safetensors"))
     with pytest.raises(ValueError):
         RewardEnsemble.load(tmp_path / "foreign.safetensors")
+
+
+# ------------------------------------------------------------------------- settings between rounds
+
+
+def test_fixed_and_changeable_fields_cover_the_config():
+    fixed, changeable = EnsembleConfig.FIXED_FIELDS, EnsembleConfig.CHANGEABLE_FIELDS
+    assert set(fixed) == {"n_heads", "hidden", "seed"}
+    assert not set(fixed) & set(changeable)
+    assert sorted(fixed + changeable) == sorted(f.name for f in dataclasses.fields(EnsembleConfig))
+    assert "FIXED_FIELDS" not in EnsembleConfig().to_dict()  # class constants, not settings
+
+
+# One changed value per changeable setting, each of which changes what a round does.
+_CHANGED = {
+    "lr": 3e-2,
+    "weight_decay": 0.5,
+    "anchor_lambda0": 5e4,
+    "anchor_half_life": 10.0,
+    "center_coef": 0.7,
+    "replay_capacity": 17,
+    "batch_size": 5,
+    "max_steps": 3,
+    "compute_dtype": "bfloat16",
+    "stats_pairs": 0,
+}
+
+
+def _stats_tuple(st):
+    """TrainStats without the wall time, NaN-safe for comparison."""
+    d = st.to_dict()
+    d.pop("seconds")
+    return {k: ("nan" if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
+
+
+def test_changed_values_cover_every_changeable_field():
+    assert set(_CHANGED) == set(EnsembleConfig.CHANGEABLE_FIELDS)
+
+
+@pytest.mark.parametrize("name", EnsembleConfig.CHANGEABLE_FIELDS)
+def test_load_with_config_applies_each_changeable_setting(tmp_path, name):
+    """A checkpoint loaded with a changed setting trains exactly as a model built with it."""
+    old = _small(lr=1e-3, max_steps=6, anchor_half_life=1000.0, anchor_lambda0=2.0)
+    new = dataclasses.replace(old, **{name: _CHANGED[name]})
+    assert new != old
+    c, r = _pairs(120)
+    path = tmp_path / "round0.safetensors"
+    RewardEnsemble(D, old).save(path)  # an untrained checkpoint: no optimizer state yet
+
+    def run(model):
+        st = model.train_round(c, r, n_done=50)
+        return st, model.parameters()
+
+    loaded = RewardEnsemble.load(path, new)
+    assert loaded.config == new
+    st_loaded, p_loaded = run(loaded)
+    st_fresh, p_fresh = run(RewardEnsemble(D, new))  # never went through a file
+    st_stale, p_stale = run(RewardEnsemble.load(path))  # the stored settings
+    assert _stats_tuple(st_loaded) == _stats_tuple(st_fresh)
+    for key, p in p_fresh.items():
+        assert torch.equal(p, p_loaded[key]), key
+
+    # and the setting matters, so the comparison above could have failed
+    if name == "replay_capacity":  # read by the caller's buffer, not by a round
+        assert loaded.config.replay_capacity == 17
+    elif name == "stats_pairs":
+        assert math.isnan(st_loaded.loss_before) and not math.isnan(st_stale.loss_before)
+    else:
+        assert any(not torch.equal(p, p_stale[k]) for k, p in p_loaded.items())
+    if name in ("batch_size", "max_steps"):
+        expected = (3, 48) if name == "max_steps" else (6, 30)  # max_steps * batch_size pairs
+        assert (st_loaded.steps, st_loaded.pairs_used) == expected
+        assert (st_stale.steps, st_stale.pairs_used) == (6, 96)
+
+    # the next checkpoint carries the new settings
+    loaded.save(tmp_path / "round1.safetensors")
+    assert RewardEnsemble.load(tmp_path / "round1.safetensors").config == new
+
+
+def test_load_with_new_lr_and_steps_continues_training_with_them(tmp_path):
+    """After a trained round (Adam state in the file), a new lr and step count really apply."""
+    old = _small(lr=1e-3, batch_size=16, max_steps=8, stats_pairs=0)
+    c, r = _pairs(400)
+    c2, r2 = _pairs(400, seed=11)
+    first = RewardEnsemble(D, old)
+    first.train_round(c, r, n_done=0)
+    path = tmp_path / "ens.safetensors"
+    first.save(path)
+    start = {k: p.clone() for k, p in first.parameters().items()}
+
+    def moved(model):
+        st = model.train_round(c2, r2, n_done=64)
+        delta = torch.cat([(p - start[k]).flatten() for k, p in model.parameters().items()])
+        return st, delta
+
+    st_same, d_same = moved(RewardEnsemble.load(path, old))
+    st_plain, d_plain = moved(RewardEnsemble.load(path))
+    st_fast, d_fast = moved(RewardEnsemble.load(path, dataclasses.replace(old, lr=1e-2)))
+    st_short, _ = moved(RewardEnsemble.load(path, dataclasses.replace(old, max_steps=3)))
+
+    assert torch.equal(d_same, d_plain)  # the stored settings, given or not, train the same
+    assert st_same.steps == st_fast.steps == 8 and st_same.pairs_used == 128
+    assert (st_short.steps, st_short.pairs_used) == (3, 48)
+    # Adam's steps are about lr in size: ten times the lr moves the parameters ~ten times as far
+    ratio = float(d_fast.abs().mean() / d_same.abs().mean())
+    assert 5.0 < ratio < 15.0
+
+    # the same as changing the setting of a model that was never saved
+    straight = RewardEnsemble(D, old)
+    straight.train_round(c, r, n_done=0)
+    straight.config = dataclasses.replace(old, lr=1e-2)
+    straight.train_round(c2, r2, n_done=64)
+    got = torch.cat([(p - start[k]).flatten() for k, p in straight.parameters().items()])
+    assert torch.equal(got, d_fast)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("n_heads", 4), ("hidden", (16, 8)), ("hidden", (16,)), ("seed", 4)]
+)
+def test_load_refuses_a_changed_fixed_setting(tmp_path, name, value):
+    cfg = _small()
+    path = tmp_path / "ens.safetensors"
+    RewardEnsemble(D, cfg).save(path)
+    requested = dataclasses.replace(cfg, **{name: value}, lr=1e-2)  # lr alone would be fine
+    with pytest.raises(ValueError, match=name) as info:
+        RewardEnsemble.load(path, requested)
+    msg = str(info.value)
+    assert f"stored {getattr(cfg, name)!r}" in msg and f"requested {value!r}" in msg
+    assert "new home" in msg and "Keep the stored" in msg
+    assert "lr:" not in msg and "requested 0.01" not in msg  # changeable ones are not named
+
+
+def test_load_names_every_changed_fixed_setting(tmp_path):
+    cfg = _small()
+    path = tmp_path / "ens.safetensors"
+    RewardEnsemble(D, cfg).save(path)
+    with pytest.raises(ValueError) as info:
+        RewardEnsemble.load(path, dataclasses.replace(cfg, n_heads=3, hidden=(4, 4), seed=9))
+    msg = str(info.value)
+    for part in ("n_heads: stored 6, requested 3", "hidden: stored (16, 16), requested (4, 4)",
+                 "seed: stored 3, requested 9"):  # fmt: skip
+        assert part in msg
+    with pytest.raises(TypeError):
+        RewardEnsemble.load(path, cfg.to_dict())
+    # equal fixed settings given in another form (a list for hidden) are accepted
+    again = RewardEnsemble.load(path, EnsembleConfig(**{**cfg.to_dict(), "hidden": [16, 16]}))
+    assert again.config == cfg
+
+
+# ------------------------------------------------------------------ plain-GEMM / formula fallbacks
+
+
+def _train_both_ways(monkeypatch, onednn: bool, fused_adam: bool, kw: dict):
+    """Train a few rounds with the GEMM route and the Adam kernel forced as given."""
+    import auf_assets.core.ensemble as ens
+
+    def refuse(*_a, **_k):
+        raise AssertionError("a disabled fast path was used")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(ens, "_ONEDNN_OK", onednn)
+        mp.setattr(ens, "_FUSED_ADAM_OK", fused_adam)
+        if not onednn:
+            mp.setattr(ens, "_onednn_linear", refuse)
+        if not fused_adam:
+            mp.setattr(torch, "_fused_adam_", refuse)
+            mp.setattr(torch, "_fused_adamw_", refuse)
+        m = RewardEnsemble(D, _small(lr=1e-2, **kw))
+        assert m.gemm_backend == ("onednn" if onednn else "blas")
+        c, r = _pairs(300)
+        stats = [m.train_round(c, r, n_done=64 * rnd) for rnd in range(3)]
+        hc, _ = _pairs(200, seed=42)
+        mu, sigma = m.predict(hc)
+        grads = m._gradients(torch.from_numpy(np.concatenate([c[:20], r[:20]])), 20, 1e-3)
+    return m.parameters(), stats, mu, sigma, grads
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(),  # anchor folded into Adam's L2 term
+        dict(weight_decay=0.1, anchor_lambda0=1e5),  # AdamW decay, exact anchor term
+    ],
+)
+def test_fallbacks_match_fast_paths(monkeypatch, kw):
+    """Without oneDNN (plain torch GEMMs) and without torch's fused Adam (the written-out
+    formula) training gives the fast paths' results to float rounding."""
+    import auf_assets.core.ensemble as ens
+
+    if not (ens.onednn_available() and ens._fused_adam_ok()):
+        pytest.skip("the fast paths are not available here, so there is nothing to compare")
+    fast = _train_both_ways(monkeypatch, True, True, kw)
+    for onednn, fused in ((False, True), (True, False), (False, False)):
+        slow = _train_both_ways(monkeypatch, onednn, fused, kw)
+        for name, p in fast[0].items():
+            torch.testing.assert_close(slow[0][name], p, rtol=1e-4, atol=1e-5, msg=name)
+        for a, b in zip(fast[1], slow[1], strict=True):
+            assert a.steps == b.steps
+            assert a.loss_after == pytest.approx(b.loss_after, rel=1e-4)
+            assert a.bt_after == pytest.approx(b.bt_after, rel=1e-4)
+        np.testing.assert_allclose(slow[2], fast[2], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(slow[3], fast[3], rtol=1e-3, atol=1e-5)
+        for g_fast, g_slow in zip(fast[4], slow[4], strict=True):
+            torch.testing.assert_close(g_slow, g_fast, rtol=1e-4, atol=1e-7)
+
+
+def test_blas_fallback_is_deterministic(monkeypatch):
+    first = _train_both_ways(monkeypatch, False, False, {})
+    second = _train_both_ways(monkeypatch, False, False, {})
+    for name, p in first[0].items():
+        assert torch.equal(p, second[0][name]), name
+
+
+def test_fast_path_probes_fall_back_on_failure(monkeypatch):
+    """The one-time checks answer "not usable" when the kernels are missing, fail or are wrong,
+    and new models then take the plain route."""
+    import auf_assets.core.ensemble as ens
+
+    def broken(*_a, **_k):
+        raise RuntimeError("no kernel here")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(ens, "_ONEDNN_OK", None)
+        mp.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+        assert ens.onednn_available() is False
+        assert ens._ONEDNN_OK is False  # cached
+        assert RewardEnsemble(D, _small()).gemm_backend == "blas"
+    with monkeypatch.context() as mp:
+        mp.setattr(ens, "_ONEDNN_OK", None)
+        mp.setattr(ens, "_onednn_linear", broken)
+        assert ens.onednn_available() is False
+    with monkeypatch.context() as mp:
+        mp.setattr(ens, "_ONEDNN_OK", None)
+        # a kernel that runs but computes something else (no ReLU) is refused too
+        mp.setattr(ens, "_onednn_linear", lambda x, w, b, attr: torch.addmm(b, x, w.T))
+        assert ens.onednn_available() is False
+    with monkeypatch.context() as mp:
+        mp.setattr(ens, "_FUSED_ADAM_OK", None)
+        mp.setattr(torch, "_fused_adam_", broken)
+        assert ens._fused_adam_ok() is False
+    with monkeypatch.context() as mp:
+        mp.setattr(ens, "_FUSED_ADAM_OK", None)
+        mp.setattr(torch, "_fused_adamw_", lambda *a, **k: None)  # does nothing: wrong result
+        assert ens._fused_adam_ok() is False
+    # with oneDNN switched off in torch the model takes the plain route even where it works
+    with monkeypatch.context() as mp:
+        mp.setattr(torch.backends.mkldnn, "enabled", False)
+        assert RewardEnsemble(D, _small()).gemm_backend == "blas"
 
 
 # ---------------------------------------------------------------------------------------- config

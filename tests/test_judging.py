@@ -194,3 +194,155 @@ def test_judge_messages_truncate_long_responses():
     assert "truncated" not in short
     with pytest.raises(ValueError):
         judge_messages("style", "p", "r")
+
+
+# ---------------------------------------------------------------------------------------------
+# the judge resource's fallbacks: retry with an answer prefix, then parse a short greedy answer
+
+
+class ScriptedLM:
+    """A language-model double: what each call returns depends on a marker in the response.
+
+    ``first``/``retry`` map a marker to the top log-probs of the first call and of the retry
+    (with the "Rating: " prefix); ``text`` maps it to the greedy answer. Calls are recorded.
+    """
+
+    def __init__(self, first: dict, retry: dict, text: dict):
+        self.first, self.retry, self.text = first, retry, text
+        self.calls: list[tuple] = []
+
+    @staticmethod
+    def _marker(conversation, table: dict):
+        user = conversation[-1]["content"]
+        hits = [m for m in table if f"<response>\n{m}\n</response>" in user]
+        assert len(hits) == 1, user
+        return table[hits[0]]
+
+    def first_token_logprobs(
+        self, conversations, *, assistant_prefix="", top_k=20, batch_size=8, progress=None
+    ):
+        self.calls.append(("logprobs", assistant_prefix, len(conversations), top_k))
+        table = self.retry if assistant_prefix else self.first
+        return [dict(self._marker(c, table)) for c in conversations]
+
+    def generate(
+        self,
+        conversations,
+        *,
+        max_new_tokens,
+        temperature,
+        top_p,
+        seed,
+        batch_size=8,
+        progress=None,
+    ):
+        from resources.models import Generation
+
+        self.calls.append(("generate", max_new_tokens, temperature, len(conversations)))
+        return [Generation(self._marker(c, self.text), 10, 3, "length") for c in conversations]
+
+
+NO_DIGIT = {"Sure": math.log(0.6), " I": math.log(0.3), "0": math.log(0.05)}
+FOUR = {" 4": math.log(0.5), "5": math.log(0.25), "Well": math.log(0.25)}
+
+
+def _judge(monkeypatch, lm: ScriptedLM, **kw):
+    from resources.judge import RubricJudge
+
+    monkeypatch.setattr(RubricJudge, "_lm", lambda self: lm)
+    return RubricJudge(top_k=7, **kw)
+
+
+def _by_item(rated):
+    out: dict[int, list] = {}
+    for r in rated:
+        out.setdefault(r.item, []).append(r)
+    return out
+
+
+def test_judge_retries_with_prefix_when_no_digit(monkeypatch):
+    from resources.judge import RETRY_PREFIX
+
+    lm = ScriptedLM(
+        first={"GOOD": FOUR, "SHY": NO_DIGIT},
+        retry={"GOOD": {}, "SHY": {"2": math.log(0.5), " 3": math.log(0.5)}},
+        text={},
+    )
+    judge = _judge(monkeypatch, lm)
+    overall, rated = judge.overall(["p0", "p1"], ["GOOD", "SHY"])
+    assert [(r.item, r.aspect) for r in rated] == [(i, a) for i in (0, 1) for a in ASPECTS]
+    good, shy = _by_item(rated)[0], _by_item(rated)[1]
+    for r in good:
+        assert r.attempts == 1 and r.result.method == "logprobs"
+        assert r.result.score == pytest.approx((4 * 0.5 + 5 * 0.25) / 0.75)
+    for r in shy:  # the first answer had no digit: asked again, answer started for it
+        assert r.attempts == 2 and not r.result.failed and r.result.method == "logprobs"
+        assert r.result.score == pytest.approx(2.5) and r.result.digit_mass == pytest.approx(1.0)
+    # the retry asks only the failed aspects again, with the prefix; no text parse was needed
+    assert lm.calls == [("logprobs", "", 8, 7), ("logprobs", RETRY_PREFIX, 4, 7)]
+    np.testing.assert_allclose(overall, [(4 * 0.5 + 5 * 0.25) / 0.75, 2.5])
+
+
+def test_judge_parses_the_text_when_the_digit_probabilities_fail(monkeypatch):
+    lm = ScriptedLM(
+        first={"GOOD": FOUR, "TALKY": NO_DIGIT, "MUTE": NO_DIGIT},
+        retry={"TALKY": {"Hmm": -0.1}, "MUTE": {}},
+        text={"TALKY": "Rating: 3 because", "MUTE": "I cannot rate this"},
+    )
+    judge = _judge(monkeypatch, lm)
+    overall, rated = judge.overall(["p"] * 3, ["GOOD", "TALKY", "MUTE"])
+    items = _by_item(rated)
+    assert all(r.attempts == 1 for r in items[0])
+    for r in items[1]:  # score from the text; no digit distribution behind it
+        assert r.attempts == 3 and not r.result.failed
+        assert r.result.method == "text" and r.result.score == 3.0
+        assert math.isnan(r.result.digit_mass)
+    for r in items[2]:  # nothing anywhere: an explicit failure that quotes the answer
+        assert r.attempts == 3 and r.result.failed and r.result.score is None
+        assert "top-7 log-probs (twice)" in r.result.reason
+        assert "'I cannot rate this'" in r.result.reason
+        assert r.result.digit_mass == 0.0
+    assert lm.calls[1][1:3] == ("Rating: ", 8)  # both failed items retried
+    assert lm.calls[2] == ("generate", 8, 0.0, 8)  # short greedy answers for both
+    assert overall[0] == pytest.approx((4 * 0.5 + 5 * 0.25) / 0.75)
+    assert overall[1] == 3.0 and math.isnan(overall[2])
+
+
+def test_judge_fallbacks_can_be_switched_off(monkeypatch):
+    lm = ScriptedLM(first={"SHY": NO_DIGIT}, retry={"SHY": FOUR}, text={"SHY": "4"})
+    overall, rated = _judge(monkeypatch, lm, retry_with_prefix=False, parse_fallback=False).overall(
+        ["p"], ["SHY"]
+    )
+    assert all(r.attempts == 1 and r.result.failed for r in rated)
+    assert len(lm.calls) == 1 and math.isnan(overall[0])
+
+    lm = ScriptedLM(first={"SHY": NO_DIGIT}, retry={"SHY": FOUR}, text={"SHY": "4"})
+    _, rated = _judge(monkeypatch, lm, retry_with_prefix=False).overall(["p"], ["SHY"])
+    assert [c[0] for c in lm.calls] == ["logprobs", "generate"]  # straight to the text parse
+    assert all(
+        r.attempts > 1 and r.result.method == "text" and r.result.score == 4.0 for r in rated
+    )
+
+
+def test_judge_fallbacks_on_a_tiny_real_model(tiny_lm_dir, auf_home):
+    """A random tiny model looked at through its single most likely token: the digits are not
+    there, so every aspect goes through the retry and the text parse."""
+    from resources.judge import RubricJudge
+
+    judge = RubricJudge(model=str(tiny_lm_dir), device="cpu", top_k=1, batch_size=4)
+    overall, rated = judge.overall(["Explain photosynthesis.", "Write a poem."], ["Light.", "Sea."])
+    assert len(rated) == 8 and overall.shape == (2,)
+    assert any(r.attempts > 1 for r in rated)
+    for r in rated:
+        res = r.result
+        if r.attempts < 3:  # found by log-probs, on the first try or the retry
+            assert not res.failed and res.method == "logprobs" and 0 < res.digit_mass <= 1
+        elif not res.failed:  # parsed from the text
+            assert res.method == "text" and math.isnan(res.digit_mass)
+            assert res.score in (1.0, 2.0, 3.0, 4.0, 5.0)
+        else:
+            assert res.score is None and "nor in the answer" in res.reason
+    rows = _by_item(rated)
+    for i in (0, 1):
+        if any(r.result.failed for r in rows[i]):
+            assert math.isnan(overall[i])

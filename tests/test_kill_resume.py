@@ -27,7 +27,7 @@ COMPARED = {
     "round_prompts": "round_id, prompt_id, position",
     "completions": "completion_id, round_id, prompt_id, member, response, finish_reason",
     "features": "completion_id, encoder, dim",
-    "reward_scores": "round_id, completion_id, reward_model_round, mu, sigma, lower, upper",
+    "reward_scores": "round_id, completion_id, reward_model_round, mu, sigma",
     "pairs": "pair_id, round_id, prompt_id, completion_a, completion_b, method, mu_a, mu_b",
     "judge_scores": "round_id, completion_id, aspect, judge, score, failed, attempts",
     "judgements": "pair_id, round_id, preference, score_a, score_b, chosen_completion_id, "

@@ -454,6 +454,15 @@ def test_rounds_request_a_release_after_each_finished_round_when_enabled(auf_hom
         }
         assert requests[1].run_key == "release-round-0001"
 
+        # The round trained again (late labels): published and trained on again, once.
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization("reward_model", partition="round-0001")
+        )
+        again = sensor(LabelingSettings(publish_after_round=True, train_after_round=True))
+        keys = sorted(r.run_key for r in again.run_requests if r.job_name != "active_round")
+        assert len(keys) == 2 and all(k.rsplit("-", 1)[1].isdigit() for k in keys)
+        assert keys[0].startswith("release-round-0001-") and keys[1].startswith("train-round-0001-")
+
 
 def _cli(monkeypatch, home: Path, *argv: str) -> int:
     from auf_assets.cli import main

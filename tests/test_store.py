@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import time
+
+import duckdb
 import numpy as np
 import polars as pl
 import pytest
 
+from resources import store as store_module
 from resources.store import DuckDBStore, StoreError
 
 
@@ -61,15 +66,87 @@ def test_prompts_are_added_once_and_conflicts_reported(store):
     assert stored.rows() == [("a", "x"), ("b", "y"), ("c", "z")]
 
 
-def test_available_prompts_exclude_other_rounds_only(store):
-    store.add_prompts(
-        pl.DataFrame({"prompt_id": ["a", "b", "c"], "prompt": ["1", "2", "3"], "source": "s"}),
-        "f",
-    )
-    rows = pl.DataFrame({"round_id": "round-0001", "prompt_id": ["a"], "position": [0]})
-    store.replace_round("round_prompts", "round-0001", rows.cast({"position": pl.Int32}))
-    assert set(store.available_prompts("round-0002")["prompt_id"]) == {"b", "c"}
-    assert set(store.available_prompts("round-0001")["prompt_id"]) == {"a", "b", "c"}
+def _prompts(store, n: int) -> None:
+    ids = [f"p{i:02d}" for i in range(n)]
+    store.add_prompts(pl.DataFrame({"prompt_id": ids, "prompt": ids, "source": "s"}), "f")
+
+
+def test_a_round_takes_unused_prompts_once_and_keeps_them(store):
+    _prompts(store, 6)
+    first = store.take_round_prompts("round-0001", 1, 2)
+    second = store.take_round_prompts("round-0002", 2, 2, shuffle=True, seed=3)
+    assert not first.kept and first.prompts["prompt_id"].to_list() == ["p00", "p01"]
+    assert set(second.prompts["prompt_id"]).isdisjoint(first.prompts["prompt_id"])
+    # Re-running a round after later rounds exist gives the round's own prompts, even shuffled.
+    again = store.take_round_prompts("round-0002", 2, 4, shuffle=True, seed=99)
+    assert again.kept and again.prompts.equals(second.prompts)
+    assert again.left == 2
+
+
+def test_the_database_refuses_a_prompt_in_two_rounds(store):
+    _prompts(store, 2)
+    store.take_round_prompts("round-0001", 1, 1)
+    rows = pl.DataFrame({"round_id": "round-0002", "prompt_id": ["p00"], "position": [0]})
+    with pytest.raises(duckdb.ConstraintException):
+        store.replace_round("round_prompts", "round-0002", rows.cast({"position": pl.Int32}))
+
+
+def test_retake_is_refused_once_a_later_round_built_on_the_round(store):
+    _prompts(store, 6)
+    store.take_round_prompts("round-0001", 1, 2)
+    redrawn = store.take_round_prompts("round-0001", 1, 3, retake=True)
+    assert not redrawn.kept and redrawn.prompts.height == 3
+    store.take_round_prompts("round-0002", 2, 2)
+    with pytest.raises(StoreError, match="round-0002 already built on it"):
+        store.take_round_prompts("round-0001", 1, 2, retake=True)
+    assert store.prompts_of_round("round-0001").height == 3  # nothing was lost
+
+
+def test_rounds_are_ordered_by_index_not_by_name(store):
+    _prompts(store, 4)
+    store.take_round_prompts("round-9999", 9999, 1)
+    store.take_round_prompts("round-10000", 10000, 1)
+    assert store.previous_round(10000) == "round-9999"
+    assert store.previous_round(9999) is None
+    assert store.rounds()["round_id"].to_list() == ["round-9999", "round-10000"]
+
+
+def test_schema_runs_once_per_file_version(store, monkeypatch):
+    store.count_rows("prompts")  # creates the file and its tables
+    calls = []
+    real = store_module._add_unique_round_prompts
+    monkeypatch.setattr(store_module, "_add_unique_round_prompts", lambda con: calls.append(1))
+    store.count_rows("prompts")
+    assert calls == []  # up to date: the schema is not run again
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", store_module.SCHEMA_VERSION + 1)
+    monkeypatch.setattr(store_module, "_add_unique_round_prompts", real)
+    store.count_rows("prompts")
+    assert store.scalar("SELECT max(version) FROM auf_schema") == store_module.SCHEMA_VERSION
+
+
+def test_orphan_files_are_removed_and_referenced_or_young_ones_kept(store, tmp_path):
+    store.add_features(["c0"], "enc", np.ones((1, 3), dtype=np.float32))
+    folder = store.root / "features" / "enc"
+    kept = next(folder.glob("*.npy"))
+    orphan = folder / ("ab" * 16 + ".npy")
+    young = folder / ("cd" * 16 + ".npy")
+    stray = folder / "notes.npy"  # not a name the pipeline writes: never touched
+    for path in (orphan, young, stray):
+        np.save(path, np.zeros(2))
+    old = time.time() - 7200
+    for path in (orphan, stray, kept):
+        os.utime(path, (old, old))
+    assert store.remove_orphan_files([store.root / "features"]) == 1
+    assert kept.exists() and young.exists() and stray.exists() and not orphan.exists()
+    assert store.load_features(["c0"], "enc").shape == (1, 3)
+
+
+def test_paths_are_stored_relative_to_the_home(store, tmp_path):
+    inside = store.root / "reward_models" / "round-0001.abc.safetensors"
+    assert store.relative(inside) == "reward_models/round-0001.abc.safetensors"
+    assert store.resolve("reward_models/x") == store.root / "reward_models" / "x"
+    outside = tmp_path.parent / "elsewhere" / "m.safetensors"
+    assert store.relative(outside) == str(outside.resolve())
 
 
 def test_features_round_trip_in_request_order(store):

@@ -11,12 +11,7 @@ from resources import home
 def prepare_home() -> Path:
     """Create the home directory and point Dagster at its instance inside it."""
     root = home.auf_home()
-    dagster_dir = home.dagster_home(root)
-    dagster_dir.mkdir(parents=True, exist_ok=True)
-    config = dagster_dir / "dagster.yaml"
-    if not config.exists():
-        config.write_text("telemetry:\n  enabled: false\n")
-    os.environ["DAGSTER_HOME"] = str(dagster_dir)
+    os.environ["DAGSTER_HOME"] = str(home.ensure_dagster_home(root))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     return root
 
@@ -36,4 +31,9 @@ def failure_message(result) -> str:
         if event.is_step_failure:
             error = event.step_failure_data.error
             return f"{event.step_key}: {error.message.strip() if error else 'unknown error'}"
+    for event in result.all_events:
+        # A run can fail before any step does (a resource whose settings are invalid).
+        data = event.event_specific_data
+        if event.is_run_failure and getattr(data, "error", None) is not None:
+            return data.error.message.strip()
     return "the run failed"

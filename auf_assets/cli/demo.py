@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from auf_assets.cli.common import failure_message, metadata, prepare_home
+from resources.chain_lock import ChainBusy, round_chain
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -16,7 +17,6 @@ def _demo(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from auf_assets.definitions import defs
-    from auf_assets.partitions import next_round_key, registered_rounds, rounds_partitions
 
     instance = dg.DagsterInstance.get()
     print(f"home: {root}  (Dagster instance: {os.environ['DAGSTER_HOME']})")
@@ -59,9 +59,22 @@ def _demo(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             print(f"--config {args.config}: {exc}", file=sys.stderr)
             return 2
+    try:
+        # Held for the whole command: a second `auf demo` (or a round run from the UI) on this
+        # home stops with a message instead of running rounds in between ours.
+        with round_chain(root, f"auf demo (--rounds {args.rounds})"):
+            return _run_rounds(instance, defs, run_config, args.rounds)
+    except ChainBusy as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+
+
+def _run_rounds(instance, defs, run_config: dict, rounds: int) -> int:
+    from auf_assets.partitions import next_round_key, registered_rounds, rounds_partitions
+
     job = defs.resolve_job_def("active_round")
     summaries = []
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         key = _round_to_run(instance, registered_rounds(instance)) or next_round_key(instance)
         instance.add_dynamic_partitions(rounds_partitions.name, [key])
         print(f"\n== {key}: running the active round")

@@ -12,9 +12,12 @@ from pathlib import Path
 
 
 def _settings():
+    """The settings from the environment; ValueError naming every rejected variable."""
     from resources.labeling import labeling_from_env
 
-    return labeling_from_env()
+    settings = labeling_from_env()
+    settings.check()
+    return settings
 
 
 def _import(args: argparse.Namespace) -> int:
@@ -67,6 +70,15 @@ def _print_status(store, settings, only: set[str] | None = None) -> None:
         )
         for kind, path in s.outbox.items():
             print(f"{'':<14}{kind}: {path}")
+    unused = [s for s in rows if s.late_labels and s.superseded_by]
+    if unused:
+        total = sum(s.late_labels for s in unused)
+        print(
+            f"{total} label(s) arrived after their round was trained and are not used: "
+            + ", ".join(f"{s.round_id} ({s.late_labels})" for s in unused)
+            + ". Re-running labelled_round for such a round uses them but makes every later "
+            "round stale."
+        )
 
 
 def _status(args: argparse.Namespace) -> int:

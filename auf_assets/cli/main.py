@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from auf_assets.cli import demo, labels, release, simulate, train
+from auf_assets.cli import demo, labels, release, rounds, simulate, train
 
 
 def _methods(args: argparse.Namespace) -> int:
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_commands(sub)
     methods = sub.add_parser("methods", help="list the selection methods")
     methods.set_defaults(func=_methods)
-    for module in (labels, simulate, release, train):
+    for module in (rounds, labels, simulate, release, train):
         module.add_commands(sub)
     return parser
 
@@ -40,10 +40,6 @@ def main(argv: list[str] | None = None) -> int:
         print("--rounds must be at least 1", file=sys.stderr)
         return 2
     return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 if __name__ == "__main__":

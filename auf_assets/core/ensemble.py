@@ -44,6 +44,12 @@ Speed. All heads run as one batched computation; nothing loops over heads in Pyt
 
 Determinism: the same seed, data and thread count give bit-identical results on CPU; a model that is
 saved and loaded continues training exactly as if it had never been saved.
+
+Settings between rounds: ``RewardEnsemble.load(path, config)`` applies the settings of ``config``
+that may change between rounds (``EnsembleConfig.CHANGEABLE_FIELDS``: learning rate, decay,
+anchor schedule, centering, replay size, batch, steps, compute dtype, stats pairs) and refuses,
+naming them, the ones the checkpoint is bound to (``EnsembleConfig.FIXED_FIELDS``: heads, layer
+widths, seed), so what is configured is what trains.
 """
 
 from __future__ import annotations
@@ -56,7 +62,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -147,7 +153,32 @@ class EnsembleConfig:
         compute_dtype: ``"float32"`` or ``"bfloat16"`` for the first-layer GEMMs (see module doc).
         stats_pairs: pairs of each round's sample on which :class:`TrainStats` measures the loss
             before and after the round (0 skips the measurement; the fields are then NaN).
+
+    Between rounds (:meth:`RewardEnsemble.load` with a ``config``) the settings in
+    :attr:`CHANGEABLE_FIELDS` may change and take effect from the next round on; the ones in
+    :attr:`FIXED_FIELDS` shape the heads themselves and cannot change within a chain of rounds.
     """
+
+    #: Settings that may differ from the checkpoint's when a model is loaded: every one of them is
+    #: read when it is used (each training step, round or prediction), none is baked into the
+    #: parameters or the optimizer state.
+    CHANGEABLE_FIELDS: ClassVar[tuple[str, ...]] = (
+        "lr",
+        "weight_decay",
+        "anchor_lambda0",
+        "anchor_half_life",
+        "center_coef",
+        "replay_capacity",
+        "batch_size",
+        "max_steps",
+        "compute_dtype",
+        "stats_pairs",
+    )
+    #: Settings a checkpoint is bound to: the number and shape of the heads, and the seed (it only
+    #: draws the initial heads, which are the anchors, and seeds the sampling generator, whose
+    #: state the checkpoint carries; a new seed would change neither, so it is refused rather
+    #: than silently ignored).
+    FIXED_FIELDS: ClassVar[tuple[str, ...]] = ("n_heads", "hidden", "seed")
 
     n_heads: int = 20
     hidden: tuple[int, ...] = (128, 128)
@@ -918,8 +949,18 @@ class RewardEnsemble:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> RewardEnsemble:
-        """Inverse of :meth:`save`; training continues exactly where it stopped."""
+    def load(cls, path: str | os.PathLike, config: EnsembleConfig | None = None) -> RewardEnsemble:
+        """Inverse of :meth:`save`; training continues exactly where it stopped.
+
+        Without ``config`` the model keeps the settings stored in the file. With ``config`` the
+        settings in :attr:`EnsembleConfig.CHANGEABLE_FIELDS` (learning rate, decay, anchor
+        schedule, centering, batch, steps, dtype, ...) are taken from it and apply from the next
+        :meth:`train_round` on (the next :meth:`save` stores them); a setting in
+        :attr:`EnsembleConfig.FIXED_FIELDS` (heads, layer widths, seed) that differs from the
+        file's raises a ``ValueError`` naming each one, as the checkpoint cannot honour it.
+        """
+        if config is not None and not isinstance(config, EnsembleConfig):
+            raise TypeError("config must be an EnsembleConfig")
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get(_META_KEY)
             if raw is None:
@@ -931,7 +972,12 @@ class RewardEnsemble:
                     f"version {meta.get('format_version')!r}"
                 )
             tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
-        model = cls(int(meta["in_dim"]), EnsembleConfig.from_dict(meta["config"]))
+        stored = EnsembleConfig.from_dict(meta["config"])
+        if config is not None:
+            _check_fixed_settings(path, stored, config)
+        # The fixed settings agree, so building from `config` gives the stored architecture and
+        # initial heads; the changeable ones are only ever read from `model.config` when used.
+        model = cls(int(meta["in_dim"]), config if config is not None else stored)
         model.rounds_trained = int(meta["rounds_trained"])
         for i, name in enumerate(model._names):
             for prefix, target in (("param", model._params), ("anchor", model._anchors)):
@@ -951,6 +997,23 @@ class RewardEnsemble:
                 adam.exp_avg_sq[i].copy_(tensors[f"adam.exp_avg_sq.{name}"])
         model._sample_gen.set_state(tensors["rng.sample"])
         return model
+
+
+def _check_fixed_settings(
+    path: str | os.PathLike, stored: EnsembleConfig, requested: EnsembleConfig
+) -> None:
+    """Raise if ``requested`` differs from the checkpoint's ``stored`` config in a fixed setting."""
+    names = [n for n in EnsembleConfig.FIXED_FIELDS if getattr(stored, n) != getattr(requested, n)]
+    if names:
+        diffs = "; ".join(
+            f"{n}: stored {getattr(stored, n)!r}, requested {getattr(requested, n)!r}"
+            for n in names
+        )
+        raise ValueError(
+            f"{path}: the reward ensemble was built with settings that cannot change between "
+            f"rounds ({diffs}). Keep the stored {', '.join(names)} to continue this chain of "
+            "rounds, or start a new home (a fresh chain of rounds) to use the new value."
+        )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import functools
 import json
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
@@ -456,8 +457,27 @@ class SelectedPairsConfig(dg.Config):
     method: str = Field(
         default="deltaucb", description="acquisition function; `auf methods` lists them"
     )
-    beta: float = Field(default=1.0, ge=0.0, description="exploration width of the method")
+    beta: float = Field(
+        default=1.0, ge=0.0, description="exploration width: bounds are mu -/+ beta * sigma"
+    )
     seed: int = 0
+    warmup_rounds: int = Field(
+        default=0,
+        ge=0,
+        description="the first rounds pick pairs at random while the reward model learns (the "
+        "simulator's warmup_rounds)",
+    )
+
+
+def random_pair_gap(mu: np.ndarray, mask: np.ndarray) -> float:
+    """Mean |mu_i - mu_j| of a pair drawn at random per prompt: the baseline of the selection."""
+    gaps = []
+    for row, keep in zip(mu, mask, strict=True):
+        m = row[keep]
+        if len(m) > 1:
+            diff = np.abs(m[:, None] - m[None, :])
+            gaps.append(diff.sum() / (len(m) * (len(m) - 1)))
+    return float(np.mean(gaps)) if gaps else 0.0
 
 
 def score_matrices(
@@ -511,7 +531,11 @@ def selected_pairs(
         raise dg.Failure(f"{round_id} has no reward scores: materialise reward_scores first")
     prompt_ids, completion_ids, mu, sigma, mask = score_matrices(scores)
     seed = stable_seed(round_id, config.seed)
-    picks = select_pairs(config.method, mu, sigma, beta=config.beta, seed=seed, mask=mask)
+    warming_up = round_index(round_id) <= config.warmup_rounds
+    method = "random" if warming_up else config.method
+    if warming_up:
+        context.log.info(f"{round_id} is a warm-up round: pairs are picked at random")
+    picks = select_pairs(method, mu, sigma, beta=config.beta, seed=seed, mask=mask)
     rows = pl.DataFrame(
         {
             "prompt_id": prompt_ids,
@@ -527,7 +551,7 @@ def selected_pairs(
             pl.lit(round_id), "prompt_id", "completion_a", "completion_b", separator="|"
         ).map_elements(lambda s: "pr-" + stable_hash(s), return_dtype=pl.String),
         round_id=pl.lit(round_id),
-        method=pl.lit(config.method),
+        method=pl.lit(method),
         beta=pl.lit(config.beta),
         seed=pl.lit(seed, dtype=pl.Int64),
         created_at=pl.lit(utcnow()),
@@ -536,10 +560,14 @@ def selected_pairs(
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": rows.height,
-            "method": config.method,
+            "method": method,
+            "warm_up_round": warming_up,
             "beta": config.beta,
             "responses_per_prompt": int(mask.sum(axis=1).max()),
+            # The model's view of the pairs it picked against a random pick: equal while the
+            # model knows nothing, apart once it has learned something to act on.
             "mean_predicted_gap": float((rows["mu_a"] - rows["mu_b"]).abs().mean()),
+            "random_pair_predicted_gap": random_pair_gap(mu, mask),
             "mean_pair_sigma": float(((rows["sigma_a"] + rows["sigma_b"]) / 2).mean()),
             "preview": markdown_preview(
                 rows.select(
@@ -961,7 +989,18 @@ def reward_model(
         chosen = store.load_features(buffer["chosen_completion_id"].to_list(), encoder.key)
         rejected = store.load_features(buffer["rejected_completion_id"].to_list(), encoder.key)
         context.log.info(f"training {uncertainty_model.n_heads} heads on {buffer.height} pairs")
-        stats = model.train_round(chosen, rejected, prompts_done)
+        # Passes as in the simulator: each samples the buffer afresh (persistent generator).
+        passes = [
+            model.train_round(chosen, rejected, prompts_done)
+            for _ in range(uncertainty_model.train_passes)
+        ]
+        stats = replace(
+            passes[-1],
+            loss_before=passes[0].loss_before,
+            bt_before=passes[0].bt_before,
+            steps=sum(p.steps for p in passes),
+            seconds=sum(p.seconds for p in passes),
+        )
         mu_c, _ = model.predict(chosen)
         mu_r, _ = model.predict(rejected)
         metadata.update(

@@ -15,14 +15,13 @@ Cache: every block is stored once per (pool content hash, block key) as an fp16 
 and memory-mapped on later loads, so rounds, runs and bench workers share one copy. The pool hash
 covers the validated rows' ids and texts in order (:meth:`SimPool.content_hash`), so any change to
 the responses makes a new entry. The raw encoder outputs are cached; the per-block scaling applied
-on load (``standardize``: z-score text statistics; transformer blocks are L2-normalised vectors,
-scaled by sqrt(dim) to unit average per-component variance) is cheap and not cached.
+on load (:func:`auf_assets.core.features.scale_block`, the same the pipeline's encoder applies) is
+cheap and not cached.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections.abc import Callable
@@ -33,8 +32,14 @@ from typing import Any
 
 import numpy as np
 
+from auf_assets.core.features import (
+    ENCODER_ALIASES,
+    EncoderBlock,
+    parse_encoder,
+    scale_block,
+)
 from auf_assets.core.simulation import SimPool
-from auf_assets.core.text_features import TEXT_FEATURES_VERSION, standardize, text_statistics
+from auf_assets.core.text_features import text_statistics
 
 __all__ = [
     "ENCODER_ALIASES",
@@ -45,9 +50,6 @@ __all__ = [
     "pool_features",
 ]
 
-#: Short names accepted by ``--encoder``.
-ENCODER_ALIASES = {"minilm": "all-minilm-l6-v2"}
-TEXT_STATS = "text-stats"
 INDEX_FILE = "index.json"
 
 Log = Callable[[str], None]
@@ -58,49 +60,6 @@ def cache_dir(root: Path | None = None) -> Path:
     from resources import home
 
     return home.features_dir(root) / "pools"
-
-
-@dataclass(frozen=True)
-class EncoderBlock:
-    """One block of an encoder setting (see the module docstring)."""
-
-    name: str
-    pooling: str = "mean"
-    max_length: int = 512
-    dtype: str = "bf16"
-
-    @property
-    def is_text_stats(self) -> bool:
-        return self.name == TEXT_STATS
-
-    @property
-    def key(self) -> str:
-        """Identifies the cached vectors (everything that changes them)."""
-        if self.is_text_stats:
-            return f"{TEXT_STATS}:v{TEXT_FEATURES_VERSION}"
-        return f"{self.name}:{self.pooling}:{self.max_length}-l2:{self.dtype}"
-
-
-def parse_encoder(
-    spec: str, *, pooling: str = "mean", max_length: int = 512, dtype: str = "bf16"
-) -> list[EncoderBlock]:
-    """``"minilm+text-stats"`` -> blocks; unknown names are taken as model sources (a packaged
-    name or a transformers directory) and resolved when first encoded."""
-    if pooling not in ("mean", "last"):
-        raise ValueError(f"pooling must be 'mean' or 'last', got {pooling!r}")
-    if dtype not in ("bf16", "fp16", "fp32", "auto"):
-        raise ValueError(f"dtype must be one of bf16, fp16, fp32, auto; got {dtype!r}")
-    parts = [p.strip() for p in spec.split("+")]
-    if not spec.strip() or any(not p for p in parts):
-        raise ValueError(f"bad encoder setting {spec!r}: use e.g. minilm, text-stats, a+b")
-    blocks = []
-    for part in parts:
-        name = ENCODER_ALIASES.get(part, part)
-        if name == TEXT_STATS:
-            blocks.append(EncoderBlock(TEXT_STATS))
-        else:
-            blocks.append(EncoderBlock(name, pooling, int(max_length), dtype))
-    return blocks
 
 
 @dataclass
@@ -150,6 +109,7 @@ def _encode_block(block: EncoderBlock, pool: SimPool, device: str, batch_size: i
 
     encoder = FeatureEncoder(
         model=block.name,
+        text_stats=False,
         pooling=block.pooling,
         max_length=block.max_length,
         batch_size=batch_size,
@@ -164,14 +124,7 @@ def _encode_block(block: EncoderBlock, pool: SimPool, device: str, batch_size: i
             last[0] = now
             log(f"  {block.key}: {done}/{total} responses encoded")
 
-    return encoder.encode(prompts, responses, progress=progress)
-
-
-def _postprocess(block: EncoderBlock, raw: np.ndarray) -> np.ndarray:
-    if block.is_text_stats:
-        return standardize(raw)
-    # L2-normalised vectors: scale so the average component has unit variance, like z-scores.
-    return np.asarray(raw, dtype=np.float32) * np.float32(math.sqrt(raw.shape[1]))
+    return encoder.backbone_features(prompts, responses, progress=progress)
 
 
 def pool_features(
@@ -273,7 +226,5 @@ def pool_features(
                 }
             )
         parts.append(raw)
-    matrix = np.concatenate(
-        [_postprocess(b, p) for b, p in zip(blocks, parts, strict=True)], axis=1
-    )
+    matrix = np.concatenate([scale_block(b, p) for b, p in zip(blocks, parts, strict=True)], axis=1)
     return PoolFeatures(matrix, "+".join(b.key for b in blocks), info)

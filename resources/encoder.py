@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from auf_assets.core.features import SCALING_VERSION, TEXT_STATS, EncoderBlock, scale_block
+from auf_assets.core.text_features import text_statistics
 from resources import home
 from resources.models import (
     Progress,
@@ -20,14 +22,25 @@ from resources.models import (
 
 
 class FeatureEncoder(dg.ConfigurableResource):
-    """A frozen transformers backbone; features are pooled hidden states.
+    """Features of each (prompt, response): a frozen backbone, text statistics, or both.
 
-    The default is the packaged MiniLM sentence encoder with mean pooling. Any transformers
-    backbone works: `pooling="last"` takes the last non-padding token's state, as the reference
-    does with a reward-model body.
+    The blocks and their scaling are those of the simulator (`auf_assets.core.features`): the
+    backbone's pooled, L2-normalised vector times sqrt(dim), and the text statistics z-scored
+    with fixed reference statistics, concatenated. So `model=all-minilm-l6-v2, text_stats=True`
+    here is `--encoder minilm+text-stats` in `auf simulate`, and a setting chosen there means the
+    same in a round. Any transformers backbone works: `pooling="last"` takes the last non-padding
+    token's state, as the reference does with a reward-model body; `model=""` leaves it out.
     """
 
-    model: str = Field(default="all-minilm-l6-v2", description="packaged name, dir or repo id")
+    model: str = Field(
+        default="all-minilm-l6-v2",
+        description="packaged name, dir or repo id of the backbone; empty: text statistics only",
+    )
+    text_stats: bool = Field(
+        default=True,
+        description="append the cheap text statistics (length, layout, refusals, ...): what a "
+        "sentence encoder that truncates long responses barely sees",
+    )
     pooling: Literal["mean", "last"] = "mean"
     max_length: int = Field(default=512, ge=8)
     batch_size: int = Field(default=32, ge=1)
@@ -35,24 +48,53 @@ class FeatureEncoder(dg.ConfigurableResource):
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         default="auto", description="auto = bf16 autocast: about 2x faster than fp32 on CPU"
     )
-    normalize: bool = Field(default=True, description="L2-normalise the pooled vectors")
+    normalize: bool = Field(
+        default=True,
+        description="L2-normalise the pooled vectors (then scaled by sqrt(dim)); off: raw states",
+    )
 
-    @property
-    def key(self) -> str:
-        """Identifies features made by this encoder setting (the feature-cache key)."""
-        norm = "-l2" if self.normalize else ""
+    def blocks(self) -> list[EncoderBlock]:
+        if not self.model and not self.text_stats:
+            raise ValueError("the encoder needs a model, text_stats, or both")
         # The compute dtype changes the vectors slightly: fp32 and bf16 features never mix.
         precision = (
             "fp32" if self.dtype == "fp32" else "bf16" if self.dtype == "auto" else self.dtype
         )
-        return f"{self.model}:{self.pooling}:{self.max_length}{norm}:{precision}"
+        out = []
+        if self.model:
+            out.append(EncoderBlock(self.model, self.pooling, self.max_length, precision))
+        if self.text_stats:
+            out.append(EncoderBlock(TEXT_STATS))
+        return out
+
+    @property
+    def key(self) -> str:
+        """Identifies features made by this encoder setting (the feature-cache key)."""
+        keys = [
+            b.key if b.is_text_stats or self.normalize else b.key.replace("-l2:", ":")
+            for b in self.blocks()
+        ]
+        return "+".join(keys) + f"|z{SCALING_VERSION}"
 
     def encode(
         self, prompts: Sequence[str], responses: Sequence[str], progress: Progress | None = None
     ) -> np.ndarray:
-        """Features [n, dim] (float32) for each (prompt, response)."""
+        """Features [n, dim] (float32) for each (prompt, response), on the common scale."""
         if len(prompts) == 0:
             return np.empty((0, 0), dtype=np.float32)
+        parts = []
+        for block in self.blocks():
+            if block.is_text_stats:
+                parts.append(scale_block(block, text_statistics(prompts, responses)))
+                continue
+            raw = self.backbone_features(prompts, responses, progress)
+            parts.append(scale_block(block, raw) if self.normalize else raw)
+        return np.concatenate(parts, axis=1)
+
+    def backbone_features(
+        self, prompts: Sequence[str], responses: Sequence[str], progress: Progress | None = None
+    ) -> np.ndarray:
+        """The backbone's pooled vectors [n, dim] before scaling (L2-normalised if `normalize`)."""
         device = resolve_device(self.device)
         tokenizer, model = load_tokenizer_and_model(
             self.model, "encoder", str(device), str(home.models_dir())

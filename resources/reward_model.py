@@ -32,7 +32,10 @@ class UncertaintyModel(dg.ConfigurableResource):
     center_coef: float = 0.01
     replay_capacity: int = Field(default=6400, ge=1, description="pairs in the FIFO buffer")
     batch_size: int = Field(default=64, ge=1)
-    max_steps: int = Field(default=100, ge=1, description="training steps per round")
+    max_steps: int = Field(default=100, ge=1, description="training steps per pass")
+    train_passes: int = Field(
+        default=1, ge=1, description="training passes over the replay buffer per round"
+    )
     seed: int = 0
     checkpoint_dir: str = Field(default="", description="empty: $AUF_HOME/reward_models")
 

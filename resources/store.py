@@ -510,12 +510,20 @@ class DuckDBStore(dg.ConfigurableResource):
         )
 
     def replay_buffer(self, round_index: int, capacity: int) -> pl.DataFrame:
-        """The newest `capacity` decided pairs of the rounds up to `round_index` (FIFO order)."""
+        """The replay buffer after round `round_index`: a FIFO of the decided pairs.
+
+        The newest `capacity` decided pairs of the rounds up to `round_index`, oldest first, in
+        the order the rounds took their prompts: the simulator's `ReplayBuffer` holds the same
+        pairs in the same order.
+        """
         return self.query(
-            "SELECT j.round_id, r.round_index, j.pair_id, j.chosen_completion_id, "
-            "j.rejected_completion_id FROM judgements j JOIN rounds r USING (round_id) "
+            "SELECT * FROM (SELECT j.round_id, r.round_index, q.position, j.pair_id, "
+            "j.chosen_completion_id, j.rejected_completion_id FROM judgements j "
+            "JOIN rounds r USING (round_id) LEFT JOIN round_prompts q "
+            "ON q.round_id = j.round_id AND q.prompt_id = j.prompt_id "
             "WHERE r.round_index <= ? AND j.preference IN ('a', 'b') "
-            "ORDER BY r.round_index DESC, j.pair_id LIMIT ?",
+            "ORDER BY r.round_index DESC, q.position DESC NULLS LAST, j.pair_id DESC LIMIT ?) "
+            "ORDER BY round_index, position NULLS FIRST, pair_id",
             [round_index, capacity],
         )
 

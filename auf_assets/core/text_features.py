@@ -4,7 +4,9 @@
 scale), character-class and punctuation rates, markdown structure (lists, headings, code, tables),
 sentence and word statistics, repetition, refusal / apology / hedging markers and the lexical
 overlap with the prompt. Every value is bounded or log-scaled, so the raw matrix can be stored as
-fp16; :func:`standardize` z-scores the columns of a pool before a reward model sees them.
+fp16. :func:`scale_text_statistics` z-scores them with fixed reference statistics before a reward
+model sees them (the pipeline and the simulator alike); :func:`standardize` z-scores the columns of
+one matrix by its own statistics.
 
 The statistics are a transparent, instant baseline encoder (thousands of responses per second on
 one core) and a complement to a sentence encoder, which truncates long responses and so barely
@@ -23,6 +25,8 @@ __all__ = [
     "N_TEXT_FEATURES",
     "TEXT_FEATURE_NAMES",
     "TEXT_FEATURES_VERSION",
+    "REFERENCE_STATISTICS",
+    "scale_text_statistics",
     "standardize",
     "text_statistics",
 ]
@@ -228,3 +232,68 @@ def standardize(x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     out = (arr - mean) / scale
     out[:, std <= eps] = 0.0
     return out.astype(np.float32)
+
+
+#: (feature, mean, standard deviation) of every statistic over a reference set of responses: the
+#: 11,595 responses of 29 models to 400 instructions of the simulated-oracle dev pool. Fixed
+#: numbers, not refitted per pool: a round's features must mean the same in every round of a home
+#: (its reward model is trained on them round after round), whatever responses the home has seen
+#: so far. They only set each statistic's scale; nothing here depends on the oracle's scores.
+REFERENCE_STATISTICS: tuple[tuple[str, float, float], ...] = (
+    ('log_chars', 6.32527, 1.22693),
+    ('log_words', 4.53884, 1.15307),
+    ('log_lines', 1.81551, 1.01682),
+    ('log_paragraphs', 1.3517, 0.728909),
+    ('log_sentences', 1.98052, 0.911731),
+    ('log_prompt_chars', 4.73203, 0.859595),
+    ('log_prompt_words', 3.06883, 0.799404),
+    ('log_length_ratio', 0.367522, 0.348519),
+    ('empty', 0.000948685, 0.0307861),
+    ('newline_rate', 1.12402, 1.53516),
+    ('punctuation_rate', 0.38378, 0.322104),
+    ('digit_rate', 0.131026, 0.325109),
+    ('uppercase_rate', 0.320821, 0.427379),
+    ('whitespace_rate', 1.70794, 0.42019),
+    ('non_ascii_rate', 0.0191884, 0.325876),
+    ('colon_rate', 0.290819, 0.590696),
+    ('paren_rate', 0.290778, 0.967905),
+    ('question_rate', 0.0436584, 0.24946),
+    ('exclamation_rate', 0.0515814, 0.278999),
+    ('list_line_frac', 0.123477, 0.261398),
+    ('numbered_line_frac', 0.157762, 0.309925),
+    ('heading_line_frac', 0.0450589, 0.100224),
+    ('table_line_frac', 0.0177673, 0.121628),
+    ('log_bold_markers', 0.328615, 0.863324),
+    ('log_code_fences', 0.041289, 0.204717),
+    ('inline_code_rate', 0.0438924, 0.31809),
+    ('has_code_block', 0.0451919, 0.207725),
+    ('log_urls', 0.00754551, 0.105447),
+    ('mean_word_length', 0.956328, 0.180819),
+    ('log_words_per_sentence', 2.85367, 0.643103),
+    ('type_token_ratio', 0.639171, 0.187341),
+    ('repeated_line_frac', 0.0148245, 0.0691563),
+    ('repeated_trigram_frac', 0.0548577, 0.0929636),
+    ('log_refusals', 0.0204277, 0.134756),
+    ('log_hedges', 0.230531, 0.468667),
+    ('first_person_rate', 0.101871, 0.297219),
+    ('opener', 0.106339, 0.308271),
+    ('conclusion', 0.100388, 0.300517),
+    ('ends_with_punctuation', 0.900819, 0.298904),
+    ('prompt_coverage', 0.52815, 0.287259),
+    ('response_in_prompt', 0.195434, 0.234292),
+    ('prompt_has_code', 0, 0),
+)
+
+
+def scale_text_statistics(x: np.ndarray) -> np.ndarray:
+    """Z-score the statistics with :data:`REFERENCE_STATISTICS` (float32, same shape).
+
+    A statistic constant on the reference set (std 0) is only centred.
+    """
+    arr = np.asarray(x, dtype=np.float32)
+    if arr.ndim != 2 or arr.shape[1] != N_TEXT_FEATURES:
+        raise ValueError(f"expected a [n, {N_TEXT_FEATURES}] matrix, got shape {arr.shape}")
+    mean = np.array([m for _, m, _ in REFERENCE_STATISTICS], dtype=np.float32)
+    std = np.array([s for _, _, s in REFERENCE_STATISTICS], dtype=np.float32)
+    return ((arr - mean) / np.where(std > 1e-6, std, 1.0)).astype(np.float32)
+

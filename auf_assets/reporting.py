@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import time
+from collections.abc import Callable, Iterator
 
 import dagster as dg
 import polars as pl
@@ -51,12 +53,39 @@ def progress_logger(context: dg.AssetExecutionContext, what: str, every_s: float
     last = [0.0]
 
     def report(done: int, total: int) -> None:
+        notify_progress(what, done, total)
         now = time.monotonic()
         if done == total or now - last[0] >= every_s:
             last[0] = now
             context.log.info(f"{what}: {done}/{total}")
 
     return report
+
+
+# -- live progress for a console ---------------------------------------------------------------
+# `progress_logger` writes to the run's log at most every `every_s` seconds; a console that runs
+# the job in this process (`auf demo`) also wants every update, for its progress bar. It registers
+# a listener here for the length of the run. With no listener nothing changes.
+
+ProgressListener = Callable[[str, int, int], None]
+_progress_listeners: list[ProgressListener] = []
+
+
+@contextlib.contextmanager
+def progress_listener(listener: ProgressListener) -> Iterator[None]:
+    """Call `listener(what, done, total)` on every progress update of this process meanwhile."""
+    _progress_listeners.append(listener)
+    try:
+        yield
+    finally:
+        _progress_listeners.remove(listener)
+
+
+def notify_progress(what: str, done: int, total: int) -> None:
+    """Tell the registered listeners; a listener's error never reaches the step."""
+    for listener in list(_progress_listeners):
+        with contextlib.suppress(Exception):  # a console must not break a run
+            listener(what, done, total)
 
 
 def figure_png(fig) -> bytes:

@@ -41,6 +41,11 @@ def labels_dir(home: Path | None = None) -> Path:
     return (home or auf_home()) / "labels"
 
 
+def logs_dir(home: Path | None = None) -> Path:
+    """Full logs of `auf` commands (`auf demo` writes one file per call)."""
+    return (home or auf_home()) / "logs"
+
+
 def datasets_dir(home: Path | None = None) -> Path:
     """Built dataset versions, one folder each (what `auf export` copies and the Hub receives)."""
     return (home or auf_home()) / "datasets"

@@ -30,10 +30,40 @@ def failure_message(result) -> str:
     for event in result.all_events:
         if event.is_step_failure:
             error = event.step_failure_data.error
-            return f"{event.step_key}: {error.message.strip() if error else 'unknown error'}"
+            if error is None:
+                return f"{event.step_key}: unknown error"
+            # An exception raised in the step is the cause of Dagster's "error occurred while
+            # executing op" wrapper: the cause is what a person can fix.
+            info = error.cause or error
+            text = info.message.strip()
+            if info.cls_name == "Failure":  # dg.Failure: its description is the message
+                text = text.split(": ", 1)[-1]
+            return f"{event.step_key}: {text}"
     for event in result.all_events:
         # A run can fail before any step does (a resource whose settings are invalid).
         data = event.event_specific_data
         if event.is_run_failure and getattr(data, "error", None) is not None:
             return data.error.message.strip()
     return "the run failed"
+
+
+# -- the console of commands that run jobs in this process (`auf demo`) -------------------------
+#
+# A person sees one live line per running stage (a progress bar on a terminal), one line per
+# finished stage and the summaries the command prints; everything else goes to a log file under
+# the home. The run's own record in the Dagster instance (the UI) is untouched: its event log is
+# written by the instance's handler whatever loggers a run has.
+#
+# How: the jobs run with a Dagster logger of ours (`LoggerDefinition`, passed with
+# `JobDefinition.with_logger_defs` and switched on in `run_config["loggers"]`). Dagster calls it
+# with every record of the run, DEBUG events included, each carrying its `dagster_meta` (step key,
+# original message, the `DagsterEvent`). It writes them all to the log file and turns the events
+# into the stage lines. Steps report progress through `auf_assets.reporting.progress_logger`,
+# which also calls the listener the console registers. Python warnings and the logs of libraries
+# (transformers) go to the file too; Dagster's preview warnings, FutureWarning and
+# DeprecationWarning are kept off the console.
+#
+# During a run Dagster mirrors the process's stdout and stderr into the run's compute logs (it
+# points the file descriptors at a file and tails that back), so the console writes to its own
+# copy of the original stdout: live lines reach the terminal at once and never end up in the
+# compute logs.

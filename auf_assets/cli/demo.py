@@ -1,49 +1,58 @@
-"""`auf demo`: active rounds on the embedded default (or your prompts and run config)."""
+"""`auf demo`: active rounds on the embedded default (or your prompts and run config).
+
+The console shows one line per finished stage (and a live progress line while a stage runs), the
+round summaries and where the full logs are: every Dagster record of every run goes to
+`$AUF_HOME/logs/demo-<time>.log` (and, as always, to the run in the Dagster instance, the UI);
+`--verbose` prints them on the console as well.
+
+With an automatic judge (the default) each call runs `--rounds` whole rounds (`active_round`).
+When people label (`AUF_LABEL_SOURCE=people`) a round is split where the labels come in, and a
+call does what the `labels_landed` sensor would do without the daemon, with the sensor's rules
+and code: it imports the label files waiting in the inbox, trains every round whose labels are
+complete (`labelled_round`), then writes the next round's annotation batch (`pair_selection`),
+says where the files are and how to hand the labels back, and stops until they are back.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
 from auf_assets.cli.common import failure_message, metadata, prepare_home
+from auf_assets.cli.console import RunConsole, job_console
 from resources.chain_lock import ChainBusy, round_chain
+
+# Jobs whose ops a demo run config configures; an op of one of them that another job lacks is
+# left out of that job's config (other unknown ops still reach Dagster, which names them).
+_ROUND_JOBS = ("active_round", "pair_selection", "labelled_round")
+
+ROUNDS_HELP = (
+    "automatic judge: rounds to run (default 1). People labelling (AUF_LABEL_SOURCE=people): "
+    "the most new annotation batches to write; a call first trains every round whose labels "
+    "are complete, and since a batch must come back labelled before the next round can start, "
+    "it writes at most one"
+)
 
 
 def _demo(args: argparse.Namespace) -> int:
     root = prepare_home()
+    with job_console(root, "demo", verbose=args.verbose) as console:
+        return _demo_with(console, root, args)
+
+
+def _demo_with(console: RunConsole, root: Path, args: argparse.Namespace) -> int:
     import dagster as dg
 
     from auf_assets.definitions import defs
 
     instance = dg.DagsterInstance.get()
-    print(f"home: {root}  (Dagster instance: {os.environ['DAGSTER_HOME']})")
+    console.say(f"home: {root}  (Dagster instance: {os.environ['DAGSTER_HOME']})")
+    hint = "" if args.verbose else "  (--verbose prints them here too)"
+    console.say(f"full logs: {console.log_path}{hint}")
 
-    pool_config = {}
-    if args.prompts.startswith("hf:"):
-        pool_config["dataset"] = args.prompts[3:]
-    elif args.prompts:
-        pool_config["path"] = args.prompts
-    if args.prompts_split:
-        pool_config["split"] = args.prompts_split
-    result = defs.resolve_job_def("prompt_ingestion").execute_in_process(
-        instance=instance,
-        run_config={"ops": {"prompt_pool": {"config": pool_config}}},
-        raise_on_error=False,
-    )
-    if not result.success:
-        print(f"prompt ingestion failed: {failure_message(result)}", file=sys.stderr)
-        return 1
-    pool_meta = metadata(result, "prompt_pool")
-    print(
-        f"prompt pool: {pool_meta.get('dagster/row_count')} prompts "
-        f"({pool_meta.get('new_prompts')} new)"
-    )
-
-    run_config = {
-        "loggers": {"console": {"config": {"log_level": "INFO"}}},
+    run_config: dict = {
         "ops": {
             "round_prompts": {"config": {"batch_size": args.batch_size}},
             "selected_pairs": {"config": {"method": args.method, "beta": args.beta}},
@@ -57,43 +66,224 @@ def _demo(args: argparse.Namespace) -> int:
         try:
             run_config = _merge(run_config, _read_run_config(args.config))
         except (OSError, ValueError) as exc:
-            print(f"--config {args.config}: {exc}", file=sys.stderr)
+            console.error(f"--config {args.config}: {exc}")
             return 2
     try:
-        # Held for the whole command: a second `auf demo` (or a round run from the UI) on this
-        # home stops with a message instead of running rounds in between ours.
-        with round_chain(root, f"auf demo (--rounds {args.rounds})"):
-            return _run_rounds(instance, defs, run_config, args.rounds)
+        labeling = _labeling_settings(run_config)
+    except ValueError as exc:
+        console.error(str(exc))
+        return 2
+
+    pool_config = {}
+    if args.prompts.startswith("hf:"):
+        pool_config["dataset"] = args.prompts[3:]
+    elif args.prompts:
+        pool_config["path"] = args.prompts
+    if args.prompts_split:
+        pool_config["split"] = args.prompts_split
+
+    def ingest() -> bool:
+        console.say("\n== prompt pool")
+        run_config = {"ops": {"prompt_pool": {"config": pool_config}}}
+        result = _execute(console, defs, instance, "prompt_ingestion", run_config)
+        if not result.success:
+            console.error(f"prompt ingestion failed: {failure_message(result)}")
+        return result.success
+
+    try:
+        if not labeling.people and not ingest():
+            code = 1
+        else:
+            # Held for the whole command: a second `auf demo` (or a round run from the UI) on
+            # this home stops with a message instead of running rounds in between ours.
+            with round_chain(root, f"auf demo (--rounds {args.rounds})"):
+                if labeling.people:
+                    code = _people_rounds(
+                        console, instance, defs, run_config, labeling, args.rounds, ingest
+                    )
+                else:
+                    code = _run_rounds(console, instance, defs, run_config, args.rounds)
     except ChainBusy as exc:
-        print(str(exc), file=sys.stderr)
+        console.error(str(exc))
         return 1
+    if code == 0:
+        console.say(
+            f"\nFull logs: {console.log_path}. Browse the runs and the asset graph with "
+            "`make dev` (dagster dev)."
+        )
+    else:
+        console.error(
+            f"The full log is in {console.log_path}. Fix the cause and run the same command "
+            "again: the step is re-run."
+        )
+    return code
 
 
-def _run_rounds(instance, defs, run_config: dict, rounds: int) -> int:
+def _labeling_settings(run_config: dict):
+    """The labelling settings the runs will use: the environment, then the run config's."""
+    from resources.labeling import LabelingSettings, labeling_from_env
+
+    settings = labeling_from_env()
+    settings.check()
+    override = ((run_config.get("resources") or {}).get("labeling") or {}).get("config") or {}
+    if override:
+        fields = {name: getattr(settings, name) for name in LabelingSettings.model_fields}
+        try:
+            settings = LabelingSettings(**{**fields, **override})
+        except Exception as exc:  # pydantic's ValidationError, with every rejected field
+            raise ValueError(f"resources.labeling.config in --config: {exc}") from exc
+    return settings
+
+
+def _execute(console: RunConsole, defs, instance, job_name: str, run_config: dict, key=None):
+    """Run a job of the definitions in this process, its records going to the console."""
+    job = defs.resolve_job_def(job_name)
+    job = job.with_logger_defs({**job.loggers, **console.logger_defs()})
+    ops = set(job.graph.node_dict)
+    known = set().union(*(defs.resolve_job_def(n).graph.node_dict for n in _ROUND_JOBS))
+    config = dict(run_config)
+    if "ops" in config:
+        config["ops"] = {k: v for k, v in config["ops"].items() if k in ops or k not in known}
+    config["loggers"] = {**(config.get("loggers") or {}), **console.run_config_loggers()}
+    return job.execute_in_process(
+        instance=instance, partition_key=key, run_config=config, raise_on_error=False
+    )
+
+
+def _run_round_job(console, instance, defs, run_config, job_name: str, key: str, what: str):
+    """(result, wall seconds) of one round job; a failure is reported on stderr."""
+    console.say(f"\n== {key}: {what}")
+    started = time.perf_counter()
+    result = _execute(console, defs, instance, job_name, run_config, key)
+    wall = time.perf_counter() - started
+    if not result.success:
+        console.error(f"{key} failed: {failure_message(result)}")
+    return result, wall
+
+
+def _run_rounds(console, instance, defs, run_config: dict, rounds: int) -> int:
     from auf_assets.partitions import next_round_key, registered_rounds, rounds_partitions
 
-    job = defs.resolve_job_def("active_round")
-    summaries = []
     for _ in range(rounds):
         key = _round_to_run(instance, registered_rounds(instance)) or next_round_key(instance)
         instance.add_dynamic_partitions(rounds_partitions.name, [key])
-        print(f"\n== {key}: running the active round")
-        started = time.perf_counter()
-        result = job.execute_in_process(
-            instance=instance, partition_key=key, run_config=run_config, raise_on_error=False
+        result, wall = _run_round_job(
+            console, instance, defs, run_config, "active_round", key, "running the active round"
         )
-        wall = time.perf_counter() - started
         if not result.success:
-            print(f"{key} failed: {failure_message(result)}", file=sys.stderr)
-            print(
-                "Fix the cause and run the same command again: the round is re-run.",
-                file=sys.stderr,
-            )
             return 1
-        summaries.append(_round_summary(instance, result, key, wall))
-        print(summaries[-1])
-    print("\nDone. Browse the runs and the asset graph with `make dev` (dagster dev).")
+        console.say(_round_summary(result, key, wall))
     return 0
+
+
+# -- people label: the labels_landed sensor's work, run by hand ----------------------------------
+
+
+def _people_rounds(console, instance, defs, run_config: dict, labeling, rounds: int, ingest) -> int:
+    """Import the inbox, train the labelled rounds, write at most `rounds` new batches.
+
+    Runs nothing (no prompt ingestion either) while the newest round waits for its labels.
+    """
+    from auf_assets.label_inbox import label_status, scan_inbox
+    from auf_assets.partitions import registered_rounds, rounds_partitions
+    from resources.store import DuckDBStore
+    from sensors.rounds import plan_next_round, trained_rounds
+
+    store = DuckDBStore()
+    console.say(f"\nlabels come from people: inbox {labeling.inbox_dir}")
+    outcomes, _, waiting = scan_inbox(store, labeling, None, time.time())
+    for outcome in outcomes:
+        if outcome.status in ("imported", "already_imported"):
+            console.say(f"  {outcome.summary()}")
+        else:
+            console.error(f"  {outcome.summary()}")
+    if waiting:
+        console.say(
+            f"  still being written, read on the next call: {', '.join(waiting)} (files younger "
+            f"than {labeling.settle_seconds:g}s)"
+        )
+
+    # 1. Train every round whose labels are complete, by the sensor's rules (label_status).
+    registered = registered_rounds(instance)
+    trained = trained_rounds(instance)
+    for status in label_status(store, labeling, registered=registered):
+        rid = status.round_id
+        if rid not in registered:
+            continue
+        if status.state != "retrain" and (status.state != "ready" or rid in trained):
+            continue
+        result, wall = _run_round_job(
+            console,
+            instance,
+            defs,
+            run_config,
+            "labelled_round",
+            rid,
+            f"training on the labels ({status.why})",
+        )
+        if not result.success:
+            return 1
+        console.say(_round_summary(result, rid, wall))
+
+    # 2. The next batches: a round whose batch was never written (interrupted) first, then new
+    # rounds as the sensor would start them (plan_next_round), while the newest is trained.
+    written, ingested = 0, False
+    while True:
+        keys = registered_rounds(instance)
+        newest = keys[-1] if keys else None
+        if newest and newest not in trained_rounds(instance):
+            status = _status_of(label_status(store, labeling, registered=keys), newest)
+            if status is not None and status.state != "not_sent":
+                _waiting_message(console, status, labeling)
+                return 0
+            key = newest  # registered, but its pair_selection never finished
+        elif written >= rounds:  # not reached while each new batch waits for its labels
+            console.say(f"\n--rounds {rounds}: no further batch this time")
+            return 0
+        else:
+            if not ingested:
+                if not ingest():
+                    return 1
+                ingested = True
+            plan = plan_next_round(instance, store, labeling, start_first=True)
+            if plan.key is None:
+                console.say(f"\nno new round: {plan.reason}")
+                return 0
+            key = plan.key
+            instance.add_dynamic_partitions(rounds_partitions.name, [key])
+        result, wall = _run_round_job(
+            console,
+            instance,
+            defs,
+            run_config,
+            "pair_selection",
+            key,
+            "selecting pairs for people to label",
+        )
+        if not result.success:
+            return 1
+        written += 1
+        console.say(_round_summary(result, key, wall))
+
+
+def _status_of(statuses, round_id: str):
+    return next((s for s in statuses if s.round_id == round_id), None)
+
+
+def _waiting_message(console: RunConsole, status, labeling) -> None:
+    console.say(f"\n{status.round_id} waits for its labels: {status.why}.")
+    console.say("Label the pairs (choice A, B or tie; see docs/labelling.md) in one of:")
+    for kind, path in status.outbox.items():
+        extra = "  (interface: labelstudio_config.xml)" if kind == "labelstudio" else ""
+        console.say(f"  {path}{extra}")
+    console.say(
+        "then hand the file back with `auf labels import FILE`, or drop it into "
+        f"{labeling.inbox_dir}, and run `auf demo` again: it trains {status.round_id} and writes "
+        "the next round's batch."
+    )
+
+
+# -- run config and summaries --------------------------------------------------------------------
 
 
 def _read_run_config(path: str) -> dict:
@@ -129,32 +319,54 @@ def _round_to_run(instance, rounds: list[str]) -> str | None:
     return None if rounds[-1] in done else rounds[-1]
 
 
-def _round_summary(instance, result, key: str, wall: float) -> str:
-    pairs = metadata(result, "selected_pairs")
-    verdicts = metadata(result, "judgements")
+def _round_summary(result, key: str, wall: float) -> str:
+    """One round's (or half round's) summary from its materializations."""
+    parts = []
     gens = metadata(result, "completions")
+    if gens:
+        speed = gens.get("tokens_per_second")
+        parts.append(
+            f"{gens.get('dagster/row_count')} responses" + (f" ({speed} tok/s)" if speed else "")
+        )
+    pairs = metadata(result, "selected_pairs")
+    if pairs:
+        parts.append(f"{pairs.get('dagster/row_count')} pairs by {pairs.get('method')}")
+    batch = metadata(result, "annotation_batch")
+    if batch.get("written"):
+        parts.append(f"{batch.get('dagster/row_count')} pairs sent out for labelling")
+    verdicts = metadata(result, "judgements")
+    if verdicts:
+        failed = verdicts.get("failed_pairs")
+        parts.append(
+            f"{verdicts.get('labelled_pairs')} labels used ({verdicts.get('ties')} ties"
+            + (f", {failed} failed)" if failed is not None else ")")
+        )
     model = metadata(result, "reward_model")
-    stats = instance.get_run_step_stats(result.run_id)
-    timings = ", ".join(
-        f"{s.step_key} {s.end_time - s.start_time:.1f}s"
-        for s in sorted(stats, key=lambda s: s.start_time or 0)
-        if s.start_time and s.end_time
-    )
-    loss = ""
     if model.get("loss_before") is not None:
-        loss = f"; reward-model loss {model['loss_before']:.4f} -> {model['loss_after']:.4f}"
-    return (
-        f"{key}: {gens.get('dagster/row_count')} responses "
-        f"({gens.get('tokens_per_second')} tok/s), {pairs.get('dagster/row_count')} pairs by "
-        f"{pairs.get('method')}, {verdicts.get('labelled_pairs')} labels used "
-        f"({verdicts.get('ties')} ties, {verdicts.get('failed_pairs')} failed){loss}\n"
-        f"  time per stage: {timings}\n  wall time: {wall:.1f}s"
-    )
+        parts.append(f"reward-model loss {model['loss_before']:.4f} -> {model['loss_after']:.4f}")
+    lines = [f"{key}: {', '.join(parts)}; wall time {wall:.1f}s"]
+    gap, rand = pairs.get("mean_predicted_gap"), pairs.get("random_pair_predicted_gap")
+    if gap is not None and rand is not None:
+        lines.append(
+            f"  mean predicted gap of the selected pairs {gap:.3f}, of a random pick {rand:.3f}"
+        )
+    return "\n".join(lines)
 
 
 def add_commands(sub) -> None:
-    demo = sub.add_parser("demo", help="run active rounds on the embedded default")
-    demo.add_argument("--rounds", type=int, default=1, help="rounds to run (default 1)")
+    demo = sub.add_parser(
+        "demo",
+        help="run active rounds on the embedded default",
+        description="Run active rounds on this home (AUF_HOME, default .auf). With an automatic "
+        "judge each call runs --rounds whole rounds. With AUF_LABEL_SOURCE=people a call imports "
+        "the label files in the inbox, trains every round whose labels are complete (the "
+        "labels_landed sensor's rules), then writes the next round's annotation batch to the "
+        "outbox and says how to hand the labels back (`auf labels import FILE`, or the inbox); "
+        "while labels are missing it prints the progress and exits 0. The console shows the "
+        "stages and the summaries; the full Dagster logs are in $AUF_HOME/logs/demo-<time>.log "
+        "and in the Dagster UI.",
+    )
+    demo.add_argument("--rounds", type=int, default=1, help=ROUNDS_HELP)
     demo.add_argument(
         "--prompts",
         default="",
@@ -170,5 +382,11 @@ def add_commands(sub) -> None:
     demo.add_argument("--device", default="", help="cpu, cuda, ... (default: auto)")
     demo.add_argument(
         "--config", default="", help="YAML/JSON Dagster run config merged over the demo's"
+    )
+    demo.add_argument(
+        "--verbose",
+        action="store_true",
+        help="print every Dagster log line (DEBUG events included) and every warning on the "
+        "console, as well as in the log file",
     )
     demo.set_defaults(func=_demo)

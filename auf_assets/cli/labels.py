@@ -52,7 +52,26 @@ def _import(args: argparse.Namespace) -> int:
             "rounds to train on these labels"
         )
     _print_status(store, settings, only=set(outcome.rounds))
+    if settings.people:
+        _next_step_hint(store, settings, set(outcome.rounds))
     return 0
+
+
+def _next_step_hint(store, settings, rounds: set[str]) -> None:
+    """Say what trains the rounds these labels completed (the sensor, or `auf demo`)."""
+    from auf_assets.label_inbox import label_status
+
+    ready = [
+        s.round_id
+        for s in label_status(store, settings)
+        if s.round_id in rounds and s.state in ("ready", "retrain")
+    ]
+    if ready:
+        print(
+            f"{', '.join(ready)} can be trained now: run `auf demo` (it trains on these labels "
+            "and writes the next round's batch), or let the labels_landed sensor do it while the "
+            "Dagster daemon runs."
+        )
 
 
 def _print_status(store, settings, only: set[str] | None = None) -> None:

@@ -10,6 +10,16 @@ the feature cache once; the runs go to a process pool of ``min(cores, runs)`` sp
 * ``bench.png``: held-out accuracy, mean oracle gap and mean chosen score vs labels spent
   (mean over seeds, band = +-1 std);
 * ``pairs/<method>-seed<seed>.parquet``: the selected pairs of every run.
+
+**Split protocol** (``BenchSpec.split``: ``prompts``, ``models`` or ``both``; see
+:class:`auf_assets.core.simulation.PoolSplit`): every (method, seed) runs on the tuning and the
+confirmation half of each of ``n_splits`` seeded splits, each half with its own held-out
+evaluation prompts. ``bench.json`` then also has ``protocol`` (the splits, their prompts and
+models), ``groups`` (one summary per split and half), ``halves`` (per half, over splits x seeds)
+and ``protocol_report`` (:func:`protocol_report`: per half and method the final accuracy, the
+paired difference to random, the mean gap and its ratio to random's, per seed and overall);
+``bench.md`` leads with that table; ``bench.png`` shows the confirmation half, ``bench-tune.png``
+the tuning half; pairs go to ``pairs/split<k>-<half>/``.
 """
 
 from __future__ import annotations
@@ -30,10 +40,14 @@ import numpy as np
 
 from auf_assets.core.baselines import BASELINE_METHODS
 from auf_assets.core.simulation import (
+    SPLIT_HALVES,
+    SPLIT_KINDS,
     SimPool,
     SimulationConfig,
     known_methods,
     load_pool,
+    pool_half,
+    protocol_split,
     simulate,
 )
 
@@ -44,7 +58,11 @@ __all__ = [
     "budget_value",
     "markdown_report",
     "plot_curves",
+    "protocol_markdown",
+    "protocol_report",
     "run_bench",
+    "run_one",
+    "split_pool",
 ]
 
 DEFAULT_METHODS = (
@@ -69,7 +87,10 @@ class BenchSpec:
 
     ``run`` holds :class:`SimulationConfig` fields shared by every run (method and seed are set per
     run); ``jobs`` = worker processes (0: ``min(cores, runs)``); ``budgets`` = label budgets of
-    the markdown table (empty: 1/4, 1/2 and all of 2 labels per train prompt).
+    the markdown table (empty: 1/4, 1/2 and all of 2 labels per train prompt). ``preset`` only
+    names the preset ``run`` and ``encoder`` came from (recorded in bench.json). ``split``
+    (``None`` or one of :data:`SPLIT_KINDS`) runs every (method, seed) on both halves of
+    ``n_splits`` splits of seed ``split_seed`` (module docstring).
     """
 
     pool: str
@@ -83,8 +104,17 @@ class BenchSpec:
     run: dict[str, Any] = field(default_factory=dict)
     jobs: int = 0
     budgets: list[int] = field(default_factory=list)
+    preset: str = "default"
+    split: str | None = None
+    n_splits: int = 2
+    split_seed: int = 0
+    stratify_models: bool = True
 
     def validate(self) -> None:
+        if self.split is not None and self.split not in SPLIT_KINDS:
+            raise ValueError(f"split must be one of {', '.join(SPLIT_KINDS)}; got {self.split!r}")
+        if self.split is not None and self.n_splits < 1:
+            raise ValueError(f"n_splits must be >= 1, got {self.n_splits}")
         unknown = [m for m in self.methods if m not in known_methods()]
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; known: {', '.join(known_methods())}")
@@ -100,6 +130,7 @@ class BenchSpec:
 # workers
 
 _WORKER_CACHE: dict[tuple, tuple[SimPool, np.ndarray]] = {}
+_HALF_CACHE: dict[tuple, SimPool] = {}
 
 
 def _init_worker() -> None:
@@ -131,18 +162,58 @@ def _load_inputs(spec: dict[str, Any], root: str | None, allow_compute: bool, lo
     return _WORKER_CACHE[key]
 
 
-def _run_one(
-    spec: dict[str, Any], run: dict[str, Any], root: str | None, pairs_path: str
+def split_pool(pool: SimPool, split: dict[str, Any] | None) -> SimPool:
+    """The half of ``pool`` that ``split`` (``kind``, ``seed``, ``index``, ``half``,
+    ``stratify_models``) names; ``pool`` itself for ``None``. Cached per process."""
+    if split is None:
+        return pool
+    key = (
+        pool.name,
+        pool.n_responses,
+        split["kind"],
+        int(split["seed"]),
+        int(split["index"]),
+        split["half"],
+        bool(split.get("stratify_models", True)),
+    )
+    if key not in _HALF_CACHE:
+        if len(_HALF_CACHE) > 64:
+            _HALF_CACHE.clear()
+        ps = protocol_split(
+            pool,
+            split["kind"],
+            seed=int(split["seed"]),
+            index=int(split["index"]),
+            stratify_models=bool(split.get("stratify_models", True)),
+        )
+        _HALF_CACHE[key] = pool_half(pool, ps, split["half"])
+    return _HALF_CACHE[key]
+
+
+def run_one(
+    spec: dict[str, Any],
+    run: dict[str, Any],
+    root: str | None,
+    pairs_path: str | None,
+    split: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """One simulated run in a worker: features from the cache (``spec``: pool, encoder, ...),
+    ``run`` = SimulationConfig settings, on the whole pool or on one half (``split``, see
+    :func:`split_pool`). Writes the pairs to ``pairs_path`` (None: not written)."""
     pool, matrix = _load_inputs(spec, root, allow_compute=False, log=None)
+    pool = split_pool(pool, split)
     config = SimulationConfig.from_dict(run)
     result = simulate(pool, matrix, config)
-    Path(pairs_path).parent.mkdir(parents=True, exist_ok=True)
-    result.pairs.write_parquet(pairs_path)
     out = result.to_dict()
+    if pairs_path is not None:
+        Path(pairs_path).parent.mkdir(parents=True, exist_ok=True)
+        result.pairs.write_parquet(pairs_path)
     out["pairs_file"] = pairs_path
     out["method"] = config.method
     out["seed"] = config.seed
+    if split is not None:
+        out["split"] = int(split["index"])
+        out["half"] = split["half"]
     return out
 
 
@@ -171,7 +242,7 @@ def aggregate_runs(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         by_method.setdefault(run["method"], []).append(run)
     out: dict[str, dict[str, Any]] = {}
     for method, group in by_method.items():
-        group = sorted(group, key=lambda r: r["seed"])
+        group = sorted(group, key=lambda r: (r.get("split", 0), r["seed"]))
         n_points = min(len(r["curve"]) for r in group)
         curve = []
         for k in range(n_points):
@@ -241,8 +312,10 @@ def markdown_report(
     budgets: Sequence[int],
     *,
     title: str = "",
+    unit: str = "seeds",
 ) -> str:
-    """Markdown tables: accuracy and oracle gap at each budget, and the end-of-pool numbers."""
+    """Markdown tables: accuracy and oracle gap at each budget, and the end-of-pool numbers
+    (``unit``: what the runs of a method are, e.g. "seeds" or "runs (splits x seeds)")."""
     methods = list(summary)
     n_seeds = max(len(s["seeds"]) for s in summary.values()) if summary else 0
     lines = []
@@ -254,7 +327,7 @@ def markdown_report(
         ("mean_gap", "Mean oracle gap (chosen - rejected) of the selected pairs"),
     ):
         lines += [
-            f"**{label}** (mean ± std over {n_seeds} seeds; at the last evaluation with at most "
+            f"**{label}** (mean ± std over {n_seeds} {unit}; at the last evaluation with at most "
             "that many labels; — = the method spends more on its first round)",
             "",
             f"| method | labels/prompt | {head} |",
@@ -283,6 +356,131 @@ def markdown_report(
             f"{np.mean(ties) if ties else 0:.1f} | "
             f"{summary[m]['wall_seconds_mean']:.1f} |"
         )
+    return "\n".join(lines) + "\n"
+
+
+def _final(run: dict[str, Any], metric: str) -> float | None:
+    if not run["curve"]:
+        return None
+    value = run["curve"][-1].get(metric)
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+def _nanmean(values: Sequence[float | None]) -> float | None:
+    vals = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    return float(np.mean(vals)) if vals else None
+
+
+def protocol_report(
+    runs: Sequence[dict[str, Any]],
+    *,
+    baseline: str = "random",
+    gap_factor: float = 1.5,
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per half (``tune``/``confirm``) and method: the final evaluation point compared with
+    ``baseline`` run on the same split, half and seed (a paired comparison at equal labels for
+    methods that spend 2 per prompt).
+
+    Each entry: ``runs``; ``labels`` (mean); ``accuracy`` and ``gap`` (mean, std over splits x
+    seeds); ``delta_accuracy`` (paired difference to the baseline: mean, std); ``gap_ratio``
+    (mean gap / the baseline's mean gap); ``per_seed``: per seed, the means over the splits of
+    accuracy, paired delta, gap and the gap ratio; ``bar``: ``min_gap_ratio`` and
+    ``min_delta_accuracy`` over those seed means, and ``passes`` = every seed's mean has a gap
+    ratio >= ``gap_factor`` and a delta >= 0 (the issue's bar). Runs without ``half`` (no split)
+    are reported under ``all``.
+    """
+    base: dict[tuple, dict[str, Any]] = {}
+    for r in runs:
+        if r["method"] == baseline:
+            base[(r.get("half", "all"), r.get("split", 0), r["seed"])] = r
+    halves = [h for h in (*SPLIT_HALVES, "all") if any(r.get("half", "all") == h for r in runs)]
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for half in halves:
+        in_half = [r for r in runs if r.get("half", "all") == half]
+        methods = list(dict.fromkeys(r["method"] for r in in_half))
+        out[half] = {}
+        for method in methods:
+            group = [r for r in in_half if r["method"] == method]
+            acc = [_final(r, "accuracy") for r in group]
+            gap = [_final(r, "mean_gap") for r in group]
+            deltas = []
+            base_gap = []
+            for r in group:
+                b = base.get((half, r.get("split", 0), r["seed"]))
+                a_m, a_b = _final(r, "accuracy"), _final(b, "accuracy") if b else None
+                deltas.append(None if a_m is None or a_b is None else a_m - a_b)
+                base_gap.append(_final(b, "mean_gap") if b else None)
+            per_seed: dict[int, dict[str, Any]] = {}
+            for seed in sorted({r["seed"] for r in group}):
+                idx = [i for i, r in enumerate(group) if r["seed"] == seed]
+                g = _nanmean([gap[i] for i in idx])
+                bg = _nanmean([base_gap[i] for i in idx])
+                per_seed[seed] = {
+                    "accuracy": _nanmean([acc[i] for i in idx]),
+                    "delta_accuracy": _nanmean([deltas[i] for i in idx]),
+                    "gap": g,
+                    "gap_ratio": None if g is None or not bg else g / bg,
+                }
+            g_mean = _nanmean(gap)
+            bg_mean = _nanmean(base_gap)
+            labels = _nanmean([_final(r, "labels") for r in group])
+            base_labels = _nanmean(
+                [_final(b, "labels") for b in base.values() if b.get("half", "all") == half]
+            )
+            equal_labels = labels is not None and labels == base_labels
+            ratios = [v["gap_ratio"] for v in per_seed.values()]
+            seed_deltas = [v["delta_accuracy"] for v in per_seed.values()]
+            known = all(v is not None for v in [*ratios, *seed_deltas]) and bool(per_seed)
+            entry: dict[str, Any] = {
+                "runs": len(group),
+                "labels": labels,
+                "accuracy": _mean_std(acc),
+                "gap": _mean_std(gap),
+                "delta_accuracy": _mean_std(deltas),
+                "gap_ratio": None if g_mean is None or not bg_mean else g_mean / bg_mean,
+                "per_seed": per_seed,
+                "bar": {
+                    "gap_factor": gap_factor,
+                    "equal_labels": equal_labels,
+                    "min_gap_ratio": min(ratios) if known else None,
+                    "min_delta_accuracy": min(seed_deltas) if known else None,
+                    "passes": bool(
+                        known
+                        and equal_labels
+                        and min(ratios) >= gap_factor
+                        and min(seed_deltas) >= 0.0
+                        and method != baseline
+                    ),
+                },
+            }
+            out[half][method] = entry
+    return out
+
+
+def protocol_markdown(report: dict[str, dict[str, dict[str, Any]]], *, baseline: str = "random"):
+    """The :func:`protocol_report` as one markdown table (a row per half and method)."""
+    lines = [
+        f"| half | method | runs | labels | accuracy | Δ accuracy vs {baseline} | mean gap "
+        f"| gap / {baseline}'s | min over seeds: gap ratio, Δ accuracy | bar |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for half, methods in report.items():
+        for method, e in methods.items():
+            bar = e["bar"]
+            ratio = "—" if e["gap_ratio"] is None else f"{e['gap_ratio']:.2f}x"
+            if bar["min_gap_ratio"] is None or method == baseline:
+                mins, verdict = "—", "—"
+            else:
+                mins = f"{bar['min_gap_ratio']:.2f}x, {bar['min_delta_accuracy']:+.3f}"
+                verdict = "pass" if bar["passes"] else "fail"
+                if not bar["equal_labels"]:
+                    verdict = "— (more labels)"
+            delta = "—" if method == baseline else _fmt(*e["delta_accuracy"], digits=3)
+            labels = "—" if e["labels"] is None else f"{e['labels']:.0f}"
+            lines.append(
+                f"| {half} | {method} | {e['runs']} | {labels} | {_fmt(*e['accuracy'])} | "
+                f"{delta} | {_fmt(*e['gap'])} | {ratio} | {mins} | {verdict} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -384,20 +582,53 @@ def run_bench(
         f"{feats.key} dim {feats.dim} ready in {features_seconds:.1f}s"
     )
 
-    jobs = [(m, s) for m in spec.methods for s in spec.seeds]
+    splits = []
+    if spec.split is not None:
+        splits = [
+            protocol_split(
+                pool,
+                spec.split,
+                seed=spec.split_seed,
+                index=k,
+                stratify_models=spec.stratify_models,
+            )
+            for k in range(spec.n_splits)
+        ]
+        for ps in splits:
+            for half in SPLIT_HALVES:
+                sub = pool_half(pool, ps, half)  # fail early on an unusable half
+                log(
+                    f"{half} half of {ps.label}: {sub.n_prompts} prompts, {sub.n_responses} "
+                    f"responses, {len(ps.models(half))} models"
+                )
+    places: list[tuple[int, str] | None] = (
+        [(k, h) for k in range(len(splits)) for h in SPLIT_HALVES] if splits else [None]
+    )
+    jobs = [(m, s, place) for place in places for m in spec.methods for s in spec.seeds]
     cores = os.cpu_count() or 1
     workers = min(cores, len(jobs)) if spec.jobs <= 0 else min(spec.jobs, len(jobs))
     runs: list[dict[str, Any]] = []
 
-    def args_for(method: str, seed: int) -> tuple:
+    def args_for(method: str, seed: int, place: tuple[int, str] | None) -> tuple:
         run = {**spec.run, "method": method, "seed": seed}
-        pairs = str(out / "pairs" / f"{method}-seed{seed}.parquet")
-        return (data, run, root_s, pairs)
+        if place is None:
+            pairs = str(out / "pairs" / f"{method}-seed{seed}.parquet")
+            return (data, run, root_s, pairs, None)
+        k, half = place
+        pairs = str(out / "pairs" / f"split{k}-{half}" / f"{method}-seed{seed}.parquet")
+        split = {
+            "kind": spec.split,
+            "seed": spec.split_seed,
+            "index": k,
+            "half": half,
+            "stratify_models": spec.stratify_models,
+        }
+        return (data, run, root_s, pairs, split)
 
     log(f"running {len(jobs)} runs on {workers} worker process(es)")
     if workers <= 1:
-        for m, s in jobs:
-            runs.append(_run_one(*args_for(m, s)))
+        for m, s, place in jobs:
+            runs.append(run_one(*args_for(m, s, place)))
             _log_run(log, runs[-1])
     else:
         ctx = multiprocessing.get_context("spawn")
@@ -406,7 +637,7 @@ def run_bench(
             os.environ["AUF_HOME"] = str(root)
         try:
             with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as ex:
-                futures = [ex.submit(_run_one, *args_for(m, s)) for m, s in jobs]
+                futures = [ex.submit(run_one, *args_for(m, s, place)) for m, s, place in jobs]
                 for fut in as_completed(futures):
                     runs.append(fut.result())
                     _log_run(log, runs[-1])
@@ -416,20 +647,101 @@ def run_bench(
                     os.environ.pop("AUF_HOME", None)
                 else:
                     os.environ["AUF_HOME"] = env_home
-    order = {(m, s): i for i, (m, s) in enumerate(jobs)}
-    runs.sort(key=lambda r: order[(r["method"], r["seed"])])
 
-    summary = aggregate_runs(runs)
-    summary = {m: summary[m] for m in spec.methods if m in summary}
-    budgets = list(spec.budgets) or _default_budgets(runs)
+    def place_of(r: dict[str, Any]) -> tuple[int, str] | None:
+        return (r["split"], r["half"]) if "half" in r else None
+
+    order = {(m, s, place): i for i, (m, s, place) in enumerate(jobs)}
+    runs.sort(key=lambda r: order[(r["method"], r["seed"], place_of(r))])
+
+    def ordered(summary: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        return {m: summary[m] for m in spec.methods if m in summary}
+
     info0 = runs[0]["info"]
-    title = (
-        f"{Path(spec.pool).name}: {pool.n_prompts} prompts ({info0['train_prompts']} train, "
-        f"{info0['heldout_prompts']} held-out), K={spec.run.get('responses_per_prompt') or 'all'}, "
-        f"B={spec.run.get('batch_size', SimulationConfig().batch_size)}, encoder {spec.encoder}, "
-        f"{len(spec.seeds)} seeds"
-    )
-    markdown = markdown_report(runs, summary, budgets, title=f"### {title}")
+    k_label = spec.run.get("responses_per_prompt") or "all"
+    b_label = spec.run.get("batch_size", SimulationConfig().batch_size)
+    if not splits:
+        summary = ordered(aggregate_runs(runs))
+        budgets = list(spec.budgets) or _default_budgets(runs)
+        title = (
+            f"{Path(spec.pool).name}: {pool.n_prompts} prompts ({info0['train_prompts']} train, "
+            f"{info0['heldout_prompts']} held-out), K={k_label}, B={b_label}, encoder "
+            f"{spec.encoder}, preset {spec.preset}, {len(spec.seeds)} seeds"
+        )
+        markdown = markdown_report(runs, summary, budgets, title=f"### {title}")
+        protocol: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+    else:
+        groups = {}
+        for k in range(len(splits)):
+            for half in SPLIT_HALVES:
+                sub = [r for r in runs if place_of(r) == (k, half)]
+                groups[f"split{k}/{half}"] = ordered(aggregate_runs(sub))
+        halves = {
+            half: ordered(aggregate_runs([r for r in runs if r.get("half") == half]))
+            for half in SPLIT_HALVES
+        }
+        report = protocol_report(runs)
+        title = (
+            f"{Path(spec.pool).name}: split protocol '{spec.split}', {len(splits)} split(s) "
+            f"(seed {spec.split_seed}), K={k_label}, B={b_label}, encoder {spec.encoder}, "
+            f"preset {spec.preset}, {len(spec.seeds)} seeds per half"
+        )
+        parts = [
+            f"### {title}",
+            "",
+            "Final point of every run (all train prompts of the half); mean ± std over splits x "
+            "seeds; Δ = paired difference to random (same split, half and seed, equal labels "
+            "for 2-label methods); gap ratio = mean oracle gap / random's; bar = on every seed's "
+            "mean over the splits, gap ratio >= 1.5 and Δ accuracy >= 0.",
+            "",
+            protocol_markdown(report),
+            "**Per split and half** (final accuracy / mean gap, mean over seeds)",
+            "",
+            "| split | half | prompts | models | " + " | ".join(spec.methods) + " |",
+            "|---|---|---|---|" + "---|" * len(spec.methods),
+        ]
+        for k, ps in enumerate(splits):
+            for half in SPLIT_HALVES:
+                g = groups[f"split{k}/{half}"]
+                cells = []
+                for m in spec.methods:
+                    f = g.get(m, {}).get("final", {})
+                    acc, gap = f.get("accuracy_mean"), f.get("mean_gap_mean")
+                    cells.append(f"{_fmt(acc, None)} / {_fmt(gap, None)}")
+                prompts = next(r["info"]["prompts"] for r in runs if place_of(r) == (k, half))
+                parts.append(
+                    f"| {k} | {half} | {prompts} | {len(ps.models(half))} | "
+                    + " | ".join(cells)
+                    + " |"
+                )
+        parts.append("")
+        for half in SPLIT_HALVES:
+            half_runs = [r for r in runs if r.get("half") == half]
+            budgets = list(spec.budgets) or _default_budgets(half_runs)
+            parts.append(
+                markdown_report(
+                    half_runs,
+                    halves[half],
+                    budgets,
+                    title=f"#### The {half} halves",
+                    unit=f"runs ({len(splits)} split(s) x {len(spec.seeds)} seeds)",
+                )
+            )
+        markdown = "\n".join(parts)
+        summary = halves["confirm"]
+        protocol = {
+            "kind": spec.split,
+            "n_splits": len(splits),
+            "seed": spec.split_seed,
+            "stratify_models": spec.stratify_models,
+            "splits": [ps.to_dict() for ps in splits],
+        }
+        extra = {"groups": groups, "halves": halves, "protocol_report": report}
+        budgets = list(spec.budgets) or _default_budgets(
+            [r for r in runs if r.get("half") == "confirm"]
+        )
+
     total = time.perf_counter() - started
     result = {
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -441,6 +753,7 @@ def run_bench(
             "dim": feats.dim,
             "blocks": feats.blocks,
         },
+        "preset": spec.preset,
         "methods": spec.methods,
         "seeds": spec.seeds,
         "run_settings": SimulationConfig.from_dict(
@@ -451,18 +764,33 @@ def run_bench(
         "features_seconds": round(features_seconds, 2),
         "total_seconds": round(total, 2),
         "summary": summary,
+        **({"protocol": protocol} if protocol else {}),
+        **extra,
         "runs": runs,
     }
     json_path = out / "bench.json"
     json_path.write_text(json.dumps(result, indent=1, default=_json_default))
     md_path = out / "bench.md"
     md_path.write_text(markdown)
-    png_path = plot_curves(
-        summary, out / "bench.png", title=title, marker=2 * info0["train_prompts"]
-    )
-    log(f"bench done in {total:.1f}s: {json_path}, {md_path}, {png_path}")
+    files = {"json": str(json_path), "markdown": str(md_path)}
+    if not splits:
+        files["plot"] = str(
+            plot_curves(summary, out / "bench.png", title=title, marker=2 * info0["train_prompts"])
+        )
+    else:
+        for half, name in (("confirm", "bench.png"), ("tune", "bench-tune.png")):
+            half0 = next(r for r in runs if r.get("half") == half)["info"]
+            files["plot" if half == "confirm" else "plot_tune"] = str(
+                plot_curves(
+                    extra["halves"][half],
+                    out / name,
+                    title=f"{title}: {half} halves",
+                    marker=2 * half0["train_prompts"],
+                )
+            )
+    log(f"bench done in {total:.1f}s: {', '.join(files.values())}")
     result["markdown"] = markdown
-    result["files"] = {"json": str(json_path), "markdown": str(md_path), "plot": str(png_path)}
+    result["files"] = files
     return result
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from auf_assets.active_round import ROUND_ASSETS
 from auf_assets.checks import ROUND_CHECKS
+from auf_assets.core.text_features import N_TEXT_FEATURES
 from auf_assets.prompts import prompt_pool
 from resources import DuckDBStore, FeatureEncoder, GenerationEngine, RubricJudge
 from resources.labeling import LabelingSettings
@@ -62,7 +63,7 @@ def test_a_round_with_the_packaged_models(auf_home):
     assert (responses["response"].str.len_chars() > 0).all()
     assert (responses["completion_tokens"] > 0).all()
     features = store.load_features(responses["completion_id"].to_list(), FeatureEncoder().key)
-    assert features.shape == (4, 384)
+    assert features.shape == (4, 384 + N_TEXT_FEATURES)
     # The real judge puts its first token on a rating digit: scores land in [1, 5], never NaN.
     aspects = store.round_rows("judge_scores", "round-0001")
     assert aspects.height == 4 * 4

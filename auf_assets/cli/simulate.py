@@ -40,7 +40,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--heldout", type=float, default=0.25, help="fraction of prompts held out (default 0.25)"
     )
-    p.add_argument("--beta", type=float, default=1.0, help="acquisition width (default 1.0)")
+    p.add_argument(
+        "--beta", type=float, default=None, help="acquisition width (default: the preset's, 1.0)"
+    )
     p.add_argument("--eval-every", type=int, default=1, help="evaluate every E rounds (default 1)")
     p.add_argument(
         "--gap-threshold",
@@ -49,23 +51,37 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
         help="held-out pairs count when their oracle scores differ by at least this (default 0.1)",
     )
     p.add_argument(
-        "--warmup-rounds", type=int, default=0, help="first rounds pick at random (default 0)"
+        "--warmup-rounds",
+        type=int,
+        default=None,
+        help="first rounds pick at random (default: the preset's, 0)",
     )
     p.add_argument(
         "--train-passes",
         type=int,
-        default=1,
-        help="training passes over the replay buffer per round (default 1, the reference)",
+        default=None,
+        help="training passes over the replay buffer per round (default: the preset's, 1)",
     )
     p.add_argument("--max-rounds", type=int, default=0, help="stop after N rounds (0: all)")
-    ens = p.add_argument_group("running reward model (defaults: the reference, spec section 2)")
-    ens.add_argument("--heads", type=int, default=None, help="ensemble heads (default 20)")
-    ens.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 5e-5)")
-    ens.add_argument(
-        "--max-steps", type=int, default=None, help="steps per round (default 100, batch 64)"
+    ens = p.add_argument_group(
+        "running reward model and features: a named preset, each value overridable by its flag"
     )
     ens.add_argument(
-        "--anchor-half-life", type=float, default=None, help="prompts (default 1000; inf: none)"
+        "--preset",
+        default=None,
+        help="settings preset (auf_assets/core/presets.py): "
+        f"{', '.join(_preset_names())} (default: default; reference = the paper's values)",
+    )
+    ens.add_argument("--heads", type=int, default=None, help="ensemble heads (reference 20)")
+    ens.add_argument("--lr", type=float, default=None, help="AdamW learning rate (reference 5e-5)")
+    ens.add_argument(
+        "--max-steps", type=int, default=None, help="steps per round (reference 100, batch 64)"
+    )
+    ens.add_argument(
+        "--anchor-lambda0", type=float, default=None, help="anchor strength (reference 1.0)"
+    )
+    ens.add_argument(
+        "--anchor-half-life", type=float, default=None, help="prompts (reference 1000; inf: none)"
     )
     ev = p.add_argument_group("evaluation reward model (fresh each evaluation)")
     ev.add_argument("--eval-epochs", type=int, default=None, help="passes (default 10)")
@@ -74,9 +90,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     fe = p.add_argument_group("features (computed once per pool, cached under $AUF_HOME)")
     fe.add_argument(
         "--encoder",
-        default="minilm",
+        default=None,
         help="minilm | text-stats | a transformers dir | blocks joined by '+' "
-        "(default minilm = the packaged all-minilm-l6-v2)",
+        "(default: the preset's; minilm = the packaged all-minilm-l6-v2)",
     )
     fe.add_argument("--pooling", choices=("mean", "last"), default="mean")
     fe.add_argument("--max-length", type=int, default=512, help="encoder tokens (default 512)")
@@ -87,40 +103,81 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
         help="encoder compute dtype (default bf16)",
     )
     fe.add_argument("--device", default="auto", help="cpu, cuda, ... (default auto)")
+    sp = p.add_argument_group(
+        "split protocol (tune settings on one half of the pool, confirm on the other)"
+    )
+    sp.add_argument(
+        "--split",
+        choices=("none", "prompts", "models", "both"),
+        default="none",
+        help="halve the pool by prompts, by the models that wrote the responses, or both "
+        "(default none: the whole pool)",
+    )
+    sp.add_argument("--split-seed", type=int, default=0, help="seed of the splits (default 0)")
+    sp.add_argument(
+        "--no-stratify-models",
+        action="store_true",
+        help="halve the models uniformly (default: stratified by mean oracle score)",
+    )
     dm = p.add_argument_group("delta_model baseline")
     dm.add_argument("--strong-model", default=None, help="model whose response is chosen")
     dm.add_argument("--weak-model", default=None, help="model whose response is rejected")
 
 
+def _preset_names() -> list[str]:
+    from auf_assets.core.presets import preset_names
+
+    return preset_names()
+
+
+def _preset(args: argparse.Namespace) -> dict[str, Any]:
+    from auf_assets.core.presets import DEFAULT_PRESET, get_preset
+
+    return get_preset(args.preset or DEFAULT_PRESET)
+
+
+def _encoder(args: argparse.Namespace) -> str:
+    """``--encoder`` if given, else the preset's."""
+    return args.encoder or _preset(args)["encoder"]
+
+
 def _run_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """SimulationConfig settings: the preset's values, then every flag that was given."""
+    from auf_assets.core.presets import DEFAULT_PRESET, run_settings
+
     ensemble: dict[str, Any] = {}
     for arg, key in (
         ("heads", "n_heads"),
         ("lr", "lr"),
         ("max_steps", "max_steps"),
+        ("anchor_lambda0", "anchor_lambda0"),
         ("anchor_half_life", "anchor_half_life"),
     ):
         value = getattr(args, arg)
         if value is not None:
             ensemble[key] = value
+    rounds = {
+        key: getattr(args, key)
+        for key in ("beta", "warmup_rounds", "train_passes")
+        if getattr(args, key) is not None
+    }
     eval_model: dict[str, Any] = {}
     for arg, key in (("eval_epochs", "epochs"), ("eval_lr", "lr"), ("eval_heads", "n_heads")):
         value = getattr(args, arg)
         if value is not None:
             eval_model[key] = value
-    settings: dict[str, Any] = {
-        "responses_per_prompt": args.responses_per_prompt or None,
-        "batch_size": args.batch,
-        "heldout_fraction": args.heldout,
-        "beta": args.beta,
-        "eval_every": args.eval_every,
-        "gap_threshold": args.gap_threshold,
-        "warmup_rounds": args.warmup_rounds,
-        "train_passes": args.train_passes,
-        "max_rounds": args.max_rounds or None,
-        "ensemble": ensemble,
-        "eval_model": eval_model,
-    }
+    settings: dict[str, Any] = run_settings(
+        args.preset or DEFAULT_PRESET,
+        **rounds,
+        ensemble=ensemble,
+        responses_per_prompt=args.responses_per_prompt or None,
+        batch_size=args.batch,
+        heldout_fraction=args.heldout,
+        eval_every=args.eval_every,
+        gap_threshold=args.gap_threshold,
+        max_rounds=args.max_rounds or None,
+        eval_model=eval_model,
+    )
     if args.strong_model:
         settings["strong_model"] = args.strong_model
     if args.weak_model:
@@ -155,22 +212,49 @@ def _setup_env() -> None:
 
 def _simulate(args: argparse.Namespace) -> int:
     _setup_env()
-    from auf_assets.core.simulation import PoolError, SimulationConfig, load_pool, simulate
+    from auf_assets.core.simulation import (
+        PoolError,
+        SimulationConfig,
+        load_pool,
+        pool_half,
+        protocol_split,
+        simulate,
+    )
     from auf_assets.pool_features import pool_features
 
     try:
         pool = load_pool(args.pool)
+        method = args.method or _preset(args)["method"]
         config = SimulationConfig.from_dict(
-            {**_run_settings(args), "method": args.method, "seed": args.seed}
+            {**_run_settings(args), "method": method, "seed": args.seed}
         )
+        encoder = _encoder(args)
+        split = None
+        if args.split != "none":
+            split = protocol_split(
+                pool,
+                args.split,
+                seed=args.split_seed,
+                index=args.split_index,
+                stratify_models=not args.no_stratify_models,
+            )
+            run_pool = pool_half(pool, split, args.half)
+        else:
+            run_pool = pool
     except (PoolError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     _print_pool(pool)
+    if split is not None:
+        print(
+            f"{args.half} half of {split.label}: {len(split.prompts(args.half))} prompts x "
+            f"{len(split.models(args.half))} models"
+        )
+        _print_pool(run_pool)
     try:
         feats = pool_features(
             pool,
-            args.encoder,
+            encoder,
             pooling=args.pooling,
             max_length=args.max_length,
             dtype=args.dtype,
@@ -194,13 +278,16 @@ def _simulate(args: argparse.Namespace) -> int:
         )
 
     started = time.perf_counter()
-    result = simulate(pool, feats.matrix, config, progress=show)
+    result = simulate(run_pool, feats.matrix, config, progress=show)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     result.pairs.write_parquet(out)
     curve_path = out.with_suffix(".json")
     summary = result.to_dict()
-    summary["features"] = {"key": feats.key, "dim": feats.dim}
+    summary["features"] = {"key": feats.key, "dim": feats.dim, "encoder": encoder}
+    summary["preset"] = args.preset or "default"
+    if split is not None:
+        summary["split"] = {**split.to_dict(), "half": args.half}
     curve_path.write_text(json.dumps(summary, indent=1, default=str))
     info = result.info
     print(
@@ -224,19 +311,28 @@ def _bench(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    spec = BenchSpec(
-        pool=args.pool,
-        methods=methods,
-        seeds=seeds,
-        encoder=args.encoder,
-        pooling=args.pooling,
-        max_length=args.max_length,
-        dtype=args.dtype,
-        device=args.device,
-        run=_run_settings(args),
-        jobs=args.jobs,
-        budgets=budgets,
-    )
+    try:
+        spec = BenchSpec(
+            pool=args.pool,
+            methods=methods,
+            seeds=seeds,
+            encoder=_encoder(args),
+            pooling=args.pooling,
+            max_length=args.max_length,
+            dtype=args.dtype,
+            device=args.device,
+            run=_run_settings(args),
+            jobs=args.jobs,
+            budgets=budgets,
+            preset=args.preset or "default",
+            split=None if args.split == "none" else args.split,
+            n_splits=args.splits,
+            split_seed=args.split_seed,
+            stratify_models=not args.no_stratify_models,
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         result = run_bench(spec, args.out, log=print)
     except (PoolError, ValueError, LookupError, OSError) as exc:
@@ -260,17 +356,30 @@ def add_commands(sub) -> None:
         description="Replay the active loop on a pool whose responses carry an oracle score. "
         "Writes the selected pairs (parquet) and the evaluation curve (same name, .json).",
     )
-    sim.add_argument("--method", "-m", default="deltaucb", help=f"one of: {methods}")
+    sim.add_argument(
+        "--method", "-m", default=None, help=f"one of: {methods} (default: the preset's, deltaucb)"
+    )
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--out", "-o", required=True, help="selected pairs, .parquet")
     _add_run_args(sim)
+    sim.add_argument(
+        "--split-index", type=int, default=0, help="with --split: which split (default 0)"
+    )
+    sim.add_argument(
+        "--half",
+        choices=("tune", "confirm"),
+        default="tune",
+        help="with --split: the half to run on (default tune)",
+    )
     sim.set_defaults(func=_simulate)
 
     bench = sub.add_parser(
         "bench",
         help="many simulated runs (methods x seeds) in parallel, with a table, JSON and plot",
         description="Runs every method with every seed on the pool and reports held-out "
-        "accuracy, mean oracle gap and mean chosen score as functions of labels spent.",
+        "accuracy, mean oracle gap and mean chosen score as functions of labels spent. With "
+        "--split, every run is repeated on the tuning and the confirmation half of --splits "
+        "seeded splits of the pool, and the report compares the methods per half.",
     )
     bench.add_argument(
         "--methods", nargs="+", default=None, help=f"comma/space separated, from: {methods}"
@@ -282,4 +391,11 @@ def add_commands(sub) -> None:
         "--budgets", nargs="+", default=None, help="label budgets of the table (default: auto)"
     )
     _add_run_args(bench)
+    bench.add_argument(
+        "--splits",
+        type=int,
+        default=2,
+        help="with --split: how many seeded splits; every method and seed runs on both halves "
+        "of each (default 2)",
+    )
     bench.set_defaults(func=_bench)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import polars as pl
+
 from auf_assets.active_round import replay_fingerprint
 from auf_assets.core.ensemble import EnsembleConfig
 from auf_assets.partitions import round_index
@@ -46,19 +48,23 @@ def chain_report(
     # Pairs people labelled stay what they were: their selection is history, not a stale input.
     people = set(store.query("SELECT DISTINCT round_id FROM labels").to_series())
     rounds = sorted(set(models) | set(scored), key=round_index)
+    # One read of the chain's verdicts and rounds serves every round (sensors call this per tick).
+    decided = store.decided_pairs()
+    known = store.rounds()["round_id"].to_list()  # in round order
+    previous_of = dict(zip(known[1:], known[:-1], strict=True))
     out: list[RoundLink] = []
     stale_from = None
     for rid in rounds:
         if stale_from:
             out.append(RoundLink(rid, True, f"built on {stale_from}, which is stale"))
             continue
-        previous = store.previous_round(round_index(rid))
+        previous = previous_of.get(rid)
         expected = (models.get(previous) or {}).get("path") or "" if previous else ""
         scores = None if rid in people else scored.get(rid)
         why = _why_stale(previous, expected, models.get(rid), scores)
         if not why and rid in models:
             capacity = models[rid].get("replay_capacity") or replay_capacity
-            buffer = store.replay_buffer(round_index(rid), capacity)
+            buffer = decided.filter(pl.col("round_index") <= round_index(rid)).tail(capacity)
             if models[rid].get("replay_sha256") not in (None, replay_fingerprint(buffer)):
                 why = (
                     "the judgements it trained on have changed since (this or an earlier "

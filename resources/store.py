@@ -516,15 +516,21 @@ class DuckDBStore(dg.ConfigurableResource):
         the order the rounds took their prompts: the simulator's `ReplayBuffer` holds the same
         pairs in the same order.
         """
+        return self.decided_pairs(round_index).tail(capacity)
+
+    def decided_pairs(self, through_index: int | None = None) -> pl.DataFrame:
+        """Every a/b verdict of the rounds up to `through_index` (all: None), oldest first.
+
+        The order of the replay buffer: by round, then by the prompt's position in its round.
+        """
         return self.query(
-            "SELECT * FROM (SELECT j.round_id, r.round_index, q.position, j.pair_id, "
+            "SELECT j.round_id, r.round_index, q.position, j.pair_id, "
             "j.chosen_completion_id, j.rejected_completion_id FROM judgements j "
             "JOIN rounds r USING (round_id) LEFT JOIN round_prompts q "
             "ON q.round_id = j.round_id AND q.prompt_id = j.prompt_id "
-            "WHERE r.round_index <= ? AND j.preference IN ('a', 'b') "
-            "ORDER BY r.round_index DESC, q.position DESC NULLS LAST, j.pair_id DESC LIMIT ?) "
-            "ORDER BY round_index, position NULLS FIRST, pair_id",
-            [round_index, capacity],
+            "WHERE (? IS NULL OR r.round_index <= ?) AND j.preference IN ('a', 'b') "
+            "ORDER BY r.round_index, q.position NULLS FIRST, j.pair_id",
+            [through_index, through_index],
         )
 
     def unused_prompt_count(self) -> int:

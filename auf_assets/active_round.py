@@ -21,6 +21,7 @@ from pydantic import Field
 from auf_assets.core.acquisition import ACQUISITION_METHODS, select_pairs
 from auf_assets.core.judging import ASPECTS, decide_preference
 from auf_assets.core.labels import Vote, resolve_votes
+from auf_assets.core.presets import DEFAULT_PRESET, default_round, get_preset
 from auf_assets.core.principles import choose_system_prompt
 from auf_assets.core.response_pool import PoolFileError, oracle_scores, read_pool
 from auf_assets.partitions import round_index, rounds_partitions
@@ -453,16 +454,22 @@ def reward_scores(
 # -- pair selection ---------------------------------------------------------------------------
 
 
+_ROUND = default_round()  # the default preset's recipe, as in `auf simulate`
+
+
 class SelectedPairsConfig(dg.Config):
     method: str = Field(
-        default="deltaucb", description="acquisition function; `auf methods` lists them"
+        default=get_preset(DEFAULT_PRESET)["method"],
+        description="acquisition function; `auf methods` lists them",
     )
     beta: float = Field(
-        default=1.0, ge=0.0, description="exploration width: bounds are mu -/+ beta * sigma"
+        default=_ROUND["beta"],
+        ge=0.0,
+        description="exploration width: bounds are mu -/+ beta * sigma",
     )
     seed: int = 0
     warmup_rounds: int = Field(
-        default=0,
+        default=_ROUND["warmup_rounds"],
         ge=0,
         description="the first rounds pick pairs at random while the reward model learns (the "
         "simulator's warmup_rounds)",

@@ -11,6 +11,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from auf_assets.core.presets import DEFAULT_PRESET, default_round, get_preset
 from auf_assets.core.simulation import SimulationConfig, load_pool
 from auf_assets.pool_features import pool_features
 from auf_assets.reporting import png_markdown
@@ -18,12 +19,14 @@ from auf_assets.sim_bench import DEFAULT_METHODS, BenchSpec, run_bench
 from resources import home
 
 GROUP = "benchmarks"
+_ROUND = default_round()  # the same defaults as `auf simulate` and a real round
 
 
 class PoolFeaturesConfig(dg.Config):
     pool: str = Field(description="pool file: one row per response with an oracle_score")
     encoder: str = Field(
-        default="minilm", description="minilm | text-stats | transformers dir | a+b"
+        default=get_preset(DEFAULT_PRESET)["encoder"],
+        description="minilm | text-stats | transformers dir | a+b",
     )
     pooling: str = Field(default="mean", description="mean or last (token)")
     max_length: int = Field(default=512, ge=8)
@@ -84,13 +87,14 @@ class MethodBenchmarkConfig(dg.Config):
     responses_per_prompt: int = Field(default=0, ge=0, description="K per prompt (0: all)")
     batch_size: int = Field(default=32, ge=1, description="prompts per round (B)")
     heldout_fraction: float = Field(default=0.25, ge=0.0, lt=1.0)
-    beta: float = Field(default=1.0, ge=0.0)
+    beta: float = Field(default=_ROUND["beta"], ge=0.0)
     eval_every: int = Field(default=1, ge=1)
     gap_threshold: float = Field(default=0.1, ge=0.0)
-    warmup_rounds: int = Field(default=0, ge=0)
-    train_passes: int = Field(default=1, ge=1)
+    warmup_rounds: int = Field(default=_ROUND["warmup_rounds"], ge=0)
+    train_passes: int = Field(default=_ROUND["train_passes"], ge=1)
     ensemble: dict = Field(
-        default_factory=dict, description="EnsembleConfig overrides of the running model"
+        default_factory=dict,
+        description="overrides of the running model's settings (the default preset's)",
     )
     eval_model: dict = Field(default_factory=dict, description="EvalModelConfig overrides")
     jobs: int = Field(default=0, ge=0, description="worker processes (0: min(cores, runs))")

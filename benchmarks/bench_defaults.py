@@ -69,6 +69,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 ENCODERS = ("minilm", "text-stats", "minilm+text-stats")
 LRS = (5e-5, 3e-4, 1e-3, 3e-3)
 PASSES = (1, 3)
+MIN_STEPS = (0,)
 BASE = {"n_heads": 20, "anchor_lambda0": 1.0}
 # The anchor term is lambda_t * mean over a head's parameters of (w - w_init)^2: with ~70k
 # parameters per head, lambda_0 = 1 (the reference) barely moves Adam's steps; 1e4 and 1e5 are
@@ -86,20 +87,33 @@ GAP_FACTOR = 1.5
 
 
 def variant_name(v: dict[str, Any]) -> str:
+    # min_steps appears only when set, so the names of earlier results (--resume) stay valid.
+    floor = f" min-steps={v['min_steps']}" if v.get("min_steps") else ""
     return (
-        f"{v['encoder']} lr={v['lr']:g} passes={v['train_passes']} heads={v['n_heads']} "
-        f"anchor={v['anchor_lambda0']:g}"
+        f"{v['encoder']} lr={v['lr']:g} passes={v['train_passes']}{floor} "
+        f"heads={v['n_heads']} anchor={v['anchor_lambda0']:g}"
     )
 
 
 def make_variant(encoder: str, lr: float, passes: int, **extra: Any) -> dict[str, Any]:
-    v = {"encoder": encoder, "lr": lr, "train_passes": passes, **BASE, **extra}
+    v = {"encoder": encoder, "lr": lr, "train_passes": passes, "min_steps": 0, **BASE, **extra}
     v["name"] = variant_name(v)
     return v
 
 
-def stage1_variants(encoders: Sequence[str], lrs: Sequence[float], passes: Sequence[int]):
-    return [make_variant(e, lr, p) for e in encoders for lr in lrs for p in passes]
+def stage1_variants(
+    encoders: Sequence[str],
+    lrs: Sequence[float],
+    passes: Sequence[int],
+    min_steps: Sequence[int] = MIN_STEPS,
+):
+    return [
+        make_variant(e, lr, p, min_steps=m)
+        for e in encoders
+        for lr in lrs
+        for p in passes
+        for m in min_steps
+    ]
 
 
 def stage2_variants(parents: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -108,6 +122,7 @@ def stage2_variants(parents: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         for change in STAGE2:
             base = {k: parent[k] for k in ("encoder", "lr", "train_passes")}
             extra = {k: parent[k] for k in BASE}
+            extra["min_steps"] = parent.get("min_steps", 0)
             extra.update(change)
             v = make_variant(base["encoder"], base["lr"], base["train_passes"], **extra)
             if v["name"] != parent["name"]:
@@ -127,6 +142,7 @@ def run_settings(v: dict[str, Any] | None, args: argparse.Namespace) -> dict[str
             "lr": v["lr"],
             "n_heads": v["n_heads"],
             "anchor_lambda0": v["anchor_lambda0"],
+            "min_steps": v.get("min_steps", 0),
         }
     return settings
 
@@ -794,6 +810,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--encoders", nargs="+", default=list(ENCODERS))
     ap.add_argument("--lrs", type=float, nargs="+", default=list(LRS))
     ap.add_argument("--passes", type=int, nargs="+", default=list(PASSES))
+    ap.add_argument(
+        "--min-steps",
+        type=int,
+        nargs="+",
+        default=list(MIN_STEPS),
+        help="floors on the training steps per round (EnsembleConfig.min_steps)",
+    )
     ap.add_argument("--stage2-top", type=int, default=2, help="stage-1 settings to refine")
     ap.add_argument("--rule", choices=RULES, default="accuracy-first", help="the choice rule")
     ap.add_argument(
@@ -844,7 +867,7 @@ def main(argv: list[str] | None = None) -> int:
             previous_variants[v["name"]] = v
         print(f"resuming: {len(runner.runs)} runs from {args.resume}", flush=True)
 
-    stage1 = stage1_variants(args.encoders, args.lrs, args.passes)
+    stage1 = stage1_variants(args.encoders, args.lrs, args.passes, args.min_steps)
     jobs = [
         j
         for e in args.encoders
@@ -1018,7 +1041,10 @@ def main(argv: list[str] | None = None) -> int:
     # ---- composition of the selected pairs
     shown = [(f"baseline:{e}", "random", e) for e in args.encoders]
     for v in variants:
-        same = all(v[k] == best["settings"][k] for k in ("lr", "train_passes", "n_heads"))
+        same = all(
+            v.get(k, 0) == best["settings"].get(k, 0)
+            for k in ("lr", "train_passes", "n_heads", "min_steps")
+        )
         same = same and v["anchor_lambda0"] == best["settings"]["anchor_lambda0"]
         if same or v["name"] in (REFERENCE_VARIANT, DOC_TUNED_VARIANT, choices[other]["variant"]):
             for m in ACTIVE:

@@ -10,7 +10,14 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from auf_assets.core.features import SCALING_VERSION, TEXT_STATS, EncoderBlock, scale_block
+from auf_assets.core.features import (
+    SCALING_VERSION,
+    TEXT_STATS,
+    EncoderBlock,
+    encoder_parts,
+    scale_block,
+)
+from auf_assets.core.presets import DEFAULT_PRESET, get_preset
 from auf_assets.core.text_features import text_statistics
 from resources import home
 from resources.models import (
@@ -19,6 +26,10 @@ from resources.models import (
     map_pairs,
     resolve_device,
 )
+
+# The default features are the default preset's (the split protocol's choice, see
+# auf_assets/core/presets.py), so `auf simulate` and a round agree without any flag.
+_DEFAULT_MODEL, _DEFAULT_TEXT_STATS = encoder_parts(get_preset(DEFAULT_PRESET)["encoder"])
 
 
 class FeatureEncoder(dg.ConfigurableResource):
@@ -33,11 +44,12 @@ class FeatureEncoder(dg.ConfigurableResource):
     """
 
     model: str = Field(
-        default="all-minilm-l6-v2",
-        description="packaged name, dir or repo id of the backbone; empty: text statistics only",
+        default=_DEFAULT_MODEL,
+        description="packaged name, dir or repo id of the backbone (e.g. all-minilm-l6-v2); "
+        "empty: text statistics only",
     )
     text_stats: bool = Field(
-        default=True,
+        default=_DEFAULT_TEXT_STATS,
         description="append the cheap text statistics (length, layout, refusals, ...): what a "
         "sentence encoder that truncates long responses barely sees",
     )

@@ -15,26 +15,45 @@ import dagster as dg
 from pydantic import Field
 
 from auf_assets.core.ensemble import EnsembleConfig, RewardEnsemble
+from auf_assets.core.presets import default_ensemble, default_round
 from resources import home
 from resources.store import DuckDBStore, StoreError
+
+# Defaults: the default preset (auf_assets/core/presets.py), the same as `auf simulate`'s.
+_ENSEMBLE = default_ensemble()
+_ROUND = default_round()
 
 
 class UncertaintyModel(dg.ConfigurableResource):
     """Anchored head ensemble settings (spec section 2) and checkpoint loading/saving."""
 
-    n_heads: int = Field(default=20, ge=2)
-    hidden: list[int] = Field(default_factory=lambda: [128, 128])
-    lr: float = 5e-5
-    anchor_lambda0: float = 1.0
+    n_heads: int = Field(default=_ENSEMBLE["n_heads"], ge=2)
+    hidden: list[int] = Field(default_factory=lambda: list(_ENSEMBLE["hidden"]))
+    lr: float = _ENSEMBLE["lr"]
+    weight_decay: float = Field(default=_ENSEMBLE["weight_decay"], ge=0.0)
+    anchor_lambda0: float = _ENSEMBLE["anchor_lambda0"]
     anchor_half_life: float = Field(
-        default=1000.0, description="labelled prompts after which the anchor weight halves"
+        default=_ENSEMBLE["anchor_half_life"],
+        description="labelled prompts after which the anchor weight halves",
     )
-    center_coef: float = 0.01
-    replay_capacity: int = Field(default=6400, ge=1, description="pairs in the FIFO buffer")
-    batch_size: int = Field(default=64, ge=1)
-    max_steps: int = Field(default=100, ge=1, description="training steps per pass")
+    center_coef: float = _ENSEMBLE["center_coef"]
+    replay_capacity: int = Field(
+        default=_ENSEMBLE["replay_capacity"], ge=1, description="pairs in the FIFO buffer"
+    )
+    batch_size: int = Field(default=_ENSEMBLE["batch_size"], ge=1)
+    max_steps: int = Field(
+        default=_ENSEMBLE["max_steps"], ge=1, description="training steps per pass"
+    )
+    min_steps: int = Field(
+        default=_ENSEMBLE["min_steps"],
+        ge=0,
+        description="the fewest steps per pass: a small replay buffer is passed over again, so "
+        "the first rounds of small batches learn",
+    )
     train_passes: int = Field(
-        default=1, ge=1, description="training passes over the replay buffer per round"
+        default=_ROUND["train_passes"],
+        ge=1,
+        description="training passes over the replay buffer per round",
     )
     seed: int = 0
     checkpoint_dir: str = Field(default="", description="empty: $AUF_HOME/reward_models")
@@ -44,12 +63,14 @@ class UncertaintyModel(dg.ConfigurableResource):
             n_heads=self.n_heads,
             hidden=tuple(self.hidden),
             lr=self.lr,
+            weight_decay=self.weight_decay,
             anchor_lambda0=self.anchor_lambda0,
             anchor_half_life=self.anchor_half_life,
             center_coef=self.center_coef,
             replay_capacity=self.replay_capacity,
             batch_size=self.batch_size,
             max_steps=self.max_steps,
+            min_steps=self.min_steps,
             seed=self.seed,
         )
 

@@ -327,6 +327,40 @@ def test_partial_and_empty_rounds():
         m.train_round(c, r[:-1], n_done=0)
 
 
+def test_min_steps_passes_over_a_small_buffer_again():
+    c, r = _pairs(40)
+    # 40 pairs, batch 16: 3 steps; a floor of 7 makes 7 full steps over fresh orders.
+    m = RewardEnsemble(D, _small(batch_size=16, max_steps=10, min_steps=7))
+    seen = []
+    st = m.train_round(c, r, n_done=0, progress=lambda s, n, lo: seen.append(n))
+    assert (st.steps, st.pairs_used) == (7, 40) and seen == [7] * 7
+    # A buffer below one batch: every step is the whole buffer.
+    st = m.train_round(c[:5], r[:5], n_done=0)
+    assert (st.steps, st.pairs_used) == (7, 5)
+    # A buffer of min_steps batches or more: no change.
+    m0 = RewardEnsemble(D, _small(batch_size=16, max_steps=10, min_steps=0))
+    m7 = RewardEnsemble(D, _small(batch_size=16, max_steps=10, min_steps=7))
+    c, r = _pairs(200)
+    a, b = m0.train_round(c, r, n_done=0), m7.train_round(c, r, n_done=0)
+    assert a.steps == b.steps == 10
+    assert np.array_equal(m0.predict(c)[0], m7.predict(c)[0])
+    # More steps on a small buffer learn more than one step does.
+    c, r = _pairs(8)
+    few = RewardEnsemble(D, _small(lr=1e-2, batch_size=64, min_steps=0))
+    many = RewardEnsemble(D, _small(lr=1e-2, batch_size=64, min_steps=10))
+    drop_few = few.train_round(c, r, n_done=0)
+    drop_many = many.train_round(c, r, n_done=0)
+    assert drop_few.steps == 1 and drop_many.steps == 10
+    assert drop_many.loss_before - drop_many.loss_after > 3 * (
+        drop_few.loss_before - drop_few.loss_after
+    )
+    # max_steps stays the cap.
+    capped = RewardEnsemble(D, _small(batch_size=16, max_steps=2, min_steps=7))
+    assert capped.train_round(c, r, n_done=0).steps == 2
+    with pytest.raises(ValueError, match="min_steps"):
+        EnsembleConfig(min_steps=-1)
+
+
 def test_bf16_compute_trains_like_fp32():
     c, r = _pairs(1024, seed=5)
     out = {}
@@ -416,6 +450,7 @@ _CHANGED = {
     "replay_capacity": 17,
     "batch_size": 5,
     "max_steps": 3,
+    "min_steps": 5,
     "compute_dtype": "bfloat16",
     "stats_pairs": 0,
 }
@@ -439,6 +474,8 @@ def test_load_with_config_applies_each_changeable_setting(tmp_path, name):
     new = dataclasses.replace(old, **{name: _CHANGED[name]})
     assert new != old
     c, r = _pairs(120)
+    if name == "min_steps":  # a floor only matters on a buffer below min_steps batches
+        c, r = c[:20], r[:20]
     path = tmp_path / "round0.safetensors"
     RewardEnsemble(D, old).save(path)  # an untrained checkpoint: no optimizer state yet
 

@@ -45,7 +45,10 @@ def test_the_pipeline_encoder_gives_the_simulator_features(tmp_path, tiny_lm_dir
     )
     assert np.allclose(ours[:, 32:], stats, atol=1e-5)
     assert "text-stats" in encoder.key and encoder.key.endswith("|z1")
-    assert FeatureEncoder(text_stats=False).key != FeatureEncoder().key
+    assert encoder.key != FeatureEncoder().key  # the default: text statistics alone
+    assert FeatureEncoder().key == "text-stats:v1|z1"
+    with pytest.raises(ValueError, match="needs a model, text_stats, or both"):
+        FeatureEncoder(text_stats=False).blocks()
 
 
 def test_text_statistics_are_scaled_by_fixed_numbers_not_by_the_batch():

@@ -31,7 +31,8 @@ def test_a_round_with_the_packaged_models(auf_home):
     resources = {
         "store": store,
         "engine": GenerationEngine(device="cpu"),
-        "encoder": FeatureEncoder(device="cpu"),
+        # the packaged MiniLM (the default features are text statistics alone)
+        "encoder": FeatureEncoder(model="all-minilm-l6-v2", device="cpu"),
         "judge": RubricJudge(device="cpu"),
         "reward_judge": RewardModelJudge(),
         "labeling": LabelingSettings(),
@@ -62,7 +63,8 @@ def test_a_round_with_the_packaged_models(auf_home):
     assert responses.height == 4
     assert (responses["response"].str.len_chars() > 0).all()
     assert (responses["completion_tokens"] > 0).all()
-    features = store.load_features(responses["completion_id"].to_list(), FeatureEncoder().key)
+    key = resources["encoder"].key
+    features = store.load_features(responses["completion_id"].to_list(), key)
     assert features.shape == (4, 384 + N_TEXT_FEATURES)
     # The real judge puts its first token on a rating digit: scores land in [1, 5], never NaN.
     aspects = store.round_rows("judge_scores", "round-0001")

@@ -244,7 +244,9 @@ def test_ensemble_settings_that_cannot_change_fail_and_the_others_apply(pool, ti
     wider = UncertaintyModel(n_heads=8, hidden=[16, 16], lr=1e-2, max_steps=5, batch_size=4)
     with pytest.raises(dg.Failure, match="n_heads"):
         materialize_round(pool, "round-0002", tiny_lm_dir, uncertainty_model=wider)
-    fewer_steps = UncertaintyModel(n_heads=4, hidden=[16, 16], lr=1e-2, max_steps=1, batch_size=4)
+    fewer_steps = UncertaintyModel(
+        n_heads=4, hidden=[16, 16], lr=1e-2, max_steps=1, batch_size=4, train_passes=1
+    )
     result = materialize_round(pool, "round-0002", tiny_lm_dir, uncertainty_model=fewer_steps)
     meta = next(
         e.step_materialization_data.materialization.metadata

@@ -370,19 +370,43 @@ def test_presets_are_plain_data_and_default_matches_the_code_defaults():
         assert set(preset["round"]) == set(ROUND_KEYS), name
         SimulationConfig.from_dict(run_settings(name))  # every preset is a valid config
 
-    # `default` is what the code does without a preset.
+    # `default` is what the code does without a preset: the simulator, the pipeline's resources
+    # and configs, the Dagster benchmark and the CLIs all read it.
+    from auf_assets.active_round import SelectedPairsConfig
+    from auf_assets.bench import MethodBenchmarkConfig, PoolFeaturesConfig
+    from auf_assets.core.features import encoder_parts
+    from resources.encoder import FeatureEncoder
+    from resources.reward_model import UncertaintyModel
+
     default = get_preset("default")
-    ens = EnsembleConfig()
-    for key in ENSEMBLE_KEYS:
-        value = getattr(ens, key)
-        assert (list(value) if key == "hidden" else value) == default["ensemble"][key], key
+    assert EnsembleConfig().to_dict()["lr"] == ref["ensemble"]["lr"]  # the class: the reference
     sim = SimulationConfig()
-    assert default["method"] == sim.method
+    pipeline = UncertaintyModel().ensemble_config()
+    for key in ENSEMBLE_KEYS:
+        want = default["ensemble"][key]
+        for name, got in (
+            ("simulator", getattr(sim.ensemble, key)),
+            ("pipeline", getattr(pipeline, key)),
+        ):
+            assert (list(got) if key == "hidden" else got) == want, (name, key)
+    assert default["method"] == sim.method == SelectedPairsConfig().method
     for key in ROUND_KEYS:
         assert getattr(sim, key) == default["round"][key], key
+    assert UncertaintyModel().train_passes == default["round"]["train_passes"]
+    assert SelectedPairsConfig().beta == default["round"]["beta"]
+    assert SelectedPairsConfig().warmup_rounds == default["round"]["warmup_rounds"]
+    encoder = FeatureEncoder()
+    assert (encoder.model, encoder.text_stats) == encoder_parts(default["encoder"])
+    assert PoolFeaturesConfig(pool="p").encoder == default["encoder"]
+    assert MethodBenchmarkConfig().train_passes == default["round"]["train_passes"]
+    # A partial ensemble dict overrides the default preset's, not the reference's.
+    partial = SimulationConfig.from_dict({"ensemble": {"lr": 1e-3}}).ensemble
+    assert partial.lr == 1e-3 and partial.min_steps == default["ensemble"]["min_steps"]
     args = build_parser().parse_args(["simulate", "--pool", "p", "--out", "o"])
     # encoder and method come from the default preset
     assert args.encoder is None and args.preset is None and args.method is None
+    demo = build_parser().parse_args(["demo"])
+    assert demo.method is None and demo.beta is None  # SelectedPairsConfig's defaults apply
 
     # Copies, not the table itself; overrides merge into the ensemble.
     get_preset("reference")["ensemble"]["lr"] = 1.0

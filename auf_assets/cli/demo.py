@@ -55,7 +55,7 @@ def _demo_with(console: RunConsole, root: Path, args: argparse.Namespace) -> int
     run_config: dict = {
         "ops": {
             "round_prompts": {"config": {"batch_size": args.batch_size}},
-            "selected_pairs": {"config": {"method": args.method, "beta": args.beta}},
+            "selected_pairs": {"config": _selection_config(args)},
         },
     }
     if args.device:
@@ -117,6 +117,12 @@ def _demo_with(console: RunConsole, root: Path, args: argparse.Namespace) -> int
             "again: the step is re-run."
         )
     return code
+
+
+def _selection_config(args: argparse.Namespace) -> dict:
+    """--method/--beta when given; otherwise SelectedPairsConfig's defaults (the preset's)."""
+    given = {"method": args.method, "beta": args.beta}
+    return {key: value for key, value in given.items() if value is not None}
 
 
 def _labeling_settings(run_config: dict):
@@ -377,8 +383,12 @@ def add_commands(sub) -> None:
         "--prompts-split", default="", help="split of a saved DatasetDict or Hub dataset"
     )
     demo.add_argument("--batch-size", type=int, default=8, help="prompts per round")
-    demo.add_argument("--method", default="deltaucb", help="acquisition function (auf methods)")
-    demo.add_argument("--beta", type=float, default=1.0)
+    demo.add_argument(
+        "--method",
+        default=None,
+        help="acquisition function (auf methods; default: the default preset's, deltaucb)",
+    )
+    demo.add_argument("--beta", type=float, default=None, help="acquisition width (default 1)")
     demo.add_argument("--device", default="", help="cpu, cuda, ... (default: auto)")
     demo.add_argument(
         "--config", default="", help="YAML/JSON Dagster run config merged over the demo's"

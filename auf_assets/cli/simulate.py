@@ -60,7 +60,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
         "--train-passes",
         type=int,
         default=None,
-        help="training passes over the replay buffer per round (default: the preset's, 1)",
+        help="training passes over the replay buffer per round (default: the preset's)",
     )
     p.add_argument("--max-rounds", type=int, default=0, help="stop after N rounds (0: all)")
     ens = p.add_argument_group(
@@ -76,6 +76,12 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     ens.add_argument("--lr", type=float, default=None, help="AdamW learning rate (reference 5e-5)")
     ens.add_argument(
         "--max-steps", type=int, default=None, help="steps per round (reference 100, batch 64)"
+    )
+    ens.add_argument(
+        "--min-steps",
+        type=int,
+        default=None,
+        help="the fewest steps per round: a small buffer is passed over again (reference 0)",
     )
     ens.add_argument(
         "--anchor-lambda0", type=float, default=None, help="anchor strength (reference 1.0)"
@@ -150,6 +156,7 @@ def _run_settings(args: argparse.Namespace) -> dict[str, Any]:
         ("heads", "n_heads"),
         ("lr", "lr"),
         ("max_steps", "max_steps"),
+        ("min_steps", "min_steps"),
         ("anchor_lambda0", "anchor_lambda0"),
         ("anchor_half_life", "anchor_half_life"),
     ):

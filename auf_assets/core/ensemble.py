@@ -149,6 +149,12 @@ class EnsembleConfig:
         batch_size: pairs per optimizer step.
         max_steps: steps per round; a round samples up to ``max_steps * batch_size`` pairs of the
             buffer without replacement and makes one pass over them.
+        min_steps: the fewest steps a round makes (0: no floor, the reference). A buffer smaller
+            than ``min_steps * batch_size`` pairs is passed over again, each time in a fresh
+            order, until the round has made ``min_steps`` steps: early rounds of a small batch
+            (the demo's 8 prompts give one step of 8 pairs) learn as much per round as later
+            ones instead of barely moving. It changes nothing once the buffer holds
+            ``min_steps * batch_size`` pairs, and never makes more than ``max_steps`` steps.
         seed: seeds the head initialisation and the (persistent) sampling generator.
         compute_dtype: ``"float32"`` or ``"bfloat16"`` for the first-layer GEMMs (see module doc).
         stats_pairs: pairs of each round's sample on which :class:`TrainStats` measures the loss
@@ -171,6 +177,7 @@ class EnsembleConfig:
         "replay_capacity",
         "batch_size",
         "max_steps",
+        "min_steps",
         "compute_dtype",
         "stats_pairs",
     )
@@ -190,6 +197,7 @@ class EnsembleConfig:
     replay_capacity: int = 6400
     batch_size: int = 64
     max_steps: int = 100
+    min_steps: int = 0
     seed: int = 0
     compute_dtype: str = "float32"
     stats_pairs: int = 256
@@ -201,6 +209,10 @@ class EnsembleConfig:
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise ValueError(f"EnsembleConfig.{name} must be an integer >= 1, got {value!r}")
+        if not _is_int(self.min_steps) or self.min_steps < 0:
+            raise ValueError(
+                f"EnsembleConfig.min_steps must be an integer >= 0, got {self.min_steps!r}"
+            )
         if not _is_int(self.stats_pairs) or self.stats_pairs < 0:
             raise ValueError(
                 f"EnsembleConfig.stats_pairs must be an integer >= 0, got {self.stats_pairs!r}"
@@ -843,6 +855,16 @@ class RewardEnsemble:
         n_use = min(M, cfg.max_steps * cfg.batch_size)
         order = torch.randperm(M, generator=self._sample_gen)[:n_use]
         n_steps = -(-n_use // cfg.batch_size)
+        step_size = cfg.batch_size
+        floor = min(cfg.min_steps, cfg.max_steps)
+        if n_steps < floor:
+            # A small buffer: pass over it again, each time in a fresh order, until the round
+            # has made min_steps steps (a buffer below one batch is one step per pass).
+            step_size = min(cfg.batch_size, M)
+            n_steps = floor
+            repeats = -(-n_steps * step_size // M)
+            more = [torch.randperm(M, generator=self._sample_gen) for _ in range(repeats - 1)]
+            order = torch.cat([order, *more])
 
         stats_idx = order[: min(cfg.stats_pairs, n_use)]
         if len(stats_idx):
@@ -871,7 +893,7 @@ class RewardEnsemble:
         bs = cfg.batch_size
         xbuf = torch.empty(2 * bs, self.in_dim, dtype=torch.float32)
         for step in range(n_steps):
-            idx = order[step * bs : (step + 1) * bs]
+            idx = order[step * step_size : (step + 1) * step_size]
             n = idx.numel()
             x = xbuf[: 2 * n]
             if xc_all.dtype == torch.float32:

@@ -10,9 +10,13 @@ simulator means the same in a real round.
 * ``reference``: the paper's reference values (spec section 2): MiniLM features, 20 heads of
   ``d -> 128 -> 128 -> 1``, AdamW lr 5e-5, batch 64, at most 100 steps per round, anchor
   ``lambda_0 = 1`` halving every 1000 prompts, one training pass per round, beta 1.
-* ``default``: what a run gets without ``--preset``; it must equal the code's defaults
-  (``EnsembleConfig()``, ``SimulationConfig()`` and the CLI's encoder), which a test checks, so
-  change both together.
+* ``default``: what a run gets without ``--preset``: ``dev-protocol`` with a floor of 3 training
+  steps per pass (``min_steps``), so the first rounds of a small batch (the demo's 8 prompts)
+  learn; pooled over every held-out half of the protocol (tuning, confirmation and fresh splits),
+  every seed's mean keeps an accuracy above random's (+0.007 to +0.012) at 2.2-2.3x random's
+  gap. ``SimulationConfig()``, the pipeline's ``FeatureEncoder``/``UncertaintyModel``, the
+  Dagster benchmark and the CLIs read it (``EnsembleConfig()`` stays the reference); a test
+  checks they agree.
 * ``dev-protocol``: what the split protocol chose on the dev pool (``benchmarks/bench_defaults.py``,
   ``--split both --splits 3``, seeds 0-2): chosen on half the prompts x half the models, confirmed
   on the other halves and on 3 fresh splits of another split seed. Text statistics instead of
@@ -38,6 +42,8 @@ __all__ = [
     "PRESETS",
     "ROUND_KEYS",
     "get_preset",
+    "default_ensemble",
+    "default_round",
     "preset_names",
     "run_settings",
 ]
@@ -55,6 +61,7 @@ ENSEMBLE_KEYS = (
     "replay_capacity",
     "batch_size",
     "max_steps",
+    "min_steps",
 )
 #: Round recipe keys (SimulationConfig fields of the same name).
 ROUND_KEYS = ("train_passes", "warmup_rounds", "beta")
@@ -74,25 +81,36 @@ _REFERENCE: dict[str, Any] = {
         "replay_capacity": 6400,
         "batch_size": 64,
         "max_steps": 100,
+        "min_steps": 0,
     },
     "round": {"train_passes": 1, "warmup_rounds": 0, "beta": 1.0},
 }
 
+_DEV_PROTOCOL: dict[str, Any] = {
+    "description": (
+        "chosen by the split protocol on the dev pool (benchmarks/bench_defaults.py: tuned "
+        "on half the prompts x half the models, confirmed on the other halves)"
+    ),
+    "method": "deltaucb",
+    "encoder": "text-stats",
+    "ensemble": dict(_REFERENCE["ensemble"]),
+    "round": {"train_passes": 3, "warmup_rounds": 0, "beta": 1.0},
+}
+
 PRESETS: dict[str, dict[str, Any]] = {
     "reference": _REFERENCE,
-    # Today's code defaults are the reference values; keep this entry equal to the defaults of
-    # EnsembleConfig / SimulationConfig / the CLI encoder (tests/test_presets.py checks it).
-    "default": {**copy.deepcopy(_REFERENCE), "description": "the code's defaults"},
-    "dev-protocol": {
+    # The code's defaults (EnsembleConfig stays the reference; SimulationConfig, the pipeline's
+    # FeatureEncoder/UncertaintyModel and the CLIs read this entry; tests/test_split_protocol.py
+    # checks they agree).
+    "default": {
+        **copy.deepcopy(_DEV_PROTOCOL),
         "description": (
-            "chosen by the split protocol on the dev pool (benchmarks/bench_defaults.py: tuned "
-            "on half the prompts x half the models, confirmed on the other halves)"
+            "the code's defaults: dev-protocol plus at least 3 training steps per pass, so the "
+            "first rounds of small batches learn (docs/benchmarks.md)"
         ),
-        "method": "deltaucb",
-        "encoder": "text-stats",
-        "ensemble": dict(_REFERENCE["ensemble"]),
-        "round": {"train_passes": 3, "warmup_rounds": 0, "beta": 1.0},
+        "ensemble": {**_DEV_PROTOCOL["ensemble"], "min_steps": 3},
     },
+    "dev-protocol": _DEV_PROTOCOL,
 }
 
 DEFAULT_PRESET = "default"
@@ -122,3 +140,13 @@ def run_settings(name: str, **overrides: Any) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+def default_ensemble() -> dict[str, Any]:
+    """The ensemble settings a run gets without a preset (the ``default`` preset's)."""
+    return get_preset(DEFAULT_PRESET)["ensemble"]
+
+
+def default_round() -> dict[str, Any]:
+    """The round recipe (train passes, warm-up rounds, beta) a run gets without a preset."""
+    return get_preset(DEFAULT_PRESET)["round"]

@@ -63,6 +63,7 @@ import polars as pl
 from .acquisition import ACQUISITION_METHODS, select_pairs
 from .baselines import BASELINE_METHODS, select_oracle_pairs
 from .ensemble import EnsembleConfig, ReplayBuffer, RewardEnsemble
+from .presets import default_ensemble, default_round
 
 __all__ = [
     "POOL_COLUMNS",
@@ -106,6 +107,7 @@ PAIR_COLUMNS = (
 )
 
 # Independent random streams derived from the run's seed.
+_DEFAULT_ROUND = default_round()
 _STREAM_SAMPLE, _STREAM_SPLIT, _STREAM_SELECT, _STREAM_PROTOCOL = 11, 12, 13, 14
 _EVAL_SEED_OFFSET = 1_000_003
 
@@ -646,21 +648,24 @@ class SimulationConfig:
     responses_per_prompt: int | None = None
     batch_size: int = 32
     heldout_fraction: float = 0.25
-    beta: float = 1.0
+    beta: float = _DEFAULT_ROUND["beta"]
     method_options: dict[str, float] = field(default_factory=dict)
     eval_every: int = 1
     gap_threshold: float = 0.1
-    warmup_rounds: int = 0
-    train_passes: int = 1
+    warmup_rounds: int = _DEFAULT_ROUND["warmup_rounds"]
+    train_passes: int = _DEFAULT_ROUND["train_passes"]
     max_rounds: int | None = None
-    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    ensemble: EnsembleConfig = field(
+        default_factory=lambda: EnsembleConfig.from_dict(default_ensemble())
+    )
     eval_model: EvalModelConfig = field(default_factory=EvalModelConfig)
     strong_model: str | None = None
     weak_model: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.ensemble, dict):
-            self.ensemble = EnsembleConfig.from_dict(self.ensemble)
+            # A partial dict overrides the default preset's ensemble, as a preset's flags do.
+            self.ensemble = EnsembleConfig.from_dict({**default_ensemble(), **self.ensemble})
         if isinstance(self.eval_model, dict):
             data = dict(self.eval_model)
             if "hidden" in data:

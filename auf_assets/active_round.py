@@ -21,6 +21,7 @@ from pydantic import Field
 from auf_assets.core.acquisition import ACQUISITION_METHODS, select_pairs
 from auf_assets.core.judging import ASPECTS, decide_preference
 from auf_assets.core.labels import Vote, resolve_votes
+from auf_assets.core.policy_selection import POLICY_METHODS
 from auf_assets.core.presets import DEFAULT_PRESET, default_round, get_preset
 from auf_assets.core.principles import choose_system_prompt
 from auf_assets.core.response_pool import PoolFileError, oracle_scores, read_pool
@@ -468,6 +469,14 @@ class SelectedPairsConfig(dg.Config):
         description="exploration width: bounds are mu -/+ beta * sigma",
     )
     seed: int = 0
+    fraction: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=1.0,
+        description="policy-aware methods: the share of the round's prompts that get a pair "
+        "(the rest are not labelled)",
+    )
+    lam: float = Field(default=1.0, gt=0.0, description="activedpo: V = lam * I + sum phi phi^T")
     warmup_rounds: int = Field(
         default=_ROUND["warmup_rounds"],
         ge=0,
@@ -518,21 +527,24 @@ def score_matrices(
 
 @dg.asset(
     partitions_def=rounds_partitions,
-    deps=[reward_scores],
+    # policy_logprobs (auf_assets.policy_loop) is read only by the policy-aware methods.
+    deps=[reward_scores, dg.AssetKey("policy_logprobs")],
     group_name=GROUP,
     kinds={"numpy", "duckdb"},
     code_version="1",
-    description="One pair of responses per prompt, picked by the acquisition function.",
+    description="One pair of responses per prompt, picked by the acquisition function (or by "
+    "the DPO policy: sharp, wsharp, activedpo, apl).",
 )
 @holds_round_chain
 def selected_pairs(
     context: dg.AssetExecutionContext, config: SelectedPairsConfig, store: DuckDBStore
 ) -> dg.MaterializeResult:
     round_id = context.partition_key
+    if config.method in POLICY_METHODS:
+        return _policy_selected_pairs(context, config, store, round_id)
     if config.method not in ACQUISITION_METHODS:
-        raise dg.Failure(
-            f"unknown acquisition method {config.method!r}; known: {sorted(ACQUISITION_METHODS)}"
-        )
+        known = sorted([*ACQUISITION_METHODS, *POLICY_METHODS])
+        raise dg.Failure(f"unknown acquisition method {config.method!r}; known: {known}")
     scores = store.round_rows("reward_scores", round_id)
     if scores.height == 0:
         raise dg.Failure(f"{round_id} has no reward scores: materialise reward_scores first")
@@ -553,17 +565,8 @@ def selected_pairs(
             "sigma_a": sigma[np.arange(len(picks)), picks[:, 0]],
             "sigma_b": sigma[np.arange(len(picks)), picks[:, 1]],
         }
-    ).with_columns(
-        pair_id=pl.concat_str(
-            pl.lit(round_id), "prompt_id", "completion_a", "completion_b", separator="|"
-        ).map_elements(lambda s: "pr-" + stable_hash(s), return_dtype=pl.String),
-        round_id=pl.lit(round_id),
-        method=pl.lit(method),
-        beta=pl.lit(config.beta),
-        seed=pl.lit(seed, dtype=pl.Int64),
-        created_at=pl.lit(utcnow()),
     )
-    store.replace_round("pairs", round_id, rows)
+    store.replace_round("pairs", round_id, _with_pair_ids(rows, round_id, method, config, seed))
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": rows.height,
@@ -586,6 +589,47 @@ def selected_pairs(
                     "sigma_a",
                     "sigma_b",
                 )
+            ),
+        }
+    )
+
+
+def _with_pair_ids(rows: pl.DataFrame, round_id: str, method: str, config, seed: int):
+    """The stored pair rows: a stable pair id per (round, prompt, a, b) and the provenance."""
+    return rows.with_columns(
+        pair_id=pl.concat_str(
+            pl.lit(round_id), "prompt_id", "completion_a", "completion_b", separator="|"
+        ).map_elements(lambda s: "pr-" + stable_hash(s), return_dtype=pl.String),
+        round_id=pl.lit(round_id),
+        method=pl.lit(method),
+        beta=pl.lit(config.beta),
+        seed=pl.lit(seed, dtype=pl.Int64),
+        created_at=pl.lit(utcnow()),
+    )
+
+
+def _policy_selected_pairs(context, config: SelectedPairsConfig, store, round_id: str):
+    from auf_assets.policy_loop import policy_pairs
+
+    seed = stable_seed(round_id, config.seed)
+    rows, meta = policy_pairs(
+        context,
+        store,
+        round_id,
+        config.method,
+        seed=seed,
+        fraction=config.fraction,
+        lam=config.lam,
+    )
+    method = config.method if meta["fallback"] == "none" else f"{config.method}:random"
+    store.replace_round("pairs", round_id, _with_pair_ids(rows, round_id, method, config, seed))
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": rows.height,
+            "method": method,
+            **meta,
+            "preview": markdown_preview(
+                rows.select("prompt_id", "completion_a", "completion_b", "mu_a", "mu_b")
             ),
         }
     )

@@ -9,6 +9,7 @@ from auf_assets.active_round import (
     reward_scores,
     selected_pairs,
 )
+from auf_assets.core.policy_selection import POLICY_METHODS
 from auf_assets.partitions import rounds_partitions
 from auf_assets.round_chain import chain_report, stale_rounds
 from resources.store import DuckDBStore
@@ -69,7 +70,8 @@ def reward_scores_finite(
     asset=selected_pairs,
     partitions_def=rounds_partitions,
     blocking=True,
-    description="One pair per prompt, of two distinct responses to that prompt.",
+    description="One pair per prompt (policy-aware methods: at most one), of two distinct "
+    "responses to that prompt.",
 )
 def selected_pairs_valid(
     context: dg.AssetCheckExecutionContext, store: DuckDBStore
@@ -78,14 +80,18 @@ def selected_pairs_valid(
         "SELECT count(*) AS pairs, count(DISTINCT s.prompt_id) AS prompts_with_pairs, "
         "(SELECT count(*) FROM round_prompts WHERE round_id = $r) AS prompts, "
         "count(*) FILTER (WHERE s.completion_a = s.completion_b) AS same_response, "
+        "split_part(any_value(s.method), ':', 1) AS method, "
         "count(*) FILTER (WHERE a.prompt_id IS DISTINCT FROM s.prompt_id OR "
         "b.prompt_id IS DISTINCT FROM s.prompt_id) AS foreign_response "
         "FROM pairs s LEFT JOIN completions a ON a.completion_id = s.completion_a "
         "LEFT JOIN completions b ON b.completion_id = s.completion_b WHERE s.round_id = $r",
         {"r": context.partition_key},
     ).row(0, named=True)
+    # Policy-aware methods may leave prompts out (fraction < 1, or only identical responses).
+    every_prompt = row["method"] not in POLICY_METHODS
     passed = (
-        row["pairs"] == row["prompts_with_pairs"] == row["prompts"]
+        row["pairs"] == row["prompts_with_pairs"]
+        and (row["pairs"] == row["prompts"] if every_prompt else row["pairs"] <= row["prompts"])
         and row["same_response"] == 0
         and row["foreign_response"] == 0
     )

@@ -13,9 +13,11 @@ from auf_assets.jobs import (
     active_round_job,
     labelled_round_job,
     pair_selection_job,
+    policy_round_job,
     prompt_ingestion_job,
 )
 from auf_assets.labels import annotation_batch
+from auf_assets.policy_loop import POLICY_ASSETS
 from auf_assets.prompts import prompt_pool
 from auf_assets.release import (
     RELEASE_ASSETS,
@@ -61,6 +63,7 @@ defs = dg.Definitions(
     assets=[
         prompt_pool,
         *ROUND_ASSETS,
+        *POLICY_ASSETS,
         annotation_batch,
         *RELEASE_ASSETS,
         *TRAINING_ASSETS,
@@ -72,6 +75,7 @@ defs = dg.Definitions(
         active_round_job,
         pair_selection_job,
         labelled_round_job,
+        policy_round_job,
         dataset_build_job,
         dataset_release_job,
         policy_training_job,

@@ -14,8 +14,11 @@ from auf_assets.active_round import (
     round_prompts,
     selected_pairs,
 )
+from auf_assets.core.policy import PolicyLoopConfig
 from auf_assets.labels import annotation_batch
+from auf_assets.policy_loop import policy_logprobs
 from auf_assets.prompts import prompt_pool
+from auf_assets.training import dpo_policy
 
 # What runs before people label (the pair_selection job) and after (the labelled_round job).
 # Every run of the round chain carries this tag: the run queue admits one such run at a time per
@@ -65,4 +68,26 @@ labelled_round_job = dg.define_asset_job(
     "reward model.",
 )
 
-ROUND_JOBS = (active_round_job, pair_selection_job, labelled_round_job)
+# The policy loop: the round's pairs are picked by the DPO policy (selected_pairs with sharp,
+# wsharp, activedpo or apl), and the round ends with the policy's DPO step, warm-started from the
+# previous round's adapter, which the next round selects with.
+POLICY_ROUND_CONFIG = {
+    "ops": {
+        "selected_pairs": {"config": {"method": "sharp"}},
+        "dpo_policy": {
+            "config": {"warm_start": True, "max_steps": PolicyLoopConfig().steps_per_round}
+        },
+    }
+}
+
+policy_round_job = dg.define_asset_job(
+    "policy_round",
+    tags=ROUND_CHAIN_TAGS,
+    selection=dg.AssetSelection.assets(*ROUND_ASSETS, policy_logprobs, dpo_policy),
+    config=POLICY_ROUND_CONFIG,
+    description="One round where the DPO policy picks its own pairs: prompts -> completions -> "
+    "policy log-probs -> pairs (sharp by default; wsharp, activedpo, apl) -> judgements -> "
+    "reward model and the policy's DPO step (warm start).",
+)
+
+ROUND_JOBS = (active_round_job, pair_selection_job, labelled_round_job, policy_round_job)

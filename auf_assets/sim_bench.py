@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from auf_assets.core.baselines import BASELINE_METHODS
+from auf_assets.core.policy_selection import POLICY_METHODS
 from auf_assets.core.simulation import (
     SPLIT_HALVES,
     SPLIT_KINDS,
@@ -109,6 +110,8 @@ class BenchSpec:
     n_splits: int = 2
     split_seed: int = 0
     stratify_models: bool = True
+    #: The DPO policy in the loop (see :func:`policy_loop`); needed by the policy-aware methods.
+    policy: dict[str, Any] | None = None
 
     def validate(self) -> None:
         if self.split is not None and self.split not in SPLIT_KINDS:
@@ -123,7 +126,20 @@ class BenchSpec:
         if len(set(self.methods)) != len(self.methods) or len(set(self.seeds)) != len(self.seeds):
             raise ValueError("methods and seeds must not repeat")
         for m in self.methods:  # fail before any work on a bad setting
-            SimulationConfig.from_dict({**self.run, "method": m, "seed": self.seeds[0]})
+            config = SimulationConfig.from_dict(_run_for(self.run, m, self.seeds[0]))
+            if config.is_policy_aware and self.policy is None:
+                raise ValueError(f"{m} selects with the DPO policy: give the policy settings")
+
+
+def _run_for(run: dict[str, Any], method: str, seed: int) -> dict[str, Any]:
+    """One run's settings: ``fraction`` (policy-aware methods only) is dropped for the others,
+    so one bench compares a policy method at fraction < 1 with the reward-model methods."""
+    out = {**run, "method": method, "seed": seed}
+    options = dict(out.get("method_options") or {})
+    if "fraction" in options and method not in POLICY_METHODS:
+        options.pop("fraction")
+        out["method_options"] = options
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -190,6 +206,29 @@ def split_pool(pool: SimPool, split: dict[str, Any] | None) -> SimPool:
     return _HALF_CACHE[key]
 
 
+def policy_loop(policy: dict[str, Any] | None, method: str, seed: int, log: Log | None = None):
+    """The run's :class:`~auf_assets.core.policy.PolicyLoop`, or None when the run needs none.
+
+    ``policy``: ``base_dir`` (a local HF folder), ``config`` (PolicyLoopConfig fields),
+    ``all_methods`` (also train it for methods that do not select with it) and
+    ``reference_cache`` (a JSON file of pi_ref's log-probs shared by the runs; may be empty).
+    """
+    from auf_assets.core.policy import PolicyLoop, PolicyLoopConfig, ReferenceCache
+    from auf_assets.core.policy_selection import POLICY_METHODS
+
+    if policy is None or (method not in POLICY_METHODS and not policy.get("all_methods")):
+        return None
+    base = str(policy["base_dir"])
+    cache = ReferenceCache(base, policy.get("reference_cache") or None)
+    return PolicyLoop(
+        Path(base),
+        PolicyLoopConfig(**policy.get("config", {})),
+        seed=int(seed),
+        reference=cache,
+        log=log or (lambda msg: None),
+    )
+
+
 def run_one(
     spec: dict[str, Any],
     run: dict[str, Any],
@@ -203,7 +242,12 @@ def run_one(
     pool, matrix = _load_inputs(spec, root, allow_compute=False, log=None)
     pool = split_pool(pool, split)
     config = SimulationConfig.from_dict(run)
-    result = simulate(pool, matrix, config)
+    loop = policy_loop(spec.get("policy"), config.method, config.seed)
+    try:
+        result = simulate(pool, matrix, config, policy=loop)
+    finally:
+        if loop is not None:
+            loop.close()
     out = result.to_dict()
     if pairs_path is not None:
         Path(pairs_path).parent.mkdir(parents=True, exist_ok=True)
@@ -457,6 +501,41 @@ def protocol_report(
     return out
 
 
+POLICY_PARTS = ("logprobs", "gradients", "selection", "training")
+
+
+def policy_table(runs: Sequence[dict[str, Any]], methods: Sequence[str]) -> str:
+    """The DPO policy in the loop, per method: its held-out implicit-reward accuracy against the
+    oracle, the selected pairs' gap and the evaluation model's accuracy (mean ± std over runs),
+    and the seconds per round of each part of the policy's work."""
+
+    def ms(values: Sequence[float | None]) -> str:
+        m, sd = _mean_std(values)
+        return "-" if m is None else f"{m:.3f} ± {sd:.3f}"
+
+    lines = [
+        "| method | runs | oracle gap of the pairs | evaluation RM accuracy | DPO policy "
+        "accuracy vs oracle | s/round: log-probs | gradients | selection | DPO training |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for m in methods:
+        mine = [r for r in runs if r["method"] == m and r["curve"]]
+        if not mine:
+            continue
+        last = [r["curve"][-1] for r in mine]
+        per_round = {part: [] for part in POLICY_PARTS}
+        for r, point in zip(mine, last, strict=True):
+            rounds = max(1, int(r["info"]["rounds"]))
+            for part in POLICY_PARTS:
+                per_round[part].append((point.get("policy_seconds") or {}).get(part, 0.0) / rounds)
+        lines.append(
+            f"| {m} | {len(mine)} | {ms([p['mean_gap'] for p in last])} | "
+            f"{ms([p['accuracy'] for p in last])} | {ms([p.get('policy_accuracy') for p in last])}"
+            " | " + " | ".join(f"{np.mean(per_round[p]):.1f}" for p in POLICY_PARTS) + " |"
+        )
+    return "\n".join(lines)
+
+
 def protocol_markdown(report: dict[str, dict[str, dict[str, Any]]], *, baseline: str = "random"):
     """The :func:`protocol_report` as one markdown table (a row per half and method)."""
     lines = [
@@ -559,6 +638,7 @@ def run_bench(
         "max_length": spec.max_length,
         "dtype": spec.dtype,
         "device": spec.device,
+        "policy": spec.policy,
     }
     root_s = str(root) if root else None
 
@@ -610,7 +690,7 @@ def run_bench(
     runs: list[dict[str, Any]] = []
 
     def args_for(method: str, seed: int, place: tuple[int, str] | None) -> tuple:
-        run = {**spec.run, "method": method, "seed": seed}
+        run = _run_for(spec.run, method, seed)
         if place is None:
             pairs = str(out / "pairs" / f"{method}-seed{seed}.parquet")
             return (data, run, root_s, pairs, None)
@@ -669,6 +749,8 @@ def run_bench(
             f"{spec.encoder}, preset {spec.preset}, {len(spec.seeds)} seeds"
         )
         markdown = markdown_report(runs, summary, budgets, title=f"### {title}")
+        if spec.policy is not None:
+            markdown += "\n\n" + policy_table(runs, list(summary))
         protocol: dict[str, Any] = {}
         extra: dict[str, Any] = {}
     else:
@@ -757,7 +839,7 @@ def run_bench(
         "methods": spec.methods,
         "seeds": spec.seeds,
         "run_settings": SimulationConfig.from_dict(
-            {**spec.run, "method": spec.methods[0], "seed": spec.seeds[0]}
+            _run_for(spec.run, spec.methods[0], spec.seeds[0])
         ).to_dict(),
         "budgets": budgets,
         "workers": workers,

@@ -13,6 +13,7 @@ None of these is part of a round's job (a round must stay fast): they run from t
 `auf train`, or after each round when `AUF_TRAIN_AFTER_ROUND=1`.
 """
 
+import dataclasses
 import hashlib
 import time
 from typing import Literal
@@ -137,6 +138,11 @@ class DpoPolicyConfig(dg.Config):
     warm_start: bool = Field(
         default=False, description="start from the previous round's adapter (if there is one)"
     )
+    max_steps: int | None = Field(
+        default=None,
+        ge=1,
+        description="DPO steps (None: the training settings'); the policy loop's per-round step",
+    )
     seed: int = 0
 
 
@@ -171,6 +177,8 @@ def dpo_policy(
     try:
         base = training.base_dir("policy")
         settings = training.settings("policy", loss=config.loss, seed=config.seed)
+        if config.max_steps is not None:
+            settings = dataclasses.replace(settings, max_steps=config.max_steps)
         report = train_policy(
             base,
             rows,

@@ -77,8 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     # Random's pairs do not depend on the features or the ensemble: one baseline for all.
     random_gap = np.mean([per_round_gap(r, args.rounds) for r in runs("random", "default")], 0)
     report["random_gap"] = random_gap.round(4).tolist()
-    print(f"pool {pool.name}: {args.batch} prompts x {args.responses} responses a round, "
-          f"{args.rounds} rounds, {args.seeds} seeds")
+    print(
+        f"pool {pool.name}: {args.batch} prompts x {args.responses} responses a round, "
+        f"{args.rounds} rounds, {args.seeds} seeds"
+    )
     print(f"{'':28s}" + "".join(f"  round {k:<3d}" for k in range(1, args.rounds + 1)))
     print(f"{'random: oracle gap':28s}" + "".join(f"  {g:9.3f}" for g in random_gap))
     for preset in args.presets:

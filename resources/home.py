@@ -36,6 +36,11 @@ def reward_models_dir(home: Path | None = None) -> Path:
     return (home or auf_home()) / "reward_models"
 
 
+def policy_dir(home: Path | None = None) -> Path:
+    """Policy-aware selection: gradient features and ActiveDPO's state, per round."""
+    return (home or auf_home()) / "policy"
+
+
 def labels_dir(home: Path | None = None) -> Path:
     """Human labelling: inbox/, outbox/, quarantine/ and imported/ live here."""
     return (home or auf_home()) / "labels"

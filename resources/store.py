@@ -251,10 +251,44 @@ ALTER TABLE reward_scores ADD COLUMN IF NOT EXISTS reward_model_path VARCHAR;
 ALTER TABLE reward_scores ALTER COLUMN lower DROP NOT NULL;
 ALTER TABLE reward_scores ALTER COLUMN upper DROP NOT NULL;
 ALTER TABLE reward_scores ALTER COLUMN beta DROP NOT NULL;
+-- Policy-aware selection: the DPO policy's log-probs of a round's responses (with the policy
+-- adapter that scored them), and the reference's, cached per (base model, completion,
+-- max_length) so the reference is computed once per response, never once per round.
+CREATE TABLE IF NOT EXISTS policy_logprobs (
+    round_id VARCHAR NOT NULL,
+    completion_id VARCHAR NOT NULL,
+    prompt_id VARCHAR NOT NULL,
+    logp_policy DOUBLE NOT NULL,
+    logp_reference DOUBLE NOT NULL,
+    tokens INTEGER NOT NULL,
+    beta DOUBLE NOT NULL,
+    policy_round VARCHAR,
+    adapter_path VARCHAR,
+    gradient_file VARCHAR,
+    gradient_row INTEGER,
+    sketch VARCHAR,
+    PRIMARY KEY (round_id, completion_id)
+);
+CREATE TABLE IF NOT EXISTS reference_logprobs (
+    base_model VARCHAR NOT NULL,
+    completion_id VARCHAR NOT NULL,
+    max_length INTEGER NOT NULL,
+    logp DOUBLE NOT NULL,
+    tokens INTEGER NOT NULL,
+    PRIMARY KEY (base_model, completion_id, max_length)
+);
+-- ActiveDPO's design matrix inverse after a round's picks: the next round continues from it.
+CREATE TABLE IF NOT EXISTS policy_selection_state (
+    round_id VARCHAR PRIMARY KEY,
+    method VARCHAR NOT NULL,
+    v_inv_path VARCHAR,
+    sketch VARCHAR,
+    created_at TIMESTAMP
+);
 """
 
 # Bumped whenever SCHEMA changes: a connection runs SCHEMA only when the file's version is older.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 # Tables whose rows belong to one round partition (the unit of idempotent replacement).
@@ -267,6 +301,8 @@ ROUND_TABLES = (
     "judgements",
     "reward_models",
     "annotation_batches",
+    "policy_logprobs",
+    "policy_selection_state",
 )
 
 
@@ -722,6 +758,34 @@ class DuckDBStore(dg.ConfigurableResource):
     def record_push(self, row: Mapping) -> None:
         with self.connect() as con:
             _insert(con, "hub_pushes", pl.DataFrame([dict(row)]))
+
+    # -- the policy's reference log-probs ------------------------------------------------------
+
+    def reference_logprobs(
+        self, base_model: str, completion_ids: Sequence[str], max_length: int
+    ) -> dict[str, tuple[float, int]]:
+        """Cached reference log-probs and token counts of these completions (the known ones)."""
+        if not completion_ids:
+            return {}
+        with self.connect() as con:
+            con.register("wanted", pl.DataFrame({"completion_id": list(completion_ids)}).to_arrow())
+            rows = con.execute(
+                "SELECT completion_id, logp, tokens FROM reference_logprobs JOIN wanted "
+                "USING (completion_id) WHERE base_model = ? AND max_length = ?",
+                [base_model, max_length],
+            ).fetchall()
+        return {cid: (float(lp), int(t)) for cid, lp, t in rows}
+
+    def add_reference_logprobs(self, rows: pl.DataFrame) -> None:
+        """Store reference log-probs (base_model, completion_id, max_length, logp, tokens)."""
+        if rows.height == 0:
+            return
+        with self.transaction() as con:
+            con.register("incoming", rows.to_arrow())
+            con.execute(
+                "INSERT INTO reference_logprobs SELECT base_model, completion_id, max_length, "
+                "logp, tokens FROM incoming ON CONFLICT DO NOTHING"
+            )
 
     # -- downstream checkpoints --------------------------------------------------------------
 

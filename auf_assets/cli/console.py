@@ -438,11 +438,25 @@ def _quiet_transformers():
     hf_logging.disable_default_handler()
     hf_logging.enable_propagation()
     hf_logging.disable_progress_bar()
+    # The GGUF de-quantisation (first use of a packaged model) draws a plain tqdm bar that the
+    # switch above does not reach: silence that one too, for the command's duration.
+    gguf, gguf_bar = None, None
+    try:
+        import functools
+
+        from transformers import modeling_gguf_pytorch_utils as gguf
+
+        gguf_bar = gguf.tqdm
+        gguf.tqdm = functools.partial(gguf_bar, disable=True)
+    except (ImportError, AttributeError):
+        gguf = None
 
     def undo() -> None:
         hf_logging.disable_propagation()
         hf_logging.enable_default_handler()
         if bars:
             hf_logging.enable_progress_bar()
+        if gguf is not None:
+            gguf.tqdm = gguf_bar
 
     return undo

@@ -16,6 +16,7 @@ says where the files are and how to hand the labels back, and stops until they a
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ from resources.chain_lock import ChainBusy, round_chain
 
 # Jobs whose ops a demo run config configures; an op of one of them that another job lacks is
 # left out of that job's config (other unknown ops still reach Dagster, which names them).
-_ROUND_JOBS = ("active_round", "pair_selection", "labelled_round")
+_ROUND_JOBS = ("active_round", "pair_selection", "labelled_round", "policy_round")
 
 ROUNDS_HELP = (
     "automatic judge: rounds to run (default 1). People labelling (AUF_LABEL_SOURCE=people): "
@@ -73,6 +74,19 @@ def _demo_with(console: RunConsole, root: Path, args: argparse.Namespace) -> int
     except ValueError as exc:
         console.error(str(exc))
         return 2
+    method = run_config["ops"].get("selected_pairs", {}).get("config", {}).get("method")
+    round_job = "active_round"
+    if _is_policy_method(method):
+        if labeling.people:
+            console.error(
+                f"{method} selects with the DPO policy, whose step runs in the policy_round job "
+                "with an automatic judge; with people labelling use a reward-model method "
+                "(auf methods), or run policy_round from the UI once the labels are in"
+            )
+            return 2
+        # The policy loop: the DPO step ends each round and the next round selects with it.
+        round_job = "policy_round"
+        run_config = _merge(_policy_round_config(method), run_config)
 
     pool_config = {}
     if args.prompts.startswith("hf:"):
@@ -102,7 +116,7 @@ def _demo_with(console: RunConsole, root: Path, args: argparse.Namespace) -> int
                         console, instance, defs, run_config, labeling, args.rounds, ingest
                     )
                 else:
-                    code = _run_rounds(console, instance, defs, run_config, args.rounds)
+                    code = _run_rounds(console, instance, defs, run_config, args.rounds, round_job)
     except ChainBusy as exc:
         console.error(str(exc))
         return 1
@@ -167,15 +181,34 @@ def _run_round_job(console, instance, defs, run_config, job_name: str, key: str,
     return result, wall
 
 
-def _run_rounds(console, instance, defs, run_config: dict, rounds: int) -> int:
+def _is_policy_method(method: str | None) -> bool:
+    from auf_assets.core.policy_selection import POLICY_METHODS
+
+    return method in POLICY_METHODS
+
+
+def _policy_round_config(method: str) -> dict:
+    """The policy_round job's defaults, with ActiveDPO's gradient features when it needs them."""
+    from auf_assets.jobs import POLICY_ROUND_CONFIG
+
+    config = copy.deepcopy(POLICY_ROUND_CONFIG)
+    config["ops"]["selected_pairs"] = {"config": {"method": method}}
+    config["ops"]["policy_logprobs"] = {"config": {"gradient_features": method == "activedpo"}}
+    return config
+
+
+def _run_rounds(
+    console, instance, defs, run_config: dict, rounds: int, job: str = "active_round"
+) -> int:
     from auf_assets.partitions import next_round_key, registered_rounds, rounds_partitions
 
+    what = "running the active round" + (
+        " (the DPO policy selects)" if job != "active_round" else ""
+    )
     for _ in range(rounds):
-        key = _round_to_run(instance, registered_rounds(instance)) or next_round_key(instance)
+        key = _round_to_run(instance, registered_rounds(instance), job) or next_round_key(instance)
         instance.add_dynamic_partitions(rounds_partitions.name, [key])
-        result, wall = _run_round_job(
-            console, instance, defs, run_config, "active_round", key, "running the active round"
-        )
+        result, wall = _run_round_job(console, instance, defs, run_config, job, key, what)
         if not result.success:
             return 1
         console.say(_round_summary(result, key, wall))
@@ -315,14 +348,18 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
-def _round_to_run(instance, rounds: list[str]) -> str | None:
-    """The newest round if its reward model never materialised (an interrupted round)."""
+def _round_to_run(instance, rounds: list[str], job: str = "active_round") -> str | None:
+    """The newest round if its last step never materialised (an interrupted round): the reward
+    model, and in the policy loop also the DPO step the next round selects with."""
     import dagster as dg
 
     if not rounds:
         return None
-    done = instance.get_materialized_partitions(dg.AssetKey("reward_model"))
-    return None if rounds[-1] in done else rounds[-1]
+    last_steps = ["reward_model"] + (["dpo_policy"] if job == "policy_round" else [])
+    for name in last_steps:
+        if rounds[-1] not in instance.get_materialized_partitions(dg.AssetKey(name)):
+            return rounds[-1]
+    return None
 
 
 def _round_summary(result, key: str, wall: float) -> str:
@@ -350,7 +387,22 @@ def _round_summary(result, key: str, wall: float) -> str:
     model = metadata(result, "reward_model")
     if model.get("loss_before") is not None:
         parts.append(f"reward-model loss {model['loss_before']:.4f} -> {model['loss_after']:.4f}")
+    policy = metadata(result, "dpo_policy")
+    if policy.get("reward_accuracy_last") is not None:
+        parts.append(
+            f"DPO step: {policy.get('warm_start_from')} -> train accuracy "
+            f"{policy['reward_accuracy_last']:.2f}"
+        )
     lines = [f"{key}: {', '.join(parts)}; wall time {wall:.1f}s"]
+    if pairs.get("fallback") not in (None, "none"):
+        lines.append(
+            "  the policy is still the reference (no DPO step yet): pairs picked at random"
+        )
+    elif pairs.get("mean_abs_implicit_margin") is not None:
+        lines.append(
+            f"  mean implicit-reward margin of the selected pairs "
+            f"{pairs['mean_abs_implicit_margin']:.4f} (policy of {pairs.get('policy_round')})"
+        )
     gap, rand = pairs.get("mean_predicted_gap"), pairs.get("random_pair_predicted_gap")
     if gap is not None and rand is not None:
         lines.append(

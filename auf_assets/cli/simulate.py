@@ -125,6 +125,41 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="halve the models uniformly (default: stratified by mean oracle score)",
     )
+    po = p.add_argument_group(
+        "the DPO policy in the loop (sharp, wsharp, activedpo and apl select with it; "
+        "--with-policy trains it for any method, to compare the policies)"
+    )
+    po.add_argument(
+        "--with-policy",
+        action="store_true",
+        help="train the DPO policy after every round for any method and report its held-out "
+        "implicit-reward accuracy against the oracle",
+    )
+    po.add_argument(
+        "--policy-model",
+        default="smollm2-135m-instruct",
+        help="the policy's base: packaged name, local HF dir or cached repo id "
+        "(default: the packaged SmolLM2-135M-Instruct)",
+    )
+    po.add_argument("--policy-steps", type=int, default=8, help="DPO steps a round (default 8)")
+    po.add_argument("--policy-beta", type=float, default=0.1, help="DPO beta (default 0.1)")
+    po.add_argument("--policy-lr", type=float, default=5e-4, help="DPO learning rate (5e-4)")
+    po.add_argument(
+        "--policy-max-length",
+        type=int,
+        default=256,
+        help="tokens of prompt + response for scoring and training (default 256)",
+    )
+    po.add_argument(
+        "--sketch-dim", type=int, default=1024, help="activedpo: projected dimension (1024)"
+    )
+    po.add_argument(
+        "--fraction",
+        type=float,
+        default=None,
+        help="policy-aware methods: the share of a round's prompts that get a pair (default 1)",
+    )
+    po.add_argument("--policy-device", default="cpu", help="cpu, cuda, ... (default cpu)")
     dm = p.add_argument_group("delta_model baseline")
     dm.add_argument("--strong-model", default=None, help="model whose response is chosen")
     dm.add_argument("--weak-model", default=None, help="model whose response is rejected")
@@ -185,11 +220,41 @@ def _run_settings(args: argparse.Namespace) -> dict[str, Any]:
         max_rounds=args.max_rounds or None,
         eval_model=eval_model,
     )
+    if getattr(args, "fraction", None) is not None:
+        settings["method_options"] = {"fraction": args.fraction}
     if args.strong_model:
         settings["strong_model"] = args.strong_model
     if args.weak_model:
         settings["weak_model"] = args.weak_model
     return settings
+
+
+def _policy_spec(args: argparse.Namespace, methods: list[str]) -> dict[str, Any] | None:
+    """The policy loop's settings when a method needs it or --with-policy asks for it; the base
+    model is resolved here (a packaged GGUF model is converted once into the home)."""
+    from auf_assets.core.policy import PolicyLoopConfig
+    from auf_assets.core.policy_selection import POLICY_METHODS
+
+    if not args.with_policy and not any(m in POLICY_METHODS for m in methods):
+        return None
+    from resources import home
+    from resources.models import local_model_dir
+
+    config = PolicyLoopConfig(
+        beta=args.policy_beta,
+        steps_per_round=args.policy_steps,
+        learning_rate=args.policy_lr,
+        max_length=args.policy_max_length,
+        sketch_dim=args.sketch_dim,
+        device=args.policy_device,
+    )
+    base = local_model_dir(args.policy_model, home.models_dir())
+    return {
+        "base_dir": str(base),
+        "config": config.to_dict(),
+        "all_methods": bool(args.with_policy),
+        "reference_cache": str(home.auf_home() / "policy" / "reference_logps.json"),
+    }
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -228,6 +293,7 @@ def _simulate(args: argparse.Namespace) -> int:
         simulate,
     )
     from auf_assets.pool_features import pool_features
+    from auf_assets.sim_bench import policy_loop
 
     try:
         pool = load_pool(args.pool)
@@ -236,6 +302,10 @@ def _simulate(args: argparse.Namespace) -> int:
             {**_run_settings(args), "method": method, "seed": args.seed}
         )
         encoder = _encoder(args)
+        try:
+            policy_spec = _policy_spec(args, [method])
+        except (ValueError, OSError) as exc:  # bad policy setting or model source
+            raise ValueError(f"policy: {exc}") from None
         split = None
         if args.split != "none":
             split = protocol_split(
@@ -285,7 +355,18 @@ def _simulate(args: argparse.Namespace) -> int:
         )
 
     started = time.perf_counter()
-    result = simulate(run_pool, feats.matrix, config, progress=show)
+    loop = policy_loop(policy_spec, method, args.seed, log=print)
+    try:
+        result = simulate(run_pool, feats.matrix, config, progress=show, policy=loop)
+    finally:
+        if loop is not None:
+            loop.close()
+    if loop is not None and result.curve:
+        last = result.curve[-1]
+        print(
+            f"DPO policy: held-out implicit-reward accuracy {_fmt(last.get('policy_accuracy'))}; "
+            f"seconds {json.dumps(last.get('policy_seconds'))}"
+        )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     result.pairs.write_parquet(out)
@@ -336,8 +417,9 @@ def _bench(args: argparse.Namespace) -> int:
             n_splits=args.splits,
             split_seed=args.split_seed,
             stratify_models=not args.no_stratify_models,
+            policy=_policy_spec(args, methods),
         )
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:

@@ -73,15 +73,20 @@ def _check_matrix(name: str, x: Any, shape: tuple[int, ...] | None = None) -> np
     return arr
 
 
-def _check_mask(mask: Any, shape: tuple[int, int]) -> np.ndarray:
-    if mask is None:
+def check_bool(name: str, x: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """A boolean array of ``shape`` (None: all True); a clear error names ``name`` otherwise."""
+    if x is None:
         return np.ones(shape, dtype=bool)
-    arr = np.asarray(mask)
+    arr = np.asarray(x)
     if arr.dtype != np.bool_:
-        raise ValueError(f"mask must be a boolean array, got dtype {arr.dtype}")
+        raise ValueError(f"{name} must be a boolean array, got dtype {arr.dtype}")
     if arr.shape != shape:
-        raise ValueError(f"mask has shape {arr.shape}, expected {shape}")
+        raise ValueError(f"{name} has shape {arr.shape}, expected {shape}")
     return arr
+
+
+def _check_mask(mask: Any, shape: tuple[int, int]) -> np.ndarray:
+    return check_bool("mask", mask, shape)
 
 
 def _check_rows_have_pairs(valid: np.ndarray, rows: np.ndarray | None = None) -> None:

@@ -63,6 +63,7 @@ import polars as pl
 from .acquisition import ACQUISITION_METHODS, select_pairs
 from .baselines import BASELINE_METHODS, select_oracle_pairs
 from .ensemble import EnsembleConfig, ReplayBuffer, RewardEnsemble
+from .policy_selection import POLICY_METHODS, identical_pairs, select_policy_pairs
 from .presets import default_ensemble, default_round
 
 __all__ = [
@@ -117,8 +118,8 @@ class PoolError(ValueError):
 
 
 def known_methods() -> list[str]:
-    """Every selectable method: acquisition rules, then static oracle baselines."""
-    return [*ACQUISITION_METHODS, *BASELINE_METHODS]
+    """Every selectable method: acquisition rules, policy-aware rules, static oracle baselines."""
+    return [*ACQUISITION_METHODS, *POLICY_METHODS, *BASELINE_METHODS]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -671,7 +672,7 @@ class SimulationConfig:
             if "hidden" in data:
                 data["hidden"] = tuple(data["hidden"])
             self.eval_model = EvalModelConfig(**data)
-        if self.method not in ACQUISITION_METHODS and self.method not in BASELINE_METHODS:
+        if self.method not in known_methods():
             raise ValueError(f"unknown method {self.method!r}; known: {', '.join(known_methods())}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
@@ -696,6 +697,11 @@ class SimulationConfig:
             raise ValueError(f"heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
         if not (math.isfinite(self.beta) and self.beta >= 0):
             raise ValueError(f"beta must be finite and >= 0, got {self.beta}")
+        if "fraction" in self.method_options and self.method not in POLICY_METHODS:
+            raise ValueError(
+                f"fraction applies to the policy-aware methods ({', '.join(POLICY_METHODS)}), "
+                f"not to {self.method}"
+            )
         if self.method == "delta_model" and not (self.strong_model and self.weak_model):
             raise ValueError("delta_model needs strong_model and weak_model (model names)")
 
@@ -703,6 +709,11 @@ class SimulationConfig:
     def is_active(self) -> bool:
         """True for acquisition rules (a running reward model picks the pairs)."""
         return self.method in ACQUISITION_METHODS
+
+    @property
+    def is_policy_aware(self) -> bool:
+        """True for rules that select with the DPO policy itself (they need a policy loop)."""
+        return self.method in POLICY_METHODS
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -824,6 +835,34 @@ def _as_features(features: Any, pool: SimPool) -> np.ndarray:
     return np.ascontiguousarray(arr[pool.feature_rows], dtype=np.float32)
 
 
+def _judge(oracle: Oracle, a: np.ndarray, b: np.ndarray):
+    """Reveal the pair's two scores: (chosen, rejected, their scores, tie flags)."""
+    revealed = oracle.reveal(np.concatenate([a, b]))
+    sa, sb = revealed[: len(a)], revealed[len(a) :]
+    first = sa >= sb  # exact tie: the first-selected response is recorded as chosen
+    c, r = np.where(first, a, b), np.where(first, b, a)
+    s_c, s_r = np.where(first, sa, sb), np.where(first, sb, sa)
+    return c, r, s_c, s_r, sa == sb
+
+
+def _identical_responses(idx: np.ndarray, mask: np.ndarray, responses: list[str]) -> np.ndarray:
+    """[P, N, N]: pairs of responses of one prompt with the same text (never paired)."""
+    texts = [
+        [responses[i] for i, m in zip(row, keep, strict=True) if m]
+        for row, keep in zip(idx, mask, strict=True)
+    ]
+    return identical_pairs(texts, idx.shape[1])
+
+
+def _trl_row(texts: tuple[list[str], list[str]], chosen: int, rejected: int) -> dict:
+    prompts, responses = texts
+    return {
+        "prompt": [{"role": "user", "content": prompts[chosen]}],
+        "chosen": [{"role": "assistant", "content": responses[chosen]}],
+        "rejected": [{"role": "assistant", "content": responses[rejected]}],
+    }
+
+
 def _model_columns(pool: SimPool, idx: np.ndarray, name: str | None) -> np.ndarray:
     """Per prompt row of ``idx``, the column whose response is by model ``name`` (-1: none)."""
     models = np.asarray(pool.frame["model"].to_list(), dtype=object)
@@ -838,6 +877,7 @@ def simulate(
     *,
     oracle: Oracle | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    policy: Any = None,
 ) -> SimulationResult:
     """Run one method on a pool (see the module docstring for the loop).
 
@@ -849,6 +889,11 @@ def simulate(
         oracle: the judge; default an :class:`Oracle` over the pool's scores (pass your own to
             inspect the lookups; it is indexed by rows of the *sampled* pool).
         progress: called with every evaluation point as it is produced.
+        policy: a :class:`~auf_assets.core.policy.PolicyLoop`: the DPO policy in the loop. The
+            policy-aware methods (sharp, wsharp, activedpo, apl) select with it and need it; with
+            any method it takes a DPO step on the labelled pairs after every round, and the last
+            evaluation adds its held-out implicit-reward accuracy against the oracle
+            (``policy_accuracy``) and the seconds spent per part (``policy_seconds``).
     """
     started = time.perf_counter()
     cfg = config
@@ -867,6 +912,16 @@ def simulate(
     x_held = x[held_rows]
 
     active = cfg.is_active
+    policy_aware = cfg.is_policy_aware
+    if policy_aware and policy is None:
+        raise ValueError(f"{cfg.method} selects with the DPO policy: pass a policy loop")
+    texts = (
+        (pool.frame["prompt"].to_list(), pool.frame["response"].to_list())
+        if policy is not None
+        else None
+    )
+    fallback_rounds = 0
+    selection_seconds = 0.0
     model: RewardEnsemble | None = None
     buffer: ReplayBuffer | None = None
     if active:
@@ -921,6 +976,19 @@ def simulate(
             "mean_rejected_score": float(np.mean(sr)) if len(c) else None,
             "seconds": round(loop_seconds, 4),
         }
+        if policy is not None and round_no == n_rounds:
+            mu_pol = np.zeros(pool.n_responses)
+            assert texts is not None
+            mu_pol[held_rows], _ = policy.implicit_rewards(
+                [texts[0][i] for i in held_rows],
+                [texts[1][i] for i in held_rows],
+                part="evaluation",
+            )
+            point["policy_accuracy"] = _finite_or_none(pairwise_accuracy(mu_pol, ri, rj, sign))
+            point["policy_seconds"] = {
+                **{k: round(v, 2) for k, v in policy.timings.items()},
+                "selection": round(selection_seconds, 2),
+            }
         if model is not None:
             mu_run = np.zeros(pool.n_responses)
             mu_run[held_rows] = model.predict(x_held)[0]
@@ -937,7 +1005,46 @@ def simulate(
         idx = pool.index[batch]
         mask = idx >= 0
         rows = np.arange(len(batch))
-        if active:
+        if policy_aware:
+            t_sel = time.perf_counter()
+            policy_before = sum(policy.timings.values())
+            flat = idx[mask]
+            assert texts is not None
+            prompts_t = [texts[0][i] for i in flat]
+            responses_t = [texts[1][i] for i in flat]
+            rewards = np.zeros(idx.shape)
+            rewards[mask], scored = policy.implicit_rewards(prompts_t, responses_t)
+            usable = mask.copy()
+            usable[mask] = scored > 0  # a prompt that fills max_length leaves nothing to score
+            gradients = None
+            if cfg.method == "activedpo" and policy.rounds_trained > 0:
+                g = policy.gradient_features(prompts_t, responses_t)
+                gradients = np.zeros((*idx.shape, g.shape[1]), dtype=np.float32)
+                gradients[mask] = g
+            picked = select_policy_pairs(
+                cfg.method,
+                rewards,
+                usable,
+                seed=rng,
+                identical=_identical_responses(idx, mask, texts[1]),
+                gradients=gradients,
+                v_inv=policy.v_inv,
+                lam=policy.config.lam,
+                **cfg.method_options,
+            )
+            if picked.v_inv is not None:
+                policy.v_inv = picked.v_inv
+            fallback_rounds += picked.fallback is not None
+            keep = picked.selected
+            batch, idx, picks, rows = batch[keep], idx[keep], picked.picks[keep], rows[keep]
+            rows = np.arange(len(batch))
+            a, b = idx[rows, picks[:, 0]], idx[rows, picks[:, 1]]
+            c, r, s_c, s_r, tie = _judge(oracle, a, b)
+            labels = np.full(len(batch), 2, dtype=np.int64)
+            # the rule's own time: the policy's passes are counted in its timings
+            policy_spent = sum(policy.timings.values()) - policy_before
+            selection_seconds += time.perf_counter() - t_sel - policy_spent
+        elif active:
             assert model is not None and buffer is not None
             mu = np.zeros(idx.shape)
             sigma = np.zeros(idx.shape)
@@ -946,12 +1053,7 @@ def simulate(
             options = cfg.method_options if rule == cfg.method else {}
             picks = select_pairs(rule, mu, sigma, beta=cfg.beta, seed=rng, mask=mask, **options)
             a, b = idx[rows, picks[:, 0]], idx[rows, picks[:, 1]]
-            revealed = oracle.reveal(np.concatenate([a, b]))
-            sa, sb = revealed[: len(a)], revealed[len(a) :]
-            first = sa >= sb  # exact tie: the first-selected response is recorded as chosen
-            c, r = np.where(first, a, b), np.where(first, b, a)
-            s_c, s_r = np.where(first, sa, sb), np.where(first, sb, sa)
-            tie = sa == sb
+            c, r, s_c, s_r, tie = _judge(oracle, a, b)
             labels = np.full(len(batch), 2, dtype=np.int64)
         else:
             round_scores = np.zeros(idx.shape)
@@ -988,6 +1090,16 @@ def simulate(
                 bc, br = buffer.arrays()
                 for _ in range(cfg.train_passes):
                     model.train_round(bc, br, prompts_done)
+        if policy is not None:
+            assert texts is not None
+            decided = [
+                (cc, rr)
+                for cs, rs, ts in zip(chosen_rows, rejected_rows, tie_flags, strict=True)
+                for cc, rr, t in zip(cs, rs, ts, strict=True)
+                if not t
+            ]
+            if decided:
+                policy.train([_trl_row(texts, cc, rr) for cc, rr in decided])
         loop_seconds += time.perf_counter() - t0
         if (rnd + 1) % cfg.eval_every == 0 or rnd + 1 == n_rounds:
             evaluate(rnd + 1)
@@ -1038,4 +1150,11 @@ def simulate(
         "eval_seconds": round(eval_seconds, 3),
         "wall_seconds": round(time.perf_counter() - started, 3),
     }
+    if policy is not None:
+        info["policy"] = {
+            "config": policy.config.to_dict(),
+            "fallback_rounds": fallback_rounds,
+            "seconds": {k: round(v, 2) for k, v in policy.timings.items()},
+            "selection_seconds": round(selection_seconds, 2),
+        }
     return SimulationResult(pairs, curve, cfg, info, pool, {"rows": held_rows, **last_eval})

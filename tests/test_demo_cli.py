@@ -247,3 +247,43 @@ def test_noisy_warnings_go_to_the_log_file_only(tmp_path, capsys):
     text = console.log_path.read_text()
     assert "a preview feature" in text and "something a person should see" in text
     assert console.log_path.parent == tmp_path / "logs"
+
+
+def test_auf_demo_with_a_policy_method_runs_the_policy_loop(
+    tmp_path, tiny_lm_dir, tiny_chat_lm_dir
+):
+    config = tiny_config(tiny_lm_dir)
+    config["resources"]["training"] = {
+        "config": {
+            "base_model": str(tiny_chat_lm_dir),
+            "device": "cpu",
+            "batch_size": 2,
+            "lora_r": 4,
+            "lora_alpha": 8,
+            "learning_rate": 0.05,
+            "max_length": 256,
+            "test_fraction": 0.0,
+        }
+    }
+    config["ops"]["dpo_policy"] = {"config": {"max_steps": 2}}
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(config))
+    home = tmp_path / "home"
+    out = ok(auf(home, "demo", "--config", str(path), "--method", "sharp", "--rounds", "2"))
+    assert "(the DPO policy selects)" in out
+    assert "round 1: the policy is the reference" in out
+    assert re.search(
+        r"^  policy_logprobs +\d+\.\ds  6 responses scored by the policy of base", out, re.M
+    )
+    assert re.search(
+        r"^  policy_logprobs .* of round-0001 \(reference: 6 new, 0 cached\)", out, re.M
+    )
+    assert re.search(r"^  dpo_policy +\d+\.\ds  2 DPO steps on 3 pairs", out, re.MULTILINE), out
+    assert "mean implicit-reward margin of the selected pairs" in out  # round 2 selects with it
+    rows = query(home, "SELECT round_id, method FROM pairs ORDER BY round_id")
+    assert {m for r, m in rows if r == "round-0001"} == {"sharp:random"}
+    assert {m for r, m in rows if r == "round-0002"} == {"sharp"}
+    # the warm start of the job's defaults survived the user's dpo_policy config
+    assert query(home, "SELECT count(*) FROM trained_checkpoints WHERE kind = 'dpo_policy'") == [
+        (2,)
+    ]

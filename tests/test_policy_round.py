@@ -165,3 +165,34 @@ def test_the_policy_round_job_is_defined():
     assert {"policy_logprobs", "selected_pairs", "dpo_policy", "reward_model"} <= set(
         job.graph.node_dict
     )
+
+
+def test_auf_demo_runs_policy_methods_as_policy_rounds():
+    from auf_assets.cli.demo import _policy_round_config
+    from auf_assets.jobs import POLICY_ROUND_CONFIG
+
+    config = _policy_round_config("activedpo")
+    assert config["ops"]["selected_pairs"]["config"]["method"] == "activedpo"
+    assert config["ops"]["policy_logprobs"]["config"]["gradient_features"] is True
+    assert config["ops"]["dpo_policy"]["config"]["warm_start"] is True
+    assert _policy_round_config("sharp")["ops"]["policy_logprobs"]["config"] == {
+        "gradient_features": False
+    }
+    assert POLICY_ROUND_CONFIG["ops"]["selected_pairs"]["config"]["method"] == "sharp"  # a copy
+
+
+def test_an_interrupted_policy_round_is_run_again_until_its_dpo_step(auf_home):
+    from auf_assets.cli.demo import _round_to_run
+
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("rounds", ["round-0001"])
+    for name in ("reward_model",):
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(asset_key=name, partition="round-0001")
+        )
+    assert _round_to_run(instance, ["round-0001"], "active_round") is None
+    assert _round_to_run(instance, ["round-0001"], "policy_round") == "round-0001"
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(asset_key="dpo_policy", partition="round-0001")
+    )
+    assert _round_to_run(instance, ["round-0001"], "policy_round") is None

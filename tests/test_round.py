@@ -80,6 +80,7 @@ def test_definitions_load_the_whole_graph():
         "dpo_policy",
         "reward_model_checkpoint",
         "policy_eval",
+        "policy_logprobs",
         "simulation_pool_features",
         "method_benchmark",
     }

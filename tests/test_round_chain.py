@@ -148,7 +148,7 @@ def test_the_dagster_home_queues_one_round_run_at_a_time(tmp_path):
 def test_round_jobs_carry_the_chain_tag():
     from auf_assets.definitions import defs
 
-    for name in ("active_round", "pair_selection", "labelled_round"):
+    for name in ("active_round", "pair_selection", "labelled_round", "policy_round"):
         assert defs.resolve_job_def(name).tags.get("auf/chain") == "rounds"
 
 

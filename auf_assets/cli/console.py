@@ -82,6 +82,13 @@ def _stage_note(asset: str, md: dict) -> str:
         before, after = md.get("loss_before"), md.get("loss_after")
         loss = f"loss {before:.4f} -> {after:.4f}" if None not in (before, after) else "trained"
         return f"{loss} on {num('replay_pairs')} pairs"
+    if asset == "policy_logprobs":
+        cached = f"reference: {num('reference_computed')} new, {num('reference_cached')} cached"
+        return f"{rows} responses scored by the policy of {num('policy_round')} ({cached})"
+    if asset == "dpo_policy":
+        loss = md.get("loss_last")
+        shown = f", loss {loss:.4f}" if loss is not None else ""
+        return f"{num('steps')} DPO steps on {num('train_pairs')} pairs{shown}"
     if asset == "annotation_batch":
         if md.get("written") is False:
             return "nothing written (labels do not come from people)"

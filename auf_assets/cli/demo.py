@@ -388,15 +388,12 @@ def _round_summary(result, key: str, wall: float) -> str:
     if model.get("loss_before") is not None:
         parts.append(f"reward-model loss {model['loss_before']:.4f} -> {model['loss_after']:.4f}")
     policy = metadata(result, "dpo_policy")
-    if policy.get("reward_accuracy_last") is not None:
-        parts.append(
-            f"DPO step: {policy.get('warm_start_from')} -> train accuracy "
-            f"{policy['reward_accuracy_last']:.2f}"
-        )
+    if policy.get("steps") is not None:
+        parts.append(f"DPO step of {policy['steps']} steps on {policy.get('train_pairs')} pairs")
     lines = [f"{key}: {', '.join(parts)}; wall time {wall:.1f}s"]
     if pairs.get("fallback") not in (None, "none"):
         lines.append(
-            "  the policy is still the reference (no DPO step yet): pairs picked at random"
+            "  nothing told the pairs apart yet (round 1: the policy is the reference): random"
         )
     elif pairs.get("mean_abs_implicit_margin") is not None:
         lines.append(

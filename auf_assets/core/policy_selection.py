@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from .acquisition import _as_rng
 from .acquisition import check_bool as _check_bool
 
 __all__ = [
@@ -178,14 +179,6 @@ def candidate_pairs(n: int) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------
 # Input checks
-
-
-def _as_rng(seed: int | np.random.Generator) -> np.random.Generator:
-    if isinstance(seed, np.random.Generator):
-        return seed
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an int or a numpy Generator, got {type(seed).__name__}")
-    return np.random.default_rng(int(seed))
 
 
 def _check_matrix(name: str, x: Any) -> np.ndarray:

@@ -60,18 +60,23 @@ class PolicyLogprobsConfig(dg.Config):
 def _policy_adapter(store: DuckDBStore, round_id: str) -> tuple[str | None, Path | None]:
     """The adapter round `round_id` selects with: the previous round's `dpo_policy`.
 
-    Round 1 has none (the base model is the policy); a later round whose previous round has no
-    policy fails and names it, as a skipped DPO step would silently select with a stale policy.
+    A round with no policy before it (round 1, or the first policy round of a home whose earlier
+    rounds selected with the reward model) starts from the base model. A later round whose
+    previous round has no policy while an earlier one does fails and names it: a skipped DPO step
+    would silently select with a stale policy.
     """
-    previous = store.previous_round(round_index(round_id))
-    if previous is None:
-        return None, None
-    record = store.checkpoint("dpo_policy", previous)
+    index = round_index(round_id)
+    previous = store.previous_round(index)
+    record = store.checkpoint("dpo_policy", previous) if previous else None
     if record is None:
-        raise dg.Failure(
-            f"{round_id} selects with the DPO policy of {previous}, which has none: materialise "
-            f"{previous}'s dpo_policy (the policy_round job does), then run {round_id} again"
-        )
+        earlier = [r for r in store.checkpoint_rounds("dpo_policy") if round_index(r) < index]
+        if earlier:
+            raise dg.Failure(
+                f"{round_id} selects with the DPO policy of {previous}, which has none: "
+                f"materialise {previous}'s dpo_policy (the policy_round job does), then run "
+                f"{round_id} again"
+            )
+        return None, None
     path = store.resolve(record["path"])
     if not (path / "adapter_config.json").is_file():
         raise dg.Failure(f"the dpo_policy of {previous} is recorded at {path}, but it is missing")

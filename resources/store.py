@@ -804,6 +804,11 @@ class DuckDBStore(dg.ConfigurableResource):
         )
         return rows.row(0, named=True) if rows.height else None
 
+    def checkpoint_rounds(self, kind: str) -> list[str]:
+        """The rounds that have a checkpoint of `kind`."""
+        rows = self.query("SELECT round_id FROM trained_checkpoints WHERE kind = ?", [kind])
+        return rows["round_id"].to_list()
+
     def record_evals(self, round_id: str, kind: str, rows: pl.DataFrame) -> None:
         """Replace the evaluation metrics of one (round, checkpoint kind)."""
         self._replace_where("checkpoint_evals", "round_id = ? AND kind = ?", [round_id, kind], rows)

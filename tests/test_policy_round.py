@@ -140,19 +140,30 @@ def test_a_round_without_the_previous_policy_fails_and_names_it(
     instance = dg.DagsterInstance.ephemeral()
     store = DuckDBStore()
     assert dg.materialize([prompt_pool], instance=instance, resources={"store": store}).success
-    # Round 1 without its DPO step.
+    # Round 1 selected with the reward model: the policy loop may start in round 2, from the base.
+    instance.add_dynamic_partitions("rounds", ["round-0001"])
+    assert dg.materialize(
+        [*ROUND_ASSETS, *ROUND_CHECKS],
+        instance=instance,
+        partition_key="round-0001",
+        resources=_resources(tiny_lm_dir, tiny_chat_lm_dir),
+        run_config=tiny_run_config(tiny_lm_dir, "drts"),
+    ).success
+    assert _policy_round(instance, "round-0002", tiny_lm_dir, tiny_chat_lm_dir, "sharp").success
+    assert store.round_rows("policy_logprobs", "round-0002")["policy_round"].is_null().all()
+    # Round 3 without its DPO step, then round 4 would select with a stale policy: refused.
     without = [*ROUND_ASSETS, *ROUND_CHECKS, policy_logprobs]
     assert _policy_round(
-        instance, "round-0001", tiny_lm_dir, tiny_chat_lm_dir, "sharp", without
+        instance, "round-0003", tiny_lm_dir, tiny_chat_lm_dir, "sharp", without
     ).success
-    with pytest.raises(dg.Failure, match="round-0001's dpo_policy"):
-        _policy_round(instance, "round-0002", tiny_lm_dir, tiny_chat_lm_dir, "sharp", without)
-    # selected_pairs with a policy-aware method needs policy_logprobs (round 2 has none).
-    with pytest.raises(dg.Failure, match="materialise round-0002's policy_logprobs"):
+    with pytest.raises(dg.Failure, match="round-0003's dpo_policy"):
+        _policy_round(instance, "round-0004", tiny_lm_dir, tiny_chat_lm_dir, "sharp", without)
+    # selected_pairs with a policy-aware method needs policy_logprobs (round 4 has none).
+    with pytest.raises(dg.Failure, match="materialise round-0004's policy_logprobs"):
         dg.materialize(
             [*ROUND_ASSETS],
             instance=instance,
-            partition_key="round-0002",
+            partition_key="round-0004",
             resources=_resources(tiny_lm_dir, tiny_chat_lm_dir),
             run_config=tiny_run_config(tiny_lm_dir, "wsharp"),
         )
@@ -182,14 +193,27 @@ def test_auf_demo_runs_policy_methods_as_policy_rounds():
 
 
 def test_an_interrupted_policy_round_is_run_again_until_its_dpo_step(auf_home):
+    import polars as pl
+
     from auf_assets.cli.demo import _round_to_run
 
+    store = DuckDBStore()
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("rounds", ["round-0001"])
-    for name in ("reward_model",):
-        instance.report_runless_asset_event(
-            dg.AssetMaterialization(asset_key=name, partition="round-0001")
-        )
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(asset_key="reward_model", partition="round-0001")
+    )
+
+    def picked_by(method: str) -> None:
+        row = {"pair_id": "p1", "round_id": "round-0001", "prompt_id": "q", "completion_a": "a"}
+        row.update(completion_b="b", method=method)
+        store.replace_round("pairs", "round-0001", pl.DataFrame([row]))
+
+    # A finished reward-model round is not re-run when the policy loop starts after it.
+    picked_by("deltaucb")
+    assert _round_to_run(instance, ["round-0001"], "policy_round") is None
+    # A policy round without its DPO step is.
+    picked_by("sharp:random")
     assert _round_to_run(instance, ["round-0001"], "active_round") is None
     assert _round_to_run(instance, ["round-0001"], "policy_round") == "round-0001"
     instance.report_runless_asset_event(

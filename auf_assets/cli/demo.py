@@ -350,16 +350,26 @@ def _merge(base: dict, override: dict) -> dict:
 
 def _round_to_run(instance, rounds: list[str], job: str = "active_round") -> str | None:
     """The newest round if its last step never materialised (an interrupted round): the reward
-    model, and in the policy loop also the DPO step the next round selects with."""
+    model, and for a round of the policy loop also the DPO step the next round selects with."""
     import dagster as dg
 
     if not rounds:
         return None
-    last_steps = ["reward_model"] + (["dpo_policy"] if job == "policy_round" else [])
-    for name in last_steps:
-        if rounds[-1] not in instance.get_materialized_partitions(dg.AssetKey(name)):
-            return rounds[-1]
+    newest = rounds[-1]
+    if newest not in instance.get_materialized_partitions(dg.AssetKey("reward_model")):
+        return newest
+    stepped = instance.get_materialized_partitions(dg.AssetKey("dpo_policy"))
+    if job == "policy_round" and newest not in stepped and _selected_by_policy(newest):
+        return newest
     return None
+
+
+def _selected_by_policy(round_id: str) -> bool:
+    """Whether the round's pairs were picked by a policy-aware method (a policy-loop round)."""
+    from resources.store import DuckDBStore
+
+    methods = DuckDBStore().round_rows("pairs", round_id)["method"].to_list()
+    return any(_is_policy_method(m.split(":")[0]) for m in methods)
 
 
 def _round_summary(result, key: str, wall: float) -> str:

@@ -10,6 +10,7 @@ import functools
 import json
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -496,33 +497,26 @@ def random_pair_gap(mu: np.ndarray, mask: np.ndarray) -> float:
     return float(np.mean(gaps)) if gaps else 0.0
 
 
-def score_matrices(
-    scores: pl.DataFrame,
-) -> tuple[list[str], list[list[str]], np.ndarray, np.ndarray, np.ndarray]:
-    """Group per-response scores into padded [P, N] matrices (mask marks real entries)."""
+def by_prompt_matrices(
+    rows: pl.DataFrame, columns: Sequence[str], fill: Sequence[float] | None = None
+) -> tuple[list[str], list[list[str]], list[np.ndarray], np.ndarray]:
+    """Per-response values as padded [P, N] matrices, one per column (``fill`` pads them; 0 by
+    default), with the prompt ids, each prompt's completion ids and the mask of real entries."""
     grouped = (
-        scores.sort("prompt_id", "completion_id")
+        rows.sort("prompt_id", "completion_id")
         .group_by("prompt_id", maintain_order=True)
-        .agg("completion_id", "mu", "sigma")
+        .agg("completion_id", *columns)
     )
     width = int(grouped["completion_id"].list.len().max())
-    n = grouped.height
-    mu = np.zeros((n, width))
-    sigma = np.zeros((n, width))
-    mask = np.zeros((n, width), dtype=bool)
-    for row, (ids, m, s) in enumerate(
-        zip(grouped["completion_id"], grouped["mu"], grouped["sigma"], strict=True)
-    ):
-        mu[row, : len(ids)] = m.to_numpy()
-        sigma[row, : len(ids)] = s.to_numpy()
+    shape = (grouped.height, width)
+    mask = np.zeros(shape, dtype=bool)
+    out = [np.full(shape, f, dtype=np.float64) for f in (fill or [0.0] * len(columns))]
+    for row, ids in enumerate(grouped["completion_id"]):
         mask[row, : len(ids)] = True
-    return (
-        grouped["prompt_id"].to_list(),
-        [ids.to_list() for ids in grouped["completion_id"]],
-        mu,
-        sigma,
-        mask,
-    )
+        for matrix, column in zip(out, columns, strict=True):
+            matrix[row, : len(ids)] = grouped[column][row].to_numpy()
+    ids = [list(i) for i in grouped["completion_id"]]
+    return grouped["prompt_id"].to_list(), ids, out, mask
 
 
 @dg.asset(
@@ -548,7 +542,7 @@ def selected_pairs(
     scores = store.round_rows("reward_scores", round_id)
     if scores.height == 0:
         raise dg.Failure(f"{round_id} has no reward scores: materialise reward_scores first")
-    prompt_ids, completion_ids, mu, sigma, mask = score_matrices(scores)
+    prompt_ids, completion_ids, (mu, sigma), mask = by_prompt_matrices(scores, ["mu", "sigma"])
     seed = stable_seed(round_id, config.seed)
     warming_up = round_index(round_id) <= config.warmup_rounds
     method = "random" if warming_up else config.method

@@ -24,7 +24,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from auf_assets.active_round import completions, holds_round_chain
+from auf_assets.active_round import by_prompt_matrices, completions, holds_round_chain
 from auf_assets.core.policy import PolicyLoopConfig, PolicyScorer, conversation
 from auf_assets.core.policy_selection import (
     POLICY_METHODS,
@@ -231,28 +231,6 @@ def policy_logprobs(
 # -- selection ----------------------------------------------------------------------------------
 
 
-def _matrices(frame: pl.DataFrame):
-    """[P, N] implicit rewards, mask, completion ids per prompt and gradient rows."""
-    grouped = (
-        frame.sort("prompt_id", "completion_id")
-        .group_by("prompt_id", maintain_order=True)
-        .agg("completion_id", "reward", "row")
-    )
-    width = int(grouped["completion_id"].list.len().max())
-    n = grouped.height
-    reward = np.zeros((n, width))
-    row = np.full((n, width), -1, dtype=np.int64)
-    mask = np.zeros((n, width), dtype=bool)
-    for p, (ids, r, k) in enumerate(
-        zip(grouped["completion_id"], grouped["reward"], grouped["row"], strict=True)
-    ):
-        reward[p, : len(ids)] = r.to_numpy()
-        row[p, : len(ids)] = k.to_numpy()
-        mask[p, : len(ids)] = True
-    ids = [list(i) for i in grouped["completion_id"]]
-    return grouped["prompt_id"].to_list(), ids, reward, mask, row
-
-
 def _previous_v_inv(store: DuckDBStore, round_id: str, sketch: str | None) -> np.ndarray | None:
     """ActiveDPO's V^-1 after the previous round (None: start from I / lambda)."""
     previous = store.previous_round(round_index(round_id))
@@ -301,7 +279,8 @@ def policy_pairs(
             f"no response of {round_id} could be scored: every prompt fills policy_logprobs' "
             "max_length; raise it"
         )
-    prompt_ids, ids, reward, mask, grow = _matrices(scores)
+    prompt_ids, ids, (reward, grow), mask = by_prompt_matrices(scores, ["reward", "row"], [0, -1])
+    grow = grow.astype(np.int64)
     gradients, sketch, v_inv = None, None, None
     if method == "activedpo":
         files = scores["gradient_file"].drop_nulls().unique().to_list()

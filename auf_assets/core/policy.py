@@ -44,6 +44,7 @@ __all__ = [
     "PolicyScorer",
     "ReferenceCache",
     "conversation",
+    "sequence_logps",
 ]
 
 Log = Callable[[str], None]
@@ -61,6 +62,78 @@ def _lora_config(r: int, alpha: int):
     return LoraConfig(
         r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
     )
+
+
+def _encode(tokenizer, prompt_turns, response_turns, max_length: int) -> tuple[list[int], int]:
+    """Token ids of the whole conversation (cut at max_length) and where the response starts.
+
+    The response starts where the prompt's ids (with the generation prompt) stop being a prefix
+    of the conversation's, as TRL finds it; a prompt that fills max_length leaves no response
+    token (such a pair is not scored: TRL drops it from training too).
+    """
+    head = tokenizer.apply_chat_template(
+        list(prompt_turns), add_generation_prompt=True, tokenize=False
+    )
+    full = tokenizer.apply_chat_template(list(prompt_turns) + list(response_turns), tokenize=False)
+    head_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
+    full_ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+    start = 0
+    for a, b in zip(head_ids, full_ids, strict=False):
+        if a != b:
+            break
+        start += 1
+    full_ids = full_ids[:max_length]
+    return full_ids, max(1, min(start, len(full_ids)))
+
+
+def _response_logps(model, items, pad_id: int):
+    """Summed log-probs of each item's response tokens (token t is predicted at t - 1)."""
+    import torch
+
+    device = next(model.parameters()).device
+    width = max(len(ids) for ids, _ in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    for i, (row, _) in enumerate(items):  # right padding: positions line up with the text
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+    # log p(token) = logit - logsumexp(logits): no second [B, L, vocab] log-softmax tensor
+    picked = logits.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    token_logps = picked - torch.logsumexp(logits, dim=-1)
+    return torch.stack(
+        [token_logps[i, head - 1 : len(row) - 1].sum() for i, (row, head) in enumerate(items)]
+    )
+
+
+def sequence_logps(
+    model,
+    tokenizer,
+    prompts: Sequence[Sequence[dict]],
+    responses: Sequence[Sequence[dict]],
+    *,
+    max_length: int = 1024,
+    batch_size: int = 8,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Summed log pi(response tokens | prompt) and the response's token count per (prompt turns,
+    response turns) pair, batched; the chat template formats them as TRL's DPO training does."""
+    import torch
+
+    items = [_encode(tokenizer, p, r, max_length) for p, r in zip(prompts, responses, strict=True)]
+    out = np.zeros(len(items))
+    tokens = np.array([len(row) - head for row, head in items], dtype=np.int64)
+    # Longest first: batches of similar length waste less padding.
+    order = sorted(range(len(items)), key=lambda i: -len(items[i][0]))
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            values = _response_logps(model, [items[i] for i in idx], tokenizer.pad_token_id)
+            out[idx] = values.cpu().numpy()
+            if progress is not None:
+                progress(min(start + batch_size, len(order)), len(order))
+    return out, tokens
 
 
 class PolicyScorer:
@@ -100,54 +173,6 @@ class PolicyScorer:
         else:
             model = PeftModel.from_pretrained(base, str(self.adapter_dir), is_trainable=True)
         self.model = model.to(_device(device)).eval()
-        self.device = next(self.model.parameters()).device
-
-    # -- tokenisation ---------------------------------------------------------------------
-
-    def _encode(self, prompt_turns, response_turns) -> tuple[list[int], int]:
-        """Token ids of the whole conversation (cut at max_length) and where the response starts.
-
-        The response starts where the prompt's ids (with the generation prompt) stop being a
-        prefix of the conversation's, as TRL finds it; a prompt that fills max_length leaves no
-        response token (such a pair is not scored: TRL drops it from training too).
-        """
-        tok = self.tokenizer
-        head = tok.apply_chat_template(
-            list(prompt_turns), add_generation_prompt=True, tokenize=False
-        )
-        full = tok.apply_chat_template(list(prompt_turns) + list(response_turns), tokenize=False)
-        head_ids = tok(head, add_special_tokens=False)["input_ids"]
-        full_ids = tok(full, add_special_tokens=False)["input_ids"]
-        start = 0
-        for a, b in zip(head_ids, full_ids, strict=False):
-            if a != b:
-                break
-            start += 1
-        full_ids = full_ids[: self.max_length]
-        return full_ids, max(1, min(start, len(full_ids)))
-
-    def _batch(self, items):
-        import torch
-
-        width = max(len(ids) for ids, _ in items)
-        ids = torch.full((len(items), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(items), width), dtype=torch.long)
-        for i, (row, _) in enumerate(items):  # right padding: positions line up with the text
-            ids[i, : len(row)] = torch.tensor(row)
-            mask[i, : len(row)] = 1
-        return ids.to(self.device), mask.to(self.device)
-
-    def _response_logps(self, ids, mask, items):
-        """Summed log-probs of each item's response tokens (token t is predicted at t - 1)."""
-        import torch
-
-        logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        # log p(token) = logit - logsumexp(logits): no second [B, L, vocab] log-softmax tensor
-        picked = logits.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-        token_logps = picked - torch.logsumexp(logits, dim=-1)
-        return torch.stack(
-            [token_logps[i, head - 1 : len(row) - 1].sum() for i, (row, head) in enumerate(items)]
-        )
 
     # -- scoring --------------------------------------------------------------------------
 
@@ -162,23 +187,17 @@ class PolicyScorer:
         """Summed response log-probs and response token counts, under pi (or pi_ref)."""
         import contextlib
 
-        import torch
-
-        items = [self._encode(p, r) for p, r in zip(prompts, responses, strict=True)]
-        out = np.zeros(len(items))
-        tokens = np.array([len(row) - head for row, head in items], dtype=np.int64)
-        # Longest first: batches of similar length waste less padding.
-        order = sorted(range(len(items)), key=lambda i: -len(items[i][0]))
         off = self.model.disable_adapter() if reference else contextlib.nullcontext()
-        with off, torch.no_grad():
-            for start in range(0, len(order), self.batch_size):
-                idx = order[start : start + self.batch_size]
-                chunk = [items[i] for i in idx]
-                values = self._response_logps(*self._batch(chunk), chunk)
-                out[idx] = values.cpu().numpy()
-                if progress is not None:
-                    progress(min(start + self.batch_size, len(order)), len(order))
-        return out, tokens
+        with off:
+            return sequence_logps(
+                self.model,
+                self.tokenizer,
+                prompts,
+                responses,
+                max_length=self.max_length,
+                batch_size=self.batch_size,
+                progress=progress,
+            )
 
     def lora_parameters(self) -> list[tuple[str, Any]]:
         """The adapter's parameters in a fixed (name) order: the gradient features' layout."""
@@ -213,8 +232,8 @@ class PolicyScorer:
             )
         out = np.zeros((len(prompts), sketch.dim), dtype=np.float32)
         for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
-            item = [self._encode(p, r)]
-            logp = self._response_logps(*self._batch(item), item)[0]
+            item = [_encode(self.tokenizer, p, r, self.max_length)]
+            logp = _response_logps(self.model, item, self.tokenizer.pad_token_id)[0]
             grads = torch.autograd.grad(logp, params, allow_unused=True)
             flat = torch.cat(
                 [

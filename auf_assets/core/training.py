@@ -533,36 +533,11 @@ def load_policy(base_dir: str | Path, adapter_dir: str | Path, device: str = "au
 
 def response_logps(model, tokenizer, prompts, responses, *, batch_size=8, max_length=1024):
     """Sum of log pi(response tokens | prompt) per (prompt turns, response turns) pair."""
-    import torch
+    from .policy import sequence_logps
 
-    device = next(model.parameters()).device
-    out = np.zeros(len(prompts))
-    items = []
-    for prompt, response in zip(prompts, responses, strict=True):
-        head = tokenizer.apply_chat_template(
-            list(prompt), add_generation_prompt=True, tokenize=False
-        )
-        full = tokenizer.apply_chat_template(list(prompt) + list(response), tokenize=False)
-        head_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
-        full_ids = tokenizer(full, add_special_tokens=False)["input_ids"][:max_length]
-        items.append((full_ids, min(len(head_ids), len(full_ids))))
-    pad = tokenizer.pad_token_id
-    for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
-        width = max(len(ids) for ids, _ in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for i, (row, _) in enumerate(chunk):  # right padding: positions line up with the text
-            ids[i, : len(row)] = torch.tensor(row)
-            mask[i, : len(row)] = 1
-        with torch.no_grad():
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-        logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        token_logps = logps.gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1).cpu()
-        for i, (row, head_len) in enumerate(chunk):
-            # tokens head_len .. len(row)-1 are the response; token t is predicted at t-1
-            out[start + i] = float(token_logps[i, head_len - 1 : len(row) - 1].sum())
-    return out
+    return sequence_logps(
+        model, tokenizer, prompts, responses, max_length=max_length, batch_size=batch_size
+    )[0]
 
 
 def implicit_reward_accuracy(

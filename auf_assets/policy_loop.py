@@ -215,7 +215,7 @@ def policy_logprobs(
         metadata={
             "dagster/row_count": frame.height,
             "response_tokens": int(tokens.sum()),
-            "policy_round": policy_round or "base (round 1: pi == pi_ref)",
+            "policy_round": policy_round or "base (no DPO step yet: pi == pi_ref)",
             "reference_computed": len(missing),
             "reference_cached": len(ids) - len(missing),
             "reference_seconds": round(reference_seconds, 2),

@@ -271,7 +271,7 @@ def test_auf_demo_with_a_policy_method_runs_the_policy_loop(
     home = tmp_path / "home"
     out = ok(auf(home, "demo", "--config", str(path), "--method", "sharp", "--rounds", "2"))
     assert "(the DPO policy selects)" in out
-    assert "round 1: the policy is the reference" in out
+    assert "no DPO step yet: the policy is the reference" in out
     assert re.search(
         r"^  policy_logprobs +\d+\.\ds  6 responses scored by the policy of base", out, re.M
     )

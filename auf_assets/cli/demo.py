@@ -403,7 +403,7 @@ def _round_summary(result, key: str, wall: float) -> str:
     lines = [f"{key}: {', '.join(parts)}; wall time {wall:.1f}s"]
     if pairs.get("fallback") not in (None, "none"):
         lines.append(
-            "  nothing told the pairs apart yet (round 1: the policy is the reference): random"
+            "  nothing told the pairs apart yet (no DPO step yet: the policy is the reference): random"
         )
     elif pairs.get("mean_abs_implicit_margin") is not None:
         lines.append(

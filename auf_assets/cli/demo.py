@@ -402,9 +402,7 @@ def _round_summary(result, key: str, wall: float) -> str:
         parts.append(f"DPO step of {policy['steps']} steps on {policy.get('train_pairs')} pairs")
     lines = [f"{key}: {', '.join(parts)}; wall time {wall:.1f}s"]
     if pairs.get("fallback") not in (None, "none"):
-        lines.append(
-            "  nothing told the pairs apart yet (no DPO step yet: the policy is the reference): random"
-        )
+        lines.append("  pairs picked at random (no DPO step yet: the policy is the reference)")
     elif pairs.get("mean_abs_implicit_margin") is not None:
         lines.append(
             f"  mean implicit-reward margin of the selected pairs "

@@ -6,6 +6,7 @@ reads its inputs from the store, calls a pure function or a resource, and replac
 rows in the store. The algorithms live in `auf_assets.core`.
 """
 
+import dataclasses
 import functools
 import json
 import time
@@ -13,6 +14,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Literal
 
 import dagster as dg
 import numpy as np
@@ -36,9 +38,11 @@ from resources.encoder import FeatureEncoder
 from resources.engine import GenerationEngine
 from resources.judge import RubricJudge
 from resources.labeling import LabelingSettings
+from resources.ledger import StepLedger, ledger_prices
+from resources.models import Generation
 from resources.reward_judge import RewardModelJudge
 from resources.reward_model import UncertaintyModel
-from resources.store import DuckDBStore, StoreError, utcnow
+from resources.store import CallCache, DuckDBStore, StoreError, utcnow
 
 GROUP = "active_round"
 
@@ -133,11 +137,23 @@ def round_prompts(
 
 class PoolMember(dg.Config):
     name: str
-    model: str = "smollm2-135m-instruct"
+    model: str = Field(
+        default="smollm2-135m-instruct",
+        description="model source (local backends) or the model name the server serves (openai)",
+    )
     temperature: float = Field(default=1.0, ge=0.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(default=96, ge=1)
     style: str = Field(default="", description="extra instruction appended to the system prompt")
+    backend: Literal["", "transformers", "vllm", "openai"] = Field(
+        default="", description="this member's backend; empty: the engine's"
+    )
+    base_url: str = Field(
+        default="", description="openai backend: this member's server; empty: the engine's"
+    )
+    api_key_env: str = Field(
+        default="", description="openai backend: variable with this member's API key"
+    )
 
     def sampling_json(self) -> str:
         """The settings that shaped this member's responses, as stored with each response."""
@@ -197,6 +213,8 @@ def completions(
     if len(config.members) < 2 or len(set(names)) != len(names):
         raise dg.Failure(f"the pool needs at least two members with distinct names, got {names}")
 
+    ledger = StepLedger(store, context.run.run_id, round_id, "completions")
+    cache = CallCache(store, round_id, "completions")
     frames, seconds, gen_tokens = [], 0.0, 0
     for member in config.members:
         chosen = [
@@ -208,17 +226,19 @@ def completions(
             [{"role": "system", "content": s}, {"role": "user", "content": p}]
             for s, p in zip(systems, prompts["prompt"], strict=True)
         ]
-        context.log.info(f"generating {len(conversations)} responses with {member.name}")
+        backend, endpoint, device = engine.where(member.backend, member.base_url)
         started = time.perf_counter()
-        outs = engine.generate(
+        with ledger.actor(
+            member.name,
             member.model,
-            conversations,
-            max_new_tokens=member.max_new_tokens,
-            temperature=member.temperature,
-            top_p=member.top_p,
-            seed=stable_seed(round_id, member.name, config.seed),
-            progress=progress_logger(context, member.name),
-        )
+            backend,
+            endpoint=endpoint,
+            device=device,
+            gpus=engine.server.gpus if backend == "openai" else 0.0,
+        ) as usage:
+            outs = _generate_resumable(
+                context, engine, member, conversations, round_id, config.seed, cache, usage
+            )
         seconds += time.perf_counter() - started
         gen_tokens += sum(o.completion_tokens for o in outs)
         frames.append(
@@ -246,6 +266,7 @@ def completions(
         )
     rows = pl.concat(frames)
     store.replace_round("completions", round_id, rows)
+    cache.clear()
     empty = int((rows["response"].str.strip_chars() == "").sum())
     identical = rows.height - rows.select("prompt_id", "response").n_unique()
     return dg.MaterializeResult(
@@ -262,8 +283,52 @@ def completions(
             "preview": markdown_preview(
                 rows.select("prompt_id", "member", "principle", "response")
             ),
+            **ledger.metadata(ledger_prices(context)),
         }
     )
+
+
+def _generate_resumable(
+    context, engine, member, conversations, round_id, seed, cache, usage
+) -> list[Generation]:
+    """A member's responses, in chunks saved to the call cache as they finish: a re-run of a
+    round that failed part-way asks only for the responses it does not have yet."""
+    settings = member.model_dump(exclude={"name", "style", "api_key_env"})
+    member_seed = stable_seed(round_id, member.name, seed)
+    keys = [
+        stable_hash(member.name, json.dumps(settings, sort_keys=True), member_seed, json.dumps(c))
+        for c in conversations
+    ]
+    known = {k: Generation(**json.loads(v)) for k, v in cache.get(keys).items()}
+    todo = [i for i, k in enumerate(keys) if k not in known]
+    if known:
+        usage.add(cached=len(keys) - len(todo))
+        context.log.info(
+            f"{member.name}: {len(keys) - len(todo)} of {len(keys)} responses kept from an "
+            "earlier attempt of this round; generating the rest"
+        )
+    else:
+        context.log.info(f"generating {len(conversations)} responses with {member.name}")
+    report = progress_logger(context, member.name)
+    for start in range(0, len(todo), engine.save_every):
+        chunk = todo[start : start + engine.save_every]
+        outs = engine.generate(
+            member.model,
+            [conversations[i] for i in chunk],
+            max_new_tokens=member.max_new_tokens,
+            temperature=member.temperature,
+            top_p=member.top_p,
+            seed=member_seed + start,
+            backend=member.backend,
+            base_url=member.base_url,
+            api_key_env=member.api_key_env,
+            usage=usage,
+        )
+        fresh = {keys[i]: o for i, o in zip(chunk, outs, strict=True)}
+        cache.put({k: json.dumps(dataclasses.asdict(o)) for k, o in fresh.items()})
+        known.update(fresh)
+        report(min(start + engine.save_every, len(todo)), len(todo))
+    return [known[k] for k in keys]
 
 
 def _completions_from_pool(
@@ -726,12 +791,25 @@ def _judged_items(store: DuckDBStore, round_id: str, pairs: pl.DataFrame) -> pl.
 def _rubric_verdicts(context, config, judge: RubricJudge, store, round_id, pairs):
     items = _judged_items(store, round_id, pairs)
     context.log.info(f"judging {items.height} responses x {len(ASPECTS)} aspects with {judge.name}")
+    ledger = StepLedger(store, context.run.run_id, round_id, "judgements")
+    cache = CallCache(store, round_id, "judgements")
+    backend, endpoint, device = judge.where()
     started = time.perf_counter()
-    overall_scores, rated = judge.overall(
-        items["prompt"].to_list(),
-        items["response"].to_list(),
-        progress=progress_logger(context, "judge calls"),
-    )
+    with ledger.actor(
+        judge.name,
+        judge.model,
+        backend,
+        endpoint=endpoint,
+        device=device,
+        gpus=judge.server.gpus if backend == "openai" else 0.0,
+    ) as usage:
+        overall_scores, rated = judge.overall(
+            items["prompt"].to_list(),
+            items["response"].to_list(),
+            progress=progress_logger(context, "judge calls"),
+            cache=cache,
+            usage=usage,
+        )
     judge_s = time.perf_counter() - started
     aspect_rows = pl.DataFrame(
         {
@@ -767,6 +845,7 @@ def _rubric_verdicts(context, config, judge: RubricJudge, store, round_id, pairs
         # Text-fallback scores carry no digit mass (NaN): averaged over the others, never NaN.
         "mean_digit_mass": float(aspect_rows["digit_mass"].fill_nan(None).mean() or 0.0),
         "judge_seconds": round(judge_s, 2),
+        **ledger.metadata(ledger_prices(context)),
     }
     return verdicts, aspect_rows, metadata
 
@@ -950,6 +1029,7 @@ def judgements(
     else:
         rows, scores, extra = _people_verdicts(context, labeling, store, round_id, pairs)
     store.replace_round_tables(round_id, {"judge_scores": scores, "judgements": rows})
+    CallCache(store, round_id, "judgements").clear()
     prefs = Counter(rows["preference"].to_list())
     preview = ["prompt_id", "preference", "labeller"]
     if source != "people":
@@ -989,6 +1069,9 @@ def replay_fingerprint(buffer: pl.DataFrame) -> str:
     group_name=GROUP,
     kinds={"pytorch", "safetensors"},
     code_version="2",
+    # It may encode the replay buffer's responses with the encoder's model: a GPU step.
+    pool=GPU_POOL,
+    op_tags=GPU_TAGS,
     description="The uncertainty-aware reward model of the round: the previous round's model "
     "trained on the replay buffer (the newest decided pairs of this and earlier rounds).",
 )

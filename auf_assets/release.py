@@ -25,6 +25,7 @@ from auf_assets.active_round import (
     reward_scores,
     selected_pairs,
 )
+from auf_assets.core.costs import cost_summary, price_rows
 from auf_assets.core.release import (
     ReleaseError,
     ReleaseOptions,
@@ -43,6 +44,7 @@ from auf_assets.partitions import round_index
 from auf_assets.reporting import figure_png, markdown_preview, png_markdown
 from resources import home
 from resources.hub import HubDataset, HubError
+from resources.ledger import ledger_prices
 from resources.store import DuckDBStore, utcnow
 
 GROUP = "release"
@@ -128,6 +130,7 @@ def build_release(store: DuckDBStore, config: PreferenceDatasetConfig, log=print
         }
     rows = {c: {s: f.height for s, f in splits.items()} for c, splits in configs.items()}
     facts = release_facts(pairs, responses, store.release_reward_models(rounds), rows, left_out)
+    facts["cost"] = cost_summary(price_rows(store.usage(rounds), ledger_prices()))
     software = software_version()
     target = home.datasets_dir(store.root) / version
     target.parent.mkdir(parents=True, exist_ok=True)

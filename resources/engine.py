@@ -1,7 +1,8 @@
-"""The generation engine resource: turns conversations into responses on CPU or GPU."""
+"""The generation engine resource: turns conversations into responses on CPU, GPU or a server."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Literal
 
@@ -9,19 +10,100 @@ import dagster as dg
 from pydantic import Field
 
 from resources import home
-from resources.models import Conversation, Generation, Progress, language_model
+from resources.models import (
+    Conversation,
+    Generation,
+    Progress,
+    Usage,
+    language_model,
+    release_gpu_models,
+)
+
+Backend = Literal["transformers", "vllm", "openai"]
+
+
+class ServerSettings(dg.Config):
+    """How to reach OpenAI-compatible servers (the `openai` backend); shared by engine and judge.
+
+    The API key is read from the environment variable `api_key_env` when a request is made; it
+    is never part of the config, the logs or the metadata.
+    """
+
+    base_url: str = Field(
+        default="", description="http(s)://host:port/v1 of an OpenAI-compatible server"
+    )
+    api_key_env: str = Field(
+        default="OPENAI_API_KEY",
+        description="environment variable that holds the API key (unset: no key is sent)",
+    )
+    max_concurrency: int = Field(default=8, ge=1, description="requests in flight per server")
+    timeout_s: float = Field(default=120.0, gt=0, description="seconds to wait for one answer")
+    max_retries: int = Field(default=5, ge=0, description="retries on 429/5xx/timeouts")
+    max_logprobs: int = Field(
+        default=20, ge=1, description="the server's cap on top log-probs (vLLM: --max-logprobs)"
+    )
+    gpus: float = Field(
+        default=0.0, ge=0, description="GPUs behind the server, to count GPU-seconds (0: unknown)"
+    )
+
+
+def chat_endpoint(settings: ServerSettings, base_url: str = "", api_key_env: str = ""):
+    """A ChatEndpoint for `settings`, with a member's own base URL or key variable if given."""
+    from resources.openai_api import ChatEndpoint
+
+    url = base_url or settings.base_url
+    if not url:
+        raise ValueError("backend 'openai' needs a base_url (the server's http://host:port/v1)")
+    key_env = api_key_env or settings.api_key_env
+    return ChatEndpoint(
+        url,
+        api_key=os.environ.get(key_env, "") if key_env else "",
+        max_concurrency=settings.max_concurrency,
+        timeout_s=settings.timeout_s,
+        max_retries=settings.max_retries,
+    )
 
 
 class GenerationEngine(dg.ConfigurableResource):
-    """Batched text generation. `transformers` runs anywhere; `vllm` is the GPU engine."""
+    """Batched text generation: `transformers` runs anywhere, `vllm` is the GPU engine, and
+    `openai` sends the requests to any OpenAI-compatible server (vLLM, SGLang, TGI, llama.cpp,
+    hosted APIs). A pool member may name its own backend and server."""
 
-    backend: Literal["transformers", "vllm"] = "transformers"
-    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
+    backend: Backend = "transformers"
+    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N (local backends)")
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
-        default="auto", description="auto = bf16 autocast (1.1x fp32 at batch 8 on CPU)"
+        default="auto",
+        description="weights and compute: auto = bf16 weights on a GPU, bf16 autocast over fp32 "
+        "weights on the CPU (1.1x fp32 at batch 8)",
     )
     batch_size: int = Field(default=8, ge=1, description="sequences per generate call")
-    gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1, description="vLLM only")
+    gpu_memory_utilization: float = Field(
+        default=0.85, gt=0, le=1, description="vLLM: share of the GPU one engine may reserve"
+    )
+    enable_thinking: bool = Field(
+        default=False,
+        description="leave reasoning on in chat templates that have the switch (Qwen3's)",
+    )
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    save_every: int = Field(
+        default=32,
+        ge=1,
+        description="responses generated between saves of the call cache, so a failed round "
+        "asks again only for what is missing",
+    )
+
+    def teardown_after_execution(self, context) -> None:
+        # A GPU step frees its models, so the next step (in this process too) has the memory.
+        release_gpu_models()
+
+    def where(self, backend: str = "", base_url: str = "") -> tuple[str, str | None, str | None]:
+        """(backend, endpoint, device) a member with these overrides runs on."""
+        backend = backend or self.backend
+        if backend == "openai":
+            return backend, base_url or self.server.base_url, None
+        from resources.models import resolve_device
+
+        return backend, None, str(resolve_device(self.device))
 
     def generate(
         self,
@@ -33,21 +115,36 @@ class GenerationEngine(dg.ConfigurableResource):
         top_p: float,
         seed: int,
         progress: Progress | None = None,
+        backend: str = "",
+        base_url: str = "",
+        api_key_env: str = "",
+        usage: Usage | None = None,
     ) -> list[Generation]:
+        backend = backend or self.backend
+        endpoint = (
+            chat_endpoint(self.server, base_url, api_key_env) if backend == "openai" else None
+        )
         lm = language_model(
-            self.backend,
+            backend,
             model,
             device=self.device,
             dtype=self.dtype,
             cache_dir=str(home.models_dir()),
             gpu_memory_utilization=self.gpu_memory_utilization,
+            enable_thinking=self.enable_thinking,
+            max_logprobs=self.server.max_logprobs,
+            endpoint=endpoint,
         )
-        return lm.generate(
-            conversations,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            seed=seed,
-            batch_size=self.batch_size,
-            progress=progress,
-        )
+        try:
+            return lm.generate(
+                conversations,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                seed=seed,
+                batch_size=self.batch_size,
+                progress=progress,
+            )
+        finally:
+            if usage is not None:
+                usage.add(**lm.usage.snapshot())

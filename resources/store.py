@@ -285,10 +285,43 @@ CREATE TABLE IF NOT EXISTS policy_selection_state (
     sketch VARCHAR,
     created_at TIMESTAMP
 );
+-- The ledger: what each attempt of a model step asked of each pool member or judge. Never
+-- replaced: a failed attempt cost what it cost, and a re-run adds its own row.
+CREATE TABLE IF NOT EXISTS usage (
+    run_id VARCHAR NOT NULL,
+    round_id VARCHAR NOT NULL,
+    step VARCHAR NOT NULL,
+    actor VARCHAR NOT NULL,
+    model VARCHAR NOT NULL,
+    backend VARCHAR NOT NULL,
+    endpoint VARCHAR,
+    device VARCHAR,
+    requests INTEGER NOT NULL,
+    cached INTEGER NOT NULL,
+    prompt_tokens BIGINT NOT NULL,
+    completion_tokens BIGINT NOT NULL,
+    wall_seconds DOUBLE NOT NULL,
+    gpu_seconds DOUBLE,
+    failures INTEGER NOT NULL,
+    retries INTEGER NOT NULL,
+    succeeded BOOLEAN NOT NULL,
+    recorded_at TIMESTAMP NOT NULL,
+    PRIMARY KEY (run_id, round_id, step, actor)
+);
+-- Answers a model step already got in an attempt that did not finish (responses, judge
+-- log-probs), so a re-run asks only for what is missing. Cleared when the step succeeds.
+CREATE TABLE IF NOT EXISTS call_cache (
+    round_id VARCHAR NOT NULL,
+    step VARCHAR NOT NULL,
+    key VARCHAR NOT NULL,
+    payload VARCHAR NOT NULL,
+    created_at TIMESTAMP NOT NULL,
+    PRIMARY KEY (round_id, step, key)
+);
 """
 
 # Bumped whenever SCHEMA changes: a connection runs SCHEMA only when the file's version is older.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 # Tables whose rows belong to one round partition (the unit of idempotent replacement).
@@ -311,6 +344,24 @@ class TakenPrompts:
     prompts: pl.DataFrame  # prompt_id, prompt, source in round order
     kept: bool  # the round already held these prompts
     left: int  # unused prompts after this round
+
+
+@dataclass(frozen=True)
+class CallCache:
+    """One step's call cache for one round (see `DuckDBStore.cached_calls`)."""
+
+    store: DuckDBStore
+    round_id: str
+    step: str
+
+    def get(self, keys: Sequence[str]) -> dict[str, str]:
+        return self.store.cached_calls(self.round_id, self.step, keys)
+
+    def put(self, payloads: Mapping[str, str]) -> None:
+        self.store.cache_calls(self.round_id, self.step, payloads)
+
+    def clear(self) -> None:
+        self.store.clear_cached_calls(self.round_id, self.step)
 
 
 def utcnow() -> datetime:
@@ -480,7 +531,7 @@ class DuckDBStore(dg.ConfigurableResource):
                 return TakenPrompts(held, kept=True, left=_unused(con))
             if held.height:
                 _check_retake(con, round_id, round_index)
-                for table in ROUND_TABLES:
+                for table in (*ROUND_TABLES, "call_cache"):
                     con.execute(f"DELETE FROM {table} WHERE round_id = ?", [round_id])
             available = con.execute(
                 "SELECT p.prompt_id, p.prompt, p.source FROM prompts p "
@@ -818,6 +869,52 @@ class DuckDBStore(dg.ConfigurableResource):
             "SELECT e.*, r.round_index FROM checkpoint_evals e LEFT JOIN rounds r "
             "USING (round_id) ORDER BY r.round_index, e.kind, e.metric"
         )
+
+    # -- the ledger and the call cache --------------------------------------------------------
+
+    def record_usage(self, rows: pl.DataFrame) -> None:
+        """Add ledger rows (one per actor of a step's attempt); a row recorded again replaces."""
+        if rows.height:
+            with self.transaction() as con:
+                _insert(con, "usage", rows, verb="INSERT OR REPLACE")
+
+    def usage(self, round_ids: Sequence[str] | None = None) -> pl.DataFrame:
+        if round_ids is None:
+            return self.query("SELECT * FROM usage ORDER BY round_id, step, actor, recorded_at")
+        return self._with_rounds(
+            round_ids,
+            "SELECT * FROM usage WHERE round_id IN (SELECT round_id FROM wanted) "
+            "ORDER BY round_id, step, actor, recorded_at",
+        )
+
+    def cached_calls(self, round_id: str, step: str, keys: Sequence[str]) -> dict[str, str]:
+        if not keys:
+            return {}
+        rows = self.query(
+            "SELECT key, payload FROM call_cache WHERE round_id = ? AND step = ? "
+            "AND key IN (SELECT * FROM unnest(?))",
+            [round_id, step, list(keys)],
+        )
+        return dict(zip(rows["key"], rows["payload"], strict=True))
+
+    def cache_calls(self, round_id: str, step: str, payloads: Mapping[str, str]) -> None:
+        if not payloads:
+            return
+        rows = pl.DataFrame(
+            {
+                "round_id": round_id,
+                "step": step,
+                "key": list(payloads),
+                "payload": list(payloads.values()),
+                "created_at": utcnow(),
+            }
+        )
+        with self.transaction() as con:
+            _insert(con, "call_cache", rows, verb="INSERT OR REPLACE")
+
+    def clear_cached_calls(self, round_id: str, step: str) -> None:
+        with self.transaction() as con:
+            con.execute("DELETE FROM call_cache WHERE round_id = ? AND step = ?", [round_id, step])
 
     def _replace_where(self, table: str, where: str, params: list, rows: pl.DataFrame) -> None:
         with self.transaction() as con:

@@ -33,8 +33,10 @@ partition is only added when the newest round is finished and no run of it is in
 an imported file is never imported again.
 
 Both sensors and the schedule stop, and say so in their skip reason, when the prompt pool is used
-up (no prompt left that no round took), when `max_rounds` rounds exist, or while the round
-chain is stale (an earlier round was re-run: the rounds after it must be re-run first).
+up (no prompt left that no round took), when `max_rounds` rounds exist, while the round
+chain is stale (an earlier round was re-run: the rounds after it must be re-run first), or when
+another round would pass the budget (`AUF_BUDGET_MAX_TOKENS/DOLLARS/LABELS`, see
+`resources.ledger`: what was spent plus the mean round so far).
 
 Bad settings never stop the code location from loading. A rejected `AUF_NIGHTLY_CRON` or
 `AUF_NIGHTLY_TIMEZONE` leaves the schedule on the default at definition time, and every tick
@@ -76,6 +78,7 @@ from auf_assets.release import RELEASE_ASSETS, dataset_release_job
 from auf_assets.round_chain import chain_report, stale_rounds
 from auf_assets.training import dpo_policy, policy_eval, policy_training_job
 from resources.labeling import LabelingSettings
+from resources.ledger import ledger_from_env
 from resources.store import DuckDBStore
 
 POLICY_ASSETS = [dpo_policy, policy_eval]
@@ -205,6 +208,9 @@ def plan_next_round(
         return NextRound(
             None, f"stopped: max_rounds={settings.max_rounds} reached ({rounds[-1]} was the last)"
         )
+    refusal = ledger_from_env().refusal(store)
+    if refusal:
+        return NextRound(None, f"stopped: {refusal}")
     unused = store.unused_prompt_count()
     if unused == 0:
         total = store.count_rows("prompts")
@@ -450,6 +456,9 @@ def nightly_round(
     rounds = registered_rounds(instance)
     if rounds and rounds[-1] not in trained:
         key = rounds[-1]  # never finished and nothing runs it: run it again
+        refusal = ledger_from_env().refusal(store)
+        if refusal:
+            return after or dg.SkipReason(f"{key} never finished, and {refusal}")
         context.log.info(f"{key} never finished: running it again")
     else:
         plan = plan_next_round(instance, store, labeling, start_first=True)

@@ -208,8 +208,11 @@ class ScriptedLM:
     """
 
     def __init__(self, first: dict, retry: dict, text: dict):
+        from resources.models import Usage
+
         self.first, self.retry, self.text = first, retry, text
         self.calls: list[tuple] = []
+        self.usage = Usage()
 
     @staticmethod
     def _marker(conversation, table: dict):
@@ -219,7 +222,14 @@ class ScriptedLM:
         return table[hits[0]]
 
     def first_token_logprobs(
-        self, conversations, *, assistant_prefix="", top_k=20, batch_size=8, progress=None
+        self,
+        conversations,
+        *,
+        assistant_prefix="",
+        top_k=20,
+        candidates=(),
+        batch_size=8,
+        progress=None,
     ):
         self.calls.append(("logprobs", assistant_prefix, len(conversations), top_k))
         table = self.retry if assistant_prefix else self.first
@@ -299,7 +309,7 @@ def test_judge_parses_the_text_when_the_digit_probabilities_fail(monkeypatch):
         assert math.isnan(r.result.digit_mass)
     for r in items[2]:  # nothing anywhere: an explicit failure that quotes the answer
         assert r.attempts == 3 and r.result.failed and r.result.score is None
-        assert "top-7 log-probs (twice)" in r.result.reason
+        assert "first-token log-probs (twice)" in r.result.reason
         assert "'I cannot rate this'" in r.result.reason
         assert r.result.digit_mass == 0.0
     assert lm.calls[1][1:3] == ("Rating: ", 8)  # both failed items retried
@@ -324,25 +334,28 @@ def test_judge_fallbacks_can_be_switched_off(monkeypatch):
     )
 
 
-def test_judge_fallbacks_on_a_tiny_real_model(tiny_lm_dir, auf_home):
-    """A random tiny model looked at through its single most likely token: the digits are not
-    there, so every aspect goes through the retry and the text parse."""
+def test_judge_reads_the_digits_exactly_on_a_tiny_real_model(tiny_lm_dir, auf_home):
+    """A random tiny model puts almost no mass on the digits, and none of them is its most
+    likely token (top_k=1): the digits' log-probs are still read exactly, so every aspect is
+    scored on the first call, with the (tiny) digit mass as the diagnostic."""
     from resources.judge import RubricJudge
+    from resources.models import Usage
 
     judge = RubricJudge(model=str(tiny_lm_dir), device="cpu", top_k=1, batch_size=4)
-    overall, rated = judge.overall(["Explain photosynthesis.", "Write a poem."], ["Light.", "Sea."])
+    usage = Usage()
+    overall, rated = judge.overall(
+        ["Explain photosynthesis.", "Write a poem."], ["Light.", "Sea."], usage=usage
+    )
     assert len(rated) == 8 and overall.shape == (2,)
-    assert any(r.attempts > 1 for r in rated)
     for r in rated:
-        res = r.result
-        if r.attempts < 3:  # found by log-probs, on the first try or the retry
-            assert not res.failed and res.method == "logprobs" and 0 < res.digit_mass <= 1
-        elif not res.failed:  # parsed from the text
-            assert res.method == "text" and math.isnan(res.digit_mass)
-            assert res.score in (1.0, 2.0, 3.0, 4.0, 5.0)
-        else:
-            assert res.score is None and "nor in the answer" in res.reason
-    rows = _by_item(rated)
-    for i in (0, 1):
-        if any(r.result.failed for r in rows[i]):
-            assert math.isnan(overall[i])
+        assert r.attempts == 1 and not r.result.failed and r.result.method == "logprobs"
+        assert 1.0 <= r.result.score <= 5.0 and 0 < r.result.digit_mass < 0.5
+    assert np.isfinite(overall).all()
+    assert usage.requests == 8 and usage.completion_tokens == 8 and usage.prompt_tokens > 8
+
+
+def test_tokens_that_read_alike_add_their_probabilities():
+    from resources.models import collapse_by_text
+
+    top = collapse_by_text([("4", math.log(0.2)), ("4", math.log(0.3)), ("5", math.log(0.1))])
+    assert top["4"] == pytest.approx(math.log(0.5)) and top["5"] == pytest.approx(math.log(0.1))

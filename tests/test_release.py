@@ -174,6 +174,8 @@ def test_card_metadata_and_body_come_from_the_lineage(home):
     assert "rubric:" in body and "instruction_following" in body  # the judge and its rubric
     assert 'load_dataset("me/prefs", "trl")' in body
     assert "No license" not in body
+    # The ledger of the released rounds: every pool member's and the judge's requests.
+    assert "### What it cost" in body and "| completions |" in body and "| judgements |" in body
 
     bare = build_release(store, PreferenceDatasetConfig(), log=lambda _: None)["folder"]
     bare_meta = DatasetCard.load(bare / "README.md").data.to_dict()

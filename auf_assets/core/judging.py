@@ -81,30 +81,38 @@ _SYSTEM_PROMPT = (
     "digit from 1 to 5 and nothing else."
 )
 
-_TRUNCATION_MARKER = "\n\n[... response truncated here: {n} more characters not shown ...]"
+_TRUNCATION_MARKER = "\n\n[... {what} truncated here: {n} more characters not shown ...]"
+
+
+def _bounded(text: str, limit: int, what: str) -> str:
+    if limit < 1:
+        raise ValueError(f"max_{what}_chars must be positive, got {limit}")
+    if len(text) <= limit:
+        return text
+    return text[:limit] + _TRUNCATION_MARKER.format(what=what, n=len(text) - limit)
 
 
 def judge_messages(
-    aspect: str, prompt: str, response: str, *, max_response_chars: int = 4000
+    aspect: str,
+    prompt: str,
+    response: str,
+    *,
+    max_prompt_chars: int = 3000,
+    max_response_chars: int = 4000,
 ) -> list[dict]:
     """Chat messages (system + user) that ask the judge to rate ``response`` on ``aspect``.
 
-    A response longer than ``max_response_chars`` is cut there and a marker says how much was
-    left out.
+    A prompt or response longer than its maximum is cut there and a marker says how much was
+    left out, so the judge's input stays bounded whatever users paste.
     """
     if aspect not in RUBRICS:
         raise ValueError(f"unknown aspect {aspect!r}; expected one of {', '.join(ASPECTS)}")
-    if max_response_chars < 1:
-        raise ValueError(f"max_response_chars must be positive, got {max_response_chars}")
-    shown = response
-    if len(response) > max_response_chars:
-        shown = response[:max_response_chars] + _TRUNCATION_MARKER.format(
-            n=len(response) - max_response_chars
-        )
+    shown = _bounded(response, max_response_chars, "response")
+    asked = _bounded(prompt, max_prompt_chars, "prompt")
     user = (
         f"Rate the response below on one aspect: {aspect.replace('_', ' ')}.\n\n"
         f"Rubric:\n{RUBRICS[aspect]}\n\n"
-        f"<user_request>\n{prompt}\n</user_request>\n\n"
+        f"<user_request>\n{asked}\n</user_request>\n\n"
         f"<response>\n{shown}\n</response>\n\n"
         "Answer with one digit, 1, 2, 3, 4 or 5, and nothing else."
     )

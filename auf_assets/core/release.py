@@ -667,6 +667,32 @@ def _card_body(facts: Mapping, options: ReleaseOptions, software: str) -> str:
         f"{facts['responses']} generated; labelling every response would have taken "
         f"{facts['responses'] / max(facts['responses_judged'], 1):.1f}x as many.",
     ]
+    cost = facts.get("cost") or {}
+    if cost.get("by_model"):
+        out += ["", "### What it cost", ""]
+        out.append(
+            _table(
+                ["step", "model", "requests", "prompt tok", "completion tok", "GPU-hours", "$"],
+                [
+                    [
+                        c["step"],
+                        f"`{c['model']}`",
+                        f"{c['requests']:,}",
+                        f"{c['prompt_tokens']:,}",
+                        f"{c['completion_tokens']:,}",
+                        f"{c['gpu_hours']:.3f}",
+                        f"{c['dollars']:.2f}",
+                    ]
+                    for c in cost["by_model"]
+                ],
+            )
+        )
+        out += [
+            "",
+            f"In all: {cost['requests']:,} model requests, {cost['tokens']:,} tokens, "
+            f"{cost['gpu_hours']:.3f} GPU-hours (where known) and ${cost['dollars']:.2f} at the "
+            "publisher's prices, every attempt of every step counted (from the pipeline's ledger).",
+        ]
     if facts["reward_models"]:
         last = facts["reward_models"][-1]
         out += [

@@ -1,0 +1,102 @@
+"""`auf cost`: what the rounds of this home cost, from the ledger and the price table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from auf_assets.cli.common import prepare_home
+
+
+def _cost(args: argparse.Namespace) -> int:
+    root = prepare_home()
+    import polars as pl
+
+    from auf_assets.core.costs import PriceTable, PriceTableError, price_rows, round_totals
+    from resources.ledger import ledger_from_env
+    from resources.store import DuckDBStore
+
+    ledger = ledger_from_env()
+    if ledger.env_errors:
+        print("; ".join(ledger.env_errors))
+        return 2
+    try:
+        prices = PriceTable.load(args.prices) if args.prices else ledger.prices()
+    except PriceTableError as exc:
+        print(exc)
+        return 2
+    store = DuckDBStore()
+    if not store.database.exists():
+        print(f"no rounds yet: {store.database} does not exist (run `auf demo`)")
+        return 0
+    rounds = [args.round] if args.round else None
+    if args.round and args.round not in set(store.rounds()["round_id"]):
+        print(f"no round {args.round!r} in {root} (`auf rounds` lists them)")
+        return 2
+    priced = price_rows(store.usage(rounds), prices)
+    if args.json:
+        print(json.dumps(priced.with_columns(pl.col(pl.Datetime).cast(pl.String)).to_dicts()))
+        return 0
+    print(f"home: {root}; prices: {prices.source}")
+    if priced.height == 0:
+        print("the ledger is empty: no model step has run here yet")
+        return 0
+    per_actor = (
+        priced.group_by("round_id", "step", "actor", "model", "backend")
+        .agg(
+            pl.len().alias("attempts"),
+            pl.col("requests").sum(),
+            pl.col("cached").sum(),
+            pl.col("prompt_tokens").sum(),
+            pl.col("completion_tokens").sum(),
+            pl.col("wall_seconds").sum(),
+            pl.col("gpu_seconds").sum(),
+            pl.col("failures").sum(),
+            pl.col("retries").sum(),
+            pl.col("dollars").sum(),
+        )
+        .sort("round_id", "step", "actor")
+    )
+    header = (
+        f"{'round':<11} {'step':<12} {'actor':<28} {'tries':>5} {'requests':>8} {'cached':>6} "
+        f"{'prompt tok':>11} {'compl tok':>10} {'wall s':>8} {'GPU s':>8} {'fail':>5} "
+        f"{'retry':>5} {'dollars':>9}"
+    )
+    print(header)
+    for r in per_actor.iter_rows(named=True):
+        print(
+            f"{r['round_id']:<11} {r['step']:<12} {r['actor'][:28]:<28} {r['attempts']:>5} "
+            f"{r['requests']:>8} {r['cached']:>6} {r['prompt_tokens']:>11,} "
+            f"{r['completion_tokens']:>10,} {r['wall_seconds']:>8.1f} "
+            f"{(r['gpu_seconds'] or 0.0):>8.1f} {r['failures']:>5} {r['retries']:>5} "
+            f"{r['dollars']:>9.4f}"
+        )
+    totals = round_totals(priced)
+    print("\nper round:")
+    for r in totals.iter_rows(named=True):
+        print(
+            f"  {r['round_id']}: {r['requests']:,} requests, {r['tokens']:,} tokens, "
+            f"{r['gpu_seconds']:.1f} GPU-s, {r['failures']} failures, ${r['dollars']:.4f}"
+        )
+    print(
+        f"total: {int(totals['tokens'].sum()):,} tokens, ${float(totals['dollars'].sum()):.4f} "
+        f"over {totals.height} round(s)"
+    )
+    budget = ledger.budget()
+    if budget.limited:
+        refusal = ledger.refusal(store)
+        print(f"budget: {refusal or 'another round fits'}")
+    return 0
+
+
+def add_commands(sub) -> None:
+    cost = sub.add_parser(
+        "cost",
+        help="what each round cost: requests, tokens, GPU-seconds, failures and dollars",
+        description="The ledger of this home's model steps, priced with the price table "
+        "(AUF_PRICES or $AUF_HOME/prices.yaml; see auf_assets/core/costs.py for its format).",
+    )
+    cost.add_argument("--round", help="one round (e.g. round-0002); default: all")
+    cost.add_argument("--prices", help="a price table to use instead of the configured one")
+    cost.add_argument("--json", action="store_true", help="the priced ledger rows as JSON")
+    cost.set_defaults(func=_cost)

@@ -1,0 +1,227 @@
+"""What rounds cost: a user-editable price table, and the budget guard's arithmetic.
+
+A price table is YAML (or JSON) that a team keeps next to its deployment:
+
+    # $ per million tokens, per model name as the pipeline calls it (a pool member's or the
+    # judge's `model`); "*" prices every model not listed.
+    models:
+      gpt-4o-mini: {input: 0.15, output: 0.60}
+      Qwen/Qwen3-32B: {input: 0.0, output: 0.0}   # self-hosted: paid by the GPU-hour below
+      "*": {input: 0.0, output: 0.0}
+    gpu_hour: 2.50      # $ per GPU-hour of steps that ran on a GPU of ours
+
+Ledger rows carry tokens and GPU-seconds; `price_rows` adds their dollars. The budget guard
+compares what was spent plus what the next round is expected to add (the mean of the rounds so
+far) against the configured maxima.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+__all__ = [
+    "Budget",
+    "Price",
+    "PriceTable",
+    "PriceTableError",
+    "Spending",
+    "cost_summary",
+    "price_rows",
+    "round_totals",
+]
+
+
+class PriceTableError(ValueError):
+    """A price table that cannot be read or has a bad entry (the message names it)."""
+
+
+@dataclass(frozen=True)
+class Price:
+    input: float = 0.0  # $ per million prompt tokens
+    output: float = 0.0  # $ per million completion tokens
+
+
+def _non_negative(value, where: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise PriceTableError(f"{where}: {value!r} is not a number") from None
+    if not math.isfinite(number) or number < 0:
+        raise PriceTableError(f"{where}: {value!r} must be a finite number >= 0")
+    return number
+
+
+@dataclass(frozen=True)
+class PriceTable:
+    models: Mapping[str, Price] = field(default_factory=dict)
+    gpu_hour: float = 0.0
+    source: str = "none"
+
+    @classmethod
+    def from_mapping(cls, data: Mapping, source: str = "mapping") -> PriceTable:
+        if not isinstance(data, Mapping):
+            raise PriceTableError(f"{source}: expected a mapping with 'models' and 'gpu_hour'")
+        unknown = set(data) - {"models", "gpu_hour"}
+        if unknown:
+            raise PriceTableError(
+                f"{source}: unknown key(s) {sorted(unknown)}; use 'models' and 'gpu_hour'"
+            )
+        models: dict[str, Price] = {}
+        raw = data.get("models") or {}
+        if not isinstance(raw, Mapping):
+            raise PriceTableError(f"{source}: 'models' must map model names to prices")
+        for name, entry in raw.items():
+            if not isinstance(entry, Mapping) or set(entry) - {"input", "output"}:
+                raise PriceTableError(
+                    f"{source}: models.{name} must be {{input: $/1M tokens, output: $/1M tokens}}"
+                )
+            models[str(name)] = Price(
+                _non_negative(entry.get("input", 0.0), f"{source}: models.{name}.input"),
+                _non_negative(entry.get("output", 0.0), f"{source}: models.{name}.output"),
+            )
+        gpu_hour = _non_negative(data.get("gpu_hour", 0.0), f"{source}: gpu_hour")
+        return cls(models, gpu_hour, source)
+
+    @classmethod
+    def load(cls, path: str | Path) -> PriceTable:
+        import yaml
+
+        p = Path(path)
+        if not p.is_file():
+            raise PriceTableError(f"price table {p} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise PriceTableError(f"price table {p} is not valid YAML/JSON: {exc}") from None
+        return cls.from_mapping(data, str(p))
+
+    def price_of(self, model: str) -> Price:
+        return self.models.get(model) or self.models.get("*") or Price()
+
+    def dollars(
+        self, model: str, prompt_tokens: float, completion_tokens: float, gpu_seconds: float
+    ) -> float:
+        price = self.price_of(model)
+        tokens = (prompt_tokens * price.input + completion_tokens * price.output) / 1e6
+        return tokens + (gpu_seconds or 0.0) / 3600.0 * self.gpu_hour
+
+
+def price_rows(rows: pl.DataFrame, prices: PriceTable) -> pl.DataFrame:
+    """Ledger rows with a `dollars` column."""
+    if rows.height == 0:
+        return rows.with_columns(pl.lit(0.0).alias("dollars"))
+    dollars = [
+        prices.dollars(m, p, c, g or 0.0)
+        for m, p, c, g in zip(
+            rows["model"],
+            rows["prompt_tokens"],
+            rows["completion_tokens"],
+            rows["gpu_seconds"].fill_null(0.0),
+            strict=True,
+        )
+    ]
+    return rows.with_columns(pl.Series("dollars", dollars, dtype=pl.Float64))
+
+
+def round_totals(priced: pl.DataFrame) -> pl.DataFrame:
+    """One row per round: requests, tokens, GPU-seconds, failures, retries and dollars."""
+    if priced.height == 0:
+        return pl.DataFrame(
+            schema={
+                "round_id": pl.String,
+                "requests": pl.Int64,
+                "tokens": pl.Int64,
+                "gpu_seconds": pl.Float64,
+                "failures": pl.Int64,
+                "retries": pl.Int64,
+                "dollars": pl.Float64,
+            }
+        )
+    return (
+        priced.group_by("round_id")
+        .agg(
+            pl.col("requests").sum().cast(pl.Int64),
+            (pl.col("prompt_tokens") + pl.col("completion_tokens"))
+            .sum()
+            .cast(pl.Int64)
+            .alias("tokens"),
+            pl.col("gpu_seconds").fill_null(0.0).sum(),
+            pl.col("failures").sum().cast(pl.Int64),
+            pl.col("retries").sum().cast(pl.Int64),
+            pl.col("dollars").sum(),
+        )
+        .sort("round_id")
+    )
+
+
+@dataclass(frozen=True)
+class Spending:
+    tokens: float = 0.0
+    dollars: float = 0.0
+    labels: float = 0.0
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Maxima for the whole home; 0 means no limit."""
+
+    max_tokens: int = 0
+    max_dollars: float = 0.0
+    max_labels: int = 0
+
+    @property
+    def limited(self) -> bool:
+        return bool(self.max_tokens or self.max_dollars or self.max_labels)
+
+    def refusal(self, spent: Spending, next_round: Spending, rounds: int) -> str | None:
+        """Why another round must not start (None when it may): what is spent, what a round
+        adds on average, and which maximum that would pass."""
+        checks = (
+            ("tokens", self.max_tokens, spent.tokens, next_round.tokens, "{:,.0f}", "TOKENS"),
+            ("dollars", self.max_dollars, spent.dollars, next_round.dollars, "${:,.2f}", "DOLLARS"),
+            ("labels", self.max_labels, spent.labels, next_round.labels, "{:,.0f}", "LABELS"),
+        )
+        for what, limit, used, more, fmt, env in checks:
+            if not limit:
+                continue
+            if used >= limit:
+                return (
+                    f"budget spent: {fmt.format(used)} {what} used of {fmt.format(limit)} "
+                    f"(AUF_BUDGET_MAX_{env}); no new round"
+                )
+            if used + more > limit:
+                return (
+                    f"budget: {fmt.format(used)} {what} used of {fmt.format(limit)} "
+                    f"(AUF_BUDGET_MAX_{env}); the next round would add about "
+                    f"{fmt.format(more)} (the mean of {rounds} round(s)) and pass it: no new round"
+                )
+        return None
+
+
+def cost_summary(priced: pl.DataFrame) -> dict:
+    """What a set of rounds cost, by step and model, for a dataset card (every attempt counts)."""
+    if priced.height == 0:
+        return {"by_model": [], "requests": 0, "tokens": 0, "gpu_hours": 0.0, "dollars": 0.0}
+    by_model = (
+        priced.group_by("step", "model")
+        .agg(
+            pl.col("requests").sum().cast(pl.Int64),
+            pl.col("prompt_tokens").sum().cast(pl.Int64),
+            pl.col("completion_tokens").sum().cast(pl.Int64),
+            (pl.col("gpu_seconds").fill_null(0.0).sum() / 3600.0).alias("gpu_hours"),
+            pl.col("dollars").sum(),
+        )
+        .sort("step", "model")
+    )
+    return {
+        "by_model": by_model.to_dicts(),
+        "requests": int(by_model["requests"].sum()),
+        "tokens": int((by_model["prompt_tokens"] + by_model["completion_tokens"]).sum()),
+        "gpu_hours": float(by_model["gpu_hours"].sum()),
+        "dollars": float(by_model["dollars"].sum()),
+    }

@@ -1,0 +1,239 @@
+"""The cost ledger and the budget guard.
+
+Each model step records, per pool member or judge and per attempt, what it asked for: requests
+(and how many answers came from the call cache of an earlier attempt), prompt and completion
+tokens, wall time, GPU-seconds where the step ran on a GPU of ours (or on a server the config says
+how many GPUs back), failures and retries. `CostLedger` prices those rows with the user's price
+table (`auf_assets.core.costs`) for asset metadata, `auf cost` and the dataset card, and tells
+the round sensors and the nightly schedule when another round would pass the budget.
+
+Environment: `AUF_PRICES` (the price table; default `$AUF_HOME/prices.yaml` when it exists),
+`AUF_BUDGET_MAX_TOKENS`, `AUF_BUDGET_MAX_DOLLARS`, `AUF_BUDGET_MAX_LABELS` (0 or unset: no
+limit). A bad value never stops the code location from loading: it is kept in `problem`, and the
+sensors skip with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+from pydantic import Field, ValidationError
+
+from auf_assets.core.costs import Budget, PriceTable, PriceTableError, Spending, price_rows
+from resources import home
+from resources.models import Usage
+from resources.store import DuckDBStore, utcnow
+
+ENV_VARS = {
+    "AUF_PRICES": "prices_path",
+    "AUF_BUDGET_MAX_TOKENS": "max_tokens",
+    "AUF_BUDGET_MAX_DOLLARS": "max_dollars",
+    "AUF_BUDGET_MAX_LABELS": "max_labels",
+}
+
+USAGE_COLUMNS = {
+    "run_id": pl.String,
+    "round_id": pl.String,
+    "step": pl.String,
+    "actor": pl.String,
+    "model": pl.String,
+    "backend": pl.String,
+    "endpoint": pl.String,
+    "device": pl.String,
+    "requests": pl.Int32,
+    "cached": pl.Int32,
+    "prompt_tokens": pl.Int64,
+    "completion_tokens": pl.Int64,
+    "wall_seconds": pl.Float64,
+    "gpu_seconds": pl.Float64,
+    "failures": pl.Int32,
+    "retries": pl.Int32,
+    "succeeded": pl.Boolean,
+    "recorded_at": pl.Datetime,
+}
+
+
+class CostLedger(dg.ConfigurableResource):
+    """Prices for the ledger, and the budget the round sensors and the nightly schedule keep."""
+
+    prices_path: str = Field(
+        default="", description="price table (YAML/JSON); empty: $AUF_HOME/prices.yaml if present"
+    )
+    max_tokens: int = Field(default=0, ge=0, description="tokens for the whole home; 0 = no limit")
+    max_dollars: float = Field(default=0.0, ge=0.0, description="dollars; 0 = no limit")
+    max_labels: int = Field(default=0, ge=0, description="judged pairs; 0 = no limit")
+    env_errors: list[str] = Field(default_factory=list, description="rejected AUF_* values")
+
+    @property
+    def problem(self) -> str | None:
+        if self.env_errors:
+            return "; ".join(self.env_errors)
+        try:
+            self.prices()
+        except PriceTableError as exc:
+            return str(exc)
+        return None
+
+    def prices(self) -> PriceTable:
+        path = Path(self.prices_path) if self.prices_path else home.auf_home() / "prices.yaml"
+        if not self.prices_path and not path.is_file():
+            return PriceTable()
+        return PriceTable.load(path)
+
+    def budget(self) -> Budget:
+        return Budget(self.max_tokens, self.max_dollars, self.max_labels)
+
+    def priced(self, store: DuckDBStore, round_ids=None) -> pl.DataFrame:
+        return price_rows(store.usage(round_ids), self.prices())
+
+    def refusal(self, store: DuckDBStore) -> str | None:
+        """Why no further round may start under the budget (None: it may)."""
+        if self.problem:
+            return self.problem
+        budget = self.budget()
+        if not budget.limited:
+            return None
+        priced = self.priced(store)
+        labels = store.query(
+            "SELECT round_id, count(*) AS labels FROM judgements GROUP BY round_id"
+        )
+        per_round = (
+            priced.group_by("round_id")
+            .agg(
+                (pl.col("prompt_tokens") + pl.col("completion_tokens")).sum().alias("tokens"),
+                pl.col("dollars").sum(),
+            )
+            .join(labels, on="round_id", how="full", coalesce=True)
+            .fill_null(0)
+        )
+        rounds = per_round.height
+        spent = Spending(
+            float(per_round["tokens"].sum()),
+            float(per_round["dollars"].sum()),
+            float(per_round["labels"].sum()),
+        )
+        mean = (
+            Spending(spent.tokens / rounds, spent.dollars / rounds, spent.labels / rounds)
+            if rounds
+            else Spending()
+        )
+        return budget.refusal(spent, mean, rounds)
+
+
+def ledger_from_env(environ: Mapping[str, str] | None = None) -> CostLedger:
+    """The ledger settings of the `AUF_PRICES`/`AUF_BUDGET_*` variables (bad values recorded)."""
+    env = os.environ if environ is None else environ
+    values: dict = {}
+    errors: list[str] = []
+    for var, name in ENV_VARS.items():
+        raw = env.get(var, "").strip()
+        if not raw:
+            continue
+        try:
+            CostLedger(**{name: raw})
+            values[name] = raw
+        except ValidationError as exc:
+            detail = exc.errors()[0].get("msg", "invalid")
+            errors.append(f"{var}={raw!r} is not allowed ({detail})")
+    return CostLedger(**values, env_errors=errors)
+
+
+@dataclass
+class StepLedger:
+    """Ledger rows of one attempt of one model step, written as each actor finishes (or fails)."""
+
+    store: DuckDBStore
+    run_id: str
+    round_id: str
+    step: str
+    rows: list[dict] = field(default_factory=list)
+
+    @contextlib.contextmanager
+    def actor(
+        self,
+        actor: str,
+        model: str,
+        backend: str,
+        *,
+        endpoint: str | None = None,
+        device: str | None = None,
+        gpus: float = 0.0,
+    ) -> Iterator[Usage]:
+        """Count one actor's work; its row is recorded when the block ends, failed or not.
+
+        GPU-seconds: wall time on a local GPU device, or wall time x `gpus` for a server whose
+        config says how many GPUs back it; unknown (null) otherwise.
+        """
+        usage = Usage()
+        started = time.perf_counter()
+        ok = False
+        try:
+            yield usage
+            ok = True
+        finally:
+            wall = time.perf_counter() - started
+            counts = usage.snapshot()
+            on_gpu = device is not None and device.startswith("cuda")
+            gpu_seconds = wall if on_gpu else (wall * gpus if gpus else None)
+            row = {
+                "run_id": self.run_id,
+                "round_id": self.round_id,
+                "step": self.step,
+                "actor": actor,
+                "model": model,
+                "backend": backend,
+                "endpoint": endpoint,
+                "device": device,
+                **counts,
+                "wall_seconds": wall,
+                "gpu_seconds": gpu_seconds,
+                "succeeded": ok,
+                "recorded_at": utcnow(),
+            }
+            self.rows.append(row)
+            self.store.record_usage(pl.DataFrame([row], schema=USAGE_COLUMNS))
+
+    def metadata(self, prices: PriceTable) -> dict:
+        """Totals for a step's materialisation metadata."""
+        frame = price_rows(pl.DataFrame(self.rows, schema=USAGE_COLUMNS), prices)
+        table = frame.select(
+            "actor",
+            "model",
+            "requests",
+            "cached",
+            "prompt_tokens",
+            "completion_tokens",
+            pl.col("wall_seconds").round(2),
+            "failures",
+            "retries",
+            pl.col("dollars").round(4),
+        )
+        from auf_assets.reporting import markdown_preview
+
+        return {
+            "requests": int(frame["requests"].sum()),
+            "cached_answers": int(frame["cached"].sum()),
+            "failures": int(frame["failures"].sum()),
+            "retries": int(frame["retries"].sum()),
+            "dollars": round(float(frame["dollars"].sum()), 4),
+            "price_table": prices.source,
+            "ledger": markdown_preview(table, max_rows=len(self.rows)),
+        }
+
+
+def ledger_prices(context=None) -> PriceTable:
+    """The price table the environment names; an unreadable one prices nothing, with a warning
+    (a round never fails over its price table)."""
+    try:
+        return ledger_from_env().prices()
+    except PriceTableError as exc:
+        if context is not None:
+            context.log.warning(f"{exc}: the ledger records tokens without dollars")
+        return PriceTable(source=f"unreadable ({exc})")

@@ -24,6 +24,7 @@ from resources.models import (
     Progress,
     load_tokenizer_and_model,
     map_pairs,
+    release_gpu_models,
     resolve_device,
 )
 
@@ -103,13 +104,16 @@ class FeatureEncoder(dg.ConfigurableResource):
             parts.append(scale_block(block, raw) if self.normalize else raw)
         return np.concatenate(parts, axis=1)
 
+    def teardown_after_execution(self, context) -> None:
+        release_gpu_models()  # the next step (maybe in this process) gets the GPU's memory
+
     def backbone_features(
         self, prompts: Sequence[str], responses: Sequence[str], progress: Progress | None = None
     ) -> np.ndarray:
         """The backbone's pooled vectors [n, dim] before scaling (L2-normalised if `normalize`)."""
         device = resolve_device(self.device)
         tokenizer, model = load_tokenizer_and_model(
-            self.model, "encoder", str(device), str(home.models_dir())
+            self.model, "encoder", str(device), str(home.models_dir()), self.dtype
         )
 
         def pooled(outputs, mask: torch.Tensor) -> torch.Tensor:

@@ -91,6 +91,11 @@ class GenerationEngine(dg.ConfigurableResource):
         description="responses generated between saves of the call cache, so a failed round "
         "asks again only for what is missing",
     )
+    env_errors: str = Field(default="", description="rejected AUF_ENGINE_* values (see serving)")
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        if self.env_errors and context.run is not None:
+            raise dg.Failure(description=f"bad engine settings: {self.env_errors}")
 
     def teardown_after_execution(self, context) -> None:
         # A GPU step frees its models, so the next step (in this process too) has the memory.

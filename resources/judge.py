@@ -83,6 +83,11 @@ class RubricJudge(dg.ConfigurableResource):
     save_every: int = Field(
         default=64, ge=1, description="judge calls between saves of the call cache"
     )
+    env_errors: str = Field(default="", description="rejected AUF_JUDGE_* values (see serving)")
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        if self.env_errors and context.run is not None:
+            raise dg.Failure(description=f"bad judge settings: {self.env_errors}")
 
     @property
     def name(self) -> str:

@@ -7,7 +7,6 @@ response is the higher-scored one, decided by the `judgements` asset.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -18,19 +17,34 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from resources.models import Progress, map_pairs, resolve_device, resolve_source
+from resources.models import (
+    LOADED,
+    Progress,
+    map_pairs,
+    release_gpu_models,
+    resolve_device,
+    resolve_source,
+    weights_dtype,
+)
 
 log = logging.getLogger(__name__)
 
 
-@functools.lru_cache(maxsize=2)
-def _load_reward_model(source: str, device: str):
+def _load_reward_model(source: str, device: torch.device, dtype: str):
+    """(tokenizer, model), kept like the other models (one per GPU at a time)."""
+    weights = weights_dtype(dtype, device)
+    slot = str(device) if device.type == "cuda" else None
+    key = ("reward-model", source, str(device), str(weights))
+    return LOADED.get(key, slot, lambda: _build_reward_model(source, device, weights))
+
+
+def _build_reward_model(source: str, device: torch.device, weights: torch.dtype):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     path = resolve_source(source).path
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
+    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=weights)
     if model.config.num_labels != 1:
         raise ValueError(
             f"{source} has {model.config.num_labels} outputs; a reward-model judge needs a "
@@ -40,7 +54,7 @@ def _load_reward_model(source: str, device: str):
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    model.to(torch.device(device)).eval()
+    model.to(device).eval()
     log.info("loaded reward model %s in %.1fs", source, time.perf_counter() - started)
     return tokenizer, model
 
@@ -62,6 +76,9 @@ class RewardModelJudge(dg.ConfigurableResource):
     def name(self) -> str:
         return f"reward_model:{self.model}"
 
+    def teardown_after_execution(self, context) -> None:
+        release_gpu_models()
+
     def score(
         self, prompts: Sequence[str], responses: Sequence[str], progress: Progress | None = None
     ) -> np.ndarray:
@@ -72,7 +89,7 @@ class RewardModelJudge(dg.ConfigurableResource):
                 "to a sequence-classification checkpoint"
             )
         device = resolve_device(self.device)
-        tokenizer, model = _load_reward_model(self.model, str(device))
+        tokenizer, model = _load_reward_model(self.model, device, self.dtype)
         rewards = map_pairs(
             tokenizer,
             model,

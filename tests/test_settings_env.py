@@ -176,3 +176,25 @@ def test_the_code_location_loads_with_bad_values_and_ticks_say_why(tmp_path):
     assert "AUF_LABEL_MIN_FRACTION='lots' is invalid" in out["sensor"]
     assert "valid number" in out["sensor"]
     assert "AUF_NIGHTLY_CRON='every night' is not a valid cron string" in out["schedule"]
+
+
+def test_serving_settings_from_env_and_their_errors():
+    from resources.serving import engine_from_env, judge_from_env
+
+    engine = engine_from_env(
+        {"AUF_ENGINE_BACKEND": "openai", "AUF_ENGINE_BASE_URL": "http://pool:8000/v1"}
+    )
+    assert engine.backend == "openai" and engine.server.base_url == "http://pool:8000/v1"
+    assert engine.server.max_retries == 5 and not engine.env_errors  # the rest stays default
+    judge = judge_from_env({"AUF_JUDGE_BACKEND": "tgi", "AUF_JUDGE_MODEL": "Qwen/Qwen3-32B"})
+    assert judge.model == "Qwen/Qwen3-32B" and judge.backend == "transformers"
+    assert "AUF_JUDGE_BACKEND='tgi' is invalid" in judge.env_errors
+    judge.setup_for_execution(dg.build_init_resource_context())  # a tick: no run, no failure
+
+    @dg.asset(required_resource_keys={"judge"})
+    def uses_the_judge(context) -> None:
+        pass
+
+    result = dg.materialize([uses_the_judge], resources={"judge": judge}, raise_on_error=False)
+    assert not result.success
+    assert "bad judge settings: AUF_JUDGE_BACKEND='tgi'" in str(result.all_events)

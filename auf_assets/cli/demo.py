@@ -413,6 +413,14 @@ def _round_summary(result, key: str, wall: float) -> str:
         lines.append(
             f"  mean predicted gap of the selected pairs {gap:.3f}, of a random pick {rand:.3f}"
         )
+    requests = sum(m.get("requests", 0) for m in (gens, verdicts))
+    if requests:
+        retries = sum(m.get("retries", 0) for m in (gens, verdicts))
+        dollars = sum(m.get("dollars", 0.0) for m in (gens, verdicts))
+        lines.append(
+            f"  ledger: {requests} model requests, {retries} retries, ${dollars:.4f} "
+            "(`auf cost` for the details)"
+        )
     return "\n".join(lines)
 
 

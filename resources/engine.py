@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from typing import Literal
@@ -48,19 +49,34 @@ class ServerSettings(dg.Config):
 
 
 def chat_endpoint(settings: ServerSettings, base_url: str = "", api_key_env: str = ""):
-    """A ChatEndpoint for `settings`, with a member's own base URL or key variable if given."""
-    from resources.openai_api import ChatEndpoint
+    """The ChatEndpoint for `settings`, with a member's own base URL or key variable if given.
 
+    One per (server, key, limits) in a process, so its connections, its check of the model
+    name and what it learnt about the server's extensions last across the chunks of a step.
+    """
     url = base_url or settings.base_url
     if not url:
         raise ValueError("backend 'openai' needs a base_url (the server's http://host:port/v1)")
     key_env = api_key_env or settings.api_key_env
+    return _endpoint(
+        url.rstrip("/"),
+        os.environ.get(key_env, "") if key_env else "",
+        settings.max_concurrency,
+        settings.timeout_s,
+        settings.max_retries,
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def _endpoint(url: str, api_key: str, max_concurrency: int, timeout_s: float, max_retries: int):
+    from resources.openai_api import ChatEndpoint
+
     return ChatEndpoint(
         url,
-        api_key=os.environ.get(key_env, "") if key_env else "",
-        max_concurrency=settings.max_concurrency,
-        timeout_s=settings.timeout_s,
-        max_retries=settings.max_retries,
+        api_key=api_key,
+        max_concurrency=max_concurrency,
+        timeout_s=timeout_s,
+        max_retries=max_retries,
     )
 
 

@@ -104,10 +104,12 @@ def claim_gpu() -> int:
     """The GPU this process works on: the first one no other process of this home has claimed.
 
     With the `gpu` pool capped at N > 1, up to N model steps run at once in separate processes
-    on one machine; each claims a GPU of its own through a lock file under `$AUF_HOME/gpus/`
-    (released when the process ends), so they do not all land on GPU 0. When every GPU is
-    claimed the one with the most free memory is used. One visible GPU (a Kubernetes pod given
-    one GPU, or `CUDA_VISIBLE_DEVICES`) is always GPU 0.
+    on one machine; each claims a GPU of its own through a lock file (released when the process
+    ends), so they do not all land on GPU 0. The claims are the machine's, not a home's
+    (`AUF_GPU_CLAIMS`, default `<tmp>/auf-gpu-claims`), so the rounds of several homes (prompt
+    pools) on one machine share out its GPUs too. When every GPU is claimed the one with the most
+    free memory is used. One visible GPU (a Kubernetes pod given one GPU, or
+    `CUDA_VISIBLE_DEVICES`) is always GPU 0.
     """
     global _CLAIMED_GPU
     if _CLAIMED_GPU is not None:
@@ -117,10 +119,10 @@ def claim_gpu() -> int:
         _CLAIMED_GPU = (0, None)
         return 0
     import fcntl
+    import tempfile
 
-    from resources import home
-
-    folder = home.auf_home() / "gpus"
+    default = Path(tempfile.gettempdir()) / "auf-gpu-claims"
+    folder = Path(os.environ.get("AUF_GPU_CLAIMS") or default)
     folder.mkdir(parents=True, exist_ok=True)
     for index in range(count):
         handle = open(folder / f"cuda{index}.lock", "a+")  # noqa: SIM115 - held for the process

@@ -41,8 +41,9 @@ def test_weights_load_in_the_configured_dtype(tiny_lm_dir):
     assert models.weights_dtype("auto", torch.device("cpu")) == torch.float32
 
 
-def test_concurrent_steps_claim_different_gpus(auf_home, monkeypatch):
-    """Two processes of one home on a 2-GPU machine: the second does not land on GPU 0."""
+def test_concurrent_steps_claim_different_gpus(tmp_path, monkeypatch):
+    """Two processes on a 2-GPU machine (of one home or two): the second does not land on GPU 0."""
+    monkeypatch.setenv("AUF_GPU_CLAIMS", str(tmp_path / "claims"))
     monkeypatch.setattr(models, "_CLAIMED_GPU", None)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert models.claim_gpu() == 0

@@ -293,19 +293,18 @@ def _generate_resumable(
         for c in conversations
     ]
     known = {k: Generation(**json.loads(v)) for k, v in cache.get(keys).items()}
-    todo = [i for i, k in enumerate(keys) if k not in known]
-    if known:
-        usage.add(cached=len(keys) - len(todo))
+    kept = sum(k in known for k in keys)
+    if kept:
+        usage.add(cached=kept)
         context.log.info(
-            f"{member.name}: {len(keys) - len(todo)} of {len(keys)} responses kept from an "
+            f"{member.name}: {kept} of {len(keys)} responses kept from an "
             "earlier attempt of this round; generating the rest"
         )
     else:
         context.log.info(f"generating {len(conversations)} responses with {member.name}")
-    report = progress_logger(context, member.name)
-    for start in range(0, len(todo), engine.save_every):
-        chunk = todo[start : start + engine.save_every]
-        outs = engine.generate(
+
+    def ask(chunk: list[int], start: int) -> list[Generation]:
+        return engine.generate(
             member.model,
             [conversations[i] for i in chunk],
             max_new_tokens=member.max_new_tokens,
@@ -317,11 +316,15 @@ def _generate_resumable(
             api_key_env=member.api_key_env,
             usage=usage,
         )
-        fresh = {keys[i]: o for i, o in zip(chunk, outs, strict=True)}
-        cache.put({k: json.dumps(dataclasses.asdict(o)) for k, o in fresh.items()})
-        known.update(fresh)
-        report(min(start + engine.save_every, len(todo)), len(todo))
-    return [known[k] for k in keys]
+
+    return cache.fill(
+        keys,
+        known,
+        ask,
+        every=engine.save_every,
+        dump=lambda o: json.dumps(dataclasses.asdict(o)),
+        report=progress_logger(context, member.name),
+    )
 
 
 def _completions_from_pool(

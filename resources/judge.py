@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal
 
 import dagster as dg
 import numpy as np
@@ -31,16 +31,9 @@ from auf_assets.core.judging import (
 from resources import home
 from resources.engine import Backend, ServerSettings, chat_endpoint, placement
 from resources.models import Progress, Usage, language_model, release_gpu_models
+from resources.store import CallCache
 
 RETRY_PREFIX = "Rating: "
-
-
-class CallCache(Protocol):
-    """Answers already got in an earlier attempt (see `resources.store.CallCache`)."""
-
-    def get(self, keys: Sequence[str]) -> dict[str, str]: ...
-
-    def put(self, payloads: dict[str, str]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -154,18 +147,16 @@ class RubricJudge(dg.ConfigurableResource):
             stable_hash(self.name, self.backend, stage, self.top_k, json.dumps(c, sort_keys=True))
             for c in convs
         ]
-        known = cache.get(keys)
+        known = {k: json.loads(v) for k, v in cache.get(keys).items()}
         if usage is not None:
             usage.add(cached=sum(k in known for k in keys))
-        out = {k: json.loads(v) for k, v in known.items()}
-        todo = [i for i, k in enumerate(keys) if k not in out]
-        for start in range(0, len(todo), self.save_every):
-            chunk = todo[start : start + self.save_every]
-            answers = ask([convs[i] for i in chunk])
-            fresh = {keys[i]: a for i, a in zip(chunk, answers, strict=True)}
-            cache.put({k: json.dumps(a) for k, a in fresh.items()})
-            out.update(fresh)
-        return [out[k] for k in keys]
+        return cache.fill(
+            keys,
+            known,
+            lambda chunk, _start: ask([convs[i] for i in chunk]),
+            every=self.save_every,
+            dump=json.dumps,
+        )
 
     def rate(
         self,

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import requests
 
+from auf_assets.reporting import stable_seed
 from resources.models import Conversation, Generation, Progress, Usage, collapse_by_text
 
 log = logging.getLogger(__name__)
@@ -329,13 +330,6 @@ class ChatEndpoint:
 # -- the language-model calls -------------------------------------------------------------------
 
 
-def _stable_seed(seed: int, conversation: Conversation) -> int:
-    import hashlib
-
-    text = json.dumps([seed, conversation], sort_keys=True, ensure_ascii=False)
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") & 0x7FFFFFFF
-
-
 class OpenAILM:
     """`generate` and `first_token_logprobs` through an OpenAI-compatible server."""
 
@@ -399,7 +393,7 @@ class OpenAILM:
                 max_tokens=max_new_tokens,
                 temperature=temperature,
                 top_p=top_p,
-                seed=_stable_seed(seed, conversation),
+                seed=stable_seed(seed, json.dumps(conversation, sort_keys=True)),
             )
             answer = self.endpoint.chat(body, self.usage)
             choice = answer["choices"][0]

@@ -15,7 +15,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -362,6 +362,28 @@ class CallCache:
 
     def clear(self) -> None:
         self.store.clear_cached_calls(self.round_id, self.step)
+
+    def fill(
+        self,
+        keys: Sequence[str],
+        known: dict,
+        ask: Callable[[list[int], int], list],
+        *,
+        every: int,
+        dump: Callable[[object], str],
+        report: Callable[[int, int], None] | None = None,
+    ) -> list:
+        """Every key's answer, in order: `known` ones as they are, the rest asked for with
+        `ask(indices, start)` in chunks of `every`, each chunk saved before the next is asked."""
+        todo = [i for i, k in enumerate(keys) if k not in known]
+        for start in range(0, len(todo), every):
+            chunk = todo[start : start + every]
+            fresh = {keys[i]: a for i, a in zip(chunk, ask(chunk, start), strict=True)}
+            self.put({k: dump(a) for k, a in fresh.items()})
+            known.update(fresh)
+            if report:
+                report(min(start + every, len(todo)), len(todo))
+        return [known[k] for k in keys]
 
 
 def utcnow() -> datetime:

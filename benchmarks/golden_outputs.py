@@ -1,6 +1,8 @@
 """Record the project's behaviour with fixed seeds, to compare before and after a refactor.
 
-    .venv/bin/python benchmarks/golden_outputs.py OUT_DIR [--pool ../shared/data/sim_pool_dev.parquet]
+    .venv/bin/python benchmarks/golden_outputs.py OUT_DIR [--pool POOL]
+
+POOL defaults to ../shared/data/sim_pool_dev.parquet.
 
 Writes one JSON file per case: `auf simulate`'s pairs and curve on the dev pool for random,
 deltaucb and drts, sharp with a tiny random policy, and two tiny-model rounds through
@@ -51,19 +53,20 @@ def simulated_sharp(pool_path: str, out: Path, work: Path) -> None:
     from tiny_models import build_tiny_lm, with_chat_template
 
     from auf_assets.core.policy import PolicyLoop, PolicyLoopConfig
-    from auf_assets.core.simulation import (
-        SimulationConfig,
-        load_pool,
-        sample_responses,
-        simulate,
-    )
+    from auf_assets.core.simulation import SimulationConfig, load_pool, simulate
     from auf_assets.pool_features import pool_features
 
     base = with_chat_template(build_tiny_lm(work / "lm"), work / "chat-lm")
-    pool = sample_responses(load_pool(pool_path), 4, seed=0)
-    feats = pool_features(pool, "text-stats", root=work / "features-k4")
+    pool = load_pool(pool_path)
+    feats = pool_features(pool, "text-stats", root=work / "features")
     config = SimulationConfig.from_dict(
-        {"method": "sharp", "seed": 0, "max_rounds": 2, "batch_size": 16}
+        {
+            "method": "sharp",
+            "seed": 0,
+            "max_rounds": 2,
+            "batch_size": 16,
+            "responses_per_prompt": 4,
+        }
     )
     loop = PolicyLoop(
         base, PolicyLoopConfig(steps_per_round=2, max_length=64, device="cpu"), seed=0

@@ -1,4 +1,4 @@
-"""Tiny random models built on the fly: the test fixtures and the golden-output recorder use them."""
+"""Tiny random models built on the fly, for the test fixtures and the golden-output recorder."""
 
 from __future__ import annotations
 

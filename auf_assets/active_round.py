@@ -386,12 +386,7 @@ def _ensure_features(
         return 0
     # The round filter spares a scan of every stored response (3x faster on 614k responses,
     # docs/scaling.md section 2.2 for the cost at 2M).
-    todo = store.query(
-        "SELECT c.completion_id, p.prompt, c.response FROM completions c "
-        "JOIN prompts p USING (prompt_id) WHERE c.round_id IN (SELECT unnest($rounds)) "
-        "AND c.completion_id IN (SELECT unnest($ids))",
-        {"ids": missing, "rounds": list(round_ids)},
-    )
+    todo = store.completion_texts(missing, round_ids)
     context.log.info(f"encoding {todo.height} responses with {encoder.key}")
     vectors = encoder.encode(
         todo["prompt"].to_list(),
@@ -421,27 +416,20 @@ def response_features(
     context: dg.AssetExecutionContext, encoder: FeatureEncoder, store: DuckDBStore
 ) -> dg.MaterializeResult:
     round_id = context.partition_key
-    ids = store.query(
-        "SELECT completion_id FROM completions WHERE round_id = ? ORDER BY completion_id",
-        [round_id],
-    ).to_series()
-    if ids.len() == 0:
+    ids = store.completion_ids_of_round(round_id)
+    if not ids:
         raise dg.Failure(f"{round_id} has no completions: materialise completions first")
     started = time.perf_counter()
-    encoded = _ensure_features(context, store, encoder, ids.to_list(), [round_id])
+    encoded = _ensure_features(context, store, encoder, ids, [round_id])
     seconds = time.perf_counter() - started
-    dims = store.query(
-        "SELECT DISTINCT f.dim FROM features f JOIN completions c USING (completion_id) "
-        "WHERE c.round_id = ? AND f.encoder = ?",
-        [round_id, encoder.key],
-    ).to_series()
+    dim = store.feature_dim(round_id, encoder.key)
     return dg.MaterializeResult(
         metadata={
-            "dagster/row_count": ids.len(),
+            "dagster/row_count": len(ids),
             "encoder": encoder.key,
-            "feature_dim": int(dims[0]) if dims.len() else 0,
+            "feature_dim": dim or 0,
             "encoded": encoded,
-            "reused": ids.len() - encoded,
+            "reused": len(ids) - encoded,
             "encode_seconds": round(seconds, 2),
             "responses_per_second": round(encoded / seconds, 1) if encoded and seconds else 0.0,
         }
@@ -479,11 +467,7 @@ def reward_scores(
     store: DuckDBStore,
 ) -> dg.MaterializeResult:
     round_id = context.partition_key
-    rows = store.query(
-        "SELECT completion_id, prompt_id FROM completions WHERE round_id = ? "
-        "ORDER BY prompt_id, member",
-        [round_id],
-    )
+    rows = store.completions_of_round(round_id)
     if rows.height == 0:
         raise dg.Failure(f"{round_id} has no completions: materialise completions first")
     ids = rows["completion_id"].to_list()
@@ -781,11 +765,7 @@ def _verdicts_from_scores(
 
 def _judged_items(store: DuckDBStore, round_id: str, pairs: pl.DataFrame) -> pl.DataFrame:
     wanted = pl.concat([pairs["completion_a"], pairs["completion_b"]]).unique().to_list()
-    return store.query(
-        "SELECT c.completion_id, p.prompt, c.response FROM completions c "
-        "JOIN prompts p USING (prompt_id) WHERE c.round_id = ? ORDER BY c.completion_id",
-        [round_id],
-    ).filter(pl.col("completion_id").is_in(wanted))
+    return store.round_completion_texts(round_id).filter(pl.col("completion_id").is_in(wanted))
 
 
 def _rubric_verdicts(context, config, judge: RubricJudge, store, round_id, pairs):
@@ -1078,16 +1058,10 @@ def reward_model(
     index = round_index(round_id)
     buffer = store.replay_buffer(index, uncertainty_model.replay_capacity)
     this_round = int((buffer["round_id"] == round_id).sum()) if buffer.height else 0
-    dim_row = store.query(
-        "SELECT f.dim FROM features f JOIN completions c USING (completion_id) "
-        "WHERE c.round_id = ? AND f.encoder = ? LIMIT 1",
-        [round_id, encoder.key],
-    )
-    if dim_row.height == 0:
+    dim = store.feature_dim(round_id, encoder.key)
+    if dim is None:
         raise dg.Failure(f"{round_id} has no {encoder.key} features: materialise response_features")
-    model, previous = _previous_model(
-        uncertainty_model, store, round_id, encoder.key, int(dim_row["dim"][0])
-    )
+    model, previous = _previous_model(uncertainty_model, store, round_id, encoder.key, dim)
     prompts_done = store.prompts_judged_through(index)
     replay_rounds = sorted(set(buffer["round_id"]), key=round_index) if buffer.height else []
     metadata: dict[str, object] = {

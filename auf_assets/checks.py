@@ -25,16 +25,7 @@ def completions_complete(
     context: dg.AssetCheckExecutionContext, store: DuckDBStore
 ) -> dg.AssetCheckResult:
     round_id = context.partition_key
-    row = store.query(
-        "SELECT (SELECT count(*) FROM round_prompts WHERE round_id = $r) AS prompts, "
-        "count(DISTINCT member) AS members, count(*) AS responses, "
-        "count(*) FILTER (WHERE trim(response) = '') AS empty, "
-        "count(*) FILTER (WHERE finish_reason = 'pool') AS from_pool, "
-        "(SELECT count(*) FROM round_prompts r WHERE r.round_id = $r AND (SELECT count(*) FROM "
-        "completions c WHERE c.round_id = $r AND c.prompt_id = r.prompt_id) < 2) AS short_prompts "
-        "FROM completions WHERE round_id = $r",
-        {"r": round_id},
-    ).row(0, named=True)
+    row = store.completion_counts(round_id)
     if row["from_pool"] and row["from_pool"] == row["responses"]:
         # A pool need not answer every prompt with every model; two responses make a pair.
         missing = row["short_prompts"]
@@ -55,12 +46,7 @@ def completions_complete(
 def reward_scores_finite(
     context: dg.AssetCheckExecutionContext, store: DuckDBStore
 ) -> dg.AssetCheckResult:
-    row = store.query(
-        "SELECT count(*) AS scored, count(*) FILTER (WHERE NOT isfinite(mu) OR NOT "
-        "isfinite(sigma) OR sigma < 0) AS bad, (SELECT count(*) FROM completions WHERE "
-        "round_id = $r) AS responses FROM reward_scores WHERE round_id = $r",
-        {"r": context.partition_key},
-    ).row(0, named=True)
+    row = store.reward_score_counts(context.partition_key)
     return dg.AssetCheckResult(
         passed=row["bad"] == 0 and row["scored"] == row["responses"] > 0, metadata=row
     )
@@ -76,17 +62,7 @@ def reward_scores_finite(
 def selected_pairs_valid(
     context: dg.AssetCheckExecutionContext, store: DuckDBStore
 ) -> dg.AssetCheckResult:
-    row = store.query(
-        "SELECT count(*) AS pairs, count(DISTINCT s.prompt_id) AS prompts_with_pairs, "
-        "(SELECT count(*) FROM round_prompts WHERE round_id = $r) AS prompts, "
-        "count(*) FILTER (WHERE s.completion_a = s.completion_b) AS same_response, "
-        "split_part(any_value(s.method), ':', 1) AS method, "
-        "count(*) FILTER (WHERE a.prompt_id IS DISTINCT FROM s.prompt_id OR "
-        "b.prompt_id IS DISTINCT FROM s.prompt_id) AS foreign_response "
-        "FROM pairs s LEFT JOIN completions a ON a.completion_id = s.completion_a "
-        "LEFT JOIN completions b ON b.completion_id = s.completion_b WHERE s.round_id = $r",
-        {"r": context.partition_key},
-    ).row(0, named=True)
+    row = store.pair_counts(context.partition_key)
     # Policy-aware methods may leave prompts out (fraction < 1, or only identical responses).
     every_prompt = row["method"] not in POLICY_METHODS
     passed = (
@@ -107,18 +83,7 @@ def selected_pairs_valid(
 def judgements_recorded(
     context: dg.AssetCheckExecutionContext, store: DuckDBStore
 ) -> dg.AssetCheckResult:
-    row = store.query(
-        "SELECT (SELECT count(*) FROM pairs WHERE round_id = $r) AS pairs, count(*) AS verdicts, "
-        "count(*) FILTER (WHERE preference IN ('a', 'b') AND coalesce(source, '') <> 'people' "
-        "AND (score_a IS NULL OR score_b IS NULL OR isnan(score_a) OR isnan(score_b))) "
-        "AS unscored, "
-        "count(*) FILTER (WHERE preference IN ('a', 'b', 'tie') AND source = 'people' "
-        "AND coalesce(n_labels, 0) = 0) AS without_labels, "
-        "count(*) FILTER (WHERE preference = 'failed') AS failed, "
-        "count(*) FILTER (WHERE preference = 'unlabelled') AS unlabelled FROM judgements "
-        "WHERE round_id = $r",
-        {"r": context.partition_key},
-    ).row(0, named=True)
+    row = store.judgement_counts(context.partition_key)
     complete = (
         row["verdicts"] == row["pairs"] > 0 and row["unscored"] == 0 and row["without_labels"] == 0
     )

@@ -57,16 +57,7 @@ def annotation_batch(
                 "'people'",
             }
         )
-    rows = store.query(
-        "SELECT s.pair_id, s.round_id, s.prompt_id, p.prompt, s.completion_a, s.completion_b, "
-        "a.response AS response_a, b.response AS response_b FROM pairs s "
-        "JOIN prompts p USING (prompt_id) "
-        "JOIN completions a ON a.completion_id = s.completion_a "
-        "JOIN completions b ON b.completion_id = s.completion_b "
-        "LEFT JOIN round_prompts r ON r.round_id = s.round_id AND r.prompt_id = s.prompt_id "
-        "WHERE s.round_id = ? ORDER BY r.position, s.pair_id",
-        [round_id],
-    )
+    rows = store.pairs_with_texts(round_id)
     if rows.height == 0:
         raise dg.Failure(f"{round_id} has no selected pairs: materialise selected_pairs first")
     seed = stable_seed(round_id, config.seed)
@@ -86,10 +77,7 @@ def annotation_batch(
         )
     )
     # A pair shown before keeps its first presentation (files already handed out stay valid).
-    stored = store.query(
-        "SELECT pair_id, swapped AS shown_swapped FROM presentations WHERE round_id = ?",
-        [round_id],
-    )
+    stored = store.presentation_swaps(round_id).rename({"swapped": "shown_swapped"})
     rows = rows.join(stored, on="pair_id", how="left").with_columns(swapped=pl.col("shown_swapped"))
     records = batch_records(rows.iter_rows(named=True))
     outbox = labeling.outbox_dir

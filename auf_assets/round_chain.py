@@ -37,16 +37,10 @@ def chain_report(
     the fallback for rows written before it was recorded): a capacity changed for later rounds
     does not make earlier ones stale.
     """
-    models = {r["round_id"]: r for r in store.query("SELECT * FROM reward_models").to_dicts()}
-    scored = {
-        r["round_id"]: r["paths"]
-        for r in store.query(
-            "SELECT round_id, list(DISTINCT reward_model_path) AS paths "
-            "FROM reward_scores GROUP BY round_id"
-        ).to_dicts()
-    }
+    models = store.reward_model_records()
+    scored = store.score_checkpoints()
     # Pairs people labelled stay what they were: their selection is history, not a stale input.
-    people = set(store.query("SELECT DISTINCT round_id FROM labels").to_series())
+    people = store.rounds_labelled_by_people()
     rounds = sorted(set(models) | set(scored), key=round_index)
     # One read of the chain's verdicts and rounds serves every round (sensors call this per tick).
     decided = store.decided_pairs()

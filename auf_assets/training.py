@@ -323,12 +323,7 @@ class PolicyEvalConfig(dg.Config):
 
 def _oracle_rows(store, labeling, test_prompts: list[str], config: PolicyEvalConfig) -> list[dict]:
     """Held-out prompts' response pairs with a clear oracle gap (simulated-oracle pools only)."""
-    responses = store.query(
-        "SELECT c.prompt_id, p.prompt, c.completion_id, c.response FROM completions c "
-        "JOIN prompts p USING (prompt_id) WHERE c.prompt_id IN (SELECT unnest($ids)) "
-        "ORDER BY c.prompt_id, c.completion_id",
-        {"ids": test_prompts},
-    )
+    responses = store.responses_to_prompts(test_prompts)
     if responses.height == 0:
         return []
     scores = oracle_scores(labeling.oracle_pool, responses["completion_id"].to_list())
@@ -425,12 +420,7 @@ def policy_eval(
         f"pairs_{k}": r["pairs"] for k, r in results.items()
     }
 
-    held_out = store.query(
-        "SELECT prompt_id, prompt FROM prompts WHERE prompt_id IN (SELECT unnest($ids)) "
-        "UNION ALL (SELECT prompt_id, prompt FROM prompts WHERE prompt_id NOT IN "
-        "(SELECT prompt_id FROM round_prompts) ORDER BY prompt_id)",
-        {"ids": test_prompts},
-    ).head(config.win_rate_prompts)
+    held_out = store.held_out_prompts(test_prompts).head(config.win_rate_prompts)
     if held_out.height and labeling.source in ("llm_judge", "reward_model_judge"):
         convs = [[{"role": "user", "content": p}] for p in held_out["prompt"]]
         answers = {}

@@ -388,27 +388,16 @@ def round_traffic(store, synth: Synth, index: int, encoder: str, dim: int, capac
         store.clear_cached_calls(rid, "completions")
     # response_features: which responses lack features, their texts, then the block.
     with t("features_todo"):
-        ids = store.query(
-            "SELECT completion_id FROM completions WHERE round_id = ? ORDER BY completion_id",
-            [rid],
-        ).to_series()
-        missing = store.missing_features(ids.to_list(), encoder)
-        todo = store.query(
-            "SELECT c.completion_id, p.prompt, c.response FROM completions c "
-            "JOIN prompts p USING (prompt_id) WHERE c.completion_id IN (SELECT unnest($ids))",
-            {"ids": missing},
-        )
+        ids = store.completion_ids_of_round(rid)
+        missing = store.missing_features(ids, encoder)
+        todo = store.completion_texts(missing, [rid])
     order = {c: i for i, c in enumerate(rows["completions"]["completion_id"].to_list())}
     vectors = rows["features"][[order[c] for c in todo["completion_id"].to_list()]]
     with t("features"):
         store.add_features(todo["completion_id"].to_list(), encoder, vectors)
     # reward_scores: the round's completions and their features.
     with t("round_features"):
-        ids = store.query(
-            "SELECT completion_id, prompt_id FROM completions WHERE round_id = ? "
-            "ORDER BY prompt_id, member",
-            [rid],
-        )["completion_id"].to_list()
+        ids = store.completions_of_round(rid)["completion_id"].to_list()
         store.missing_features(ids, encoder)
         feats = store.load_features(ids, encoder)
         store.previous_round(index)
@@ -425,11 +414,7 @@ def round_traffic(store, synth: Synth, index: int, encoder: str, dim: int, capac
     with t("judged_items"):
         pairs = store.round_rows("pairs", rid)
         wanted = pl.concat([pairs["completion_a"], pairs["completion_b"]]).unique().to_list()
-        store.query(
-            "SELECT c.completion_id, p.prompt, c.response FROM completions c "
-            "JOIN prompts p USING (prompt_id) WHERE c.round_id = ? ORDER BY c.completion_id",
-            [rid],
-        ).filter(pl.col("completion_id").is_in(wanted))
+        store.round_completion_texts(rid).filter(pl.col("completion_id").is_in(wanted))
     # judgements: 4 aspects per judged response, each call's top log-probs cached.
     calls = [f"{c}|{a}" for c, a in rows["judge_scores"].select("completion_id", "aspect").rows()]
     answer = json.dumps([[str(d), -float(d)] for d in range(20)])
@@ -450,11 +435,7 @@ def round_traffic(store, synth: Synth, index: int, encoder: str, dim: int, capac
     # features, the anchor count, the feature size; then the row; then the orphan-file scan.
     with t("replay_buffer"):
         buffer = store.replay_buffer(index, capacity)
-        store.query(
-            "SELECT f.dim FROM features f JOIN completions c USING (completion_id) "
-            "WHERE c.round_id = ? AND f.encoder = ? LIMIT 1",
-            [rid, encoder],
-        )
+        store.feature_dim(rid, encoder)
         store.prompts_judged_through(index)
         both = buffer["chosen_completion_id"].to_list() + buffer["rejected_completion_id"].to_list()
         store.missing_features(both, encoder)
@@ -510,7 +491,7 @@ def bulk_load(store, synth: Synth, first: int, last: int, ordered: list, encoder
         usage.append(usage_row(rid, "judgements", "rubric:/models/judge-70b"))
         ids.extend(rows["completions"]["completion_id"].to_list())
         nbytes += rows["response_bytes"]
-    with store.transaction() as con:
+    with store._transaction() as con:
         con.executemany("INSERT OR IGNORE INTO rounds VALUES (?, ?, ?)", rounds)
         _insert(con, "round_prompts", pl.concat(round_prompts))
         _insert(con, "usage", pl.concat(usage))
@@ -531,7 +512,7 @@ def dir_bytes(folder: Path) -> tuple[int, int]:
 def table_sizes(store) -> list[dict]:
     """Rows and (approximate) bytes per table: distinct storage blocks x block size."""
     out = []
-    with store.connect() as con:
+    with store._connect() as con:
         block = con.execute("SELECT block_size FROM pragma_database_size()").fetchone()[0]
         tables = [r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()]
         for name in tables:
@@ -745,7 +726,7 @@ def child_main(args: argparse.Namespace) -> int:
             result["rounds"] = rounds
         elif args.child == "holder":
             # One connection held for `hold` seconds, running a whole-history read first.
-            with store.connect() as con:
+            with store._connect() as con:
                 result["acquired_after_s"] = time.perf_counter() - t0
                 n = con.execute(
                     "SELECT count(*), sum(length(ca.response) + length(cb.response)) FROM "
@@ -1073,7 +1054,7 @@ def main(argv: list[str] | None = None) -> int:
             response_bytes += r["response_bytes"]
             if index == min(api, 10) and open_small is None:
                 t0 = time.perf_counter()
-                store.scalar("SELECT 1")
+                store.sql_for_tests("SELECT 1")
                 open_small = time.perf_counter() - t0
             index += 1
         else:
@@ -1094,7 +1075,7 @@ def main(argv: list[str] | None = None) -> int:
     build_s = time.perf_counter() - started
 
     t0 = time.perf_counter()
-    store.scalar("SELECT 1")
+    store.sql_for_tests("SELECT 1")
     open_full = time.perf_counter() - t0
     size_info = sizes(store, home)
     n_completions = store.count_rows("completions")

@@ -95,9 +95,11 @@ def pipeline_rounds(out: Path, work: Path) -> None:
     store = DuckDBStore()
     tables = {}
     for table in ("round_prompts", "pairs", "reward_scores", "judge_scores", "judgements"):
-        tables[table] = _rows(store.query(f"SELECT * FROM {table}"))  # noqa: S608
+        tables[table] = _rows(store.sql_for_tests(f"SELECT * FROM {table}"))  # noqa: S608
     tables["reward_models"] = _rows(
-        store.query("SELECT round_id, loss_before, loss_after, replay_sha256 FROM reward_models")
+        store.sql_for_tests(
+            "SELECT round_id, loss_before, loss_after, replay_sha256 FROM reward_models"
+        )
     )
     (out / "pipeline-rounds.json").write_text(json.dumps(tables, indent=1, default=str))
 

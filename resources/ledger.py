@@ -101,9 +101,7 @@ class CostLedger(dg.ConfigurableResource):
         if not budget.limited:
             return None
         priced = self.priced(store)
-        labels = store.query(
-            "SELECT round_id, count(*) AS labels FROM judgements GROUP BY round_id"
-        )
+        labels = store.judgements_per_round()
         per_round = (
             priced.group_by("round_id")
             .agg(

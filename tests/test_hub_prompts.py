@@ -371,7 +371,9 @@ def test_prompt_pool_asset_ingests_a_cached_hub_dataset(hub_cache, auf_home):
     meta = result.asset_materializations_for_node("prompt_pool")[0].metadata
     assert meta["new_prompts"].value == 2
     assert meta["origin"].value == f"hf://datasets/{CACHED_ID} split=train_prefs"
-    assert store.query("SELECT prompt FROM prompts ORDER BY prompt")["prompt"].to_list() == [
+    assert store.sql_for_tests("SELECT prompt FROM prompts ORDER BY prompt")[
+        "prompt"
+    ].to_list() == [
         "Name a colour.",
         "What is 2 + 2?",
     ]

@@ -131,7 +131,7 @@ def sensor_context(env, cursor=None, labeling=None):
 
 
 def table(store, name):
-    return store.query(f"SELECT * FROM {name} ORDER BY ALL")
+    return store.sql_for_tests(f"SELECT * FROM {name} ORDER BY ALL")
 
 
 def mark_trained(instance, key):
@@ -159,7 +159,9 @@ def test_annotation_batch_is_written_balanced_and_stable(env):
         b if s else a for a, b, s in merged.select("completion_a", "completion_b", "swapped").rows()
     ]
     assert merged["shown_as_a"].to_list() == expect_a
-    responses = dict(env.store.query("SELECT completion_id, response FROM completions").rows())
+    responses = dict(
+        env.store.sql_for_tests("SELECT completion_id, response FROM completions").rows()
+    )
     by_pair = {r["pair_id"]: r for r in env.batch}
     for row in merged.iter_rows(named=True):
         assert by_pair[row["pair_id"]]["response_A"] == responses[row["shown_as_a"]]
@@ -204,7 +206,7 @@ def test_a_valid_file_is_imported_once_and_choices_map_back(env):
     assert outcomes[0].new_labels == 4 and outcomes[0].rounds == [R1]
     assert not path.exists() and (env.labeling.archive_dir / "batch1.jsonl").exists()
     labels = table(env.store, "labels")
-    shown = dict(env.store.query("SELECT pair_id, swapped FROM presentations").rows())
+    shown = dict(env.store.sql_for_tests("SELECT pair_id, swapped FROM presentations").rows())
     for row in labels.iter_rows(named=True):
         raw = row["raw_choice"]
         expected = (
@@ -291,7 +293,7 @@ def test_a_malformed_file_is_quarantined_and_nothing_stored_changes(env, kind):
     for t, frame in before.items():
         assert table(env.store, t).equals(frame), t
     # Good lines of a rejected file are not kept either (the rule: whole file or nothing).
-    status = env.store.query("SELECT status FROM imported_files WHERE file = ?", [name])
+    status = env.store.sql_for_tests("SELECT status FROM imported_files WHERE file = ?", [name])
     assert status["status"].to_list() == ["quarantined"]
 
 
@@ -445,23 +447,23 @@ def test_label_status_reads_all_rounds_in_a_constant_number_of_queries(env, monk
     # Four more rounds with a batch and labels of their own (rows written directly).
     for k in range(2, 6):
         rid = f"round-{k:04d}"
-        env.store.query(
+        env.store.sql_for_tests(
             "INSERT INTO annotation_batches (round_id, pairs, written_at) VALUES (?, 1, now())",
             [rid],
         )
-        env.store.query(
+        env.store.sql_for_tests(
             "INSERT INTO labels SELECT * REPLACE (label_id || ? AS label_id, ? AS round_id) "
             "FROM labels WHERE round_id = ?",
             [rid, rid, R1],
         )
     connections = []
-    real = DuckDBStore.connect
+    real = DuckDBStore._connect
 
     def counting(self):
         connections.append(1)
         return real(self)
 
-    monkeypatch.setattr(DuckDBStore, "connect", counting)
+    monkeypatch.setattr(DuckDBStore, "_connect", counting)
     statuses = label_status(env.store, env.labeling)
     assert [s.round_id for s in statuses] == [R1] + [f"round-{k:04d}" for k in range(2, 6)]
     assert [s.labels for s in statuses] == [2] * 5 and statuses[0].ties == 1
@@ -477,7 +479,7 @@ def test_people_verdicts_resolve_every_label_and_skip_unlabelled_pairs(env):
     result = train_on_labels(env.instance, R1, env.model, env.labeling)
     assert result.success
     assert all(c.passed for c in result.get_asset_check_evaluations())
-    shown = dict(env.store.query("SELECT pair_id, swapped FROM presentations").rows())
+    shown = dict(env.store.sql_for_tests("SELECT pair_id, swapped FROM presentations").rows())
     verdicts = {
         r["pair_id"]: r for r in env.store.round_rows("judgements", R1).iter_rows(named=True)
     }
@@ -582,7 +584,7 @@ def test_stop_conditions_say_why(env):
     plan = plan_next_round(env.instance, env.store, people(), start_first=False)
     assert plan.key is None and f"{R1} is running (run {run.run_id[:8]})" in plan.reason
     env.instance.report_run_canceled(run)
-    env.store.query(
+    env.store.sql_for_tests(
         "DELETE FROM prompts WHERE prompt_id NOT IN (SELECT prompt_id FROM round_prompts)"
     )
     result = labels_landed(sensor_context(env))
@@ -763,14 +765,14 @@ def test_reward_model_judge_labels_a_round(env, tiny_reward_model):
     assert result.success and result.get_asset_check_evaluations()[0].passed
     verdicts = env.store.round_rows("judgements", R1)
     scores = dict(
-        env.store.query(
+        env.store.sql_for_tests(
             "SELECT completion_id, score FROM judge_scores WHERE aspect = 'reward'"
         ).rows()
     )
     for row in verdicts.iter_rows(named=True):
         assert row["source"] == "reward_model_judge" and row["labeller"] == judge.name
         a = scores[
-            env.store.query(
+            env.store.sql_for_tests(
                 "SELECT completion_a FROM pairs WHERE pair_id = ?", [row["pair_id"]]
             ).item()
         ]
@@ -828,7 +830,7 @@ def test_oracle_labels_a_round_read_from_a_pool_file(auf_home, tiny_lm_dir, tmp_
     assert sorted(completions["completion_id"]) == sorted(r["completion_id"] for r in rows)
     oracle = {r["completion_id"]: r["oracle_score"] for r in rows}
     for row in store.round_rows("judgements", R1).iter_rows(named=True):
-        pair = store.query("SELECT * FROM pairs WHERE pair_id = ?", [row["pair_id"]]).row(
+        pair = store.sql_for_tests("SELECT * FROM pairs WHERE pair_id = ?", [row["pair_id"]]).row(
             0, named=True
         )
         a, b = oracle[pair["completion_a"]], oracle[pair["completion_b"]]

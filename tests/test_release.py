@@ -46,7 +46,9 @@ def test_dataset_loads_with_datasets_in_the_preference_layout(home):
 
     pairs = datasets.load_dataset(str(folder))
     assert set(pairs) == {"train", "test"}
-    labelled = store.query("SELECT count(*) AS n FROM judgements WHERE preference IN ('a','b')")
+    labelled = store.sql_for_tests(
+        "SELECT count(*) AS n FROM judgements WHERE preference IN ('a','b')"
+    )
     assert pairs["train"].num_rows + pairs["test"].num_rows == labelled["n"][0]
     manifest = json.loads((folder / "manifest.json").read_text())
     assert {s: pairs[s].num_rows for s in pairs} == manifest["rows"]["default"]
@@ -93,7 +95,7 @@ def test_dataset_loads_with_datasets_in_the_preference_layout(home):
     assert converted == {k: first[k] for k in ("prompt", "chosen", "rejected")}
 
     responses = datasets.load_dataset(str(folder), "completions")
-    n_prompts = store.query("SELECT count(*) AS n FROM round_prompts")["n"][0]
+    n_prompts = store.sql_for_tests("SELECT count(*) AS n FROM round_prompts")["n"][0]
     assert responses["train"].num_rows + responses["test"].num_rows == n_prompts
     one = responses["train"][0]
     assert len(one["completions"]) == 3  # three pool members in the tiny rounds
@@ -147,7 +149,9 @@ def test_ties_failures_and_unlabelled_pairs_are_left_out_and_counted(home):
         built = build_release(store, PreferenceDatasetConfig(), log=lambda _: None)
         assert built["left_out"] == {"tie": 1, "failed": 1, "unlabelled": 1}
         released = sum(built["rows"]["default"].values())
-        labelled = store.query("SELECT count(*) AS n FROM judgements WHERE preference IN ('a','b')")
+        labelled = store.sql_for_tests(
+            "SELECT count(*) AS n FROM judgements WHERE preference IN ('a','b')"
+        )
         assert released == labelled["n"][0]
         card = (built["folder"] / "README.md").read_text()
         assert "1 tie, 1 where the judge failed, 1 not labelled" in card
@@ -334,7 +338,9 @@ def test_push_is_one_commit_per_version_and_unchanged_content_makes_none(home):
         files.pop(".gitattributes")
         assert files == _files(smaller["folder"])
         assert fake.repos["me/prefs"].tags["rounds-0001-0001"] == fake.commits("me/prefs")[-1].oid
-        pushed = store.query("SELECT version, new_commit FROM hub_pushes ORDER BY pushed_at")
+        pushed = store.sql_for_tests(
+            "SELECT version, new_commit FROM hub_pushes ORDER BY pushed_at"
+        )
         assert pushed["new_commit"].to_list() == [True, False, True]
 
 

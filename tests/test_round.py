@@ -117,7 +117,9 @@ def test_two_rounds_end_to_end_with_a_tiny_model(auf_home, tiny_lm_dir):
     assert used_1.isdisjoint(used_2)
     scores_2 = store.round_rows("reward_scores", "round-0002")
     assert set(scores_2["reward_model_round"]) == {"round-0001"}
-    models = store.query("SELECT round_id, pairs_trained FROM reward_models ORDER BY round_id")
+    models = store.sql_for_tests(
+        "SELECT round_id, pairs_trained FROM reward_models ORDER BY round_id"
+    )
     assert models["round_id"].to_list() == ["round-0001", "round-0002"]
     labelled_1 = int(verdicts["preference"].is_in(["a", "b"]).sum())
     assert models["pairs_trained"][0] == labelled_1

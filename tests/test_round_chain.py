@@ -260,14 +260,14 @@ def test_the_anchor_count_is_one_rule(pool, tiny_lm_dir):
     store = DuckDBStore()
     assert materialize_round(pool, "round-0001", tiny_lm_dir).success
     assert materialize_round(pool, "round-0002", tiny_lm_dir).success
-    judged = store.query(
+    judged = store.sql_for_tests(
         "SELECT round_id, count(DISTINCT prompt_id) AS n FROM judgements "
         "WHERE preference IN ('a', 'b', 'tie') GROUP BY round_id"
     )
     per_round = dict(judged.iter_rows())
     models = {
         r["round_id"]: r["prompts_done"]
-        for r in store.query("SELECT * FROM reward_models").to_dicts()
+        for r in store.sql_for_tests("SELECT * FROM reward_models").to_dicts()
     }
     assert models["round-0001"] == per_round.get("round-0001", 0)
     assert models["round-0002"] == per_round.get("round-0001", 0) + per_round.get("round-0002", 0)

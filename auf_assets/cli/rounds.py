@@ -17,15 +17,7 @@ def _rounds(args: argparse.Namespace) -> int:
     if not store.database.exists():
         print(f"no rounds yet: {store.database} does not exist (run `auf demo`)")
         return 0
-    rows = store.query(
-        "SELECT r.round_id, "
-        "(SELECT count(*) FROM round_prompts p WHERE p.round_id = r.round_id) AS prompts, "
-        "(SELECT count(*) FROM pairs p WHERE p.round_id = r.round_id) AS pairs, "
-        "(SELECT count(*) FROM judgements j WHERE j.round_id = r.round_id "
-        " AND j.preference IN ('a', 'b')) AS decided, "
-        "m.base_round, m.pairs_trained, m.prompts_done "
-        "FROM rounds r LEFT JOIN reward_models m USING (round_id) ORDER BY r.round_index"
-    )
+    rows = store.round_overview()
     links = {link.round_id: link for link in chain_report(store)}
     print(f"home: {root}")
     if rows.height == 0:

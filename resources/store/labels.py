@@ -1,0 +1,154 @@
+"""The store's labels and verdicts: every human label imported (and the files they came in),
+the judges' per-response scores, each pair's verdict, the annotation batches sent out, and the
+label progress per round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import polars as pl
+
+from resources.store.base import StoreBase, insert_rows
+
+
+class LabelsAndJudgements(StoreBase):
+    """labels, imported_files, judgements, judge_scores, annotation_batches."""
+
+    # -- human labels ------------------------------------------------------------------------
+
+    def imported_file(self, file_sha256: str) -> dict | None:
+        rows = self._query("SELECT * FROM imported_files WHERE file_sha256 = ?", [file_sha256])
+        return rows.row(0, named=True) if rows.height else None
+
+    def record_label_file(self, file_row: Mapping, labels: pl.DataFrame) -> int:
+        """Add a file's labels and mark the file imported, in one transaction.
+
+        Labels already stored (same label_id) are left as they are. Returns how many were new.
+        """
+        with self._transaction() as con:
+            before = con.execute("SELECT count(*) FROM labels").fetchone()[0]
+            if labels.height:
+                insert_rows(con, "labels", labels, "INSERT OR IGNORE")
+            new = con.execute("SELECT count(*) FROM labels").fetchone()[0] - before
+            row = {**file_row, "status": "imported", "new_labels": new}
+            con.execute("DELETE FROM imported_files WHERE file_sha256 = ?", [row["file_sha256"]])
+            insert_rows(con, "imported_files", pl.DataFrame([row]))
+        return new
+
+    def record_rejected_file(self, file_row: Mapping) -> None:
+        """Remember a quarantined file (a file already imported keeps that status)."""
+        row = {**file_row, "status": "quarantined", "new_labels": 0}
+        with self._connect() as con:
+            con.register("incoming_file", pl.DataFrame([row]).to_arrow())
+            con.execute(
+                "DELETE FROM imported_files WHERE file_sha256 = ? AND status <> 'imported'",
+                [row["file_sha256"]],
+            )
+            con.execute("INSERT OR IGNORE INTO imported_files BY NAME SELECT * FROM incoming_file")
+            con.unregister("incoming_file")
+
+    def labels_of_round(self, round_id: str) -> pl.DataFrame:
+        return self._query(
+            "SELECT * FROM labels WHERE round_id = ? ORDER BY labelled_at, imported_at, file, line",
+            [round_id],
+        )
+
+    def labels_of_rounds(self, round_ids: Sequence[str]) -> pl.DataFrame:
+        """Every label of `round_ids` in one query, each round's in `labels_of_round` order."""
+        return self._with_rounds(
+            round_ids,
+            "SELECT * FROM labels WHERE round_id IN (SELECT round_id FROM wanted) "
+            "ORDER BY labelled_at, imported_at, file, line",
+        )
+
+    def label_progress(self) -> pl.DataFrame:
+        """Per round with an annotation batch or labels: pairs, labelled pairs, labels, state."""
+        return self._query(
+            "WITH r AS (SELECT round_id FROM annotation_batches UNION "
+            "SELECT DISTINCT round_id FROM labels) "
+            "SELECT r.round_id, "
+            "(SELECT count(*) FROM pairs p WHERE p.round_id = r.round_id) AS pairs, "
+            "(SELECT count(DISTINCT l.pair_id) FROM labels l JOIN pairs p USING (pair_id) "
+            " WHERE l.round_id = r.round_id) AS labelled_pairs, "
+            "(SELECT count(*) FROM labels l WHERE l.round_id = r.round_id) AS labels, "
+            "b.written_at, b.jsonl_path, b.csv_path, b.labelstudio_path, "
+            "m.created_at AS trained_at "
+            "FROM r LEFT JOIN annotation_batches b USING (round_id) "
+            "LEFT JOIN reward_models m USING (round_id) "
+            "LEFT JOIN rounds x USING (round_id) ORDER BY x.round_index NULLS LAST, r.round_id"
+        )
+
+    def rounds_labelled_by_people(self) -> set[str]:
+        """Rounds with at least one imported human label."""
+        return set(self._query("SELECT DISTINCT round_id FROM labels")["round_id"])
+
+    # -- verdicts ----------------------------------------------------------------------------
+
+    def prompts_judged_through(self, round_index: int) -> int:
+        """Prompts with a verdict (a, b or tie) in the rounds up to `round_index`, inclusive.
+
+        The one count that drives the anchor schedule, the same rule as the simulator's: a prompt
+        counts once its round judged its pair, whatever the verdict; failed and unlabelled pairs
+        taught the model nothing and do not count.
+        """
+        return int(
+            self._scalar(
+                "SELECT count(DISTINCT j.prompt_id) FROM judgements j JOIN rounds r "
+                "USING (round_id) WHERE r.round_index <= ? AND j.preference IN ('a', 'b', 'tie')",
+                [round_index],
+            )
+        )
+
+    def replay_buffer(self, round_index: int, capacity: int) -> pl.DataFrame:
+        """The replay buffer after round `round_index`: a FIFO of the decided pairs.
+
+        The newest `capacity` decided pairs of the rounds up to `round_index`, oldest first, in
+        the order the rounds took their prompts: the simulator's `ReplayBuffer` holds the same
+        pairs in the same order.
+        """
+        return self.decided_pairs(round_index).tail(capacity)
+
+    def decided_pairs(self, through_index: int | None = None) -> pl.DataFrame:
+        """Every a/b verdict of the rounds up to `through_index` (all: None), oldest first.
+
+        The order of the replay buffer: by round, then by the prompt's position in its round.
+        """
+        return self._query(
+            "SELECT j.round_id, r.round_index, q.position, j.pair_id, "
+            "j.chosen_completion_id, j.rejected_completion_id FROM judgements j "
+            "JOIN rounds r USING (round_id) LEFT JOIN round_prompts q "
+            "ON q.round_id = j.round_id AND q.prompt_id = j.prompt_id "
+            "WHERE (? IS NULL OR r.round_index <= ?) AND j.preference IN ('a', 'b') "
+            "ORDER BY r.round_index, q.position NULLS FIRST, j.pair_id",
+            [through_index, through_index],
+        )
+
+    def rounds_with_judgements(self) -> list[str]:
+        """Rounds that have verdicts, in round order (by index, not by name)."""
+        rows = self._query(
+            "SELECT DISTINCT j.round_id, r.round_index FROM judgements j "
+            "LEFT JOIN rounds r USING (round_id) ORDER BY r.round_index NULLS LAST, j.round_id"
+        )
+        return rows["round_id"].to_list()
+
+    def judgements_per_round(self) -> pl.DataFrame:
+        """round_id, labels: how many verdicts each round holds (what a label costs a budget)."""
+        return self._query("SELECT round_id, count(*) AS labels FROM judgements GROUP BY round_id")
+
+    def judgement_counts(self, round_id: str) -> dict:
+        """What the verdicts check reads: the round's pairs and verdicts, judge verdicts on a
+        missing score, people's verdicts without a label, failed and unlabelled pairs."""
+        return self._query(
+            "SELECT (SELECT count(*) FROM pairs WHERE round_id = $r) AS pairs, "
+            "count(*) AS verdicts, "
+            "count(*) FILTER (WHERE preference IN ('a', 'b') AND coalesce(source, '') <> 'people' "
+            "AND (score_a IS NULL OR score_b IS NULL OR isnan(score_a) OR isnan(score_b))) "
+            "AS unscored, "
+            "count(*) FILTER (WHERE preference IN ('a', 'b', 'tie') AND source = 'people' "
+            "AND coalesce(n_labels, 0) = 0) AS without_labels, "
+            "count(*) FILTER (WHERE preference = 'failed') AS failed, "
+            "count(*) FILTER (WHERE preference = 'unlabelled') AS unlabelled FROM judgements "
+            "WHERE round_id = $r",
+            {"r": round_id},
+        ).row(0, named=True)

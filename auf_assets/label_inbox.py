@@ -222,7 +222,7 @@ def import_label_file(
         return _refuse(path, settings, why, in_place=keep_original)
     try:
         with open_regular(path, entry) as handle:
-            reader = HashingReader(handle)
+            reader = HashingReader(handle, limit=entry.st_size + 1)  # one more: it grew
             parsed = parse_label_stream(reader, path.name, settings.max_problems)
             reader.drain()  # the hash covers the whole file even when checking stopped early
             after = os.fstat(handle.fileno())

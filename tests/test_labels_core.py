@@ -373,3 +373,9 @@ def test_a_big_junk_file_is_read_as_a_stream(tmp_path):
     assert peak < 2_000_000, peak
     assert reader.hexdigest() == hashlib.sha256(path.read_bytes()).hexdigest()
     assert reader.bytes_read == path.stat().st_size
+
+
+def test_reading_stops_at_the_limit_of_a_growing_file():
+    reader = HashingReader(io.BytesIO(b"x" * 100_000), limit=10)
+    reader.drain()
+    assert reader.bytes_read == 10

@@ -118,17 +118,26 @@ def open_regular(path: Path, looked_at: os.stat_result) -> io.FileIO:
 
 
 class HashingReader(io.RawIOBase):
-    """A binary stream that hashes (SHA-256) and counts every byte read through it."""
+    """A binary stream that hashes (SHA-256) and counts every byte read through it.
 
-    def __init__(self, raw: BinaryIO):
+    It ends after `limit` bytes (when given): a file that grows while it is read, endlessly or
+    past the size limit, is read no further than that (the caller sees `bytes_read` differ).
+    """
+
+    def __init__(self, raw: BinaryIO, limit: int | None = None):
         self._raw = raw
         self._sha = hashlib.sha256()
+        self._limit = limit
         self.bytes_read = 0
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
+        if self._limit is not None:
+            buffer = memoryview(buffer)[: max(self._limit - self.bytes_read, 0)]
+            if not len(buffer):
+                return 0
         n = self._raw.readinto(buffer)
         if n:
             self._sha.update(memoryview(buffer)[:n])

@@ -253,7 +253,7 @@ def import_label_file(
         pairs = {row["pair_id"]: PairInfo(**row) for row in infos.iter_rows(named=True)}
     check = validate_labels(parsed, pairs, file_name=path.name, expected_round=expected_round)
     kept, repeats, problems = check.kept, check.repeats, check.problems
-    now_dt = utcnow()
+    now = utcnow()
     file_row = {
         "file_sha256": sha,
         "file": path.name,
@@ -264,7 +264,7 @@ def import_label_file(
         "repeated_records": len(repeats),
         "rounds": ",".join(sorted({pairs[k.pair_id].round_id for k in kept}, key=_round_order)),
         "reason": None,
-        "imported_at": now_dt,
+        "imported_at": now,
     }
     outcome.skipped, outcome.repeated = len(parsed.skipped), len(repeats)
     if problems:
@@ -302,8 +302,8 @@ def import_label_file(
                 "file_sha256": sha,
                 "line": label.line,
                 "location": label.location,
-                "labelled_at": label.labelled_at or now_dt,
-                "imported_at": now_dt,
+                "labelled_at": label.labelled_at or now,
+                "imported_at": now,
             }
         )
     frame = pl.DataFrame(
@@ -352,8 +352,8 @@ def settle(path: Path, settings: LabelingSettings, say=None) -> str | None:
             f"(AUF_LABEL_SETTLE_SECONDS={settings.settle_seconds:g})"
         )
     time.sleep(wait)
-    now = path.lstat()
-    if (now.st_size, now.st_mtime_ns) == (first.st_size, first.st_mtime_ns):
+    later = path.lstat()
+    if (later.st_size, later.st_mtime_ns) == (first.st_size, first.st_mtime_ns):
         return None
     return (
         f"it changed within the last {settings.settle_seconds:g}s and may still be being "

@@ -13,13 +13,28 @@ crash between storing the labels and moving the file cannot duplicate a label.
 Where files go: the sensor moves an imported inbox file to the archive folder (`imported/`) and a
 rejected one to `quarantine/`; `auf labels import FILE` leaves the user's file where it is and
 copies it to quarantine when it is rejected.
+
+Refused before reading (`auf_assets.core.label_files`, "Safety"): an entry that is not a regular
+file (a symbolic link, a device, a fifo, a socket) and a file larger than `max_file_mb`. Nothing
+of it is read: the inbox moves the entry itself into quarantine (a rename: a link stays a link,
+a large file is not copied) with a `.reason`; `auf labels import` only prints why. Such a file
+has no content hash, so the store keeps no row for it. A file checked and rejected lists at most
+`max_problems` problems, then says there are more.
+
+`auf labels import` applies the inbox's settle rule to its file (`settle`): a file modified less
+than `settle_seconds` ago is read only if it did not change over that time, else refused (it is
+still being written). A file whose size or time changed while it was read is read again later
+(the inbox) or refused (the command): never stored half.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -27,16 +42,21 @@ from pathlib import Path
 
 import polars as pl
 
+from auf_assets.core.label_files import (
+    FileChangedError,
+    HashingReader,
+    Problem,
+    label_format,
+    non_regular_kind,
+    open_regular,
+    parse_label_stream,
+)
 from auf_assets.core.labels import (
     PairInfo,
-    Problem,
     Vote,
     atomic_write_text,
-    file_sha256,
-    label_format,
     label_id,
     map_choice,
-    parse_label_bytes,
     resolve_votes,
     validate_labels,
     voter_of,
@@ -49,20 +69,23 @@ __all__ = [
     "ImportOutcome",
     "RoundLabelStatus",
     "import_label_file",
+    "in_this_home",
+    "settle",
     "label_status",
     "scan_inbox",
 ]
 
 # Names a writer uses while a file is incomplete, and files this module writes itself.
 _IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp", ".reason")
-MAX_LISTED_PROBLEMS = 200
 
 
 @dataclass
 class ImportOutcome:
     file: str
     path: Path
-    status: str  # imported, already_imported, quarantined, error (left in place, retried)
+    # imported, already_imported, quarantined (checked and rejected), refused (not read: not a
+    # regular file, too large), error (left in place, retried)
+    status: str
     sha256: str = ""
     format: str = ""
     labels: int = 0
@@ -71,6 +94,7 @@ class ImportOutcome:
     repeated: int = 0
     rounds: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    more_problems: bool = False  # checking stopped at max_problems: the file has more
     moved_to: Path | None = None
     reason_file: Path | None = None
 
@@ -84,42 +108,102 @@ class ImportOutcome:
             )
         if self.status == "already_imported":
             return f"{self.file}: already imported (same content), nothing added"
+        where = f"; see {self.reason_file}" if self.reason_file else ""
         if self.status == "quarantined":
             first = self.problems[0] if self.problems else "?"
             more = f" (+{len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
-            return f"{self.file}: rejected, nothing stored: {first}{more}; see {self.reason_file}"
+            more += " (and more)" if self.more_problems else ""
+            return f"{self.file}: rejected, nothing stored: {first}{more}{where}"
+        if self.status == "refused":
+            return f"{self.file}: refused, not read: {'; '.join(self.problems)}{where}"
         return f"{self.file}: could not be read now, will retry: {'; '.join(self.problems)}"
 
 
-def _free_name(folder: Path, name: str, sha256: str) -> Path:
+def _free_name(folder: Path, name: str, tag: str) -> Path:
     target = folder / name
-    if not target.exists():
+    if not target.exists() and not target.is_symlink():
         return target
     p = Path(name)
-    return folder / f"{p.stem}.{sha256[:10]}{p.suffix}"
+    return folder / f"{p.stem}.{tag[:10]}{p.suffix}"
 
 
 def _place(path: Path, folder: Path, sha256: str, *, keep_original: bool) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     target = _free_name(folder, path.name, sha256)
     if keep_original:
-        shutil.copy2(path, target)
+        shutil.copy2(path, target, follow_symlinks=False)  # a link swapped in is not followed
     else:
         shutil.move(str(path), target)
     return target
 
 
-def _reason_text(name: str, sha256: str, problems: Sequence[Problem], inbox: Path) -> str:
-    listed = [str(p) for p in problems[:MAX_LISTED_PROBLEMS]]
-    if len(problems) > MAX_LISTED_PROBLEMS:
-        listed.append(f"... and {len(problems) - MAX_LISTED_PROBLEMS} more problems")
+def _problem_lines(problems: Sequence[Problem], more: bool) -> str:
+    listed = "\n".join(str(p) for p in problems)
+    if more:
+        return (
+            f"the first {len(problems)} problem(s) (checking stopped there; the file has "
+            f"more):\n{listed}\n... and more"
+        )
+    return f"{len(problems)} problem(s):\n{listed}"
+
+
+def _reason_text(
+    name: str, sha256: str, problems: Sequence[Problem], more: bool, inbox: Path
+) -> str:
     return (
         f"{name} was rejected: nothing from this file was stored.\n"
         f"sha256: {sha256}\nchecked at: {utcnow().isoformat(timespec='seconds')} UTC\n\n"
-        f"{len(problems)} problem(s):\n"
-        + "\n".join(listed)
+        + _problem_lines(problems, more)
         + f"\n\nFix these lines and drop the whole file into {inbox} again.\n"
     )
+
+
+def _refuse(path: Path, settings: LabelingSettings, why: str, *, in_place: bool) -> ImportOutcome:
+    """Refuse a file without reading it (module docstring).
+
+    From the inbox the entry itself is renamed into quarantine (a link stays a link, nothing is
+    copied) with a `.reason`; `in_place` (the CLI) leaves it where it is and writes nothing.
+    """
+    outcome = ImportOutcome(path.name, path, "refused", format=label_format(path.name) or "")
+    outcome.problems = [why]
+    if in_place:
+        return outcome
+    folder = settings.quarantine_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    target = _free_name(folder, path.name, utcnow().strftime("%Y%m%d%H%M%S%f"))
+    try:
+        os.rename(path, target)  # never opens the entry; fails across file systems
+    except OSError as exc:
+        outcome.status = "error"
+        outcome.problems.append(
+            f"it could not be moved to {folder} ({exc.strerror}) and stays in the inbox"
+        )
+        return outcome
+    reason = target.with_name(target.name + ".reason")
+    atomic_write_text(
+        reason,
+        f"{path.name} was refused: nothing of it was read or stored.\n"
+        f"checked at: {utcnow().isoformat(timespec='seconds')} UTC\n\n{why}\n",
+    )
+    outcome.moved_to, outcome.reason_file = target, reason
+    return outcome
+
+
+def _refusal(entry: os.stat_result, settings: LabelingSettings) -> str | None:
+    """Why a directory entry is not read at all (not a regular file, too large), or None."""
+    kind = non_regular_kind(entry)
+    if kind is not None:
+        return (
+            f"it is {kind}, not a regular file: label files are read only from regular files "
+            "(a link is not followed). Put the file itself there"
+        )
+    if entry.st_size > settings.max_file_bytes:
+        return (
+            f"the file is {entry.st_size / 1e6:.1f} MB, above the limit of "
+            f"{settings.max_file_mb:g} MB (AUF_LABEL_MAX_FILE_MB): split it into smaller files, "
+            "or raise the limit"
+        )
+    return None
 
 
 def import_label_file(
@@ -132,9 +216,29 @@ def import_label_file(
 ) -> ImportOutcome:
     """Validate one label file and store its labels, or quarantine it (module docstring)."""
     path = Path(path)
-    data = path.read_bytes()
-    sha = file_sha256(data)
-    outcome = ImportOutcome(path.name, path, "imported", sha, label_format(path.name) or "")
+    entry = os.lstat(path)
+    why = _refusal(entry, settings)
+    if why is not None:
+        return _refuse(path, settings, why, in_place=keep_original)
+    try:
+        with open_regular(path, entry) as handle:
+            reader = HashingReader(handle, limit=entry.st_size + 1)  # one more: it grew
+            parsed = parse_label_stream(reader, path.name, settings.max_problems)
+            reader.drain()  # the hash covers the whole file even when checking stopped early
+            after = os.fstat(handle.fileno())
+    except FileChangedError as exc:
+        return ImportOutcome(path.name, path, "error", problems=[str(exc)])
+    if (after.st_size, after.st_mtime_ns) != (entry.st_size, entry.st_mtime_ns) or (
+        reader.bytes_read != after.st_size
+    ):
+        return ImportOutcome(
+            path.name,
+            path,
+            "error",
+            problems=["it changed while it was read (still being written?): nothing stored"],
+        )
+    sha = reader.hexdigest()
+    outcome = ImportOutcome(path.name, path, "imported", sha, parsed.format)
     known = store.imported_file(sha)
     if known is not None and known["status"] == "imported":
         outcome.status = "already_imported"
@@ -143,13 +247,12 @@ def import_label_file(
             outcome.moved_to = _place(path, settings.archive_dir, sha, keep_original=False)
         return outcome
 
-    parsed = parse_label_bytes(data, path.name)
-    outcome.format = parsed.format
-    infos = store.pair_infos([label.pair_id for label in parsed.labels])
-    pairs = {row["pair_id"]: PairInfo(**row) for row in infos.iter_rows(named=True)}
-    kept, repeats, problems = validate_labels(
-        parsed, pairs, file_name=path.name, expected_round=expected_round
-    )
+    pairs: dict[str, PairInfo] = {}
+    if not parsed.truncated:  # rejected anyway: no need to look its pairs up
+        infos = store.pair_infos([label.pair_id for label in parsed.labels])
+        pairs = {row["pair_id"]: PairInfo(**row) for row in infos.iter_rows(named=True)}
+    check = validate_labels(parsed, pairs, file_name=path.name, expected_round=expected_round)
+    kept, repeats, problems = check.kept, check.repeats, check.problems
     now = utcnow()
     file_row = {
         "file_sha256": sha,
@@ -170,9 +273,13 @@ def import_label_file(
         outcome.problems = [str(p) for p in problems]
         target = _place(path, settings.quarantine_dir, sha, keep_original=keep_original)
         reason = target.with_name(target.name + ".reason")
-        atomic_write_text(reason, _reason_text(path.name, sha, problems, settings.inbox_dir))
+        outcome.more_problems = check.truncated
+        atomic_write_text(
+            reason, _reason_text(path.name, sha, problems, check.truncated, settings.inbox_dir)
+        )
         outcome.moved_to, outcome.reason_file = target, reason
-        store.record_rejected_file({**file_row, "reason": "; ".join(outcome.problems[:20])})
+        more = ["and more"] if check.truncated else []
+        store.record_rejected_file({**file_row, "reason": "; ".join(outcome.problems + more)})
         return outcome
 
     rows = []
@@ -228,6 +335,32 @@ def import_label_file(
     return outcome
 
 
+def settle(path: Path, settings: LabelingSettings, say=None) -> str | None:
+    """The inbox's settle rule for one file: why it is not read yet, or None to read it now.
+
+    A file modified less than `settle_seconds` ago may still be being written: wait until it is
+    that old (at most `settle_seconds`), and read it only if its size and time did not change
+    meanwhile. `say` is told about the wait.
+    """
+    first = path.lstat()
+    wait = min(settings.settle_seconds - (time.time() - first.st_mtime), settings.settle_seconds)
+    if wait <= 0 or not stat.S_ISREG(first.st_mode):
+        return None
+    if say is not None:
+        say(
+            f"{path.name} was modified moments ago: checking for {wait:.1f}s that it is complete "
+            f"(AUF_LABEL_SETTLE_SECONDS={settings.settle_seconds:g})"
+        )
+    time.sleep(wait)
+    later = path.lstat()
+    if (later.st_size, later.st_mtime_ns) == (first.st_size, first.st_mtime_ns):
+        return None
+    return (
+        f"it changed within the last {settings.settle_seconds:g}s and may still be being "
+        "written: nothing was read. Import it once it is complete (AUF_LABEL_SETTLE_SECONDS)"
+    )
+
+
 def _ignored(path: Path) -> bool:
     name = path.name
     return name.startswith((".", "~")) or name.lower().endswith(_IGNORED_SUFFIXES)
@@ -240,7 +373,9 @@ def scan_inbox(
 
     The cursor remembers each young file's size and modification time. A file is read once it
     is older than `settle_seconds`, or unchanged since the previous tick: a file still being
-    copied in is not read half-way. Processed files leave the inbox.
+    copied in is not read half-way. Processed files leave the inbox. Entries are looked at with
+    lstat: a folder is left alone, any other entry that is not a regular file is refused at
+    once, unread (`import_label_file`).
     """
     try:
         seen = json.loads(cursor)["seen"] if cursor else {}
@@ -250,11 +385,17 @@ def scan_inbox(
     inbox.mkdir(parents=True, exist_ok=True)
     outcomes, waiting, next_seen = [], [], {}
     for path in sorted(inbox.iterdir()):
-        if not path.is_file() or _ignored(path):
+        if _ignored(path):
             continue
-        stat = path.stat()
-        fingerprint = f"{stat.st_size}:{stat.st_mtime_ns}"
-        if now - stat.st_mtime < settings.settle_seconds and seen.get(path.name) != fingerprint:
+        try:
+            entry = path.lstat()
+        except FileNotFoundError:
+            continue
+        if stat.S_ISDIR(entry.st_mode):
+            continue
+        fingerprint = f"{entry.st_size}:{entry.st_mtime_ns}"
+        young = now - entry.st_mtime < settings.settle_seconds
+        if stat.S_ISREG(entry.st_mode) and young and seen.get(path.name) != fingerprint:
             next_seen[path.name] = fingerprint
             waiting.append(path.name)
             continue
@@ -286,6 +427,25 @@ class RoundLabelStatus:
     late_labels: int = 0
     late_pairs: int = 0
     superseded_by: str | None = None
+
+
+def in_this_home(store: DuckDBStore, stored: str) -> Path:
+    """Where a stored file path is in this home (the home may have been copied or moved).
+
+    Paths inside the home are stored relative to it (`DuckDBStore.relative`). Rows written
+    before that hold absolute paths: one outside this home whose tail (two parts or more, such
+    as `labels/outbox/round-0001.jsonl`) exists inside it was written in the home this one was
+    copied or moved from, and means that file here. Any other path is shown as stored.
+    """
+    path = Path(stored)
+    root = store.root.resolve()
+    if not path.is_absolute() or path.is_relative_to(root):
+        return store.resolve(stored)
+    for start in range(1, len(path.parts) - 1):  # the longest tail first
+        here = root.joinpath(*path.parts[start:])
+        if here.exists():
+            return here
+    return path
 
 
 def _round_order(key: str) -> tuple[int, str]:
@@ -397,7 +557,9 @@ def label_status(
                 state=state,
                 why=why,
                 outbox={
-                    k: row[f"{k}_path"] for k in ("jsonl", "csv", "labelstudio") if row[f"{k}_path"]
+                    k: str(in_this_home(store, row[f"{k}_path"]))
+                    for k in ("jsonl", "csv", "labelstudio")
+                    if row[f"{k}_path"]
                 },
                 late_labels=len(late),
                 late_pairs=late_pairs,

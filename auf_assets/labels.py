@@ -102,9 +102,10 @@ def annotation_batch(
             {
                 "round_id": [round_id],
                 "pairs": [rows.height],
-                "jsonl_path": [str(paths["jsonl"])],
-                "csv_path": [str(paths["csv"])],
-                "labelstudio_path": [str(paths["labelstudio"])],
+                # Relative to the home when inside it: a copied or moved home still finds them.
+                "jsonl_path": [store.relative(paths["jsonl"])],
+                "csv_path": [store.relative(paths["csv"])],
+                "labelstudio_path": [store.relative(paths["labelstudio"])],
                 "written_at": [written_at],
                 "updated_at": [now],
             },

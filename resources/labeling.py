@@ -39,6 +39,8 @@ ENV_VARS = {
     "AUF_LABEL_WAIT_HOURS": "wait_hours",
     "AUF_LABEL_RESOLUTION": "resolution",
     "AUF_LABEL_SETTLE_SECONDS": "settle_seconds",
+    "AUF_LABEL_MAX_FILE_MB": "max_file_mb",
+    "AUF_LABEL_MAX_PROBLEMS": "max_problems",
     "AUF_MAX_ROUNDS": "max_rounds",
     "AUF_ORACLE_POOL": "oracle_pool",
     "AUF_PUBLISH_AFTER_ROUND": "publish_after_round",
@@ -82,6 +84,17 @@ class LabelingSettings(dg.ConfigurableResource):
         default=5.0,
         ge=0.0,
         description="a file younger than this is read on a later tick (it may still be written)",
+    )
+    max_file_mb: float = Field(
+        default=50.0,
+        gt=0.0,
+        description="a label file larger than this (MB) is refused without being read",
+    )
+    max_problems: int = Field(
+        default=20,
+        ge=1,
+        description="checking a label file stops after this many problems (it is rejected; the "
+        "reason lists them and says there are more)",
     )
     max_rounds: int = Field(
         default=0, ge=0, description="stop after this many rounds; 0 = no limit"
@@ -147,6 +160,10 @@ class LabelingSettings(dg.ConfigurableResource):
     @property
     def archive_dir(self) -> Path:
         return self._dir(self.archive, "imported")
+
+    @property
+    def max_file_bytes(self) -> int:
+        return int(self.max_file_mb * 1_000_000)
 
     @property
     def people(self) -> bool:

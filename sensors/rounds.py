@@ -1,13 +1,14 @@
 """How rounds advance by themselves: two sensors and a nightly schedule.
 
-- `labels_landed` (people label; on by default): each tick imports the label files dropped in the
-  inbox (valid files are recorded, bad ones quarantined), requests `labelled_round` (judgements
-  + reward_model) for every round whose pairs are labelled (all of them, or `min_fraction` after
-  `wait_hours`), with run_key `labels-<round>-<labels>` (the number of labels the round holds, so
-  labels that arrive after a failed run start a new run), and, once the newest round's
-  reward_model has materialised and no run of it is queued or running, registers the next round
-  partition and requests its `pair_selection` run with run_key `<round>` (e.g. `round-0003`). It
-  never starts the first round.
+- `labels_landed` (people label; on by default, and quiet for another label source: it says
+  why it does nothing on its first tick, then skips without a message): each tick imports the
+  label files dropped in the inbox (valid files are recorded, bad ones quarantined), requests
+  `labelled_round` (judgements + reward_model) for every round whose pairs are labelled (all of
+  them, or `min_fraction` after `wait_hours`), with run_key `labels-<round>-<labels>` (the number
+  of labels the round holds, so labels that arrive after a failed run start a new run), and, once
+  the newest round's reward_model has materialised and no round run of it is queued or running,
+  registers the next round partition and requests its `pair_selection` run with run_key
+  `<round>` (e.g. `round-0003`). It never starts the first round.
 - Late labels (imported after a round's reward model was trained, e.g. the rest of a round trained
   on `min_fraction`): while the round is still the newest (no later round registered or holding
   prompts), `labels_landed` trains it again on all its labels (same run_key rule) and starts the
@@ -23,6 +24,11 @@
   is queued or in progress and no round is waiting for labels; a round that never finished (no
   reward_model, nothing running) is run again instead. Its round runs carry the round-chain tag
   (`auf_assets.jobs.ROUND_CHAIN_TAGS`) that the job-based requests get from their jobs.
+
+Only round runs hold a round back (`round_runs_in_progress`): a run of a round job, or carrying
+the round-chain tag, or of round assets. Training on the rounds (`policy_training`,
+`reward_model_training`) and releases are partitioned by round too, but are not rounds; a skip
+reason names the run and its kind (`run 1a2b3c4d of job labelled_round`).
 
 Why the next round is requested on a later tick than the labelled round: round k+1's
 reward_scores needs round k's reward_model checkpoint, and run requests of one sensor result are
@@ -53,6 +59,7 @@ reward model is trained again (late labels) gets both again (`release-<round>-<e
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import zoneinfo
@@ -65,7 +72,9 @@ from dagster._utils.schedules import is_valid_cron_string
 
 from auf_assets.active_round import ROUND_ASSETS
 from auf_assets.jobs import (
+    ROUND_CHAIN_TAG,
     ROUND_CHAIN_TAGS,
+    ROUND_JOBS,
     SELECTION_ASSETS,
     active_round_job,
     labelled_round_job,
@@ -74,6 +83,7 @@ from auf_assets.jobs import (
 from auf_assets.label_inbox import label_status, scan_inbox
 from auf_assets.labels import annotation_batch
 from auf_assets.partitions import registered_rounds, round_index, round_key, rounds_partitions
+from auf_assets.policy_loop import policy_logprobs
 from auf_assets.release import RELEASE_ASSETS, dataset_release_job
 from auf_assets.round_chain import chain_report, stale_rounds
 from auf_assets.training import dpo_policy, policy_eval, policy_training_job
@@ -99,13 +109,48 @@ def trained_rounds(instance: dg.DagsterInstance) -> set[str]:
     return set(instance.get_materialized_partitions(_REWARD_MODEL))
 
 
-def round_runs_in_progress(instance: dg.DagsterInstance) -> dict[str, str]:
-    """round key -> run id, for every queued or running run of a round partition."""
+# The assets of the round chain (each holds the chain's lock, `holds_round_chain`): a run of any
+# of them for a round partition is a round run. Training a policy or a reward model on the rounds
+# (`policy_training`, `reward_model_training`) and releases read the rounds but are not rounds.
+_ROUND_CHAIN_ASSETS = frozenset(a.key for a in (*ROUND_ASSETS, annotation_batch, policy_logprobs))
+_ROUND_JOB_NAMES = frozenset(job.name for job in ROUND_JOBS)
+
+
+@dataclass(frozen=True)
+class RoundRun:
+    """A queued or running run of a round: its id, and what kind of run it is."""
+
+    run_id: str
+    kind: str  # "job active_round", or the assets of a run started by asset selection
+
+    def __str__(self) -> str:
+        return f"run {self.run_id[:8]} of {self.kind}"
+
+
+def _is_round_run(run: dg.DagsterRun) -> bool:
+    if ROUND_CHAIN_TAG in run.tags or run.job_name in _ROUND_JOB_NAMES:
+        return True
+    return bool(run.asset_selection and run.asset_selection & _ROUND_CHAIN_ASSETS)
+
+
+def _run_kind(run: dg.DagsterRun) -> str:
+    if not run.job_name.startswith("__ASSET_JOB") or not run.asset_selection:
+        return f"job {run.job_name}"
+    names = sorted(key.to_user_string() for key in run.asset_selection)
+    return f"assets {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}"
+
+
+def round_runs_in_progress(instance: dg.DagsterInstance) -> dict[str, RoundRun]:
+    """round key -> the queued or running run of the round chain for that round partition.
+
+    Only round runs count (`_is_round_run`): a training or release run of a round's partition
+    does not hold the round back.
+    """
     out = {}
     for run in instance.get_runs(filters=dg.RunsFilter(statuses=_ACTIVE_STATUSES)):
         key = run.tags.get("dagster/partition", "")
-        if _is_round_key(key):
-            out[key] = run.run_id
+        if _is_round_key(key) and _is_round_run(run):
+            out[key] = RoundRun(run.run_id, _run_kind(run))
     return out
 
 
@@ -181,7 +226,7 @@ def plan_next_round(
         # again on late labels) changes its checkpoint: the next round starts after it.
         running = round_runs_in_progress(instance).get(newest)
         if running:
-            return NextRound(None, f"{newest} is running (run {running[:8]})")
+            return NextRound(None, f"{newest} is running ({running})")
         if newest not in trained_rounds(instance):
             what = "waiting for its labels or" if settings.people else "it failed or"
             return NextRound(
@@ -240,9 +285,11 @@ def labels_landed(
     if labeling.problem:
         return dg.SkipReason(labeling.problem)
     if not labeling.people:
-        return dg.SkipReason(
+        return _idle(
+            context,
             f"label source is {labeling.source!r}: labels_landed acts only for 'people' "
-            "(turn on next_round to advance rounds with an automatic judge)"
+            "(turn on next_round to advance rounds with an automatic judge). Said once: later "
+            "ticks skip quietly until the label source changes",
         )
     outcomes, cursor, waiting = scan_inbox(store, labeling, context.cursor, time.time())
     notes = []
@@ -275,7 +322,7 @@ def labels_landed(
         # daemon launch it once, and a killed run that still shows "started" cannot block it.
         # The key counts the round's labels: new labels after a failed run make a new run.
         run_key = f"labels-{rid}-{status.labels}"
-        busy = f" (run {running[rid][:8]} in progress)" if rid in running else ""
+        busy = f" ({running[rid]} in progress)" if rid in running else ""
         notes.append(f"{rid}: {status.why}: training on its labels{busy}")
         failed = _failed_run(instance, run_key)
         if failed:
@@ -310,10 +357,11 @@ def labels_landed(
             )
         notes.append(plan.reason)
     requests += after_round_requests(instance, labeling, "labels_landed", schedule=False)
-    for note in notes:
-        context.log.info(note)
     if not requests:
         return dg.SensorResult(skip_reason="; ".join(notes), cursor=cursor)
+    # A result with run requests carries no skip reason: the notes go to the tick's log.
+    for note in notes:
+        context.log.info(note)
     return dg.SensorResult(
         run_requests=requests,
         dynamic_partitions_requests=(
@@ -321,6 +369,22 @@ def labels_landed(
         ),
         cursor=cursor,
     )
+
+
+def _idle(context: dg.SensorEvaluationContext, reason: str) -> dg.SensorResult:
+    """Skip a sensor that does not apply to this label source, saying why on one tick only.
+
+    The cursor keeps the reason given; later ticks skip without one (no message every 30 s from
+    a sensor that is running by default) until the reason changes, e.g. the source does; a tick
+    that acts replaces the cursor, so the reason is given again after it.
+    """
+    try:
+        told = json.loads(context.cursor).get("told") if context.cursor else None
+    except (ValueError, AttributeError):
+        told = None
+    if told == reason:
+        return dg.SensorResult(cursor=context.cursor)
+    return dg.SensorResult(skip_reason=reason, cursor=json.dumps({"told": reason}))
 
 
 def _failed_run(instance: dg.DagsterInstance, run_key: str) -> str | None:
@@ -436,8 +500,9 @@ def nightly_round(
     instance = context.instance
     running = round_runs_in_progress(instance)
     if running:
-        keys = ", ".join(sorted(running, key=round_index))
-        return dg.SkipReason(f"{keys} running: no new round tonight")
+        keys = sorted(running, key=round_index)
+        which = "; ".join(f"{key}: {running[key]}" for key in keys)
+        return dg.SkipReason(f"{', '.join(keys)} running ({which}): no new round tonight")
     trained = trained_rounds(instance)
     if labeling.people:
         statuses = label_status(store, labeling, registered=registered_rounds(instance))

@@ -7,6 +7,7 @@ tiny model) is built once per module and its home directory copied into each tes
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from datetime import datetime, timezone
@@ -242,7 +243,12 @@ def test_a_file_still_being_written_waits_for_the_next_tick(env):
 
 BAD_FILES = {
     "bad_json": ("x.jsonl", lambda b: json.dumps(b[0]) + "\n{oops\n", 2, "not valid JSON"),
-    "missing_column": ("x.csv", lambda b: f"pair_id,label\n{b[0]['pair_id']},A\n", 1, "no choice"),
+    "missing_column": (
+        "x.csv",
+        lambda b: f"pair_id,label\n{b[0]['pair_id']},A\n",
+        1,
+        "no header with a choice column",
+    ),
     "unknown_pair": ("x.jsonl", lambda b: '{"pair_id": "pr-nope", "choice": "A"}\n', 1, "unknown"),
     "other_round": (
         "x.jsonl",
@@ -306,14 +312,196 @@ def test_a_corrected_file_is_accepted_after_quarantine(env):
     assert outcome.status == "imported" and outcome.new_labels == 3
 
 
+# -- what is never read, and what is never quoted ----------------------------------------------
+
+SHADOW = "root:*:20228:0:99999:7:::\ndaemon:*:20228:0:99999:7:::\n"  # "20228": a leak
+
+
+def messages_of(env, outcome) -> str:
+    """Everything a person or the store gets to see about an import."""
+    reasons = [p.read_text() for p in env.labeling.quarantine_dir.glob("*.reason")]
+    stored = env.store.query("SELECT reason FROM imported_files")["reason"].to_list()
+    return "\n".join([outcome.summary(), *outcome.problems, *reasons, *map(str, stored)])
+
+
+def test_links_fifos_and_devices_in_the_inbox_are_refused_unread(env, tmp_path):
+    import os
+    import stat
+
+    secret = tmp_path / "shadow"
+    secret.write_text(SHADOW)
+    good = tmp_path / "good.jsonl"  # a valid label file: following the link would import it
+    good.write_text("".join(json.dumps(r) + "\n" for r in labelled(env.batch, ["A"] * 4)))
+    inbox = env.labeling.inbox_dir
+    inbox.mkdir(parents=True, exist_ok=True)
+    (inbox / "shadow.csv").symlink_to(secret)
+    (inbox / "good.jsonl").symlink_to(good)
+    os.mkfifo(inbox / "pipe.jsonl")  # opening it for reading would block the sensor forever
+    (inbox / "device.csv").symlink_to("/dev/zero")  # an endless file
+    (inbox / "a-folder.jsonl").mkdir()  # a folder is left alone
+
+    outcomes, _, waiting = scan_inbox(env.store, env.labeling, None, now=1e12)
+    by_name = {o.file: o for o in outcomes}
+    assert set(by_name) == {"shadow.csv", "good.jsonl", "pipe.jsonl", "device.csv"}
+    assert not waiting
+    assert all(o.status == "refused" for o in outcomes), [o.summary() for o in outcomes]
+    assert "a symbolic link, not a regular file" in by_name["shadow.csv"].problems[0]
+    assert "a named pipe (fifo)" in by_name["pipe.jsonl"].problems[0]
+    assert env.store.count_rows("labels") == 0 and env.store.count_rows("imported_files") == 0
+    for outcome in outcomes:
+        assert "20228" not in messages_of(env, outcome)
+        # The entry itself went to quarantine: a link is still a link, its target untouched.
+        assert outcome.moved_to.parent == env.labeling.quarantine_dir
+        assert outcome.reason_file.exists()
+    assert (env.labeling.quarantine_dir / "shadow.csv").is_symlink()
+    assert stat.S_ISFIFO((env.labeling.quarantine_dir / "pipe.jsonl").lstat().st_mode)
+    assert secret.read_text() == SHADOW and good.exists()
+    assert sorted(p.name for p in inbox.iterdir()) == ["a-folder.jsonl"]
+
+
+def test_cli_refuses_a_link_without_reading_it(env, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("AUF_LABEL_SOURCE", "people")
+    monkeypatch.setenv("AUF_LABEL_SETTLE_SECONDS", "0")
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps({"pair_id": env.batch[0]["pair_id"], "choice": "A"}) + "\n")
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(good)
+    assert cli_main(["labels", "import", str(link)]) == 1
+    err = capsys.readouterr().err
+    assert "symbolic link" in err and env.store.count_rows("labels") == 0
+    shadow = tmp_path / "shadow.csv"
+    shadow.symlink_to(tmp_path / "nowhere")  # a dangling link is refused the same way
+    assert cli_main(["labels", "import", str(shadow)]) == 1
+    assert "symbolic link" in capsys.readouterr().err
+
+
+def test_a_rejected_file_is_never_quoted(env, capsys, monkeypatch, tmp_path):
+    # A password file saved (not linked) into the inbox under a label file's name.
+    path = drop(env, "shadow.csv", SHADOW)
+    outcome = scan_inbox(env.store, env.labeling, None, now=1e12)[0][0]
+    assert outcome.status == "quarantined" and not path.exists()
+    assert "line 1: no header with a pair_id and a choice column" in outcome.problems[0]
+    assert "20228" not in messages_of(env, outcome) and "root:" not in messages_of(env, outcome)
+    # The same through `auf labels import`: nothing quoted on the console either.
+    monkeypatch.setenv("AUF_LABEL_SOURCE", "people")
+    monkeypatch.setenv("AUF_LABEL_SETTLE_SECONDS", "0")
+    mine = tmp_path / "passwd.csv"
+    mine.write_text("pair_id,choice\n" + "".join(f"{u},x\n" for u in SHADOW.split()))
+    assert cli_main(["labels", "import", str(mine)]) == 1
+    err = capsys.readouterr().err
+    assert "line 2: choice must be A, B or tie" in err and "root:" not in err
+
+
+def test_a_file_over_the_size_limit_is_refused_before_it_is_read(env, tmp_path, monkeypatch):
+    small = people(max_file_mb=0.05)  # 50 kB
+    junk = b"".join(b"%d,junk,junk,junk\n" % i for i in range(10_000))  # 180 kB
+    path = drop(env, "big.csv", junk)
+    outcome = scan_inbox(env.store, small, None, now=1e12)[0][0]
+    assert outcome.status == "refused"
+    assert "0.2 MB, above the limit of 0.05 MB (AUF_LABEL_MAX_FILE_MB)" in outcome.problems[0]
+    # Moved (not copied) into quarantine, with the reason; nothing stored about it.
+    assert not path.exists() and outcome.moved_to.read_bytes() == junk
+    assert "above the limit" in outcome.reason_file.read_text()
+    assert env.store.count_rows("imported_files") == 0
+
+    # `auf labels import` leaves the user's file alone and copies nothing into quarantine.
+    monkeypatch.setenv("AUF_LABEL_MAX_FILE_MB", "0.05")
+    monkeypatch.setenv("AUF_LABEL_SETTLE_SECONDS", "0")
+    mine = tmp_path / "mine.csv"
+    mine.write_bytes(junk)
+    before = sorted(p.name for p in env.labeling.quarantine_dir.iterdir())
+    assert cli_main(["labels", "import", str(mine)]) == 1
+    assert mine.exists() and sorted(p.name for p in env.labeling.quarantine_dir.iterdir()) == before
+
+
+def test_a_junk_file_is_checked_until_max_problems(env):
+    junk = drop(env, "junk.jsonl", b"not json at all\n" * 20_000)
+    outcome = scan_inbox(env.store, people(max_problems=7), None, now=1e12)[0][0]
+    assert outcome.status == "quarantined" and len(outcome.problems) == 7
+    assert outcome.more_problems and "(and more)" in outcome.summary()
+    reason = outcome.reason_file.read_text()
+    assert "the first 7 problem(s) (checking stopped there; the file has more)" in reason
+    assert reason.count("not valid JSON") == 7 and "... and more" in reason
+    stored = env.store.query("SELECT reason FROM imported_files")["reason"].item()
+    assert stored.count("not valid JSON") == 7 and stored.endswith("; and more")
+    assert not junk.exists()
+    # The store knows the file by the hash of all of it, although checking stopped early.
+    assert outcome.sha256 == hashlib.sha256(b"not json at all\n" * 20_000).hexdigest()
+
+
+def test_cli_does_not_store_a_file_still_being_written(env, tmp_path, capsys, monkeypatch):
+    import threading
+    import time
+
+    monkeypatch.setenv("AUF_LABEL_SOURCE", "people")
+    monkeypatch.setenv("AUF_LABEL_SETTLE_SECONDS", "1")
+    path = tmp_path / "growing.jsonl"
+    rows = [json.dumps({"pair_id": r["pair_id"], "choice": "A"}) + "\n" for r in env.batch]
+    path.write_text(rows[0])
+    stop = threading.Event()
+
+    def writer():  # a slow copy: the rest of the file arrives line by line
+        for row in rows[1:] * 10:
+            if stop.wait(0.2):
+                return
+            with path.open("a") as handle:
+                handle.write(row)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        assert cli_main(["labels", "import", str(path)]) == 1
+    finally:
+        stop.set()
+        thread.join()
+    err = capsys.readouterr().err
+    assert "may still be being written: nothing was read" in err, err
+    assert env.store.count_rows("labels") == 0 and env.store.count_rows("imported_files") == 0
+
+    # Saved moments ago and not changing: read after the settle time, in one piece.
+    complete = tmp_path / "complete.jsonl"
+    complete.write_text("".join(rows))
+    started = time.monotonic()
+    assert cli_main(["labels", "import", str(complete)]) == 0
+    assert time.monotonic() - started >= 0.5
+    assert "imported 4 new labels" in capsys.readouterr().out
+    assert env.store.count_rows("imported_files") == 1
+
+
+def test_outbox_paths_are_stored_relative_to_the_home(env):
+    # `env` runs in a copy of the home the batch was written in.
+    stored = env.store.query("SELECT jsonl_path, csv_path FROM annotation_batches").row(0)
+    assert stored == ("labels/outbox/round-0001.jsonl", "labels/outbox/round-0001.csv")
+    (status,) = label_status(env.store, env.labeling)
+    assert status.outbox["jsonl"] == str(env.home / "labels/outbox/round-0001.jsonl")
+    # A row written before paths were relative names the home it was written in.
+    env.store.query(
+        "UPDATE annotation_batches SET jsonl_path = '/elsewhere/old-home/labels/outbox/"
+        "round-0001.jsonl', labelstudio_path = '/data/shared-outbox/round-0001.labelstudio.json'"
+    )
+    (status,) = label_status(env.store, env.labeling)
+    assert status.outbox["jsonl"] == str(env.home / "labels/outbox/round-0001.jsonl")
+    # A path outside any home (an outbox set elsewhere) is shown as it is.
+    assert status.outbox["labelstudio"] == "/data/shared-outbox/round-0001.labelstudio.json"
+
+
 # -- the labels_landed sensor -----------------------------------------------------------------
 
 
-def test_labels_landed_does_nothing_for_an_automatic_judge(env):
+def test_labels_landed_does_nothing_for_an_automatic_judge_and_says_so_once(env):
     drop(env, "a.jsonl", labelled(env.batch, ["A"] * 4))
     result = labels_landed(sensor_context(env, labeling=LabelingSettings()))
-    assert isinstance(result, dg.SkipReason) and "'llm_judge'" in result.skip_message
+    assert "'llm_judge'" in result.skip_reason.skip_message
     assert env.store.count_rows("labels") == 0
+    # Running by default: later ticks skip without a message (no log line every 30 s) ...
+    quiet = labels_landed(sensor_context(env, cursor=result.cursor, labeling=LabelingSettings()))
+    assert quiet.skip_reason is None and not quiet.run_requests
+    assert env.store.count_rows("labels") == 0
+    # ... until the reason changes.
+    judge = LabelingSettings(source="reward_model_judge")
+    changed = labels_landed(sensor_context(env, cursor=quiet.cursor, labeling=judge))
+    assert "'reward_model_judge'" in changed.skip_reason.skip_message
+    assert labels_landed.default_status == dg.DefaultSensorStatus.RUNNING
 
 
 def test_labels_landed_waits_then_trains_and_is_idempotent(env):
@@ -582,13 +770,65 @@ def test_stop_conditions_say_why(env):
         tags={"dagster/partition": R1},
     )
     plan = plan_next_round(env.instance, env.store, people(), start_first=False)
-    assert plan.key is None and f"{R1} is running (run {run.run_id[:8]})" in plan.reason
+    assert plan.key is None
+    assert f"{R1} is running (run {run.run_id[:8]} of job labelled_round)" in plan.reason
     env.instance.report_run_canceled(run)
     env.store.sql_for_tests(
         "DELETE FROM prompts WHERE prompt_id NOT IN (SELECT prompt_id FROM round_prompts)"
     )
     result = labels_landed(sensor_context(env))
     assert "prompt pool is used up" in result.skip_reason.skip_message
+
+
+def test_only_round_runs_hold_the_next_round_back(env):
+    """A training run of the newest round's partition is not a round: rounds go on."""
+    from dagster._core.test_utils import create_run_for_test
+
+    from auf_assets.training import policy_training_job, reward_model_training_job
+
+    def training_runs(instance):
+        mark_trained(instance, R1)
+        for job in (policy_training_job, reward_model_training_job):
+            create_run_for_test(
+                instance,
+                job_name=job.name,
+                status=dg.DagsterRunStatus.STARTED,
+                tags={"dagster/partition": R1, "auf/trigger": "labels_landed"},
+            )
+
+    training_runs(env.instance)
+    plan = plan_next_round(env.instance, env.store, people(), start_first=False)
+    assert plan.key == "round-0002", plan.reason
+    result = labels_landed(sensor_context(env))
+    assert [(r.job_name, r.partition_key) for r in result.run_requests] == [
+        ("pair_selection", "round-0002")
+    ]
+    automatic = dg.build_sensor_context(
+        instance=env.instance, resources={"store": env.store, "labeling": LabelingSettings()}
+    )
+    assert next_round(automatic).run_requests[0].partition_key == "round-0002"
+    with dg.instance_for_test() as instance:  # a schedule context needs a persistent instance
+        instance.add_dynamic_partitions("rounds", [R1])
+        training_runs(instance)
+        with dg.build_schedule_context(
+            instance=instance,
+            resources={"store": env.store, "labeling": LabelingSettings()},
+            scheduled_execution_time=datetime(2026, 3, 1, 2, 0, tzinfo=timezone.utc),
+        ) as context:
+            assert nightly_round(context).partition_key == "round-0002"
+
+    # A run of round assets started from the UI (by asset selection) is a round run, named so.
+    env.instance.add_dynamic_partitions("rounds", ["round-0002"])
+    run = create_run_for_test(
+        env.instance,
+        job_name="__ASSET_JOB",
+        status=dg.DagsterRunStatus.STARTED,
+        tags={"dagster/partition": "round-0002"},
+        asset_selection=frozenset({dg.AssetKey("completions")}),
+    )
+    plan = plan_next_round(env.instance, env.store, people(), start_first=False)
+    assert plan.key is None
+    assert f"round-0002 is running (run {run.run_id[:8]} of assets completions)" in plan.reason
 
 
 # -- automatic mode: next_round, and the nightly schedule -------------------------------------
@@ -687,6 +927,7 @@ def test_settings_from_the_environment():
 
 def test_cli_import_and_status(env, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("AUF_LABEL_SOURCE", "people")
+    monkeypatch.setenv("AUF_LABEL_SETTLE_SECONDS", "0")  # files written just now: read at once
     good = tmp_path / "mine.csv"
     good.write_text(
         "pair_id,choice,annotator\n" + "".join(f"{r['pair_id']},A,me\n" for r in env.batch[:3])

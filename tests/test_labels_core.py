@@ -1,4 +1,5 @@
-"""Formatting, parsing, validation and resolution of human labels (no Dagster, no store)."""
+"""Formatting, parsing, validation and resolution of human labels (no Dagster, no store), and
+reading label files safely: streamed, bounded, never quoting the file."""
 
 from __future__ import annotations
 
@@ -9,6 +10,12 @@ from datetime import datetime, timedelta
 
 import pytest
 
+from auf_assets.core.label_files import (
+    HashingReader,
+    normalise_choice,
+    parse_label_bytes,
+    parse_label_stream,
+)
 from auf_assets.core.labels import (
     PairInfo,
     Vote,
@@ -17,8 +24,6 @@ from auf_assets.core.labels import (
     batch_records,
     label_id,
     map_choice,
-    normalise_choice,
-    parse_label_bytes,
     resolve_votes,
     to_csv,
     to_jsonl,
@@ -154,7 +159,7 @@ def test_label_studio_export_is_read_with_annotators_and_comments():
         ("x.jsonl", b'{"pair_id": "pr-0", "choice": "C"}\n', 1, "choice must be A, B or tie"),
         ("x.jsonl", b'["pr-0", "A"]\n', 1, "must be a JSON object"),
         ("x.jsonl", b'{"pair_id": "pr-0", "choice": "A", "labelled_at": "noon"}', 1, "ISO 8601"),
-        ("x.csv", b"pair_id,label\npr-0,A\n", 1, "no choice column"),
+        ("x.csv", b"pair_id,label\npr-0,A\n", 1, "no header with a choice column"),
         ("x.csv", b'pair_id,choice\npr-0,A\npr-1,"B\n', 3, "not valid CSV"),
         ("x.csv", b"pair_id,choice\npr-0,A,extra\n", 2, "3 fields where the header has 2"),
         ("x.csv", "pair_id,choice\npr-0,é\n".encode("latin-1"), 2, "not UTF-8"),
@@ -191,30 +196,30 @@ def test_validation_against_the_stored_pairs():
         {"pair_id": "pr-3", "choice": "B", "annotator": "y"},  # another annotator: fine
     ]
     parsed = parse_label_bytes(to_jsonl(lines).encode(), "f.jsonl")
-    kept, repeats, problems = validate_labels(parsed, known, file_name="f.jsonl")
-    assert repeats == [4]
-    assert {p.line: p.message.split(" ")[0] for p in problems} == {
+    check = validate_labels(parsed, known, file_name="f.jsonl")
+    assert check.repeats == [4] and not check.truncated
+    assert {p.line: p.message.split(" ")[0] for p in check.problems} == {
         2: "unknown",
         3: "pair",
         6: "conflicting",
     }
-    assert "belongs to round-0001, the line says round-0002" in problems[1].message
-    assert [k.line for k in kept] == [1, 5, 7, 8]
+    assert "belongs to round-0001, not to the round_id the line gives" in check.problems[1].message
+    assert [k.line for k in check.kept] == [1, 5, 7, 8]
 
-    _, _, problems = validate_labels(
+    check = validate_labels(
         parse_label_bytes(b'{"pair_id": "pr-0", "choice": "A"}', "g.jsonl"),
         known,
         file_name="g.jsonl",
         expected_round="round-0002",
     )
-    assert "not to round-0002" in problems[0].message
+    assert "not to round-0002" in check.problems[0].message
 
-    _, _, problems = validate_labels(
+    check = validate_labels(
         parse_label_bytes(b'{"pair_id": "pr-0", "choice": "A"}', "g.jsonl"),
         infos(rows, sent=False),
         file_name="g.jsonl",
     )
-    assert "never sent out" in problems[0].message
+    assert "never sent out" in check.problems[0].message
 
 
 def test_presented_choices_map_back_to_the_pair():
@@ -277,3 +282,100 @@ def test_jsonl_lines_may_hold_unicode_line_separators():
     text = to_jsonl([{"pair_id": "pr-0", "choice": "A", "comment": "one\u2028two\x85three\rfour"}])
     parsed = parse_label_bytes(text.encode(), "x.jsonl")
     assert not parsed.problems and parsed.labels[0].comment == "one\u2028two\x85three\rfour"
+
+
+# -- reading label files safely -----------------------------------------------------------------
+
+SECRET = "root:*:20228:0:99999:7:::"
+
+# Each file is wrong in one place, and that place holds SECRET: no message may repeat it.
+QUOTING_FILES = [
+    ("shadow.csv", f"{SECRET}\ndaemon:*:20228:0:99999:7:::\n", 1, "no header with a pair_id"),
+    ("x.csv", f"pair_id,choice,{SECRET}\npr-0,A,x\n", None, None),  # other columns: fine
+    ("x.csv", f"{SECRET},{SECRET}\npr-0,A\n", 1, "no header"),
+    ("x.csv", f"pair_id,choice,x,x\npr-0,A,{SECRET},y\n", 1, "names a column twice"),
+    ("x.jsonl", json.dumps({"pair_id": "pr-0", "choice": SECRET}), 1, "choice must be A, B"),
+    ("x.jsonl", json.dumps({"pair_id": "pr-0", "choice": [SECRET]}), 1, "choice must be A, B"),
+    ("x.jsonl", json.dumps({"pair_id": [SECRET], "choice": "A"}), 1, "pair_id must be text"),
+    ("x.jsonl", json.dumps({"pair_id": "pr-0", "choice": "A", "labelled_at": SECRET}), 1, "8601"),
+    ("x.jsonl", f'{{"pair_id": "{SECRET}", "choice": "A"', 1, "not valid JSON"),
+    ("x.json", f'[{{"pair_id": "{SECRET}"', 1, "not valid JSON"),
+    ("x.csv", f'pair_id,choice\n"{SECRET}\n', 2, "not valid CSV"),
+]
+
+
+@pytest.mark.parametrize(("name", "text", "line", "message"), QUOTING_FILES)
+def test_no_problem_quotes_the_file(name, text, line, message):
+    parsed = parse_label_bytes(text.encode(), name)
+    if message is None:
+        assert not parsed.problems
+        return
+    assert parsed.problems and parsed.problems[0].line == line, parsed.problems
+    assert message in parsed.problems[0].message
+    for problem in parsed.problems:
+        assert "root" not in str(problem) and "20228" not in str(problem), problem
+
+
+def test_validation_does_not_quote_the_file():
+    known = infos(pair_rows())
+    lines = [
+        {"pair_id": SECRET, "choice": "A"},  # unknown pair
+        {"pair_id": "pr-1", "choice": "A", "round_id": SECRET},  # another round
+        {"pair_id": "pr-2", "choice": "A", "annotator": SECRET},
+        {"pair_id": "pr-2", "choice": "B", "annotator": SECRET},  # conflicting duplicate
+    ]
+    check = validate_labels(
+        parse_label_bytes(to_jsonl(lines).encode(), "f.jsonl"), known, file_name="f.jsonl"
+    )
+    assert [p.line for p in check.problems] == [1, 2, 4]
+    assert all("root" not in str(p) for p in check.problems), check.problems
+    assert "pair pr-1 belongs to round-0001" in check.problems[1].message  # stored values: named
+
+
+def test_a_file_that_is_not_utf8_names_the_line_not_the_bytes():
+    data = b'{"pair_id": "pr-0", "choice": "A"}\n' * 3000 + b'{"pair_id": "pr-\xff\xfe"}\n'
+    parsed = parse_label_bytes(data, "x.jsonl")
+    assert [(p.line, "not UTF-8" in p.message) for p in parsed.problems] == [(3001, True)]
+    assert "0xff" not in str(parsed.problems[0])
+
+
+def test_checking_stops_after_max_problems_and_says_there_are_more():
+    junk = b"".join(b"junk line %d that is not json\n" % i for i in range(50_000))
+    parsed = parse_label_bytes(junk, "junk.jsonl", max_problems=20)
+    assert len(parsed.problems) == 20 and parsed.truncated
+    assert [p.line for p in parsed.problems] == list(range(1, 21))
+    # Exactly max_problems problems: all listed, and no "more".
+    parsed = parse_label_bytes(b"x\n" * 20, "few.jsonl", max_problems=20)
+    assert len(parsed.problems) == 20 and not parsed.truncated
+    # Validation shares the budget.
+    lines = [{"pair_id": f"pr-x{i}", "choice": "A"} for i in range(30)]
+    parsed = parse_label_bytes(to_jsonl(lines).encode(), "u.jsonl", max_problems=5)
+    check = validate_labels(parsed, infos(pair_rows()), file_name="u.jsonl")
+    assert len(check.problems) == 5 and check.truncated
+
+
+def test_a_big_junk_file_is_read_as_a_stream(tmp_path):
+    """Memory stays far below the file's size; the hash still covers every byte."""
+    import hashlib
+    import tracemalloc
+
+    path = tmp_path / "junk.csv"
+    line = b"pair_id,choice\n" + b"x" * 200 + b"\n"
+    path.write_bytes(line * 40_000)  # 8.6 MB, every line after the first a problem
+    tracemalloc.start()
+    with path.open("rb", buffering=0) as handle:
+        reader = HashingReader(handle)
+        parsed = parse_label_stream(reader, path.name, max_problems=20)
+        reader.drain()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(parsed.problems) == 20 and parsed.truncated
+    assert peak < 2_000_000, peak
+    assert reader.hexdigest() == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert reader.bytes_read == path.stat().st_size
+
+
+def test_reading_stops_at_the_limit_of_a_growing_file():
+    reader = HashingReader(io.BytesIO(b"x" * 100_000), limit=10)
+    reader.drain()
+    assert reader.bytes_read == 10

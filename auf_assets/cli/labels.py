@@ -21,11 +21,11 @@ def _settings():
 
 
 def _import(args: argparse.Namespace) -> int:
-    from auf_assets.label_inbox import import_label_file
+    from auf_assets.label_inbox import import_label_file, settle
     from resources.store import DuckDBStore
 
     path = Path(args.file)
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         print(f"{path}: no such file", file=sys.stderr)
         return 1
     try:
@@ -33,17 +33,24 @@ def _import(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(str(exc), file=sys.stderr)
         return 2
+    unsettled = settle(path, settings, say=lambda note: print(note, file=sys.stderr))
+    if unsettled:
+        print(f"{path}: {unsettled}", file=sys.stderr)
+        return 1
     store = DuckDBStore()
     outcome = import_label_file(
         path, store, settings, expected_round=args.round or None, keep_original=True
     )
     if outcome.status == "quarantined":
         print(f"{path}: rejected, nothing was stored.", file=sys.stderr)
-        for problem in outcome.problems[:50]:
+        for problem in outcome.problems:
             print(f"  {problem}", file=sys.stderr)
-        if len(outcome.problems) > 50:
-            print(f"  ... {len(outcome.problems) - 50} more", file=sys.stderr)
+        if outcome.more_problems:
+            print("  ... and more (checking stopped there)", file=sys.stderr)
         print(f"A copy and the reason are in {outcome.reason_file.parent}.", file=sys.stderr)
+        return 1
+    if outcome.status not in ("imported", "already_imported"):
+        print(outcome.summary(), file=sys.stderr)
         return 1
     print(outcome.summary())
     if not settings.people:
@@ -115,7 +122,7 @@ def _status(args: argparse.Namespace) -> int:
     )
     _print_status(store, settings)
     inbox = settings.inbox_dir
-    pending = sorted(p.name for p in inbox.iterdir() if p.is_file()) if inbox.is_dir() else []
+    pending = sorted(p.name for p in inbox.iterdir() if not p.is_dir()) if inbox.is_dir() else []
     quarantined = settings.quarantine_dir
     rejected = sorted(p.name for p in quarantined.glob("*.reason")) if quarantined.is_dir() else []
     listed = f": {', '.join(pending[:5])}" + (" ..." if len(pending) > 5 else "") if pending else ""
@@ -133,7 +140,11 @@ def add_commands(sub) -> None:
         help="validate a label file and store its labels (the sensor's own import)",
         description="Validate FILE (jsonl, csv or a Label Studio JSON export) and store its "
         "labels. A file with any bad line is rejected whole: nothing is stored, a copy and a "
-        ".reason file go to the quarantine folder, and the exit code is 1.",
+        ".reason file go to the quarantine folder, and the exit code is 1. Not read at all (exit "
+        "code 1): a symbolic link or anything else that is not a regular file, a file larger "
+        "than AUF_LABEL_MAX_FILE_MB, and a file that changes during AUF_LABEL_SETTLE_SECONDS "
+        "after it was last modified (it is still being written; a file saved moments ago is "
+        "read after that wait).",
     )
     imp.add_argument("file", help="label file")
     imp.add_argument("--round", default="", help="reject labels of pairs of any other round")

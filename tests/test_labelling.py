@@ -320,7 +320,7 @@ SHADOW = "root:*:20228:0:99999:7:::\ndaemon:*:20228:0:99999:7:::\n"  # "20228": 
 def messages_of(env, outcome) -> str:
     """Everything a person or the store gets to see about an import."""
     reasons = [p.read_text() for p in env.labeling.quarantine_dir.glob("*.reason")]
-    stored = env.store.query("SELECT reason FROM imported_files")["reason"].to_list()
+    stored = env.store.sql_for_tests("SELECT reason FROM imported_files")["reason"].to_list()
     return "\n".join([outcome.summary(), *outcome.problems, *reasons, *map(str, stored)])
 
 
@@ -422,7 +422,7 @@ def test_a_junk_file_is_checked_until_max_problems(env):
     reason = outcome.reason_file.read_text()
     assert "the first 7 problem(s) (checking stopped there; the file has more)" in reason
     assert reason.count("not valid JSON") == 7 and "... and more" in reason
-    stored = env.store.query("SELECT reason FROM imported_files")["reason"].item()
+    stored = env.store.sql_for_tests("SELECT reason FROM imported_files")["reason"].item()
     assert stored.count("not valid JSON") == 7 and stored.endswith("; and more")
     assert not junk.exists()
     # The store knows the file by the hash of all of it, although checking stopped early.
@@ -470,12 +470,12 @@ def test_cli_does_not_store_a_file_still_being_written(env, tmp_path, capsys, mo
 
 def test_outbox_paths_are_stored_relative_to_the_home(env):
     # `env` runs in a copy of the home the batch was written in.
-    stored = env.store.query("SELECT jsonl_path, csv_path FROM annotation_batches").row(0)
+    stored = env.store.sql_for_tests("SELECT jsonl_path, csv_path FROM annotation_batches").row(0)
     assert stored == ("labels/outbox/round-0001.jsonl", "labels/outbox/round-0001.csv")
     (status,) = label_status(env.store, env.labeling)
     assert status.outbox["jsonl"] == str(env.home / "labels/outbox/round-0001.jsonl")
     # A row written before paths were relative names the home it was written in.
-    env.store.query(
+    env.store.sql_for_tests(
         "UPDATE annotation_batches SET jsonl_path = '/elsewhere/old-home/labels/outbox/"
         "round-0001.jsonl', labelstudio_path = '/data/shared-outbox/round-0001.labelstudio.json'"
     )

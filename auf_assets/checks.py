@@ -9,7 +9,7 @@ from auf_assets.active_round import (
     reward_scores,
     selected_pairs,
 )
-from auf_assets.core.policy_selection import POLICY_METHODS
+from auf_assets.core.methods import method_names
 from auf_assets.partitions import rounds_partitions
 from auf_assets.round_chain import chain_report, stale_rounds
 from resources.store import DuckDBStore
@@ -80,7 +80,7 @@ def selected_pairs_valid(
         "SELECT count(*) AS pairs, count(DISTINCT s.prompt_id) AS prompts_with_pairs, "
         "(SELECT count(*) FROM round_prompts WHERE round_id = $r) AS prompts, "
         "count(*) FILTER (WHERE s.completion_a = s.completion_b) AS same_response, "
-        "split_part(any_value(s.method), ':', 1) AS method, "
+        "any_value(s.method) AS method, any_value(s.fallback) AS fallback, "
         "count(*) FILTER (WHERE a.prompt_id IS DISTINCT FROM s.prompt_id OR "
         "b.prompt_id IS DISTINCT FROM s.prompt_id) AS foreign_response "
         "FROM pairs s LEFT JOIN completions a ON a.completion_id = s.completion_a "
@@ -88,7 +88,7 @@ def selected_pairs_valid(
         {"r": context.partition_key},
     ).row(0, named=True)
     # Policy-aware methods may leave prompts out (fraction < 1, or only identical responses).
-    every_prompt = row["method"] not in POLICY_METHODS
+    every_prompt = row["method"] not in method_names("policy")
     passed = (
         row["pairs"] == row["prompts_with_pairs"]
         and (row["pairs"] == row["prompts"] if every_prompt else row["pairs"] <= row["prompts"])

@@ -318,10 +318,16 @@ CREATE TABLE IF NOT EXISTS call_cache (
     created_at TIMESTAMP NOT NULL,
     PRIMARY KEY (round_id, step, key)
 );
+-- A pair's method could not apply and another rule picked it (a policy method's first round:
+-- 'random'); NULL when the method picked it. Older files stored this as a ':random' suffix of
+-- the method: split it off.
+ALTER TABLE pairs ADD COLUMN IF NOT EXISTS fallback VARCHAR;
+UPDATE pairs SET fallback = split_part(method, ':', 2), method = split_part(method, ':', 1)
+WHERE method LIKE '%:%';
 """
 
 # Bumped whenever SCHEMA changes: a connection runs SCHEMA only when the file's version is older.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 # Tables whose rows belong to one round partition (the unit of idempotent replacement).
@@ -618,19 +624,11 @@ class DuckDBStore(dg.ConfigurableResource):
             )
         )
 
-    def replay_buffer(self, round_index: int, capacity: int) -> pl.DataFrame:
-        """The replay buffer after round `round_index`: a FIFO of the decided pairs.
-
-        The newest `capacity` decided pairs of the rounds up to `round_index`, oldest first, in
-        the order the rounds took their prompts: the simulator's `ReplayBuffer` holds the same
-        pairs in the same order.
-        """
-        return self.decided_pairs(round_index).tail(capacity)
-
     def decided_pairs(self, through_index: int | None = None) -> pl.DataFrame:
         """Every a/b verdict of the rounds up to `through_index` (all: None), oldest first.
 
-        The order of the replay buffer: by round, then by the prompt's position in its round.
+        The order of the replay buffer (`auf_assets.core.round_step.ReplayBuffer`, which keeps
+        the newest of them): by round, then by the prompt's position in its round.
         """
         return self.query(
             "SELECT j.round_id, r.round_index, q.position, j.pair_id, "

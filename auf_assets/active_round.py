@@ -26,7 +26,12 @@ from auf_assets.core.methods import ROUND_FAMILIES, get_method
 from auf_assets.core.presets import DEFAULT_PRESET, default_round, get_preset
 from auf_assets.core.principles import choose_system_prompt
 from auf_assets.core.response_pool import PoolFileError, oracle_scores, read_pool
-from auf_assets.core.round_step import ReplayBuffer, select_with_model, train_on_replay
+from auf_assets.core.round_step import (
+    ReplayBuffer,
+    select_with_model,
+    train_on_replay,
+    warming_up,
+)
 from auf_assets.partitions import round_index, rounds_partitions
 from auf_assets.placement import GPU_POOL, GPU_TAGS
 from auf_assets.prompts import prompt_pool
@@ -609,18 +614,19 @@ def selected_pairs(
         raise dg.Failure(f"{round_id} has no reward scores: materialise reward_scores first")
     prompt_ids, completion_ids, (mu, sigma), mask = by_prompt_matrices(scores, ["mu", "sigma"])
     seed = stable_seed(round_id, config.seed)
+    round_number = round_index(round_id)
     picks, method = select_with_model(
         config.method,
         mu,
         sigma,
         mask,
-        round_number=round_index(round_id),
+        round_number=round_number,
         warmup_rounds=config.warmup_rounds,
         beta=config.beta,
         seed=seed,
     )
-    warming_up = method != config.method
-    if warming_up:
+    warm_up = warming_up(round_number, config.warmup_rounds)
+    if warm_up:
         context.log.info(f"{round_id} is a warm-up round: pairs are picked at random")
     rows = pl.DataFrame(
         {
@@ -638,7 +644,7 @@ def selected_pairs(
         metadata={
             "dagster/row_count": rows.height,
             "method": method,
-            "warm_up_round": warming_up,
+            "warm_up_round": warm_up,
             "beta": config.beta,
             "responses_per_prompt": int(mask.sum(axis=1).max()),
             # The model's view of the pairs it picked against a random pick: equal while the

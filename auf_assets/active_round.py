@@ -12,7 +12,6 @@ import json
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -21,13 +20,18 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from auf_assets.core.acquisition import ACQUISITION_METHODS, select_pairs
 from auf_assets.core.judging import ASPECTS, decide_preference
 from auf_assets.core.labels import Vote, resolve_votes
-from auf_assets.core.policy_selection import POLICY_METHODS
+from auf_assets.core.methods import ROUND_FAMILIES, get_method
 from auf_assets.core.presets import DEFAULT_PRESET, default_round, get_preset
 from auf_assets.core.principles import choose_system_prompt
 from auf_assets.core.response_pool import PoolFileError, oracle_scores, read_pool
+from auf_assets.core.round_step import (
+    ReplayBuffer,
+    select_with_model,
+    train_on_replay,
+    warming_up,
+)
 from auf_assets.partitions import round_index, rounds_partitions
 from auf_assets.placement import GPU_POOL, GPU_TAGS
 from auf_assets.prompts import prompt_pool
@@ -583,21 +587,31 @@ def selected_pairs(
     context: dg.AssetExecutionContext, config: SelectedPairsConfig, store: DuckDBStore
 ) -> dg.MaterializeResult:
     round_id = context.partition_key
-    if config.method in POLICY_METHODS:
+    try:
+        family = get_method(config.method, families=ROUND_FAMILIES).family
+    except ValueError as exc:
+        raise dg.Failure(f"selected_pairs: {exc}") from exc
+    if family == "policy":
         return _policy_selected_pairs(context, config, store, round_id)
-    if config.method not in ACQUISITION_METHODS:
-        known = sorted([*ACQUISITION_METHODS, *POLICY_METHODS])
-        raise dg.Failure(f"unknown acquisition method {config.method!r}; known: {known}")
     scores = store.round_rows("reward_scores", round_id)
     if scores.height == 0:
         raise dg.Failure(f"{round_id} has no reward scores: materialise reward_scores first")
     prompt_ids, completion_ids, (mu, sigma), mask = by_prompt_matrices(scores, ["mu", "sigma"])
     seed = stable_seed(round_id, config.seed)
-    warming_up = round_index(round_id) <= config.warmup_rounds
-    method = "random" if warming_up else config.method
-    if warming_up:
+    round_number = round_index(round_id)
+    picks, method = select_with_model(
+        config.method,
+        mu,
+        sigma,
+        mask,
+        round_number=round_number,
+        warmup_rounds=config.warmup_rounds,
+        beta=config.beta,
+        seed=seed,
+    )
+    warm_up = warming_up(round_number, config.warmup_rounds)
+    if warm_up:
         context.log.info(f"{round_id} is a warm-up round: pairs are picked at random")
-    picks = select_pairs(method, mu, sigma, beta=config.beta, seed=seed, mask=mask)
     rows = pl.DataFrame(
         {
             "prompt_id": prompt_ids,
@@ -614,7 +628,7 @@ def selected_pairs(
         metadata={
             "dagster/row_count": rows.height,
             "method": method,
-            "warm_up_round": warming_up,
+            "warm_up_round": warm_up,
             "beta": config.beta,
             "responses_per_prompt": int(mask.sum(axis=1).max()),
             # The model's view of the pairs it picked against a random pick: equal while the
@@ -637,14 +651,21 @@ def selected_pairs(
     )
 
 
-def _with_pair_ids(rows: pl.DataFrame, round_id: str, method: str, config, seed: int):
-    """The stored pair rows: a stable pair id per (round, prompt, a, b) and the provenance."""
+def _with_pair_ids(
+    rows: pl.DataFrame, round_id: str, method: str, config, seed: int, fallback: str | None = None
+):
+    """The stored pair rows: a stable pair id per (round, prompt, a, b) and the provenance.
+
+    ``fallback``: NULL when ``method`` picked the pairs, else the rule that picked them instead
+    because the method could not apply (a policy method's first round: "random").
+    """
     return rows.with_columns(
         pair_id=pl.concat_str(
             pl.lit(round_id), "prompt_id", "completion_a", "completion_b", separator="|"
         ).map_elements(lambda s: "pr-" + stable_hash(s), return_dtype=pl.String),
         round_id=pl.lit(round_id),
         method=pl.lit(method),
+        fallback=pl.lit(fallback, dtype=pl.String),
         beta=pl.lit(config.beta),
         seed=pl.lit(seed, dtype=pl.Int64),
         created_at=pl.lit(utcnow()),
@@ -664,12 +685,14 @@ def _policy_selected_pairs(context, config: SelectedPairsConfig, store, round_id
         fraction=config.fraction,
         lam=config.lam,
     )
-    method = config.method if meta["fallback"] == "none" else f"{config.method}:random"
-    store.replace_round("pairs", round_id, _with_pair_ids(rows, round_id, method, config, seed))
+    fallback = None if meta["fallback"] == "none" else meta["fallback"]
+    store.replace_round(
+        "pairs", round_id, _with_pair_ids(rows, round_id, config.method, config, seed, fallback)
+    )
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": rows.height,
-            "method": method,
+            "method": config.method,
             **meta,
             "preview": markdown_preview(
                 rows.select("prompt_id", "completion_a", "completion_b", "mu_a", "mu_b")
@@ -1056,7 +1079,7 @@ def reward_model(
 ) -> dg.MaterializeResult:
     round_id = context.partition_key
     index = round_index(round_id)
-    buffer = store.replay_buffer(index, uncertainty_model.replay_capacity)
+    buffer = ReplayBuffer.of(store.decided_pairs(index), uncertainty_model.replay_capacity).rows
     this_round = int((buffer["round_id"] == round_id).sum()) if buffer.height else 0
     dim = store.feature_dim(round_id, encoder.key)
     if dim is None:
@@ -1084,17 +1107,8 @@ def reward_model(
         chosen = store.load_features(buffer["chosen_completion_id"].to_list(), encoder.key)
         rejected = store.load_features(buffer["rejected_completion_id"].to_list(), encoder.key)
         context.log.info(f"training {uncertainty_model.n_heads} heads on {buffer.height} pairs")
-        # Passes as in the simulator: each samples the buffer afresh (persistent generator).
-        passes = [
-            model.train_round(chosen, rejected, prompts_done)
-            for _ in range(uncertainty_model.train_passes)
-        ]
-        stats = replace(
-            passes[-1],
-            loss_before=passes[0].loss_before,
-            bt_before=passes[0].bt_before,
-            steps=sum(p.steps for p in passes),
-            seconds=sum(p.seconds for p in passes),
+        stats = train_on_replay(
+            model, chosen, rejected, prompts_done, uncertainty_model.train_passes
         )
         mu_c, _ = model.predict(chosen)
         mu_r, _ = model.predict(rejected)

@@ -9,7 +9,7 @@ from auf_assets.active_round import (
     reward_scores,
     selected_pairs,
 )
-from auf_assets.core.policy_selection import POLICY_METHODS
+from auf_assets.core.methods import method_names
 from auf_assets.partitions import rounds_partitions
 from auf_assets.round_chain import chain_report, stale_rounds
 from resources.store import DuckDBStore
@@ -64,7 +64,7 @@ def selected_pairs_valid(
 ) -> dg.AssetCheckResult:
     row = store.pair_counts(context.partition_key)
     # Policy-aware methods may leave prompts out (fraction < 1, or only identical responses).
-    every_prompt = row["method"] not in POLICY_METHODS
+    every_prompt = row["method"] not in method_names("policy")
     passed = (
         row["pairs"] == row["prompts_with_pairs"]
         and (row["pairs"] == row["prompts"] if every_prompt else row["pairs"] <= row["prompts"])

@@ -10,9 +10,10 @@ A round in this mode (`policy_round` job) is the active round plus two assets:
   adapter, which round k+1 then selects with.
 
 `selected_pairs` with a policy-aware method reads `policy_logprobs` (see :func:`policy_pairs`);
-round 1 (no adapter yet: pi == pi_ref, every margin 0) falls back to random pairs, and identical
-responses are never paired. The rules are :mod:`auf_assets.core.policy_selection`; the scoring
-is :mod:`auf_assets.core.policy`.
+round 1 (no adapter yet: pi == pi_ref, every margin 0) falls back to random pairs (the pairs'
+`fallback` column says "random"), and identical responses are never paired. The rules are
+:mod:`auf_assets.core.policy_selection` (found through :mod:`auf_assets.core.methods`); the
+scoring is :mod:`auf_assets.core.policy`.
 """
 
 import time
@@ -25,13 +26,10 @@ import polars as pl
 from pydantic import Field
 
 from auf_assets.active_round import by_prompt_matrices, completions, holds_round_chain
+from auf_assets.core.methods import get_method
 from auf_assets.core.policy import PolicyLoopConfig, PolicyScorer, conversation
-from auf_assets.core.policy_selection import (
-    POLICY_METHODS,
-    CountSketch,
-    identical_pairs,
-    select_policy_pairs,
-)
+from auf_assets.core.policy_selection import CountSketch, identical_pairs
+from auf_assets.core.round_step import select_with_policy
 from auf_assets.partitions import round_index, rounds_partitions
 from auf_assets.placement import GPU_POOL, GPU_TAGS
 from auf_assets.reporting import progress_logger
@@ -282,7 +280,8 @@ def policy_pairs(
     prompt_ids, ids, (reward, grow), mask = by_prompt_matrices(scores, ["reward", "row"], [0, -1])
     grow = grow.astype(np.int64)
     gradients, sketch, v_inv = None, None, None
-    if method == "activedpo":
+    needs_gradients = "gradients" in get_method(method, families=("policy",)).needs
+    if needs_gradients:
         files = scores["gradient_file"].drop_nulls().unique().to_list()
         if files:
             matrix = np.load(store.resolve(files[0]))
@@ -292,11 +291,11 @@ def policy_pairs(
             v_inv = _previous_v_inv(store, round_id, sketch)
         elif scores["policy_round"].drop_nulls().len():
             raise dg.Failure(
-                f"activedpo needs gradient features: materialise {round_id}'s policy_logprobs "
+                f"{method} needs gradient features: materialise {round_id}'s policy_logprobs "
                 "with gradient_features: true"
             )
     started = time.perf_counter()
-    picked = select_policy_pairs(
+    picked = select_with_policy(
         method,
         reward,
         mask,
@@ -347,7 +346,7 @@ def policy_pairs(
     if picked.fallback:
         why = (
             "no gradient features yet (round 1) or no usable gradient differences"
-            if method == "activedpo"
+            if needs_gradients
             else "every implicit margin is 0 (no DPO step yet: the policy is the reference)"
         )
         context.log.info(f"{method}: {why}: pairs are picked at random")
@@ -360,10 +359,6 @@ def policy_pairs(
         "policy_round": scores["policy_round"].drop_nulls().first() or "base",
     }
     return rows, meta
-
-
-def is_policy_method(method: str) -> bool:
-    return method in POLICY_METHODS
 
 
 POLICY_ASSETS = [policy_logprobs]

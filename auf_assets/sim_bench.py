@@ -38,14 +38,12 @@ from typing import Any
 
 import numpy as np
 
-from auf_assets.core.baselines import BASELINE_METHODS
-from auf_assets.core.policy_selection import POLICY_METHODS
+from auf_assets.core.methods import get_method, method_names
 from auf_assets.core.simulation import (
     SPLIT_HALVES,
     SPLIT_KINDS,
     SimPool,
     SimulationConfig,
-    known_methods,
     load_pool,
     pool_half,
     protocol_split,
@@ -118,9 +116,9 @@ class BenchSpec:
             raise ValueError(f"split must be one of {', '.join(SPLIT_KINDS)}; got {self.split!r}")
         if self.split is not None and self.n_splits < 1:
             raise ValueError(f"n_splits must be >= 1, got {self.n_splits}")
-        unknown = [m for m in self.methods if m not in known_methods()]
+        unknown = [m for m in self.methods if m not in method_names()]
         if unknown:
-            raise ValueError(f"unknown method(s) {unknown}; known: {', '.join(known_methods())}")
+            raise ValueError(f"unknown method(s) {unknown}; known: {', '.join(method_names())}")
         if not self.methods or not self.seeds:
             raise ValueError("give at least one method and one seed")
         if len(set(self.methods)) != len(self.methods) or len(set(self.seeds)) != len(self.seeds):
@@ -136,7 +134,7 @@ def _run_for(run: dict[str, Any], method: str, seed: int) -> dict[str, Any]:
     so one bench compares a policy method at fraction < 1 with the reward-model methods."""
     out = {**run, "method": method, "seed": seed}
     options = dict(out.get("method_options") or {})
-    if "fraction" in options and method not in POLICY_METHODS:
+    if "fraction" in options and get_method(method).family != "policy":
         options.pop("fraction")
         out["method_options"] = options
     return out
@@ -214,9 +212,9 @@ def policy_loop(policy: dict[str, Any] | None, method: str, seed: int, log: Log 
     ``reference_cache`` (a JSON file of pi_ref's log-probs shared by the runs; may be empty).
     """
     from auf_assets.core.policy import PolicyLoop, PolicyLoopConfig, ReferenceCache
-    from auf_assets.core.policy_selection import POLICY_METHODS
 
-    if policy is None or (method not in POLICY_METHODS and not policy.get("all_methods")):
+    selects = get_method(method).family == "policy"
+    if policy is None or (not selects and not policy.get("all_methods")):
         return None
     base = str(policy["base_dir"])
     cache = ReferenceCache(base, policy.get("reference_cache") or None)
@@ -266,9 +264,7 @@ def run_one(
 
 
 def _labels_per_prompt(method: str) -> str:
-    if method in BASELINE_METHODS:
-        return BASELINE_METHODS[method].labels_per_prompt
-    return "2"
+    return get_method(method).labels_per_prompt
 
 
 def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
@@ -581,7 +577,7 @@ def plot_curves(
     cmap = plt.get_cmap("tab10" if len(summary) <= 10 else "tab20")
     for i, (method, s) in enumerate(summary.items()):
         color = "black" if method == "random" else cmap(i % cmap.N)
-        style = "--" if method in BASELINE_METHODS else "-"
+        style = "--" if get_method(method).family == "oracle" else "-"
         lw = 2.2 if method in ("random", "drts", "deltaucb") else 1.2
         x = np.array([p["labels"] for p in s["curve"]], dtype=float)
         for ax, (metric, _) in zip(axes, panels, strict=True):

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -45,10 +46,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from auf_assets.core.ensemble import (  # noqa: E402
     EnsembleConfig,
-    ReplayBuffer,
     RewardEnsemble,
     onednn_available,
 )
+from auf_assets.core.round_step import ReplayBuffer  # noqa: E402
 
 # Per-round medians of the reference implementation as measured on the 2-core development machine
 # (fp32); quoted for comparison only, not measured by this script.
@@ -166,6 +167,11 @@ def select_pairs(mu: np.ndarray, sigma: np.ndarray, beta: float = 1.0) -> tuple[
 # ------------------------------------------------------------------------------------ fast path
 
 
+def _pairs(chosen: np.ndarray, rejected: np.ndarray) -> pl.DataFrame:
+    """Labelled feature pairs as replay-buffer rows (array columns)."""
+    return pl.DataFrame({"chosen": chosen, "rejected": rejected})
+
+
 def run_fast(
     d: int,
     shape: Shape,
@@ -188,15 +194,15 @@ def run_fast(
     model = RewardEnsemble(d, cfg)
     if gemm:
         model.gemm_backend = gemm
-    buffer = ReplayBuffer(shape.capacity, d)
+    buffer = ReplayBuffer(shape.capacity)
     if not filling:
-        buffer.add(*data.random_pairs(shape.capacity))
+        buffer.add(_pairs(*data.random_pairs(shape.capacity)))
     timing = Timing()
     n_done = 0
     for rnd in range(warmup + rounds):
         feats = data.block()  # [P, N, d], generated outside the timed region
         if filling:
-            buffer = ReplayBuffer(shape.capacity, d)
+            buffer = ReplayBuffer(shape.capacity)
         idle = wait_for_idle(wait_idle) if rnd >= warmup else True
         t0 = time.perf_counter()
         mu, sigma = model.predict(feats.reshape(-1, d))
@@ -205,8 +211,8 @@ def run_fast(
         rows = np.arange(shape.prompts)
         chosen, rejected = data.label(feats[rows, a], feats[rows, b])
         t2 = time.perf_counter()
-        buffer.add(chosen, rejected)
-        c, r = buffer.arrays()
+        buffer.add(_pairs(chosen, rejected))
+        c, r = buffer.arrays("chosen", "rejected")
         t3 = time.perf_counter()
         n_done += shape.prompts
         stats = model.train_round(c, r, n_done)

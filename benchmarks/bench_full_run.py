@@ -23,10 +23,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import torch
 
 from auf_assets.core.acquisition import select_pairs
-from auf_assets.core.ensemble import EnsembleConfig, ReplayBuffer, RewardEnsemble
+from auf_assets.core.ensemble import EnsembleConfig, RewardEnsemble
+from auf_assets.core.round_step import ReplayBuffer
 
 
 def peak_rss_mb() -> float:
@@ -126,7 +128,7 @@ def main() -> None:
     rng = np.random.default_rng(args.seed + 1)
     direction = (rng.standard_normal(args.dim) / np.sqrt(args.dim)).astype(np.float32)
     model = RewardEnsemble(args.dim, EnsembleConfig(n_heads=args.heads, seed=args.seed))
-    buffer = ReplayBuffer(model.config.replay_capacity, args.dim, dtype=np.float32)
+    buffer = ReplayBuffer(model.config.replay_capacity)
     timings = {"io": 0.0, "scoring": 0.0, "selection": 0.0, "training": 0.0}
     per_round = []
     run_started = time.perf_counter()
@@ -151,11 +153,13 @@ def main() -> None:
         first, second = x[flat[:, 0]], x[flat[:, 1]]
         score = oracle_scores(np.concatenate([first, second]), direction, rng)
         first_wins = (score[: args.prompts] >= score[args.prompts :])[:, None]
-        buffer.add(np.where(first_wins, first, second), np.where(first_wins, second, first))
+        chosen = np.where(first_wins, first, second).astype(np.float32)
+        rejected = np.where(first_wins, second, first).astype(np.float32)
+        buffer.add(pl.DataFrame({"chosen": chosen, "rejected": rejected}))
         timings["selection"] += time.perf_counter() - t
 
         t = time.perf_counter()
-        chosen, rejected = buffer.arrays()
+        chosen, rejected = buffer.arrays("chosen", "rejected")
         model.train_round(chosen, rejected, n_done=(r + 1) * args.prompts)
         timings["training"] += time.perf_counter() - t
         per_round.append(time.perf_counter() - round_started)

@@ -352,6 +352,7 @@ def round_traffic(store, synth: Synth, index: int, encoder: str, dim: int, capac
     encode, the round's features, the scores, the judged responses, the replay buffer with its
     features, the orphan-file scan of `reward_model`).
     """
+    from auf_assets.core.round_step import ReplayBuffer
     from resources import home
 
     t = Timer()
@@ -434,7 +435,7 @@ def round_traffic(store, synth: Synth, index: int, encoder: str, dim: int, capac
     # reward_model: the replay buffer (all decided pairs through this round, newest kept), its
     # features, the anchor count, the feature size; then the row; then the orphan-file scan.
     with t("replay_buffer"):
-        buffer = store.replay_buffer(index, capacity)
+        buffer = ReplayBuffer.of(store.decided_pairs(index), capacity).rows
         store.feature_dim(rid, encoder)
         store.prompts_judged_through(index)
         both = buffer["chosen_completion_id"].to_list() + buffer["rejected_completion_id"].to_list()

@@ -7,11 +7,18 @@ import math
 import numpy as np
 import pytest
 
-from auf_assets.core.acquisition import ACQUISITION_METHODS, select_pairs
+from auf_assets.core.acquisition import (
+    ACQUISITION_RULES,
+    _deltaquantile,
+    rule_options,
+    rule_select,
+    select_pairs,
+)
+from auf_assets.core.methods import get_method, methods
 
-METHODS = sorted(ACQUISITION_METHODS)
-STOCHASTIC = [m for m in METHODS if ACQUISITION_METHODS[m].stochastic]
-DETERMINISTIC = [m for m in METHODS if not ACQUISITION_METHODS[m].stochastic]
+METHODS = sorted(ACQUISITION_RULES)
+STOCHASTIC = [m for m in METHODS if get_method(m).stochastic]
+DETERMINISTIC = [m for m in METHODS if not get_method(m).stochastic]
 
 
 def _random_inputs(p=16, n=9, seed=0):
@@ -50,10 +57,9 @@ def _sig(x):
 def test_registry_names():
     expected = {"random", "ultrafeedback", "dts", "drts", "deltaucb", "deltaquantile"}
     expected |= {"maxminlcb", "infomax", "infogain"}
-    assert set(ACQUISITION_METHODS) == expected
-    for name, m in ACQUISITION_METHODS.items():
-        assert m.name == name
-        assert m.description and "\n" not in m.description
+    assert set(ACQUISITION_RULES) == expected
+    # the registry lists exactly these as its reward-model methods, with their select
+    assert {m.name: m.select for m in methods("reward_model")} == ACQUISITION_RULES
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -194,7 +200,7 @@ def test_empty_batch():
 
 def test_registry_select_matches_select_pairs():
     mu, sigma = _random_inputs(p=8, n=6, seed=14)
-    direct = ACQUISITION_METHODS["drts"].select(mu, sigma, beta=0.5, seed=3)
+    direct = get_method("drts").select(mu, sigma, beta=0.5, seed=3)
     np.testing.assert_array_equal(direct, select_pairs("drts", mu, sigma, beta=0.5, seed=3))
 
 
@@ -353,7 +359,24 @@ def test_deltaquantile_defaults_are_q_005_eps_002():
     assert [tuple(x) for x in pairs.tolist()] == _brute_deltaquantile(
         mu, sigma, mask, 1.0, 0.05, 0.02
     )
-    assert dict(ACQUISITION_METHODS["deltaquantile"].options) == {"q": 0.05, "eps": 0.02}
+    assert rule_options(_deltaquantile) == {"q": 0.05, "eps": 0.02}
+
+
+def test_a_rule_that_picks_badly_is_caught():
+    def same_twice(mu, sigma, valid, beta, rng):
+        return np.zeros((mu.shape[0], 2), dtype=np.int64)
+
+    def padded(mu, sigma, valid, beta, rng):
+        return np.tile([0, 2], (mu.shape[0], 1))
+
+    mu, sigma = _random_inputs(p=3, n=3)
+    with pytest.raises(ValueError, match=r"same_twice picked \[0, 0\] in row 0"):
+        rule_select("same_twice", same_twice)(mu, sigma)
+    mask = np.array([[True, True, False]] * 3)
+    with pytest.raises(ValueError, match="not two distinct valid columns"):
+        rule_select("padded", padded)(mu, sigma, mask=mask)
+    with pytest.raises(ValueError, match="returned"):
+        rule_select("floats", lambda *a: np.zeros((3, 2)))(mu, sigma)
 
 
 def test_maxminlcb_hand_computed():

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from auf_assets.core.baselines import BASELINE_METHODS, select_oracle_pairs
+from auf_assets.core.baselines import BASELINE_RULES, select_oracle_pairs
+from auf_assets.core.methods import methods
 
-METHODS = sorted(BASELINE_METHODS)
+METHODS = sorted(BASELINE_RULES)
 
 
 def _scores(p=20, n=8, seed=0):
@@ -51,11 +52,14 @@ def _assert_valid(pairs, labels, mask):
 
 
 def test_registry():
-    assert set(BASELINE_METHODS) == {"random_pair", "ultrafeedback_oracle", "maxmin", "delta_model"}
+    assert set(BASELINE_RULES) == {"random_pair", "ultrafeedback_oracle", "maxmin", "delta_model"}
     expected = {"random_pair": "2", "ultrafeedback_oracle": "4", "maxmin": "N", "delta_model": "0"}
-    for name, m in BASELINE_METHODS.items():
-        assert m.name == name and m.description
-        assert m.labels_per_prompt == expected[name]
+    registered = methods("oracle")
+    assert {m.name: m.select for m in registered} == BASELINE_RULES
+    for m in registered:
+        assert m.description and "oracle" in m.needs
+        assert m.labels_per_prompt == expected[m.name]
+    assert [m.name for m in registered if "model_names" in m.needs] == ["delta_model"]
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -280,10 +280,23 @@ def test_auf_demo_with_a_policy_method_runs_the_policy_loop(
     )
     assert re.search(r"^  dpo_policy +\d+\.\ds  2 DPO steps on 3 pairs", out, re.MULTILINE), out
     assert "mean implicit-reward margin of the selected pairs" in out  # round 2 selects with it
-    rows = query(home, "SELECT round_id, method FROM pairs ORDER BY round_id")
-    assert {m for r, m in rows if r == "round-0001"} == {"sharp:random"}
-    assert {m for r, m in rows if r == "round-0002"} == {"sharp"}
+    rows = query(home, "SELECT round_id, method, fallback FROM pairs ORDER BY round_id")
+    assert {(m, f) for r, m, f in rows if r == "round-0001"} == {("sharp", "random")}
+    assert {(m, f) for r, m, f in rows if r == "round-0002"} == {("sharp", None)}
+    assert "pairs picked by random instead of sharp (no DPO step yet" in out
     # the warm start of the job's defaults survived the user's dpo_policy config
     assert query(home, "SELECT count(*) FROM trained_checkpoints WHERE kind = 'dpo_policy'") == [
         (2,)
     ]
+
+
+def test_auf_demo_refuses_a_method_a_round_cannot_run(tmp_path):
+    home = tmp_path / "home"
+    for method, says in (
+        ("nope", "unknown selection method 'nope'; known: random, ultrafeedback"),
+        ("maxmin", "maxmin is an oracle method"),
+    ):
+        proc = auf(home, "demo", "--method", method)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert says in proc.stderr and "sharp" in proc.stderr
+        assert "== prompt pool" not in proc.stdout  # refused before any run

@@ -12,7 +12,6 @@ import torch
 
 from auf_assets.core.ensemble import (
     EnsembleConfig,
-    ReplayBuffer,
     RewardEnsemble,
     anchor_lambda,
     half_life_from_reference,
@@ -715,36 +714,3 @@ def test_config_roundtrip_and_validation():
         EnsembleConfig.from_dict({"n_head": 3})
     with pytest.raises(ValueError):
         RewardEnsemble(0)
-
-
-# ---------------------------------------------------------------------------------------- buffer
-
-
-def test_replay_buffer_fifo():
-    buf = ReplayBuffer(capacity=5, dim=2)
-    assert len(buf) == 0 and buf.arrays()[0].shape == (0, 2)
-
-    def rows(start, n):
-        v = np.arange(start, start + n, dtype=np.float32)
-        return np.stack([v, v], 1), -np.stack([v, v], 1)
-
-    buf.add(*rows(0, 3))
-    c, r = buf.arrays()
-    assert len(buf) == 3 and c[:, 0].tolist() == [0, 1, 2] and r[:, 0].tolist() == [0, -1, -2]
-    buf.add(*rows(3, 4))  # 7 in, capacity 5: 0 and 1 are dropped
-    c, r = buf.arrays()
-    assert len(buf) == 5 and c[:, 0].tolist() == [2, 3, 4, 5, 6]
-    assert r[:, 1].tolist() == [-2, -3, -4, -5, -6]
-    buf.add(np.array([7.0, 7.0]), np.array([-7.0, -7.0]))  # one pair
-    assert buf.arrays()[0][:, 0].tolist() == [3, 4, 5, 6, 7]
-    buf.add(*rows(100, 12))  # more than the capacity at once: only the newest 5 stay
-    c, r = buf.arrays()
-    assert c[:, 0].tolist() == [107, 108, 109, 110, 111] and r[:, 0].tolist()[0] == -107
-    for i in range(9):  # many small wraps
-        buf.add(*rows(200 + i, 1))
-    assert buf.arrays()[0][:, 0].tolist() == [204, 205, 206, 207, 208]
-    assert c.flags.c_contiguous and not c.flags.writeable
-    with pytest.raises(ValueError):
-        buf.add(np.zeros((2, 3)), np.zeros((2, 3)))
-    with pytest.raises(ValueError):
-        ReplayBuffer(0, 2)

@@ -1,6 +1,6 @@
-"""The pipeline's round and the simulator share one logic: the same features, the same replay
-buffer, the same training passes and warm-up, so a setting chosen in `auf simulate` means the
-same in a real round."""
+"""The pipeline's round and the simulator share one logic (auf_assets.core.round_step): the same
+features, the same replay buffer, the same training passes and warm-up rule, so a setting chosen
+in `auf simulate` means the same in a real round."""
 
 from __future__ import annotations
 
@@ -9,8 +9,15 @@ import polars as pl
 import pytest
 from test_simulation import pool_frame
 
-from auf_assets.core.ensemble import ReplayBuffer
+from auf_assets.core.ensemble import EnsembleConfig, RewardEnsemble
 from auf_assets.core.features import TEXT_STATS, EncoderBlock, scale_block
+from auf_assets.core.methods import get_method
+from auf_assets.core.round_step import (
+    ReplayBuffer,
+    select_with_model,
+    train_on_replay,
+    warming_up,
+)
 from auf_assets.core.simulation import validate_pool
 from auf_assets.core.text_features import (
     N_TEXT_FEATURES,
@@ -70,41 +77,112 @@ def test_the_encoder_needs_at_least_one_block():
     assert only_stats.shape == (1, N_TEXT_FEATURES)
 
 
-def test_the_store_replay_buffer_is_the_simulators_fifo(tmp_path):
+def test_replay_buffer_fifo():
+    buf = ReplayBuffer(capacity=5)
+    assert len(buf) == 0 and buf.rows.height == 0
+
+    def rows(start, n):
+        v = np.arange(start, start + n)
+        return pl.DataFrame({"chosen": v, "rejected": -v})
+
+    buf.add(rows(0, 3))
+    assert len(buf) == 3 and buf.arrays("chosen")[0].tolist() == [0, 1, 2]
+    buf.add(rows(3, 4))  # 7 in, capacity 5: 0 and 1 are dropped
+    c, r = buf.arrays("chosen", "rejected")
+    assert len(buf) == 5 and c.tolist() == [2, 3, 4, 5, 6] and r.tolist() == [-2, -3, -4, -5, -6]
+    buf.add(rows(7, 0))  # a round without decided pairs changes nothing
+    assert buf.arrays("chosen")[0].tolist() == [2, 3, 4, 5, 6]
+    buf.add(rows(100, 12))  # more than the capacity at once: only the newest 5 stay
+    assert buf.arrays("chosen")[0].tolist() == [107, 108, 109, 110, 111]
+    for i in range(9):  # many small rounds
+        buf.add(rows(200 + i, 1))
+    assert buf.arrays("chosen")[0].tolist() == [204, 205, 206, 207, 208]
+    # Features themselves as array columns: what the benchmarks keep.
+    feats = ReplayBuffer(2)
+    feats.add(pl.DataFrame({"chosen": np.eye(3, dtype=np.float32)}))
+    assert feats.arrays("chosen")[0].tolist() == [[0, 1, 0], [0, 0, 1]]
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="capacity"):
+            ReplayBuffer(bad)
+
+
+def test_the_pipelines_replay_buffer_is_the_simulators(tmp_path):
+    """The pipeline rebuilds the buffer each round from every decided pair in the store; the
+    simulator adds each round's pairs as it goes: the same pairs, in the same order."""
     store = DuckDBStore(path=str(tmp_path / "db.duckdb"))
     ids = [f"p{i}" for i in range(9)]
     store.add_prompts(pl.DataFrame({"prompt_id": ids, "prompt": ids, "source": "s"}), "f")
-    order = []  # (chosen, rejected) in the order the simulator would add them
+    simulator = ReplayBuffer(capacity=5)
     for k in (1, 2, 3):
         taken = store.take_round_prompts(f"round-000{k}", k, 3).prompts["prompt_id"].to_list()
-        rows = []
-        for pid in taken:
-            rows.append(
-                {
-                    "pair_id": f"z-{pid}",  # ids sort against the prompt order on purpose
-                    "round_id": f"round-000{k}",
-                    "prompt_id": pid,
-                    "preference": "tie" if pid == "p4" else "a",
-                    "chosen_completion_id": f"{pid}-c",
-                    "rejected_completion_id": f"{pid}-r",
-                    "labeller": "t",
-                }
-            )
-            if pid != "p4":
-                order.append((f"{pid}-c", f"{pid}-r"))
+        rows = [
+            {
+                "pair_id": f"z-{pid}",  # ids sort against the prompt order on purpose
+                "round_id": f"round-000{k}",
+                "prompt_id": pid,
+                "preference": "tie" if pid == "p4" else "a",
+                "chosen_completion_id": f"{pid}-c",
+                "rejected_completion_id": f"{pid}-r",
+                "labeller": "t",
+            }
+            for pid in taken
+        ]
         store.replace_round("judgements", f"round-000{k}", pl.DataFrame(rows))
-    buffer = ReplayBuffer(capacity=5, dim=1)
-    names = {name: i for i, name in enumerate(sorted({n for pair in order for n in pair}))}
-    for c, r in order:
-        buffer.add(
-            np.array([[names[c]]], dtype=np.float32), np.array([[names[r]]], dtype=np.float32)
+        decided = [(r["chosen_completion_id"], r["rejected_completion_id"]) for r in rows]
+        simulator.add(  # the simulator's round: its non-tied pairs, in the round's prompt order
+            pl.DataFrame(
+                [p for p, r in zip(decided, rows, strict=True) if r["preference"] != "tie"],
+                schema=["chosen", "rejected"],
+                orient="row",
+            )
         )
-    chosen, _ = buffer.arrays()
-    inverse = {i: n for n, i in names.items()}
-    expected = [inverse[int(v)] for v in chosen[:, 0]]
-    got = store.replay_buffer(3, 5)["chosen_completion_id"].to_list()
-    assert got == expected
-    assert store.replay_buffer(1, 100)["round_id"].unique().to_list() == ["round-0001"]
+        pipeline = ReplayBuffer.of(store.decided_pairs(k), 5)
+        got = pipeline.arrays("chosen_completion_id", "rejected_completion_id")
+        assert [x.tolist() for x in got] == [
+            x.tolist() for x in simulator.arrays("chosen", "rejected")
+        ]
+    assert len(pipeline) == 5 and "p4-c" not in got[0]
+    first = ReplayBuffer.of(store.decided_pairs(1), 100).rows
+    assert first["round_id"].unique().to_list() == ["round-0001"]
+
+
+def test_one_warm_up_rule_for_both():
+    """Round numbers count from 1; the first `warmup_rounds` rounds pick at random."""
+    assert [warming_up(n, 2) for n in (1, 2, 3)] == [True, True, False]
+    assert not warming_up(1, 0)
+    rng = np.random.default_rng(4)
+    mu, sigma = rng.normal(size=(6, 5)), rng.uniform(0.1, 1.0, size=(6, 5))
+    kwargs = {"warmup_rounds": 1, "beta": 1.0, "seed": 9}
+    picks, rule = select_with_model("deltaucb", mu, sigma, None, round_number=1, **kwargs)
+    assert rule == "random"
+    np.testing.assert_array_equal(picks, get_method("random").select(mu, sigma, seed=9))
+    picks, rule = select_with_model("deltaucb", mu, sigma, None, round_number=2, **kwargs)
+    assert rule == "deltaucb"
+    np.testing.assert_array_equal(picks, get_method("deltaucb").select(mu, sigma))
+    # the method's options apply to the method, never to the warm-up rule
+    options = {"q": 0.5}
+    _, rule = select_with_model(
+        "deltaquantile", mu, sigma, None, round_number=1, options=options, **kwargs
+    )
+    assert rule == "random"
+    with pytest.raises(ValueError, match="sharp is a policy method"):
+        select_with_model("sharp", mu, sigma, None, round_number=3, **kwargs)
+
+
+def test_training_passes_on_the_buffer_are_one_update():
+    rng = np.random.default_rng(0)
+    chosen = rng.normal(size=(20, 4)).astype(np.float32)
+    rejected = rng.normal(size=(20, 4)).astype(np.float32)
+    cfg = EnsembleConfig(n_heads=3, hidden=(8,), max_steps=2, batch_size=4, seed=1)
+    by_hand = RewardEnsemble(4, cfg)
+    passes = [by_hand.train_round(chosen, rejected, 20) for _ in range(3)]
+    model = RewardEnsemble(4, cfg)
+    stats = train_on_replay(model, chosen, rejected, 20, passes=3)
+    assert stats.steps == 6 == sum(p.steps for p in passes)
+    assert stats.loss_before == passes[0].loss_before and stats.loss_after == passes[-1].loss_after
+    np.testing.assert_array_equal(model.predict(chosen)[0], by_hand.predict(chosen)[0])
+    with pytest.raises(ValueError, match="passes"):
+        train_on_replay(model, chosen, rejected, 20, passes=0)
 
 
 def test_warm_up_rounds_pick_at_random_and_passes_repeat_training(auf_home, tiny_lm_dir):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from test_simulation import linear_features, pool_frame
 
+from auf_assets.core.methods import method_names
 from auf_assets.core.policy import (
     PolicyLoop,
     PolicyLoopConfig,
@@ -17,7 +18,7 @@ from auf_assets.core.policy import (
     ReferenceCache,
     conversation,
 )
-from auf_assets.core.policy_selection import POLICY_METHODS, CountSketch
+from auf_assets.core.policy_selection import CountSketch
 from auf_assets.core.simulation import SimulationConfig, simulate, validate_pool
 
 TINY_LOOP = PolicyLoopConfig(steps_per_round=2, batch_size=2, max_length=64, sketch_dim=16)
@@ -79,7 +80,7 @@ def _pool(n_prompts: int = 12, n_resp: int = 4):
     return validate_pool(pool_frame(n_prompts, n_resp))
 
 
-@pytest.mark.parametrize("method", sorted(POLICY_METHODS))
+@pytest.mark.parametrize("method", sorted(method_names("policy")))
 def test_policy_aware_methods_run_a_simulation(tiny_chat_lm_dir, method):
     pool = _pool()
     x = linear_features(pool)
@@ -146,7 +147,7 @@ def test_auf_methods_lists_the_policy_aware_methods(capsys):
 
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
-    for name in POLICY_METHODS:
+    for name in method_names("policy"):
         assert name in out
 
 

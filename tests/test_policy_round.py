@@ -74,8 +74,15 @@ def test_the_policy_picks_its_own_pairs_round_after_round(
     # Round 1: no adapter yet, the policy is the reference, and the pairs are random.
     assert (logps["logp_policy"] == logps["logp_reference"]).all()
     assert logps["policy_round"].is_null().all()
+    # The fallback is its own field of the pairs, and the check reads it.
     assert _meta(first, "selected_pairs")["fallback"].value == "random"
-    assert set(store.round_rows("pairs", "round-0001")["method"]) == {f"{method}:random"}
+    assert _meta(first, "selected_pairs")["method"].value == method
+    first_pairs = store.round_rows("pairs", "round-0001")
+    assert set(first_pairs["method"]) == {method} and set(first_pairs["fallback"]) == {"random"}
+    check = next(
+        c for c in first.get_asset_check_evaluations() if c.check_name == "selected_pairs_valid"
+    )
+    assert check.passed and check.metadata["fallback"].value == "random"
     assert store.checkpoint("dpo_policy", "round-0001") is not None
 
     second = _policy_round(instance, "round-0002", tiny_lm_dir, tiny_chat_lm_dir, method)
@@ -87,7 +94,7 @@ def test_the_policy_picks_its_own_pairs_round_after_round(
     meta = _meta(second, "policy_logprobs")
     assert meta["reference_computed"].value == 12 and meta["response_tokens"].value > 0
     pairs = store.round_rows("pairs", "round-0002")
-    assert set(pairs["method"]) == {method}
+    assert set(pairs["method"]) == {method} and pairs["fallback"].is_null().all()
     assert (pairs["completion_a"] != pairs["completion_b"]).all()
     texts = dict(
         store.round_rows("completions", "round-0002")
@@ -204,16 +211,16 @@ def test_an_interrupted_policy_round_is_run_again_until_its_dpo_step(auf_home):
         dg.AssetMaterialization(asset_key="reward_model", partition="round-0001")
     )
 
-    def picked_by(method: str) -> None:
+    def picked_by(method: str, fallback: str | None = None) -> None:
         row = {"pair_id": "p1", "round_id": "round-0001", "prompt_id": "q", "completion_a": "a"}
-        row.update(completion_b="b", method=method)
+        row.update(completion_b="b", method=method, fallback=fallback)
         store.replace_round("pairs", "round-0001", pl.DataFrame([row]))
 
     # A finished reward-model round is not re-run when the policy loop starts after it.
     picked_by("deltaucb")
     assert _round_to_run(instance, ["round-0001"], "policy_round") is None
     # A policy round without its DPO step is.
-    picked_by("sharp:random")
+    picked_by("sharp", fallback="random")
     assert _round_to_run(instance, ["round-0001"], "active_round") is None
     assert _round_to_run(instance, ["round-0001"], "policy_round") == "round-0001"
     instance.report_runless_asset_event(

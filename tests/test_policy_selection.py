@@ -10,8 +10,9 @@ import sys
 import numpy as np
 import pytest
 
+from auf_assets.core.methods import get_method, methods
 from auf_assets.core.policy_selection import (
-    POLICY_METHODS,
+    POLICY_RULES,
     CountSketch,
     candidate_pairs,
     implicit_rewards,
@@ -59,9 +60,18 @@ def _assert_valid_picks(sel, mask, identical=None) -> None:
 
 
 def test_method_registry_lists_the_four_rules_with_one_line_descriptions():
-    assert set(POLICY_METHODS) == {"sharp", "wsharp", "activedpo", "apl"}
-    for desc in POLICY_METHODS.values():
-        assert desc and "\n" not in desc
+    assert set(POLICY_RULES) == {"sharp", "wsharp", "activedpo", "apl"}
+    registered = methods("policy")
+    assert [m.name for m in registered] == list(POLICY_RULES)
+    for m in registered:
+        assert m.description and "\n" not in m.description
+        assert "log_probs" in m.needs
+    assert [m.name for m in registered if "gradients" in m.needs] == ["activedpo"]
+    # the registry's select is select_policy_pairs of that rule
+    rewards = np.array([[0.0, 0.3, 1.0], [0.2, 0.1, -0.4]])
+    ours = get_method("wsharp").select(rewards, None, seed=5)
+    theirs = select_policy_pairs("wsharp", rewards, None, seed=5)
+    np.testing.assert_array_equal(ours.picks, theirs.picks)
 
 
 def test_implicit_rewards_is_beta_times_log_ratio():

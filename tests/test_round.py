@@ -151,7 +151,7 @@ def test_round_metadata_is_useful(auf_home, tiny_lm_dir):
 def test_unknown_method_fails_with_a_clear_message(auf_home, tiny_lm_dir):
     instance = dg.DagsterInstance.ephemeral()
     dg.materialize([prompt_pool], instance=instance, resources={"store": DuckDBStore()})
-    with pytest.raises(dg.Failure, match="unknown acquisition method 'nope'"):
+    with pytest.raises(dg.Failure, match="unknown selection method 'nope'; known: random"):
         materialize_round(instance, "round-0001", tiny_lm_dir, method="nope")
 
 

@@ -276,7 +276,7 @@ def test_active_method_learns_on_a_learnable_pool():
 
 
 def test_config_validation():
-    with pytest.raises(ValueError, match="unknown method"):
+    with pytest.raises(ValueError, match="unknown selection method 'nope'; known: random"):
         SimulationConfig(method="nope")
     with pytest.raises(ValueError, match="strong_model"):
         SimulationConfig(method="delta_model")

@@ -347,8 +347,8 @@ def test_auf_simulate_on_one_half_and_with_a_preset(tmp_path, auf_home, capsys):
 
 def test_presets_are_plain_data_and_default_matches_the_code_defaults():
     from auf_assets.cli import build_parser
-    from auf_assets.core.acquisition import ACQUISITION_METHODS
     from auf_assets.core.ensemble import EnsembleConfig
+    from auf_assets.core.methods import get_method
     from auf_assets.core.presets import (
         ENSEMBLE_KEYS,
         PRESETS,
@@ -365,7 +365,7 @@ def test_presets_are_plain_data_and_default_matches_the_code_defaults():
     assert ref["ensemble"]["max_steps"] == 100 and ref["ensemble"]["anchor_half_life"] == 1000.0
     assert ref["round"] == {"train_passes": 1, "warmup_rounds": 0, "beta": 1.0}
     for name, preset in PRESETS.items():
-        assert preset["method"] in ACQUISITION_METHODS, name
+        assert get_method(preset["method"]).family == "reward_model", name
         assert set(preset["ensemble"]) == set(ENSEMBLE_KEYS), name
         assert set(preset["round"]) == set(ROUND_KEYS), name
         SimulationConfig.from_dict(run_settings(name))  # every preset is a valid config

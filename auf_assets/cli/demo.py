@@ -75,8 +75,13 @@ def _demo_with(console: RunConsole, root: Path, args: argparse.Namespace) -> int
         console.error(str(exc))
         return 2
     method = run_config["ops"].get("selected_pairs", {}).get("config", {}).get("method")
+    try:
+        selection = _round_method(method)
+    except ValueError as exc:
+        console.error(f"--method: {exc}")
+        return 2
     round_job = "active_round"
-    if _is_policy_method(method):
+    if selection is not None and selection.family == "policy":
         if labeling.people:
             console.error(
                 f"{method} selects with the DPO policy, whose step runs in the policy_round job "
@@ -181,19 +186,23 @@ def _run_round_job(console, instance, defs, run_config, job_name: str, key: str,
     return result, wall
 
 
-def _is_policy_method(method: str | None) -> bool:
-    from auf_assets.core.policy_selection import POLICY_METHODS
+def _round_method(method: str | None):
+    """The registry's entry of the method a round runs (None: the preset's default); a method
+    a round cannot run (unknown, or an oracle baseline) fails before any run starts."""
+    from auf_assets.core.methods import ROUND_FAMILIES, get_method
 
-    return method in POLICY_METHODS
+    return None if method is None else get_method(method, families=ROUND_FAMILIES)
 
 
 def _policy_round_config(method: str) -> dict:
-    """The policy_round job's defaults, with ActiveDPO's gradient features when it needs them."""
+    """The policy_round job's defaults, with gradient features when the method needs them."""
+    from auf_assets.core.methods import get_method
     from auf_assets.jobs import POLICY_ROUND_CONFIG
 
+    gradients = "gradients" in get_method(method).needs
     config = copy.deepcopy(POLICY_ROUND_CONFIG)
     config["ops"]["selected_pairs"] = {"config": {"method": method}}
-    config["ops"]["policy_logprobs"] = {"config": {"gradient_features": method == "activedpo"}}
+    config["ops"]["policy_logprobs"] = {"config": {"gradient_features": gradients}}
     return config
 
 
@@ -365,11 +374,13 @@ def _round_to_run(instance, rounds: list[str], job: str = "active_round") -> str
 
 
 def _selected_by_policy(round_id: str) -> bool:
-    """Whether the round's pairs were picked by a policy-aware method (a policy-loop round)."""
+    """Whether the round's pairs were picked by a policy-aware method (a policy-loop round; its
+    first round's pairs are random, with `fallback` set, but its method is the policy's)."""
+    from auf_assets.core.methods import method_names
     from resources.store import DuckDBStore
 
     methods = DuckDBStore().round_rows("pairs", round_id)["method"].to_list()
-    return any(_is_policy_method(m.split(":")[0]) for m in methods)
+    return any(m in method_names("policy") for m in methods)
 
 
 def _round_summary(result, key: str, wall: float) -> str:
@@ -402,7 +413,10 @@ def _round_summary(result, key: str, wall: float) -> str:
         parts.append(f"DPO step of {policy['steps']} steps on {policy.get('train_pairs')} pairs")
     lines = [f"{key}: {', '.join(parts)}; wall time {wall:.1f}s"]
     if pairs.get("fallback") not in (None, "none"):
-        lines.append("  pairs picked at random (no DPO step yet: the policy is the reference)")
+        lines.append(
+            f"  pairs picked by {pairs['fallback']} instead of {pairs.get('method')} (no DPO step "
+            "yet: the policy is the reference)"
+        )
     elif pairs.get("mean_abs_implicit_margin") is not None:
         lines.append(
             f"  mean implicit-reward margin of the selected pairs "
@@ -451,7 +465,8 @@ def add_commands(sub) -> None:
     demo.add_argument(
         "--method",
         default=None,
-        help="acquisition function (auf methods; default: the default preset's, deltaucb)",
+        help="selection method: a reward-model or policy method of `auf methods` (default: the "
+        "default preset's, deltaucb)",
     )
     demo.add_argument("--beta", type=float, default=None, help="acquisition width (default 1)")
     demo.add_argument("--device", default="", help="cpu, cuda, ... (default: auto)")

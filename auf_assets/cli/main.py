@@ -9,19 +9,14 @@ from auf_assets.cli import cost, demo, labels, release, rounds, simulate, train
 
 
 def _methods(args: argparse.Namespace) -> int:
-    from auf_assets.core.acquisition import ACQUISITION_METHODS
-    from auf_assets.core.baselines import BASELINE_METHODS
-    from auf_assets.core.policy_selection import POLICY_METHODS
+    from auf_assets.core.methods import FAMILIES, methods
 
-    print("Acquisition functions (pick 2 of N responses from the reward model's uncertainty):")
-    for name, method in ACQUISITION_METHODS.items():
-        print(f"  {name:<16} {method.description}")
-    print("\nPolicy-aware selection (the DPO policy being aligned picks its own pairs):")
-    for name, description in POLICY_METHODS.items():
-        print(f"  {name:<16} {description}")
-    print("\nStatic oracle baselines (read every response's oracle score; for comparison):")
-    for name, method in BASELINE_METHODS.items():
-        print(f"  {name:<20} {method.description} [{method.labels_per_prompt} labels/prompt]")
+    for number, (family, what) in enumerate(FAMILIES.items()):
+        print(("\n" if number else "") + f"{family} methods: {what}")
+        for method in methods(family):
+            needs = ", ".join(method.needs) or "nothing"
+            labels = f"; {method.labels_per_prompt} labels/prompt" if family == "oracle" else ""
+            print(f"  {method.name:<20} {method.description} [needs {needs}{labels}]")
     return 0
 
 

@@ -232,10 +232,10 @@ def _run_settings(args: argparse.Namespace) -> dict[str, Any]:
 def _policy_spec(args: argparse.Namespace, methods: list[str]) -> dict[str, Any] | None:
     """The policy loop's settings when a method needs it or --with-policy asks for it; the base
     model is resolved here (a packaged GGUF model is converted once into the home)."""
+    from auf_assets.core.methods import method_names
     from auf_assets.core.policy import PolicyLoopConfig
-    from auf_assets.core.policy_selection import POLICY_METHODS
 
-    if not args.with_policy and not any(m in POLICY_METHODS for m in methods):
+    if not args.with_policy and not set(methods) & set(method_names("policy")):
         return None
     from resources import home
     from resources.models import local_model_dir
@@ -296,11 +296,11 @@ def _simulate(args: argparse.Namespace) -> int:
     from auf_assets.sim_bench import policy_loop
 
     try:
-        pool = load_pool(args.pool)
         method = args.method or _preset(args)["method"]
-        config = SimulationConfig.from_dict(
+        config = SimulationConfig.from_dict(  # an unknown method fails here, before any loading
             {**_run_settings(args), "method": method, "seed": args.seed}
         )
+        pool = load_pool(args.pool)
         encoder = _encoder(args)
         try:
             policy_spec = _policy_spec(args, [method])
@@ -434,11 +434,10 @@ def _bench(args: argparse.Namespace) -> int:
 
 def add_commands(sub) -> None:
     """Add `simulate` and `bench` to the `auf` subcommands."""
-    # Only the method registries here (numpy): building the parser must not import torch.
-    from auf_assets.core.acquisition import ACQUISITION_METHODS
-    from auf_assets.core.baselines import BASELINE_METHODS
+    # Only the method registry here (numpy): building the parser must not import torch.
+    from auf_assets.core.methods import method_names
 
-    methods = ", ".join([*ACQUISITION_METHODS, *BASELINE_METHODS])
+    methods = ", ".join(method_names())
     sim = sub.add_parser(
         "simulate",
         help="one simulated-oracle run on a pool of pre-scored responses",

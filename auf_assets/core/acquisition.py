@@ -15,17 +15,18 @@ index in row-major ``(i, j)`` order; ``maxminlcb`` breaks near-ties with a seede
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 __all__ = [
-    "ACQUISITION_METHODS",
-    "AcquisitionMethod",
+    "ACQUISITION_RULES",
     "DTS_MAX_DRAWS",
     "MAXMIN_TIE_TOL",
+    "rule_options",
+    "rule_select",
     "select_pairs",
 ]
 
@@ -33,23 +34,6 @@ __all__ = [
 DTS_MAX_DRAWS = 30
 #: maxminlcb treats LCB values closer than this as tied.
 MAXMIN_TIE_TOL = 1e-4
-
-
-@dataclass(frozen=True)
-class AcquisitionMethod:
-    """One registered acquisition rule.
-
-    ``select(mu, sigma, *, beta=1.0, seed=0, mask=None, **options)`` validates its inputs and
-    returns an int64 ``[P, 2]`` array, exactly like :func:`select_pairs`.
-    ``stochastic`` says whether the result can depend on the seed (for ``maxminlcb`` only through
-    tie-breaking); ``options`` lists the extra keyword options and their defaults.
-    """
-
-    name: str
-    description: str  # one line, shown by `auf methods`
-    select: Callable[..., np.ndarray]
-    stochastic: bool = True
-    options: tuple[tuple[str, float], ...] = ()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,9 +296,46 @@ def _infogain(mu, sigma, valid, beta, rng):
 # Public entry points
 
 
-def _make_select(
-    name: str, rule: Callable[..., np.ndarray], option_names: tuple[str, ...]
-) -> Callable[..., np.ndarray]:
+def rule_options(rule: Callable[..., np.ndarray]) -> dict[str, Any]:
+    """A rule's options and their defaults: its keyword-only parameters (deltaquantile: q, eps)."""
+    return {
+        p.name: p.default
+        for p in inspect.signature(rule).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+
+
+def _check_picks(name: str, pairs: Any, valid: np.ndarray) -> np.ndarray:
+    """A rule's answer: int ``[P, 2]``, two distinct valid columns per row (else a clear error)."""
+    arr = np.asarray(pairs)
+    p, n = valid.shape
+    if arr.shape != (p, 2) or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{name} returned {arr.dtype} {arr.shape}; a rule returns int [{p}, 2]")
+    rows = np.arange(p)
+    inside = (arr >= 0) & (arr < n)
+    ok = inside.all(axis=1) & (arr[:, 0] != arr[:, 1])
+    ok &= valid[rows, np.where(inside[:, 0], arr[:, 0], 0)]
+    ok &= valid[rows, np.where(inside[:, 1], arr[:, 1], 0)]
+    if not ok.all():
+        r = int(np.flatnonzero(~ok)[0])
+        raise ValueError(
+            f"{name} picked {arr[r].tolist()} in row {r}: not two distinct valid columns"
+        )
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def rule_select(name: str, rule: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+    """The checked ``select(mu, sigma, *, beta=1.0, seed=0, mask=None, **options)`` of a rule.
+
+    ``rule(mu, sigma, valid, beta, rng, *, option=default, ...)`` gets sanitised inputs (finite
+    ``mu``/``sigma``, 0 on padded entries; ``valid`` [P, N] with >= 2 True per row; ``beta >= 0``;
+    a Generator) and returns ``[P, 2]`` column indices. Its keyword-only parameters are its
+    options. ``select`` validates the inputs first (see :func:`select_pairs`) and the picks after:
+    two distinct valid columns per row. This is how a new reward-model method is written (see
+    :mod:`auf_assets.core.methods`).
+    """
+    option_names = tuple(rule_options(rule))
+
     def select(
         mu: np.ndarray,
         sigma: np.ndarray,
@@ -346,67 +367,27 @@ def _make_select(
         # Padded entries may hold NaN or garbage: zero them so arithmetic stays warning-free.
         mu_arr = np.where(valid, mu_arr, 0.0)
         sigma_arr = np.where(valid, sigma_arr, 0.0)
-        pairs = rule(mu_arr, sigma_arr, valid, beta, rng, **options)
-        return np.ascontiguousarray(pairs, dtype=np.int64)
+        return _check_picks(name, rule(mu_arr, sigma_arr, valid, beta, rng, **options), valid)
 
     select.__name__ = f"select_{name}"
     select.__doc__ = f"Pick a pair per prompt with the {name!r} rule (see select_pairs)."
     return select
 
 
-def _method(name, description, rule, *, stochastic=True, options=()) -> AcquisitionMethod:
-    select = _make_select(name, rule, tuple(k for k, _ in options))
-    return AcquisitionMethod(name, description, select, stochastic, options)
-
-
-ACQUISITION_METHODS: dict[str, AcquisitionMethod] = {
-    m.name: m
-    for m in (
-        _method("random", "two distinct responses uniformly at random", _random),
-        _method(
-            "ultrafeedback",
-            "4 random responses; best mu of them vs a random other of the 4",
-            _ultrafeedback,
-        ),
-        _method(
-            "dts",
-            "double Thompson sampling: two distinct Thompson draws of the best response",
-            _dts,
-        ),
-        _method(
-            "drts",
-            "double reverse Thompson: a Thompson draw of the best vs one of the worst",
-            _drts,
-        ),
-        _method(
-            "deltaucb",
-            "largest optimistic gap: argmax over i != j of U_i - L_j",
-            _deltaucb,
-            stochastic=False,
-        ),
-        _method(
-            "deltaquantile",
-            "pair in the top-q quantile window of U_i - L_j with the largest U_i",
-            _deltaquantile,
-            stochastic=False,
-            options=(("q", 0.05), ("eps", 0.02)),
-        ),
-        _method(
-            "maxminlcb",
-            "best worst-case LCB response vs its hardest competitor (seeded near-tie breaks)",
-            _maxminlcb,
-        ),
-        _method(
-            "infomax",
-            "pair with the widest plausible range of P(i beats j)",
-            _infomax,
-            stochastic=False,
-        ),
-        _method(
-            "infogain",
-            "Thompson draw vs the response with the widest range of P(beats it)",
-            _infogain,
-        ),
+#: The built-in rules' checked select functions, by name. The registry
+#: (:mod:`auf_assets.core.methods`) lists them with their family, needs and description.
+ACQUISITION_RULES: dict[str, Callable[..., np.ndarray]] = {
+    name: rule_select(name, rule)
+    for name, rule in (
+        ("random", _random),
+        ("ultrafeedback", _ultrafeedback),
+        ("dts", _dts),
+        ("drts", _drts),
+        ("deltaucb", _deltaucb),
+        ("deltaquantile", _deltaquantile),
+        ("maxminlcb", _maxminlcb),
+        ("infomax", _infomax),
+        ("infogain", _infogain),
     )
 }
 
@@ -421,10 +402,10 @@ def select_pairs(
     mask: np.ndarray | None = None,
     **method_options: float,
 ) -> np.ndarray:
-    """Pick two distinct responses per prompt with the acquisition rule ``method``.
+    """Pick two distinct responses per prompt with the built-in acquisition rule ``method``.
 
     Args:
-        method: a key of :data:`ACQUISITION_METHODS`.
+        method: a key of :data:`ACQUISITION_RULES`.
         mu, sigma: ``[P, N]`` reward mean and spread (P prompts, N responses).
         beta: width of the bounds ``U/L = mu +- beta * sigma`` and scale of the Thompson noise;
             must be finite and >= 0.
@@ -442,8 +423,8 @@ def select_pairs(
         TypeError: an option the rule does not take.
     """
     try:
-        entry = ACQUISITION_METHODS[method]
+        select = ACQUISITION_RULES[method]
     except (KeyError, TypeError):
-        known = ", ".join(ACQUISITION_METHODS)
+        known = ", ".join(ACQUISITION_RULES)
         raise ValueError(f"unknown acquisition method {method!r}; known: {known}") from None
-    return entry.select(mu, sigma, beta=beta, seed=seed, mask=mask, **method_options)
+    return select(mu, sigma, beta=beta, seed=seed, mask=mask, **method_options)

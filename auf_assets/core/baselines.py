@@ -23,7 +23,6 @@ Tie rules (all drawn from the seeded rng, so results are reproducible):
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -39,21 +38,7 @@ from .acquisition import (
     _uniform_pick,
 )
 
-__all__ = ["BASELINE_METHODS", "BaselineMethod", "select_oracle_pairs"]
-
-
-@dataclass(frozen=True)
-class BaselineMethod:
-    """One registered static baseline.
-
-    ``select(scores, *, seed=0, mask=None, strong_index=None, weak_index=None)`` validates its
-    inputs and returns ``(pairs, labels_used)`` exactly like :func:`select_oracle_pairs`.
-    """
-
-    name: str
-    description: str
-    labels_per_prompt: str  # "2", "4", "N", "0": oracle labels read per prompt
-    select: Callable[..., tuple[np.ndarray, np.ndarray]]
+__all__ = ["BASELINE_RULES", "select_oracle_pairs"]
 
 
 def _pick_extreme(
@@ -183,34 +168,13 @@ def _make_select(rule: Callable[..., tuple[np.ndarray, np.ndarray]]):
     return select
 
 
-BASELINE_METHODS: dict[str, BaselineMethod] = {
-    m.name: m
-    for m in (
-        BaselineMethod(
-            "random_pair",
-            "two distinct random responses, ordered by oracle score",
-            "2",
-            _make_select(_reads_all(_random_pair)),
-        ),
-        BaselineMethod(
-            "ultrafeedback_oracle",
-            "best of 4 random responses vs a random other of the 4 (oracle scores)",
-            "4",
-            _make_select(_reads_all(_ultrafeedback_oracle)),
-        ),
-        BaselineMethod(
-            "maxmin",
-            "best vs worst of all responses by oracle score",
-            "N",
-            _make_select(_reads_all(_maxmin)),
-        ),
-        BaselineMethod(
-            "delta_model",
-            "a fixed strong model's response beats a fixed weak model's (no labels)",
-            "0",
-            _make_select(_delta_model),
-        ),
-    )
+#: The built-in baselines' checked select functions, by name. The registry
+#: (:mod:`auf_assets.core.methods`) lists them with their description and labels per prompt.
+BASELINE_RULES: dict[str, Callable[..., tuple[np.ndarray, np.ndarray]]] = {
+    "random_pair": _make_select(_reads_all(_random_pair)),
+    "ultrafeedback_oracle": _make_select(_reads_all(_ultrafeedback_oracle)),
+    "maxmin": _make_select(_reads_all(_maxmin)),
+    "delta_model": _make_select(_delta_model),
 }
 
 
@@ -226,7 +190,7 @@ def select_oracle_pairs(
     """Build one (chosen, rejected) pair per prompt with a static oracle baseline.
 
     Args:
-        method: a key of :data:`BASELINE_METHODS`.
+        method: a key of :data:`BASELINE_RULES`.
         scores: ``[P, N]`` oracle scores (must be finite where the baseline reads them).
         seed: int or ``numpy.random.Generator`` (a Generator is advanced in place).
         mask: ``[P, N]`` bool, True where a response exists; default all True.
@@ -245,10 +209,8 @@ def select_oracle_pairs(
             non-finite score that would be read; bad shapes; bad or missing model indices.
     """
     try:
-        entry = BASELINE_METHODS[method]
+        select = BASELINE_RULES[method]
     except (KeyError, TypeError):
-        known = ", ".join(BASELINE_METHODS)
+        known = ", ".join(BASELINE_RULES)
         raise ValueError(f"unknown baseline method {method!r}; known: {known}") from None
-    return entry.select(
-        scores, seed=seed, mask=mask, strong_index=strong_index, weak_index=weak_index
-    )
+    return select(scores, seed=seed, mask=mask, strong_index=strong_index, weak_index=weak_index)

@@ -71,7 +71,6 @@ from safetensors.torch import save_file
 
 __all__ = [
     "EnsembleConfig",
-    "ReplayBuffer",
     "RewardEnsemble",
     "TrainStats",
     "anchor_lambda",
@@ -464,7 +463,7 @@ def _as_tensor(features: np.ndarray | torch.Tensor) -> torch.Tensor:
         arr = arr.astype(np.float32)
     arr = np.ascontiguousarray(arr)
     if not arr.flags.writeable:
-        # read-only inputs (memory-mapped feature caches, ReplayBuffer.arrays()) are never written
+        # read-only inputs (memory-mapped feature caches) are never written
         # to here; torch would warn about them on every conversion
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
@@ -1036,72 +1035,3 @@ def _check_fixed_settings(
             f"rounds ({diffs}). Keep the stored {', '.join(names)} to continue this chain of "
             "rounds, or start a new home (a fresh chain of rounds) to use the new value."
         )
-
-
-# --------------------------------------------------------------------------------------------------
-# replay buffer
-
-
-class ReplayBuffer:
-    """FIFO of (chosen, rejected) feature pairs for the in-memory simulation loop.
-
-    A mirrored ring: every row is written twice (at ``i`` and ``i + capacity``), so the FIFO window
-    is always one contiguous slice and :meth:`arrays` never copies. That costs twice the memory
-    (``4 * capacity * dim * itemsize`` bytes in all) and saves a full copy of the buffer per round.
-    """
-
-    def __init__(self, capacity: int, dim: int, dtype: Any = np.float32):
-        if not _is_int(capacity) or capacity < 1:
-            raise ValueError(f"capacity must be an integer >= 1, got {capacity!r}")
-        if not _is_int(dim) or dim < 1:
-            raise ValueError(f"dim must be an integer >= 1, got {dim!r}")
-        self.capacity = int(capacity)
-        self.dim = int(dim)
-        self.dtype = np.dtype(dtype)
-        self._chosen = np.zeros((2 * self.capacity, self.dim), dtype=self.dtype)
-        self._rejected = np.zeros((2 * self.capacity, self.dim), dtype=self.dtype)
-        self._next = 0  # ring position of the next write
-        self._size = 0
-
-    def __len__(self) -> int:
-        return self._size
-
-    def add(self, chosen: np.ndarray, rejected: np.ndarray) -> None:
-        """Append pairs (``[n, dim]`` each, or one ``[dim]`` pair); the oldest are dropped first."""
-        c = np.asarray(chosen)
-        r = np.asarray(rejected)
-        if c.ndim == 1 and r.ndim == 1:
-            c, r = c[None, :], r[None, :]
-        if c.ndim != 2 or c.shape[1] != self.dim or c.shape != r.shape:
-            raise ValueError(
-                f"chosen {c.shape} and rejected {r.shape} must both be [n, {self.dim}]"
-            )
-        n = c.shape[0]
-        if n > self.capacity:  # only the newest `capacity` pairs survive
-            c, r = c[-self.capacity :], r[-self.capacity :]
-            self._next = (self._next + n - self.capacity) % self.capacity
-            n = self.capacity
-        cap = self.capacity
-        start = self._next
-        first = min(n, cap - start)
-        for src, dst in ((c, self._chosen), (r, self._rejected)):
-            dst[start : start + first] = src[:first]
-            dst[start + cap : start + cap + first] = src[:first]
-            if first < n:
-                dst[: n - first] = src[first:]
-                dst[cap : cap + n - first] = src[first:]
-        self._next = (start + n) % cap
-        self._size = min(self._size + n, cap)
-
-    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(chosen, rejected)`` as ``[len, dim]`` arrays, oldest pair first.
-
-        The arrays are read-only views into the buffer: copy them if you need them after the
-        next :meth:`add`.
-        """
-        start = (self._next - self._size) % self.capacity
-        c = self._chosen[start : start + self._size]
-        r = self._rejected[start : start + self._size]
-        c.flags.writeable = False
-        r.flags.writeable = False
-        return c, r

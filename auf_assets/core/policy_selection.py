@@ -39,7 +39,7 @@ from .acquisition import check_bool as _check_bool
 
 __all__ = [
     "ACTIVEDPO_TIE_RTOL",
-    "POLICY_METHODS",
+    "POLICY_RULES",
     "CountSketch",
     "PolicySelection",
     "candidate_pairs",
@@ -53,24 +53,9 @@ __all__ = [
     "weighted_sharpe_ratio_from_probabilities",
 ]
 
-POLICY_METHODS: dict[str, str] = {
-    "sharp": (
-        "SHARP: pair with the smallest implicit DPO margin |Delta| (Sharpe ratio coth(|Delta|/2));"
-        " needs policy + reference log-probs"
-    ),
-    "wsharp": (
-        "W-SHARP: weighted Sharpe ratio 1/|sinh(Delta/2)|, also smallest |Delta| first;"
-        " needs policy + reference log-probs"
-    ),
-    "activedpo": (
-        "ActiveDPO: greedy max sqrt(phi^T V^-1 phi) over projected reward-gradient differences,"
-        " V carried across rounds; needs per-response projected gradients"
-    ),
-    "apl": (
-        "APL: highest reward-softmax entropy prompts, then the largest implicit margin |Delta|;"
-        " needs policy + reference log-probs"
-    ),
-}
+#: The built-in policy-aware rules of :func:`select_policy_pairs`. The registry
+#: (:mod:`auf_assets.core.methods`) lists them with what they need and a description.
+POLICY_RULES = ("sharp", "wsharp", "activedpo", "apl")
 
 #: ActiveDPO treats criterion values within this relative distance of the best as tied, so that
 #: float noise (unit vectors whose norms differ in the last bit) does not override the seed.
@@ -253,7 +238,7 @@ def select_policy_pairs(
     lam: float = 1.0,
     entropy: np.ndarray | None = None,
 ) -> PolicySelection:
-    """Pick at most one pair per prompt with a policy-driven rule (see :data:`POLICY_METHODS`).
+    """Pick at most one pair per prompt with a policy-driven rule (see :data:`POLICY_RULES`).
 
     ``rewards``: ``[B, N]`` implicit rewards; ``mask``: bool ``[B, N]`` real responses (None:
     all). ``identical``: optional bool ``[B, N, N]`` marking pairs with identical texts, never
@@ -263,8 +248,8 @@ def select_policy_pairs(
     optional ``[B]`` per-prompt entropy for apl (None: :func:`prompt_entropy` of ``rewards``).
     Ties are broken by seeded random keys, so a seed fixes the result.
     """
-    if method not in POLICY_METHODS:
-        raise ValueError(f"unknown policy method {method!r}; known: {', '.join(POLICY_METHODS)}")
+    if method not in POLICY_RULES:
+        raise ValueError(f"unknown policy method {method!r}; known: {', '.join(POLICY_RULES)}")
     rng = _as_rng(seed)
     r = _check_matrix("rewards", rewards)
     b, n = r.shape

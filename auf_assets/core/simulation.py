@@ -8,16 +8,17 @@ A *pool* has one row per response: ``prompt_id``, ``prompt``, ``completion_id``,
    from; the other (train) prompts are visited in a seeded random order, ``batch_size`` per round.
 2. **Score**: the running :class:`~auf_assets.core.ensemble.RewardEnsemble` predicts ``mu, sigma``
    of every response of the round's prompts (fresh heads in round 1, as in the pipeline).
-3. **Select**: :func:`~auf_assets.core.acquisition.select_pairs` picks one pair per prompt,
-   vectorised over the round (ragged prompts are masked). Static baselines
-   (:mod:`auf_assets.core.baselines`) are selectable too.
+3. **Select**: the method of the registry (:mod:`auf_assets.core.methods`) picks one pair per
+   prompt, vectorised over the round (ragged prompts are masked), after the warm-up rule
+   (:mod:`auf_assets.core.round_step`, the round logic the pipeline's assets share). Policy-aware
+   methods select with a DPO policy; static oracle baselines are selectable too.
 4. **Judge**: only the two selected responses' oracle scores are revealed (an :class:`Oracle`
    counts every lookup). ``chosen`` = the higher score. **Ties**: when the two scores are exactly
    equal the first-selected response is recorded as ``chosen``, the row is flagged ``tie``, its
    labels are charged, and the pair is never used for training (it carries no preference).
-5. **Update**: non-tied pairs enter the FIFO :class:`~auf_assets.core.ensemble.ReplayBuffer` and
-   the running model trains on it (:meth:`~auf_assets.core.ensemble.RewardEnsemble.train_round`,
-   optimiser state carried across rounds), exactly as the pipeline's ``reward_model`` asset does.
+5. **Update**: non-tied pairs enter the FIFO :class:`~auf_assets.core.round_step.ReplayBuffer`
+   and the running model trains on it (:func:`~auf_assets.core.round_step.train_on_replay`,
+   optimiser state carried across rounds), as the pipeline's ``reward_model`` asset does.
 
 **Labels**: an acquisition method is charged 2 labels per prompt. A static baseline reads the
 oracle scores of the round's responses (it is an oracle baseline by definition) and is charged its
@@ -60,11 +61,11 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from .acquisition import ACQUISITION_METHODS, select_pairs
-from .baselines import BASELINE_METHODS, select_oracle_pairs
-from .ensemble import EnsembleConfig, ReplayBuffer, RewardEnsemble
-from .policy_selection import POLICY_METHODS, identical_pairs, select_policy_pairs
+from .ensemble import EnsembleConfig, RewardEnsemble
+from .methods import get_method, method_names
+from .policy_selection import identical_pairs
 from .presets import default_ensemble, default_round
+from .round_step import ReplayBuffer, select_with_model, select_with_policy, train_on_replay
 
 __all__ = [
     "POOL_COLUMNS",
@@ -79,7 +80,6 @@ __all__ = [
     "SimulationConfig",
     "SimulationResult",
     "heldout_pairs",
-    "known_methods",
     "load_pool",
     "pairwise_accuracy",
     "pool_half",
@@ -115,11 +115,6 @@ _EVAL_SEED_OFFSET = 1_000_003
 
 class PoolError(ValueError):
     """A pool file or frame that cannot be simulated; the message names the file and the problem."""
-
-
-def known_methods() -> list[str]:
-    """Every selectable method: acquisition rules, policy-aware rules, static oracle baselines."""
-    return [*ACQUISITION_METHODS, *POLICY_METHODS, *BASELINE_METHODS]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -623,8 +618,8 @@ class SimulationConfig:
     """Settings of one simulated run.
 
     Attributes:
-        method: an acquisition rule (:data:`ACQUISITION_METHODS`) or a static baseline
-            (:data:`BASELINE_METHODS`).
+        method: a registered selection method (:mod:`auf_assets.core.methods`): a reward-model
+            rule, a policy-aware rule (needs a policy loop) or a static oracle baseline.
         seed: drives the response sample, the split, the prompt order, the selection and the
             ensembles' initialisation.
         responses_per_prompt: K responses per prompt sampled by seed; ``None``/0 = all.
@@ -672,8 +667,7 @@ class SimulationConfig:
             if "hidden" in data:
                 data["hidden"] = tuple(data["hidden"])
             self.eval_model = EvalModelConfig(**data)
-        if self.method not in known_methods():
-            raise ValueError(f"unknown method {self.method!r}; known: {', '.join(known_methods())}")
+        selection = get_method(self.method)  # a ValueError lists the known methods
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.eval_every < 1:
@@ -697,23 +691,23 @@ class SimulationConfig:
             raise ValueError(f"heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
         if not (math.isfinite(self.beta) and self.beta >= 0):
             raise ValueError(f"beta must be finite and >= 0, got {self.beta}")
-        if "fraction" in self.method_options and self.method not in POLICY_METHODS:
+        if "fraction" in self.method_options and selection.family != "policy":
             raise ValueError(
-                f"fraction applies to the policy-aware methods ({', '.join(POLICY_METHODS)}), "
-                f"not to {self.method}"
+                f"fraction applies to the policy-aware methods "
+                f"({', '.join(method_names('policy'))}), not to {self.method}"
             )
-        if self.method == "delta_model" and not (self.strong_model and self.weak_model):
-            raise ValueError("delta_model needs strong_model and weak_model (model names)")
+        if "model_names" in selection.needs and not (self.strong_model and self.weak_model):
+            raise ValueError(f"{self.method} needs strong_model and weak_model (model names)")
 
     @property
     def is_active(self) -> bool:
-        """True for acquisition rules (a running reward model picks the pairs)."""
-        return self.method in ACQUISITION_METHODS
+        """True for reward-model methods (a running reward model picks the pairs)."""
+        return get_method(self.method).family == "reward_model"
 
     @property
     def is_policy_aware(self) -> bool:
         """True for rules that select with the DPO policy itself (they need a policy loop)."""
-        return self.method in POLICY_METHODS
+        return get_method(self.method).family == "policy"
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -911,8 +905,9 @@ def simulate(
     ri, rj, sign = heldout_pairs(pool, heldout, held_scores, cfg.gap_threshold)
     x_held = x[held_rows]
 
-    active = cfg.is_active
-    policy_aware = cfg.is_policy_aware
+    selection = get_method(cfg.method)
+    active = selection.family == "reward_model"
+    policy_aware = selection.family == "policy"
     if policy_aware and policy is None:
         raise ValueError(f"{cfg.method} selects with the DPO policy: pass a policy loop")
     texts = (
@@ -926,7 +921,7 @@ def simulate(
     buffer: ReplayBuffer | None = None
     if active:
         model = RewardEnsemble(x.shape[1], replace(cfg.ensemble, seed=int(cfg.seed)))
-        buffer = ReplayBuffer(cfg.ensemble.replay_capacity, x.shape[1])
+        buffer = ReplayBuffer(cfg.ensemble.replay_capacity)
     rng = np.random.default_rng([int(cfg.seed), _STREAM_SELECT])
 
     chosen_rows: list[np.ndarray] = []
@@ -1017,11 +1012,11 @@ def simulate(
             usable = mask.copy()
             usable[mask] = scored > 0  # a prompt that fills max_length leaves nothing to score
             gradients = None
-            if cfg.method == "activedpo" and policy.rounds_trained > 0:
+            if "gradients" in selection.needs and policy.rounds_trained > 0:
                 g = policy.gradient_features(prompts_t, responses_t)
                 gradients = np.zeros((*idx.shape, g.shape[1]), dtype=np.float32)
                 gradients[mask] = g
-            picked = select_policy_pairs(
+            picked = select_with_policy(
                 cfg.method,
                 rewards,
                 usable,
@@ -1049,9 +1044,17 @@ def simulate(
             mu = np.zeros(idx.shape)
             sigma = np.zeros(idx.shape)
             mu[mask], sigma[mask] = model.predict(x[idx[mask]])
-            rule = "random" if rnd < cfg.warmup_rounds else cfg.method
-            options = cfg.method_options if rule == cfg.method else {}
-            picks = select_pairs(rule, mu, sigma, beta=cfg.beta, seed=rng, mask=mask, **options)
+            picks, _ = select_with_model(
+                cfg.method,
+                mu,
+                sigma,
+                mask,
+                round_number=rnd + 1,
+                warmup_rounds=cfg.warmup_rounds,
+                beta=cfg.beta,
+                seed=rng,
+                options=cfg.method_options,
+            )
             a, b = idx[rows, picks[:, 0]], idx[rows, picks[:, 1]]
             c, r, s_c, s_r, tie = _judge(oracle, a, b)
             labels = np.full(len(batch), 2, dtype=np.int64)
@@ -1059,18 +1062,16 @@ def simulate(
             round_scores = np.zeros(idx.shape)
             round_scores[mask] = oracle.reveal(idx[mask])
             kwargs: dict[str, Any] = {}
-            if cfg.method == "delta_model":
+            if "model_names" in selection.needs:
                 kwargs = {
                     "strong_index": _model_columns(pool, idx, cfg.strong_model),
                     "weak_index": _model_columns(pool, idx, cfg.weak_model),
                 }
-            picks, labels = select_oracle_pairs(
-                cfg.method, round_scores, seed=rng, mask=mask, **kwargs
-            )
+            picks, labels = selection.select(round_scores, seed=rng, mask=mask, **kwargs)
             c, r = idx[rows, picks[:, 0]], idx[rows, picks[:, 1]]
             s_c, s_r = round_scores[rows, picks[:, 0]], round_scores[rows, picks[:, 1]]
             tie = s_c == s_r
-            if cfg.method == "delta_model":
+            if selection.labels_per_prompt == "0":
                 tie = np.zeros(len(batch), dtype=bool)  # no label read: nothing can tie
         prompts_done += len(batch)
         chosen_rows.append(c)
@@ -1084,12 +1085,10 @@ def simulate(
         if active:
             assert model is not None and buffer is not None
             keep = ~tie
-            if keep.any():
-                buffer.add(x[c[keep]], x[r[keep]])
+            buffer.add(pl.DataFrame({"chosen": c[keep], "rejected": r[keep]}))
             if len(buffer):
-                bc, br = buffer.arrays()
-                for _ in range(cfg.train_passes):
-                    model.train_round(bc, br, prompts_done)
+                held_c, held_r = buffer.arrays("chosen", "rejected")
+                train_on_replay(model, x[held_c], x[held_r], prompts_done, cfg.train_passes)
         if policy is not None:
             assert texts is not None
             decided = [

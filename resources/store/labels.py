@@ -100,19 +100,11 @@ class LabelsAndJudgements(StoreBase):
             )
         )
 
-    def replay_buffer(self, round_index: int, capacity: int) -> pl.DataFrame:
-        """The replay buffer after round `round_index`: a FIFO of the decided pairs.
-
-        The newest `capacity` decided pairs of the rounds up to `round_index`, oldest first, in
-        the order the rounds took their prompts: the simulator's `ReplayBuffer` holds the same
-        pairs in the same order.
-        """
-        return self.decided_pairs(round_index).tail(capacity)
-
     def decided_pairs(self, through_index: int | None = None) -> pl.DataFrame:
         """Every a/b verdict of the rounds up to `through_index` (all: None), oldest first.
 
-        The order of the replay buffer: by round, then by the prompt's position in its round.
+        The order of the replay buffer (`auf_assets.core.round_step.ReplayBuffer`, which keeps
+        the newest of them): by round, then by the prompt's position in its round.
         """
         return self._query(
             "SELECT j.round_id, r.round_index, q.position, j.pair_id, "

@@ -38,13 +38,13 @@ class ScoresAndPairs(StoreBase):
 
     def pair_counts(self, round_id: str) -> dict:
         """What the pairs check reads: the round's pairs, prompts with a pair, prompts, pairs of
-        one response twice, the selection method (without a fallback suffix), and pairs with a
-        response to another prompt."""
+        one response twice, the selection method and its fallback, and pairs with a response to
+        another prompt."""
         return self._query(
             "SELECT count(*) AS pairs, count(DISTINCT s.prompt_id) AS prompts_with_pairs, "
             "(SELECT count(*) FROM round_prompts WHERE round_id = $r) AS prompts, "
             "count(*) FILTER (WHERE s.completion_a = s.completion_b) AS same_response, "
-            "split_part(any_value(s.method), ':', 1) AS method, "
+            "any_value(s.method) AS method, any_value(s.fallback) AS fallback, "
             "count(*) FILTER (WHERE a.prompt_id IS DISTINCT FROM s.prompt_id OR "
             "b.prompt_id IS DISTINCT FROM s.prompt_id) AS foreign_response "
             "FROM pairs s LEFT JOIN completions a ON a.completion_id = s.completion_a "

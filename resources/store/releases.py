@@ -29,7 +29,7 @@ class ReleasesAndCheckpoints(StoreBase):
             "SELECT j.pair_id, j.round_id, r.round_index, j.prompt_id, q.prompt, q.source, "
             "q.origin AS prompt_origin, j.preference, j.score_a, j.score_b, j.labeller, "
             "j.source AS label_source, j.n_labels, j.labelled_at, "
-            "p.method, p.beta, p.seed, p.completion_a, p.completion_b, "
+            "p.method, p.fallback, p.beta, p.seed, p.completion_a, p.completion_b, "
             "ca.member AS member_a, ca.model AS model_a, ca.sampling AS sampling_a, "
             "ca.principle AS principle_a, ca.response AS response_a, "
             "cb.member AS member_b, cb.model AS model_b, cb.sampling AS sampling_b, "

@@ -303,10 +303,16 @@ CREATE TABLE IF NOT EXISTS call_cache (
     created_at TIMESTAMP NOT NULL,
     PRIMARY KEY (round_id, step, key)
 );
+-- A pair's method could not apply and another rule picked it (a policy method's first round:
+-- 'random'); NULL when the method picked it. Older files stored this as a ':random' suffix of
+-- the method: split it off.
+ALTER TABLE pairs ADD COLUMN IF NOT EXISTS fallback VARCHAR;
+UPDATE pairs SET fallback = split_part(method, ':', 2), method = split_part(method, ':', 1)
+WHERE method LIKE '%:%';
 """
 
 # Bumped whenever SCHEMA changes: a connection runs SCHEMA only when the file's version is older.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 # Tables whose rows belong to one round partition (the unit of idempotent replacement).

@@ -222,6 +222,8 @@ def test_an_old_homes_random_suffix_becomes_the_fallback_field(tmp_path):
             "('p2', 'round-0002', 'q2', 'a', 'b', 'sharp'), "
             "('p3', 'round-0002', 'q3', 'a', 'b', 'deltaucb')"
         )
-    rows = store.query("SELECT pair_id, method, fallback FROM pairs ORDER BY pair_id").rows()
+    rows = store.sql_for_tests(
+        "SELECT pair_id, method, fallback FROM pairs ORDER BY pair_id"
+    ).rows()
     assert rows == [("p1", "sharp", "random"), ("p2", "sharp", None), ("p3", "deltaucb", None)]
-    assert store.scalar("SELECT max(version) FROM auf_schema") == 6
+    assert store.sql_for_tests("SELECT max(version) AS v FROM auf_schema")["v"].item() == 6

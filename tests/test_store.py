@@ -229,7 +229,8 @@ def _small_round(store) -> None:
             "prompt_id": ["p00", "p01"],
             "completion_a": ["c1", "c4"],
             "completion_b": ["c3", "c5"],
-            "method": ["deltaucb:random", "deltaucb:random"],
+            "method": ["deltaucb", "deltaucb"],
+            "fallback": ["random", "random"],
         }
     )
     verdicts = pl.DataFrame(
@@ -303,6 +304,7 @@ def test_the_round_reads_the_assets_and_checks_use(store):
         "prompts": 2,
         "same_response": 0,
         "method": "deltaucb",
+        "fallback": "random",
         "foreign_response": 0,
     }
     assert store.judgement_counts(rid) == {

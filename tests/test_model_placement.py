@@ -1,17 +1,23 @@
 """Where models live: one per GPU at a time, freed explicitly, loaded in the configured dtype,
-and a GPU of its own for each concurrent step."""
+a GPU of its own for each concurrent step, and torch threads sized to the process's CPU share."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
+import pytest
 import torch
 
+from auf_assets.core import devices
 from auf_assets.core.judging import judge_messages
 from resources import models
 from resources.models import LoadedModels, load_tokenizer_and_model
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_one_model_per_gpu_and_an_lru_on_the_cpu():
@@ -41,25 +47,210 @@ def test_weights_load_in_the_configured_dtype(tiny_lm_dir):
     assert models.weights_dtype("auto", torch.device("cpu")) == torch.float32
 
 
+def _python(code: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
+    """`code` in a fresh interpreter that imports this checkout (not another install)."""
+    env = {
+        **os.environ,
+        **(env or {}),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
+    }
+    for name, value in list(env.items()):
+        if value is None:
+            del env[name]
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+def _output(code: str, env: dict | None = None) -> str:
+    proc = _python(code, env)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    return out.strip()
+
+
 def test_concurrent_steps_claim_different_gpus(tmp_path, monkeypatch):
     """Two processes on a 2-GPU machine (of one home or two): the second does not land on GPU 0."""
     monkeypatch.setenv("AUF_GPU_CLAIMS", str(tmp_path / "claims"))
-    monkeypatch.setattr(models, "_CLAIMED_GPU", None)
+    monkeypatch.setattr(devices, "_CLAIMED_GPU", None)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    assert models.claim_gpu() == 0
-    child = textwrap.dedent(
-        """
+    assert devices.claim_gpu() == 0
+    child = """
         import torch
         torch.cuda.device_count = lambda: 2
         torch.cuda.mem_get_info = lambda i: (1, 1)
-        from resources import models
-        print(models.claim_gpu())
+        from auf_assets.core import devices
+        print(devices.claim_gpu())
+        """
+    assert _output(child) == "1"
+
+
+def test_a_device_name_is_checked_before_anything_is_claimed():
+    for wrong in ("gpu", "cuda:", "CUDA", "cuda:x", " cpu"):
+        with pytest.raises(ValueError, match="auto, cpu, cuda or cuda:N"):
+            devices.choose_device(wrong)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA is not available"):
+            devices.choose_device("cuda:0")
+
+
+def test_the_cpus_are_the_affinity_capped_by_the_cgroup_quota(tmp_path):
+    def fake_root(name: str, cgroup: str, files: dict[str, str]) -> Path:
+        root = tmp_path / name
+        (root / "proc/self").mkdir(parents=True)
+        (root / "proc/self/cgroup").write_text(cgroup)
+        for path, text in files.items():
+            (root / path).parent.mkdir(parents=True, exist_ok=True)
+            (root / path).write_text(text)
+        return root
+
+    eight = range(8)
+    nothing = fake_root("none", "0::/\n", {})
+    assert devices.cgroup_cpu_limit(nothing) is None
+    assert devices.available_cpus(nothing, affinity=eight) == 8
+    assert devices.available_cpus(tmp_path / "no-proc-at-all", affinity={0, 3}) == 2
+    # v2: the tightest cpu.max along the cgroup's path; "max" is no limit
+    v2 = fake_root(
+        "v2",
+        "0::/user.slice/job\n",
+        {
+            "sys/fs/cgroup/user.slice/job/cpu.max": "350000 100000\n",
+            "sys/fs/cgroup/user.slice/cpu.max": "250000 100000\n",
+            "sys/fs/cgroup/cpu.max": "max 100000\n",
+        },
+    )
+    assert devices.cgroup_cpu_limit(v2) == 2.5
+    assert devices.available_cpus(v2, affinity=eight) == 2.5
+    assert devices.available_cpus(v2, affinity={5, 6}) == 2  # the affinity is tighter
+    unlimited = fake_root("v2-max", "0::/a\n", {"sys/fs/cgroup/a/cpu.max": "max 100000\n"})
+    assert devices.cgroup_cpu_limit(unlimited) is None
+    # v1 in a container: the path names the host's folders; the container's own is the mount
+    v1 = fake_root(
+        "v1",
+        "12:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n0::/\n",
+        {
+            "sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us": "300000\n",
+            "sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us": "100000\n",
+        },
+    )
+    assert devices.available_cpus(v1, affinity=eight) == 3
+    v1_free = fake_root(
+        "v1-free",
+        "3:cpu:/\n",
+        {
+            "sys/fs/cgroup/cpu/cpu.cfs_quota_us": "-1\n",
+            "sys/fs/cgroup/cpu/cpu.cfs_period_us": "100000",
+        },
+    )
+    assert devices.cgroup_cpu_limit(v1_free) is None
+
+
+def test_the_affinity_is_the_process_own():
+    child = """
+        import os
+        from auf_assets.core import devices
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+        print(devices.available_cpus())
+        """
+    assert float(_output(child)) == 1.0
+
+
+def test_the_threads_are_an_equal_share_rounded_down_and_at_least_one():
+    assert devices.share_threads(2, 1) == 2
+    assert devices.share_threads(2, 2) == 1
+    assert devices.share_threads(2, 3) == 1  # never none
+    assert devices.share_threads(16, 3) == 5
+    assert devices.share_threads(2.5, 1) == 2
+    assert devices.share_threads(8, 0) == 8
+
+
+def test_cpu_claims_are_counted_while_their_processes_hold_them(tmp_path):
+    claims = [devices.take_cpu_claim(tmp_path) for _ in range(3)]
+    assert devices.count_cpu_claims(tmp_path) == 3
+    path, handle = claims.pop()
+    handle.close()  # as when its process ends
+    assert devices.count_cpu_claims(tmp_path) == 2
+    assert not path.exists()  # a dead claim's file is removed by whoever counts
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p, _ in claims)
+
+
+def test_a_claim_goes_when_its_process_is_killed(tmp_path):
+    child = _python(
+        f"""
+        import sys, time
+        from pathlib import Path
+        from auf_assets.core import devices
+        claim = devices.take_cpu_claim(Path({str(tmp_path)!r}))  # held while it is open
+        print("claimed", flush=True)
+        time.sleep(300)
         """
     )
-    out = subprocess.run(
-        [sys.executable, "-c", child], capture_output=True, text=True, check=True, timeout=120
+    try:
+        assert child.stdout.readline().strip() == "claimed"
+        assert devices.count_cpu_claims(tmp_path) == 1
+        child.kill()
+        child.wait(timeout=60)
+        assert devices.count_cpu_claims(tmp_path) == 0
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        child.kill()
+        child.communicate()
+
+
+def test_training_and_policy_scoring_take_a_share_of_the_cpus(tmp_path, tiny_chat_lm_dir):
+    """A process beside another that holds a CPU claim: policy scoring and training each go
+    through choose_device, which sizes torch's threads to half the CPUs, once."""
+    other = devices.take_cpu_claim(tmp_path)
+    child = f"""
+        import logging, sys
+        from pathlib import Path
+        import torch
+        logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(message)s")
+        from auf_assets.core import devices
+        from auf_assets.core.policy import PolicyScorer
+        from auf_assets.core.training import TrainingError, TrainSettings, train_reward_model
+        PolicyScorer({str(tiny_chat_lm_dir)!r}, device="cpu", max_length=64)
+        try:
+            train_reward_model("/nowhere", [], TrainSettings(device="cpu"), Path("out"))
+        except TrainingError:
+            pass
+        print("threads", torch.get_num_threads())
+        print("claims", devices.count_cpu_claims(Path({str(tmp_path)!r})))
+        print("expected", devices.share_threads(devices.available_cpus(), 2))
+        """
+    env = {"AUF_GPU_CLAIMS": str(tmp_path), "AUF_TORCH_THREADS": None, "OMP_NUM_THREADS": None}
+    try:
+        lines = _output(child, env).splitlines()
+    finally:
+        other[1].close()
+    values = dict(
+        line.split() for line in lines if line.split()[0] in ("threads", "claims", "expected")
     )
-    assert out.stdout.strip() == "1"
+    assert values["claims"] == "2"  # the child's own and the other process's
+    assert values["threads"] == values["expected"]
+    assert sum("torch uses" in line for line in lines) == 1, lines  # logged once
+
+
+def test_an_explicit_thread_count_wins_and_a_bad_one_is_named(tmp_path):
+    child = """
+        import torch
+        from auf_assets.core import devices
+        devices.choose_device("cpu")
+        print(torch.get_num_threads())
+        """
+    env = {"AUF_GPU_CLAIMS": str(tmp_path), "OMP_NUM_THREADS": None}
+    assert _output(child, {**env, "AUF_TORCH_THREADS": "3"}) == "3"
+    bad = _python(child, {**env, "AUF_TORCH_THREADS": "many"})
+    _, err = bad.communicate(timeout=300)
+    assert bad.returncode != 0 and "AUF_TORCH_THREADS must be a whole number" in err
+    # OMP_NUM_THREADS, which torch reads at start, is kept as it is
+    assert _output(child, {**env, "AUF_TORCH_THREADS": None, "OMP_NUM_THREADS": "1"}) == "1"
 
 
 def test_the_judge_prompt_is_bounded_too():

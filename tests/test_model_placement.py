@@ -3,6 +3,7 @@ a GPU of its own for each concurrent step, and torch threads sized to the proces
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -14,6 +15,8 @@ import torch
 
 from auf_assets.core import devices
 from auf_assets.core.judging import judge_messages
+from auf_assets.core.policy import PolicyScorer
+from auf_assets.core.training import TrainingError, TrainSettings, train_reward_model
 from resources import models
 from resources.models import LoadedModels, load_tokenizer_and_model
 
@@ -47,16 +50,9 @@ def test_weights_load_in_the_configured_dtype(tiny_lm_dir):
     assert models.weights_dtype("auto", torch.device("cpu")) == torch.float32
 
 
-def _python(code: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
+def _python(code: str) -> subprocess.Popen:
     """`code` in a fresh interpreter that imports this checkout (not another install)."""
-    env = {
-        **os.environ,
-        **(env or {}),
-        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
-    }
-    for name, value in list(env.items()):
-        if value is None:
-            del env[name]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(code)],
         env=env,
@@ -64,12 +60,11 @@ def _python(code: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        **kwargs,
     )
 
 
-def _output(code: str, env: dict | None = None) -> str:
-    proc = _python(code, env)
+def _output(code: str) -> str:
+    proc = _python(code)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     return out.strip()
@@ -183,7 +178,7 @@ def test_cpu_claims_are_counted_while_their_processes_hold_them(tmp_path):
 def test_a_claim_goes_when_its_process_is_killed(tmp_path):
     child = _python(
         f"""
-        import sys, time
+        import time
         from pathlib import Path
         from auf_assets.core import devices
         claim = devices.take_cpu_claim(Path({str(tmp_path)!r}))  # held while it is open
@@ -201,56 +196,6 @@ def test_a_claim_goes_when_its_process_is_killed(tmp_path):
     finally:
         child.kill()
         child.communicate()
-
-
-def test_training_and_policy_scoring_take_a_share_of_the_cpus(tmp_path, tiny_chat_lm_dir):
-    """A process beside another that holds a CPU claim: policy scoring and training each go
-    through choose_device, which sizes torch's threads to half the CPUs, once."""
-    other = devices.take_cpu_claim(tmp_path)
-    child = f"""
-        import logging, sys
-        from pathlib import Path
-        import torch
-        logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(message)s")
-        from auf_assets.core import devices
-        from auf_assets.core.policy import PolicyScorer
-        from auf_assets.core.training import TrainingError, TrainSettings, train_reward_model
-        PolicyScorer({str(tiny_chat_lm_dir)!r}, device="cpu", max_length=64)
-        try:
-            train_reward_model("/nowhere", [], TrainSettings(device="cpu"), Path("out"))
-        except TrainingError:
-            pass
-        print("threads", torch.get_num_threads())
-        print("claims", devices.count_cpu_claims(Path({str(tmp_path)!r})))
-        print("expected", devices.share_threads(devices.available_cpus(), 2))
-        """
-    env = {"AUF_GPU_CLAIMS": str(tmp_path), "AUF_TORCH_THREADS": None, "OMP_NUM_THREADS": None}
-    try:
-        lines = _output(child, env).splitlines()
-    finally:
-        other[1].close()
-    values = dict(
-        line.split() for line in lines if line.split()[0] in ("threads", "claims", "expected")
-    )
-    assert values["claims"] == "2"  # the child's own and the other process's
-    assert values["threads"] == values["expected"]
-    assert sum("torch uses" in line for line in lines) == 1, lines  # logged once
-
-
-def test_an_explicit_thread_count_wins_and_a_bad_one_is_named(tmp_path):
-    child = """
-        import torch
-        from auf_assets.core import devices
-        devices.choose_device("cpu")
-        print(torch.get_num_threads())
-        """
-    env = {"AUF_GPU_CLAIMS": str(tmp_path), "OMP_NUM_THREADS": None}
-    assert _output(child, {**env, "AUF_TORCH_THREADS": "3"}) == "3"
-    bad = _python(child, {**env, "AUF_TORCH_THREADS": "many"})
-    _, err = bad.communicate(timeout=300)
-    assert bad.returncode != 0 and "AUF_TORCH_THREADS must be a whole number" in err
-    # OMP_NUM_THREADS, which torch reads at start, is kept as it is
-    assert _output(child, {**env, "AUF_TORCH_THREADS": None, "OMP_NUM_THREADS": "1"}) == "1"
 
 
 def test_the_judge_prompt_is_bounded_too():
@@ -276,3 +221,73 @@ def test_a_vllm_engine_is_shut_down_when_freed():
     cache.get(("v1",), "vllm:cpu", FakeLLM, models._stop_vllm)
     cache.get(("v2",), "vllm:cpu", FakeLLM, models._stop_vllm)
     assert calls == ["shutdown"]
+
+
+@pytest.fixture()
+def new_process(tmp_path, monkeypatch):
+    """This process as if it had not chosen a device yet, its claims in a folder of its own;
+    torch's threads are put back afterwards."""
+    claims = tmp_path / "claims"
+    monkeypatch.setenv("AUF_GPU_CLAIMS", str(claims))
+    monkeypatch.delenv("AUF_TORCH_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(devices, "_THREADS", None)
+    monkeypatch.setattr(devices, "_CPU_CLAIM", None)
+    before = torch.get_num_threads()
+    yield claims
+    torch.set_num_threads(before)
+
+
+def test_training_and_policy_scoring_take_a_share_of_the_cpus(
+    new_process, tiny_chat_lm_dir, caplog, monkeypatch
+):
+    """Beside another process that holds a CPU claim, policy scoring and training each go
+    through choose_device: a claim of their own, and half the CPUs for torch, logged once."""
+    new_process.mkdir()
+    other = devices.take_cpu_claim(new_process)
+    half = devices.share_threads(devices.available_cpus(), 2)
+    torch.set_num_threads(half + 1)  # what it was does not stay
+    with caplog.at_level(logging.INFO, logger=devices.__name__):
+        PolicyScorer(tiny_chat_lm_dir, device="cpu", max_length=64)
+        PolicyScorer(tiny_chat_lm_dir, device="cpu", max_length=64)
+    assert devices.count_cpu_claims(new_process) == 2
+    assert torch.get_num_threads() == half
+    assert sum("torch uses" in r.getMessage() for r in caplog.records) == 1  # once a process
+
+    # Both processes end; a new one trains.
+    devices._CPU_CLAIM[2].close()
+    other[1].close()
+    monkeypatch.setattr(devices, "_THREADS", None)
+    monkeypatch.setattr(devices, "_CPU_CLAIM", None)
+    with pytest.raises(TrainingError):  # no base model: fails after the device was chosen
+        train_reward_model("/nowhere", [], TrainSettings(device="cpu"), "unused")
+    assert devices.count_cpu_claims(new_process) == 1
+    assert torch.get_num_threads() == devices.share_threads(devices.available_cpus(), 1)
+
+
+def test_an_explicit_thread_count_wins_and_a_bad_one_is_named(new_process, monkeypatch):
+    monkeypatch.setenv("AUF_TORCH_THREADS", "many")
+    with pytest.raises(ValueError, match="AUF_TORCH_THREADS must be a whole number"):
+        devices.choose_device("cpu")
+    assert not new_process.exists() or not list(new_process.iterdir())  # nothing claimed
+    monkeypatch.setenv("AUF_TORCH_THREADS", "3")
+    devices.choose_device("cpu")
+    assert torch.get_num_threads() == 3
+    # OMP_NUM_THREADS, which torch reads at start, is kept as it is
+    monkeypatch.setattr(devices, "_THREADS", None)
+    monkeypatch.delenv("AUF_TORCH_THREADS")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    torch.set_num_threads(2)
+    devices.choose_device("cpu")
+    assert torch.get_num_threads() == 2
+
+
+def test_a_claims_folder_that_cannot_be_written_leaves_the_process_alone(
+    new_process, tmp_path, monkeypatch, caplog
+):
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("AUF_GPU_CLAIMS", str(tmp_path / "a-file" / "claims"))
+    with caplog.at_level(logging.WARNING, logger=devices.__name__):
+        assert devices.choose_device("cpu") == torch.device("cpu")
+    assert "cannot take a CPU claim" in caplog.text
+    assert torch.get_num_threads() == devices.share_threads(devices.available_cpus(), 1)

@@ -26,6 +26,7 @@ import math
 import os
 import re
 import tempfile
+import threading
 import uuid
 from collections.abc import Collection
 from pathlib import Path
@@ -44,6 +45,7 @@ _CPU_CLAIM_GLOB = "cpu-*.lock"
 
 # This process's claims: (pid, value, open locked file). The pid tells a forked child, which
 # inherits the parent's, to take its own.
+_LOCK = threading.RLock()  # one claim per process, however many threads ask at once
 _CLAIMED_GPU: tuple[int, int, IO | None] | None = None
 _CPU_CLAIM: tuple[int, Path, IO] | None = None
 _THREADS: tuple[int, int] | None = None
@@ -106,28 +108,29 @@ def claim_gpu() -> int:
     global _CLAIMED_GPU
     import torch
 
-    if _CLAIMED_GPU is not None and _CLAIMED_GPU[0] == os.getpid():
-        return _CLAIMED_GPU[1]
-    count = torch.cuda.device_count()
-    if count <= 1:
-        _CLAIMED_GPU = (os.getpid(), 0, None)
-        return 0
-    folder = claims_dir()
-    for index in range(count):
-        handle = open(folder / f"cuda{index}.lock", "a+")  # noqa: SIM115 - held for the process
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            continue
-        _CLAIMED_GPU = (os.getpid(), index, handle)
-        log.info("claimed GPU %d of %d", index, count)
+    with _LOCK:
+        if _CLAIMED_GPU is not None and _CLAIMED_GPU[0] == os.getpid():
+            return _CLAIMED_GPU[1]
+        count = torch.cuda.device_count()
+        if count <= 1:
+            _CLAIMED_GPU = (os.getpid(), 0, None)
+            return 0
+        folder = claims_dir()
+        for index in range(count):
+            handle = open(folder / f"cuda{index}.lock", "a+")  # noqa: SIM115 - held for the process
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.close()
+                continue
+            _CLAIMED_GPU = (os.getpid(), index, handle)
+            log.info("claimed GPU %d of %d", index, count)
+            return index
+        free = [torch.cuda.mem_get_info(i)[0] for i in range(count)]
+        index = max(range(count), key=lambda i: free[i])
+        log.warning("all %d GPUs are claimed; sharing GPU %d (most free memory)", count, index)
+        _CLAIMED_GPU = (os.getpid(), index, None)
         return index
-    free = [torch.cuda.mem_get_info(i)[0] for i in range(count)]
-    index = max(range(count), key=lambda i: free[i])
-    log.warning("all %d GPUs are claimed; sharing GPU %d (most free memory)", count, index)
-    _CLAIMED_GPU = (os.getpid(), index, None)
-    return index
 
 
 # -- CPU claims -------------------------------------------------------------------------------
@@ -163,14 +166,6 @@ def count_cpu_claims(folder: Path) -> int:
         finally:
             os.close(fd)
     return held
-
-
-def _process_cpu_claim(folder: Path) -> Path:
-    global _CPU_CLAIM
-    if _CPU_CLAIM is None or _CPU_CLAIM[0] != os.getpid():
-        path, handle = take_cpu_claim(folder)
-        _CPU_CLAIM = (os.getpid(), path, handle)
-    return _CPU_CLAIM[1]
 
 
 # -- CPU threads ------------------------------------------------------------------------------
@@ -262,22 +257,37 @@ def size_torch_threads() -> int:
     global _THREADS
     import torch
 
-    if _THREADS is not None and _THREADS[0] == os.getpid():
-        return _THREADS[1]
-    explicit = _explicit_threads()  # a bad value fails before the claim is taken
-    folder = claims_dir()
-    _process_cpu_claim(folder)
-    if explicit is not None:
-        threads, why = explicit, f"{THREADS_ENV}={explicit}"
-        torch.set_num_threads(threads)
-    elif os.environ.get("OMP_NUM_THREADS", "").strip():
-        # torch took its threads from it at start; whoever set it meant it
-        threads, why = torch.get_num_threads(), "OMP_NUM_THREADS is set"
-    else:
-        cpus, claims = available_cpus(), count_cpu_claims(folder)
-        threads = share_threads(cpus, claims)
-        why = f"{cpus:g} CPUs shared by {claims} model process(es) holding a CPU claim"
-        torch.set_num_threads(threads)
-    _THREADS = (os.getpid(), threads)
-    log.info("torch uses %d CPU thread(s): %s", threads, why)
-    return threads
+    with _LOCK:
+        if _THREADS is not None and _THREADS[0] == os.getpid():
+            return _THREADS[1]
+        explicit = _explicit_threads()  # a bad value fails before the claim is taken
+        claims = _claim_and_count()
+        if explicit is not None:
+            threads, why = explicit, f"{THREADS_ENV}={explicit}"
+            torch.set_num_threads(threads)
+        elif os.environ.get("OMP_NUM_THREADS", "").strip():
+            # torch took its threads from it at start; whoever set it meant it
+            threads, why = torch.get_num_threads(), "OMP_NUM_THREADS is set"
+        else:
+            cpus = available_cpus()
+            threads = share_threads(cpus, claims)
+            why = f"{cpus:g} CPUs shared by {claims} model process(es) holding a CPU claim"
+            torch.set_num_threads(threads)
+        _THREADS = (os.getpid(), threads)
+        log.info("torch uses %d CPU thread(s): %s", threads, why)
+        return threads
+
+
+def _claim_and_count() -> int:
+    """This process's CPU claim taken, the claims held on the machine counted (itself too). A
+    claims folder it cannot write (another user's) leaves it unclaimed, counting itself."""
+    global _CPU_CLAIM
+    try:
+        folder = claims_dir()
+        if _CPU_CLAIM is None or _CPU_CLAIM[0] != os.getpid():
+            path, handle = take_cpu_claim(folder)
+            _CPU_CLAIM = (os.getpid(), path, handle)
+        return count_cpu_claims(folder)
+    except OSError as exc:
+        log.warning("cannot take a CPU claim (%s): sizing torch's threads as if alone", exc)
+        return 1

@@ -2,13 +2,17 @@
 
 - no import cycle between the project's modules, imports inside functions counted;
 - `auf_assets.core` never imports Dagster, directly or through the project modules it imports;
-- `resources` imports nothing of `auf_assets` outside `auf_assets.core`.
+- `resources` imports nothing of `auf_assets` outside `auf_assets.core`;
+
+and the seeds that moved into core for it are the ones stored rounds were made with.
 """
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
+
+from auf_assets.core.seeding import stable_hash, stable_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("auf_assets", "resources", "sensors")
@@ -206,3 +210,11 @@ def test_resources_use_nothing_of_auf_assets_but_its_core():
     assert not outside, "resources import auf_assets outside auf_assets.core: " + "; ".join(
         f"{m} imports {', '.join(names)}" for m, names in sorted(outside.items())
     )
+
+
+def test_the_seeds_are_the_ones_stored_rounds_were_made_with():
+    # Values of the former auf_assets.reporting functions: ids and seeds in existing stores.
+    assert stable_hash("round-0001", "member", "text") == "ebe2d8c73dffd1e0"
+    assert stable_hash("x", length=40) == "2d711642b726b04401627ca9fbac32f5c8530fb1"
+    assert stable_seed("round-0001", 0) == 1855077389
+    assert stable_seed(7, "a\x1fb", None) == 1686055986

@@ -7,7 +7,6 @@ rows in the store. The algorithms live in `auf_assets.core`.
 """
 
 import dataclasses
-import functools
 import json
 import time
 from collections import Counter
@@ -25,6 +24,7 @@ from auf_assets.core.labels import Vote, resolve_votes
 from auf_assets.core.methods import ROUND_FAMILIES, get_method
 from auf_assets.core.presets import DEFAULT_PRESET, default_round, get_preset
 from auf_assets.core.principles import choose_system_prompt
+from auf_assets.core.prompt_matrices import by_prompt_matrices, random_pair_gap
 from auf_assets.core.response_pool import PoolFileError, oracle_scores, read_pool
 from auf_assets.core.round_step import (
     ReplayBuffer,
@@ -32,12 +32,13 @@ from auf_assets.core.round_step import (
     train_on_replay,
     warming_up,
 )
+from auf_assets.core.seeding import stable_hash, stable_seed
 from auf_assets.partitions import round_index, rounds_partitions
 from auf_assets.placement import GPU_POOL, GPU_TAGS
 from auf_assets.prompts import prompt_pool
-from auf_assets.reporting import markdown_preview, progress_logger, stable_hash, stable_seed
+from auf_assets.reporting import markdown_preview, progress_logger
+from auf_assets.round_guard import holds_round_chain
 from resources import home
-from resources.chain_lock import ChainBusy, round_chain
 from resources.encoder import FeatureEncoder
 from resources.engine import GenerationEngine
 from resources.judge import RubricJudge
@@ -49,29 +50,6 @@ from resources.reward_model import UncertaintyModel
 from resources.store import CallCache, DuckDBStore, StoreError, utcnow
 
 GROUP = "active_round"
-
-
-def holds_round_chain(compute):
-    """Run a round asset while holding its home's round-chain lock (see resources.chain_lock).
-
-    A second process working on the rounds of the same home at that moment makes this step fail
-    with a message that names the holder, instead of letting two rounds interleave.
-    """
-
-    @functools.wraps(compute)
-    def wrapper(context: dg.AssetExecutionContext, *args, **kwargs):
-        store: DuckDBStore = kwargs["store"]
-        what = (
-            f"run {context.run.run_id[:8]} ({context.asset_key.to_user_string()} of "
-            f"{context.partition_key})"
-        )
-        try:
-            with round_chain(store.root, what):
-                return compute(context, *args, **kwargs)
-        except ChainBusy as exc:
-            raise dg.Failure(str(exc)) from exc
-
-    return wrapper
 
 
 class RoundPromptsConfig(dg.Config):
@@ -537,39 +515,6 @@ class SelectedPairsConfig(dg.Config):
         description="the first rounds pick pairs at random while the reward model learns (the "
         "simulator's warmup_rounds)",
     )
-
-
-def random_pair_gap(mu: np.ndarray, mask: np.ndarray) -> float:
-    """Mean |mu_i - mu_j| of a pair drawn at random per prompt: the baseline of the selection."""
-    gaps = []
-    for row, keep in zip(mu, mask, strict=True):
-        m = row[keep]
-        if len(m) > 1:
-            diff = np.abs(m[:, None] - m[None, :])
-            gaps.append(diff.sum() / (len(m) * (len(m) - 1)))
-    return float(np.mean(gaps)) if gaps else 0.0
-
-
-def by_prompt_matrices(
-    rows: pl.DataFrame, columns: Sequence[str], fill: Sequence[float] | None = None
-) -> tuple[list[str], list[list[str]], list[np.ndarray], np.ndarray]:
-    """Per-response values as padded [P, N] matrices, one per column (``fill`` pads them; 0 by
-    default), with the prompt ids, each prompt's completion ids and the mask of real entries."""
-    grouped = (
-        rows.sort("prompt_id", "completion_id")
-        .group_by("prompt_id", maintain_order=True)
-        .agg("completion_id", *columns)
-    )
-    width = int(grouped["completion_id"].list.len().max())
-    shape = (grouped.height, width)
-    mask = np.zeros(shape, dtype=bool)
-    out = [np.full(shape, f, dtype=np.float64) for f in (fill or [0.0] * len(columns))]
-    for row, ids in enumerate(grouped["completion_id"]):
-        mask[row, : len(ids)] = True
-        for matrix, column in zip(out, columns, strict=True):
-            matrix[row, : len(ids)] = grouped[column][row].to_numpy()
-    ids = [list(i) for i in grouped["completion_id"]]
-    return grouped["prompt_id"].to_list(), ids, out, mask
 
 
 @dg.asset(

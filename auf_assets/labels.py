@@ -8,7 +8,7 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from auf_assets.active_round import holds_round_chain, selected_pairs
+from auf_assets.active_round import selected_pairs
 from auf_assets.core.labels import (
     LABEL_STUDIO_CONFIG,
     atomic_write_text,
@@ -18,8 +18,10 @@ from auf_assets.core.labels import (
     to_jsonl,
     to_labelstudio,
 )
+from auf_assets.core.seeding import stable_seed
 from auf_assets.partitions import rounds_partitions
-from auf_assets.reporting import markdown_preview, stable_seed
+from auf_assets.reporting import markdown_preview
+from auf_assets.round_guard import holds_round_chain
 from resources.labeling import LabelingSettings
 from resources.store import DuckDBStore, utcnow
 

@@ -25,14 +25,15 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from auf_assets.active_round import by_prompt_matrices, completions, holds_round_chain
 from auf_assets.core.methods import get_method
 from auf_assets.core.policy import PolicyLoopConfig, PolicyScorer, conversation
 from auf_assets.core.policy_selection import CountSketch, identical_pairs
+from auf_assets.core.prompt_matrices import by_prompt_matrices
 from auf_assets.core.round_step import select_with_policy
 from auf_assets.partitions import round_index, rounds_partitions
 from auf_assets.placement import GPU_POOL, GPU_TAGS
 from auf_assets.reporting import progress_logger
+from auf_assets.round_guard import holds_round_chain
 from resources import home
 from resources.store import DuckDBStore, utcnow
 from resources.training import TrainingSettings
@@ -83,7 +84,7 @@ def _policy_adapter(store: DuckDBStore, round_id: str) -> tuple[str | None, Path
 
 @dg.asset(
     partitions_def=rounds_partitions,
-    deps=[completions],
+    deps=[dg.AssetKey("completions")],
     group_name=GROUP,
     kinds={"pytorch", "peft", "duckdb"},
     code_version="1",

@@ -4,43 +4,20 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import time
 from collections.abc import Callable, Iterator
 
 import dagster as dg
 import polars as pl
 
-
-def stable_hash(*parts: object, length: int = 16) -> str:
-    text = "\x1f".join(str(p) for p in parts)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
-
-
-def stable_seed(*parts: object) -> int:
-    """A 31-bit seed derived from names (python's hash() changes between processes)."""
-    return int(stable_hash(*parts, length=8), 16) & 0x7FFFFFFF
+from auf_assets.core.markdown import markdown_table
 
 
 def markdown_preview(
     df: pl.DataFrame, max_rows: int = 8, max_chars: int = 80
 ) -> dg.MarkdownMetadataValue:
     """A short markdown table of the first rows, long text cut to `max_chars`."""
-    head = df.head(max_rows)
-
-    def cell(value: object) -> str:
-        text = "" if value is None else (f"{value:.4g}" if isinstance(value, float) else str(value))
-        text = text.replace("\n", " ").replace("|", "\\|")
-        return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
-
-    lines = [
-        "| " + " | ".join(head.columns) + " |",
-        "|" + "---|" * len(head.columns),
-        *("| " + " | ".join(cell(v) for v in row) + " |" for row in head.iter_rows()),
-    ]
-    if df.height > max_rows:
-        lines.append(f"\n_{df.height - max_rows} more rows_")
-    return dg.MetadataValue.md("\n".join(lines))
+    return dg.MetadataValue.md(markdown_table(df, max_rows, max_chars))
 
 
 def png_markdown(png: bytes, alt: str) -> dg.MarkdownMetadataValue:

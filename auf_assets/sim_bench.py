@@ -150,6 +150,7 @@ _HALF_CACHE: dict[tuple, SimPool] = {}
 def _init_worker() -> None:
     import torch
 
+    os.environ["AUF_TORCH_THREADS"] = "1"  # core.devices.choose_device keeps it in the worker
     torch.set_num_threads(1)
     torch.set_num_interop_threads(1)
 

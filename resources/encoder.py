@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from auf_assets.core.devices import choose_device
 from auf_assets.core.features import (
     SCALING_VERSION,
     TEXT_STATS,
@@ -25,7 +26,6 @@ from resources.models import (
     load_tokenizer_and_model,
     map_pairs,
     release_gpu_models,
-    resolve_device,
 )
 
 # The default features are the default preset's (the split protocol's choice, see
@@ -111,7 +111,7 @@ class FeatureEncoder(dg.ConfigurableResource):
         self, prompts: Sequence[str], responses: Sequence[str], progress: Progress | None = None
     ) -> np.ndarray:
         """The backbone's pooled vectors [n, dim] before scaling (L2-normalised if `normalize`)."""
-        device = resolve_device(self.device)
+        device = choose_device(self.device)
         tokenizer, model = load_tokenizer_and_model(
             self.model, "encoder", str(device), str(home.models_dir()), self.dtype
         )

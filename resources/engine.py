@@ -10,6 +10,7 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field
 
+from auf_assets.core.devices import choose_device
 from resources import home
 from resources.models import (
     Conversation,
@@ -90,12 +91,10 @@ def placement(backend: str, server: ServerSettings, device: str, base_url: str =
             "device": None,
             "gpus": server.gpus,
         }
-    from resources.models import resolve_device
-
     return {
         "backend": backend,
         "endpoint": None,
-        "device": str(resolve_device(device)),
+        "device": str(choose_device(device)),
         "gpus": 0.0,
     }
 

@@ -28,6 +28,7 @@ from auf_assets.core.judging import (
     score_from_text,
     score_from_top_logprobs,
 )
+from auf_assets.core.seeding import stable_hash
 from resources import home
 from resources.engine import Backend, ServerSettings, chat_endpoint, placement
 from resources.models import Progress, Usage, language_model, release_gpu_models
@@ -141,8 +142,6 @@ class RubricJudge(dg.ConfigurableResource):
         saved to it every `save_every` calls."""
         if cache is None:
             return ask(convs)
-        from auf_assets.reporting import stable_hash
-
         keys = [
             stable_hash(self.name, self.backend, stage, self.top_k, json.dumps(c, sort_keys=True))
             for c in convs

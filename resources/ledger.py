@@ -27,6 +27,7 @@ import polars as pl
 from pydantic import Field, ValidationError
 
 from auf_assets.core.costs import Budget, PriceTable, PriceTableError, Spending, price_rows
+from auf_assets.core.markdown import markdown_table
 from resources import home
 from resources.models import Usage
 from resources.store import DuckDBStore, utcnow
@@ -213,8 +214,6 @@ class StepLedger:
             "retries",
             pl.col("dollars").round(4),
         )
-        from auf_assets.reporting import markdown_preview
-
         return {
             "requests": int(frame["requests"].sum()),
             "cached_answers": int(frame["cached"].sum()),
@@ -222,7 +221,7 @@ class StepLedger:
             "retries": int(frame["retries"].sum()),
             "dollars": round(float(frame["dollars"].sum()), 4),
             "price_table": prices.source,
-            "ledger": markdown_preview(table, max_rows=len(self.rows)),
+            "ledger": dg.MetadataValue.md(markdown_table(table, max_rows=len(self.rows))),
         }
 
 

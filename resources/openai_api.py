@@ -9,7 +9,7 @@ before any work is sent. Optional extensions (`chat_template_kwargs`, vLLM's
 rejects them.
 
 `OpenAILM` implements the two calls the pipeline needs (`generate`, `first_token_logprobs`) on
-top of it, like the local backends in `resources.models`.
+top of it, like the local backends in `resources.models` (both answer in `resources.lm_types`).
 
 API keys come from environment variables only; they are sent in the Authorization header and
 never logged, stored or put in an error message.
@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 
 import requests
 
-from auf_assets.reporting import stable_seed
-from resources.models import Conversation, Generation, Progress, Usage, collapse_by_text
+from auf_assets.core.seeding import stable_seed
+from resources.lm_types import Conversation, Generation, Progress, Usage, collapse_by_text
 
 log = logging.getLogger(__name__)
 

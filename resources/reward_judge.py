@@ -17,12 +17,12 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from auf_assets.core.devices import choose_device
 from resources.models import (
     LOADED,
     Progress,
     map_pairs,
     release_gpu_models,
-    resolve_device,
     resolve_source,
     weights_dtype,
 )
@@ -88,7 +88,7 @@ class RewardModelJudge(dg.ConfigurableResource):
                 "the reward-model judge has no model: set resources.reward_judge.config.model "
                 "to a sequence-classification checkpoint"
             )
-        device = resolve_device(self.device)
+        device = choose_device(self.device)
         tokenizer, model = _load_reward_model(self.model, device, self.dtype)
         rewards = map_pairs(
             tokenizer,

@@ -14,6 +14,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from auf_assets.core.devices import choose_device
 from auf_assets.core.ensemble import EnsembleConfig, RewardEnsemble
 from auf_assets.core.presets import default_ensemble, default_round
 from resources import home
@@ -75,6 +76,7 @@ class UncertaintyModel(dg.ConfigurableResource):
         )
 
     def fresh(self, in_dim: int) -> RewardEnsemble:
+        choose_device("cpu")  # the ensemble runs on the CPU: this process's share of it
         return RewardEnsemble(in_dim, self.ensemble_config())
 
     def previous_model(
@@ -89,6 +91,7 @@ class UncertaintyModel(dg.ConfigurableResource):
         on the loaded model; the ones that cannot (heads, layers, seed, feature size) fail.
         Returns the model and the previous round's `reward_models` row (None in the first round).
         """
+        choose_device("cpu")  # the ensemble runs on the CPU: this process's share of it
         previous = store.previous_round(round_index)
         if previous is None:
             return self.fresh(in_dim), None

@@ -4,7 +4,7 @@ Policy-aware selection (spec section 4; :mod:`auf_assets.core.policy_selection` 
 scores candidate responses with the DPO policy itself: ``r(x, y) = beta * (log pi(y|x) -
 log pi_ref(y|x))``. :class:`PolicyScorer` holds a causal LM with a LoRA adapter (pi) whose
 disabled adapter is the reference (pi_ref), formats every (prompt, response) with the tokenizer's
-chat template exactly as TRL's DPO training does, and gives:
+chat template exactly as TRL's DPO training does (:mod:`auf_assets.core.chat_lm`), and gives:
 
 * :meth:`PolicyScorer.logps`: summed response-token log-probs and token counts, batched, under
   pi or pi_ref (a fresh adapter starts at zero, so pi == pi_ref until the first DPO step);
@@ -36,7 +36,16 @@ from typing import Any
 
 import numpy as np
 
+from .chat_lm import (
+    encode_conversation,
+    encoded_response_logps,
+    load_tokenizer,
+    lora_config,
+    sequence_logps,
+)
+from .devices import choose_device
 from .policy_selection import CountSketch
+from .training import TrainSettings, train_policy
 
 __all__ = [
     "PolicyLoop",
@@ -53,87 +62,6 @@ Log = Callable[[str], None]
 def conversation(prompt: str, response: str) -> tuple[list[dict], list[dict]]:
     """A (prompt, response) pair of plain texts as chat turns, the layout DPO trains on."""
     return [{"role": "user", "content": prompt}], [{"role": "assistant", "content": response}]
-
-
-def _lora_config(r: int, alpha: int):
-    from peft import LoraConfig
-
-    # The same adapter layout as auf_assets.core.training._lora: every linear layer.
-    return LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
-    )
-
-
-def _encode(tokenizer, prompt_turns, response_turns, max_length: int) -> tuple[list[int], int]:
-    """Token ids of the whole conversation (cut at max_length) and where the response starts.
-
-    The response starts where the prompt's ids (with the generation prompt) stop being a prefix
-    of the conversation's, as TRL finds it; a prompt that fills max_length leaves no response
-    token (such a pair is not scored: TRL drops it from training too).
-    """
-    head = tokenizer.apply_chat_template(
-        list(prompt_turns), add_generation_prompt=True, tokenize=False
-    )
-    full = tokenizer.apply_chat_template(list(prompt_turns) + list(response_turns), tokenize=False)
-    head_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
-    full_ids = tokenizer(full, add_special_tokens=False)["input_ids"]
-    start = 0
-    for a, b in zip(head_ids, full_ids, strict=False):
-        if a != b:
-            break
-        start += 1
-    full_ids = full_ids[:max_length]
-    return full_ids, max(1, min(start, len(full_ids)))
-
-
-def _response_logps(model, items, pad_id: int):
-    """Summed log-probs of each item's response tokens (token t is predicted at t - 1)."""
-    import torch
-
-    device = next(model.parameters()).device
-    width = max(len(ids) for ids, _ in items)
-    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(items), width), dtype=torch.long)
-    for i, (row, _) in enumerate(items):  # right padding: positions line up with the text
-        ids[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
-    ids, mask = ids.to(device), mask.to(device)
-    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-    # log p(token) = logit - logsumexp(logits): no second [B, L, vocab] log-softmax tensor
-    picked = logits.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-    token_logps = picked - torch.logsumexp(logits, dim=-1)
-    return torch.stack(
-        [token_logps[i, head - 1 : len(row) - 1].sum() for i, (row, head) in enumerate(items)]
-    )
-
-
-def sequence_logps(
-    model,
-    tokenizer,
-    prompts: Sequence[Sequence[dict]],
-    responses: Sequence[Sequence[dict]],
-    *,
-    max_length: int = 1024,
-    batch_size: int = 8,
-    progress: Callable[[int, int], None] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Summed log pi(response tokens | prompt) and the response's token count per (prompt turns,
-    response turns) pair, batched; the chat template formats them as TRL's DPO training does."""
-    import torch
-
-    items = [_encode(tokenizer, p, r, max_length) for p, r in zip(prompts, responses, strict=True)]
-    out = np.zeros(len(items))
-    tokens = np.array([len(row) - head for row, head in items], dtype=np.int64)
-    # Longest first: batches of similar length waste less padding.
-    order = sorted(range(len(items)), key=lambda i: -len(items[i][0]))
-    with torch.no_grad():
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            values = _response_logps(model, [items[i] for i in idx], tokenizer.pad_token_id)
-            out[idx] = values.cpu().numpy()
-            if progress is not None:
-                progress(min(start + batch_size, len(order)), len(order))
-    return out, tokens
 
 
 class PolicyScorer:
@@ -159,20 +87,19 @@ class PolicyScorer:
         from peft import PeftModel, get_peft_model
         from transformers import AutoModelForCausalLM
 
-        from .training import _device, _tokenizer
-
+        device = choose_device(device)  # a wrong name fails before the model loads
         self.base_dir = Path(base_dir)
         self.adapter_dir = Path(adapter_dir) if adapter_dir else None
         self.max_length = int(max_length)
         self.batch_size = int(batch_size)
-        self.tokenizer = _tokenizer(base_dir)
+        self.tokenizer = load_tokenizer(base_dir)
         base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
         if self.adapter_dir is None:
             torch.manual_seed(seed)  # LoRA A is random: seeded, so a fresh adapter is reproducible
-            model = get_peft_model(base, _lora_config(lora_r, lora_alpha))
+            model = get_peft_model(base, lora_config(lora_r, lora_alpha, "CAUSAL_LM"))
         else:
             model = PeftModel.from_pretrained(base, str(self.adapter_dir), is_trainable=True)
-        self.model = model.to(_device(device)).eval()
+        self.model = model.to(device).eval()
 
     # -- scoring --------------------------------------------------------------------------
 
@@ -232,8 +159,8 @@ class PolicyScorer:
             )
         out = np.zeros((len(prompts), sketch.dim), dtype=np.float32)
         for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
-            item = [_encode(self.tokenizer, p, r, self.max_length)]
-            logp = _response_logps(self.model, item, self.tokenizer.pad_token_id)[0]
+            item = [encode_conversation(self.tokenizer, p, r, self.max_length)]
+            logp = encoded_response_logps(self.model, item, self.tokenizer.pad_token_id)[0]
             grads = torch.autograd.grad(logp, params, allow_unused=True)
             flat = torch.cat(
                 [
@@ -400,8 +327,6 @@ class PolicyLoop:
 
     def train(self, rows: Sequence[dict]) -> dict[str, Any]:
         """One round's DPO step on ``rows`` (TRL rows), warm-started from the last adapter."""
-        from .training import TrainSettings, train_policy
-
         started = time.perf_counter()
         c = self.config
         settings = TrainSettings(

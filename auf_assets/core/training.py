@@ -28,6 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from .chat_lm import load_tokenizer, lora_config, sequence_logps
+from .devices import choose_device, wants_gpu
+
 LOSSES = ("dpo", "ipo", "simpo")
 CHECKPOINT_INFO = "auf_checkpoint.json"
 Log = Callable[[str], None]
@@ -103,17 +106,9 @@ PRESETS: dict[str, dict[str, TrainSettings]] = {
 
 def preset(kind: str, device: str = "auto", **overrides: Any) -> TrainSettings:
     """The preset for `kind` (policy, reward_model) on `device`, with `overrides` applied."""
-    where = "gpu" if _on_gpu(device) else "cpu"
+    where = "gpu" if wants_gpu(device) else "cpu"
     base = PRESETS[where][kind]
     return replace(base, device=device, **{k: v for k, v in overrides.items() if v is not None})
-
-
-def _on_gpu(device: str) -> bool:
-    import torch
-
-    if device == "auto":
-        return torch.cuda.is_available()
-    return device.startswith("cuda")
 
 
 @dataclass
@@ -214,20 +209,10 @@ def check_base(base_dir: str | Path, kind: str) -> None:
         )
 
 
-def _tokenizer(base_dir: str | Path):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"
-    return tokenizer
-
-
-def _device_args(settings: TrainSettings) -> dict[str, Any]:
+def _device_args(settings: TrainSettings, device) -> dict[str, Any]:
     import torch
 
-    gpu = _on_gpu(settings.device)
+    gpu = device.type == "cuda"
     bf16 = settings.bf16 if settings.bf16 is not None else gpu and torch.cuda.is_bf16_supported()
     checkpointing = settings.gradient_checkpointing
     return {
@@ -237,7 +222,7 @@ def _device_args(settings: TrainSettings) -> dict[str, Any]:
     }
 
 
-def _common_args(settings: TrainSettings, output_dir: str) -> dict[str, Any]:
+def _common_args(settings: TrainSettings, output_dir: str, device) -> dict[str, Any]:
     return {
         "output_dir": output_dir,
         "learning_rate": settings.learning_rate,
@@ -252,8 +237,24 @@ def _common_args(settings: TrainSettings, output_dir: str) -> dict[str, Any]:
         "logging_steps": 1,
         "disable_tqdm": True,
         "dataloader_num_workers": 0,
-        **_device_args(settings),
+        **_device_args(settings, device),
     }
+
+
+def _train_on(args, device):
+    """`args` pinned to `device`, the GPU this process claimed (`choose_device`). transformers
+    trains a single process on cuda:0 and over every visible GPU at once (TRL's trainers refuse
+    that), whatever other processes claimed: its device set-up runs first, then the claimed GPU
+    replaces what it chose. The CPU needs nothing."""
+    if device.type != "cuda":
+        return args
+    import torch
+
+    args._setup_devices  # noqa: B018 - transformers' own set-up (accelerate's state) first
+    torch.cuda.set_device(device)
+    args.__dict__["_setup_devices"] = device  # the cached `args.device`
+    args._n_gpu = 1
+    return args
 
 
 def _quiet(trainer) -> None:
@@ -355,23 +356,27 @@ def train_policy(
     """Train a LoRA policy on preference `rows`; write the adapter to `out_dir`."""
     import datasets
 
+    device = choose_device(settings.device)  # a wrong name fails before any work
     check_base(base_dir, "policy")
     given = check_rows(rows)
-    tokenizer = _tokenizer(base_dir)
+    tokenizer = load_tokenizer(base_dir)
     rows = fit_rows(tokenizer, given, settings.max_length, "policy")
     lora = _lora(settings, "CAUSAL_LM")
     dataset = datasets.Dataset.from_list([_trl_row(r) for r in rows])
     with tempfile.TemporaryDirectory() as scratch:
-        common = _common_args(settings, scratch)
+        common = _common_args(settings, scratch, device)
         if settings.loss == "simpo":
             from trl.experimental.cpo import CPOConfig, CPOTrainer
 
-            args = CPOConfig(
-                loss_type="simpo",
-                cpo_alpha=0.0,
-                beta=settings.beta,
-                simpo_gamma=settings.simpo_gamma,
-                **common,
+            args = _train_on(
+                CPOConfig(
+                    loss_type="simpo",
+                    cpo_alpha=0.0,
+                    beta=settings.beta,
+                    simpo_gamma=settings.simpo_gamma,
+                    **common,
+                ),
+                device,
             )
             trainer = CPOTrainer(
                 model=str(base_dir),
@@ -384,7 +389,7 @@ def train_policy(
             from trl import DPOConfig, DPOTrainer
 
             loss_type = ["sigmoid"] if settings.loss == "dpo" else ["ipo"]
-            args = DPOConfig(loss_type=loss_type, beta=settings.beta, **common)
+            args = _train_on(DPOConfig(loss_type=loss_type, beta=settings.beta, **common), device)
             trainer = DPOTrainer(
                 model=str(base_dir),
                 args=args,
@@ -428,16 +433,7 @@ def _train_and_save(trainer, tokenizer, base_dir, settings, given, rows, out_dir
 
 
 def _lora(settings: TrainSettings, task_type: str):
-    from peft import LoraConfig
-
-    # every linear layer: works for any causal LM architecture without naming its modules
-    return LoraConfig(
-        r=settings.lora_r,
-        lora_alpha=settings.lora_alpha,
-        lora_dropout=settings.lora_dropout,
-        target_modules="all-linear",
-        task_type=task_type,
-    )
+    return lora_config(settings.lora_r, settings.lora_alpha, task_type, settings.lora_dropout)
 
 
 def _trl_row(row: dict) -> dict:
@@ -478,9 +474,10 @@ def train_reward_model(
     from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig, RewardTrainer
 
+    device = choose_device(settings.device)  # a wrong name fails before any work
     check_base(base_dir, "reward model")
     given = check_rows(rows)
-    tokenizer = _tokenizer(base_dir)
+    tokenizer = load_tokenizer(base_dir)
     tokenizer.padding_side = "right"
     rows = fit_rows(tokenizer, given, settings.max_length, "reward_model")
     model = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=1)
@@ -488,7 +485,7 @@ def train_reward_model(
     lora = _lora(settings, "SEQ_CLS")
     dataset = datasets.Dataset.from_list([_trl_row(r) for r in rows])
     with tempfile.TemporaryDirectory() as scratch:
-        args = RewardConfig(**_common_args(settings, scratch))
+        args = _train_on(RewardConfig(**_common_args(settings, scratch, device)), device)
         trainer = RewardTrainer(
             model=model,
             args=args,
@@ -512,29 +509,20 @@ def train_reward_model(
 # -- evaluation -------------------------------------------------------------------------------
 
 
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def load_policy(base_dir: str | Path, adapter_dir: str | Path, device: str = "auto"):
     """(tokenizer, PeftModel) ready for scoring; `model.disable_adapter()` gives the reference."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    tokenizer = _tokenizer(base_dir)
+    target = choose_device(device)  # a wrong name fails before the model loads
+    tokenizer = load_tokenizer(base_dir)
     base = AutoModelForCausalLM.from_pretrained(base_dir)
     model = PeftModel.from_pretrained(base, str(adapter_dir))
-    return tokenizer, model.to(_device(device)).eval()
+    return tokenizer, model.to(target).eval()
 
 
 def response_logps(model, tokenizer, prompts, responses, *, batch_size=8, max_length=1024):
     """Sum of log pi(response tokens | prompt) per (prompt turns, response turns) pair."""
-    from .policy import sequence_logps
-
     return sequence_logps(
         model, tokenizer, prompts, responses, max_length=max_length, batch_size=batch_size
     )[0]
@@ -569,12 +557,13 @@ def load_reward_model(base_dir: str | Path, adapter_dir: str | Path, device: str
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
-    tokenizer = _tokenizer(base_dir)
+    target = choose_device(device)  # a wrong name fails before the model loads
+    tokenizer = load_tokenizer(base_dir)
     tokenizer.padding_side = "right"
     base = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=1)
     base.config.pad_token_id = tokenizer.pad_token_id
     model = PeftModel.from_pretrained(base, str(adapter_dir))
-    return tokenizer, model.to(_device(device)).eval()
+    return tokenizer, model.to(target).eval()
 
 
 def reward_scores(model, tokenizer, conversations, *, batch_size=8, max_length=1024) -> np.ndarray:

@@ -1,0 +1,34 @@
+"""The round-chain guard of the round assets (reward-model round, policy loop, labels): one
+process at a time works on the rounds of a home."""
+
+from __future__ import annotations
+
+import functools
+
+import dagster as dg
+
+from resources.chain_lock import ChainBusy, round_chain
+from resources.store import DuckDBStore
+
+
+def holds_round_chain(compute):
+    """Run a round asset while holding its home's round-chain lock (see resources.chain_lock).
+
+    A second process working on the rounds of the same home at that moment makes this step fail
+    with a message that names the holder, instead of letting two rounds interleave.
+    """
+
+    @functools.wraps(compute)
+    def wrapper(context: dg.AssetExecutionContext, *args, **kwargs):
+        store: DuckDBStore = kwargs["store"]
+        what = (
+            f"run {context.run.run_id[:8]} ({context.asset_key.to_user_string()} of "
+            f"{context.partition_key})"
+        )
+        try:
+            with round_chain(store.root, what):
+                return compute(context, *args, **kwargs)
+        except ChainBusy as exc:
+            raise dg.Failure(str(exc)) from exc
+
+    return wrapper

@@ -30,10 +30,12 @@ def round_argument(text: str) -> str:
 
 def _settings_problems(exc) -> str:
     """One line per invalid setting, named as its command-line option."""
-    return "; ".join(
-        f"--{str(e['loc'][0]).replace('_', '-')} {e['input']!r}: {e['msg'].lower()}"
-        for e in exc.errors()
-    )
+    problems = []
+    for error in exc.errors():
+        message = error["msg"].removeprefix("Value error, ")
+        option = "--" + str(error["loc"][0]).replace("_", "-")
+        problems.append(f"{option} {error['input']!r}: {message[:1].lower()}{message[1:]}")
+    return "; ".join(problems)
 
 
 def _checked(args: argparse.Namespace):

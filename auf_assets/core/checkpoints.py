@@ -71,6 +71,8 @@ def base_fields(base_dir: str | Path, source: str, home: str | Path, out_dir: st
     in_home = _inside(base, home) and _inside(Path(out_dir), home)
     if in_home:
         reference = base.resolve().relative_to(home.resolve()).as_posix()
+        if Path(source).exists():  # configured as a path into the home: not portable either
+            source = reference
     elif source and "/" in source and not Path(source).is_absolute() and not Path(source).exists():
         reference = source  # a repo id: the base was taken from the Hugging Face cache
     else:
@@ -246,8 +248,13 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def write_checkpoint_record(folder: str | Path, info: Mapping[str, Any]) -> None:
-    """`auf_checkpoint.json` and the model card of a checkpoint folder."""
+    """`auf_checkpoint.json` and the model card of a checkpoint folder; the adapter's config
+    names the base model as the record does."""
     folder = Path(folder)
+    config = json.loads((folder / ADAPTER_CONFIG).read_text())
+    if config.get("base_model_name_or_path") != info["base_model"]:
+        config["base_model_name_or_path"] = info["base_model"]
+        _write_atomic(folder / ADAPTER_CONFIG, json.dumps(config, indent=2, sort_keys=True) + "\n")
     _write_atomic(folder / CHECKPOINT_INFO, json.dumps(info, indent=2, sort_keys=True) + "\n")
     _write_atomic(folder / MODEL_CARD, model_card(info))
 

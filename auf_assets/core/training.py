@@ -329,9 +329,6 @@ def _save(trainer, tokenizer, out_dir: Path, info: dict) -> None:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        # adapter_config.json names the base as the record does (portable: checkpoints.py)
-        for config in trainer.model.peft_config.values():
-            config.base_model_name_or_path = info["base_model"]
         trainer.model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         write_checkpoint_record(staging, info)  # replaces peft's blank README template

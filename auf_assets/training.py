@@ -349,25 +349,24 @@ def reward_model_checkpoint(
     meta.update(
         {"base_model": base_source, "checkpoint": dg.MetadataValue.path(store.relative(out))}
     )
+    notes, measured = list(report.notes), {}
     if held_out is None:
         skipped = data.no_heldout_reason()
         context.log.warning(f"held-out accuracy not measured: {skipped}")
         meta["heldout_accuracy_skipped"] = skipped
-        update_checkpoint_record(out, heldout={"skipped": skipped})
-        _store_evals(store, round_id, "reward_model", {})
+        heldout = {"skipped": skipped}
     else:
         meta["heldout_accuracy"] = held_out["accuracy"]
         meta["heldout_pairs"] = held_out["pairs"]
-        notes = [n for n in [heldout_note(held_out["pairs"], "held-out accuracy")] if n]
-        if notes:
-            context.log.info(f"note: {notes[0]}")
-            meta["note"] = "; ".join([*report.notes, *notes])
-        update_checkpoint_record(
-            out,
-            heldout={"accuracy": held_out["accuracy"], "pairs": held_out["pairs"]},
-            notes=[*report.notes, *notes],
-        )
-        _store_evals(store, round_id, "reward_model", {"heldout_accuracy": held_out})
+        heldout = {"accuracy": held_out["accuracy"], "pairs": held_out["pairs"]}
+        measured = {"heldout_accuracy": held_out}
+        if note := heldout_note(held_out["pairs"], "held-out accuracy"):
+            context.log.info(f"note: {note}")
+            notes.append(note)
+    if notes:
+        meta["note"] = "; ".join(notes)
+    update_checkpoint_record(out, heldout=heldout, notes=notes)
+    _store_evals(store, round_id, "reward_model", measured)  # nothing measured: none stored
     return dg.MaterializeResult(metadata=meta)
 
 

@@ -195,3 +195,11 @@ def test_the_reason_for_no_held_out_pairs_names_the_split(home):
     prompts = data.train["prompt_id"].n_unique()
     assert f"none of the {prompts} labelled prompts of rounds round-0001..round-0002" in reason
     assert "test_fraction 1e-06" in reason
+
+
+def test_the_split_of_no_prompts_is_empty():
+    """The crash behind "Series of type Null does not have lt operator": an empty input."""
+    from auf_assets.core.release import in_test_split
+
+    split = in_test_split(pl.Series("prompt_id", [], dtype=pl.String), 0.1)
+    assert split.dtype == pl.Boolean and split.len() == 0

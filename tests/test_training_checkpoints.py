@@ -91,6 +91,7 @@ def test_a_base_inside_the_home_is_named_relative_to_it(trained_home):
 
 def test_checkpoints_load_after_the_home_moves(trained_home, tmp_path, monkeypatch):
     from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     from resources.models import load_tokenizer_and_model
 
@@ -105,6 +106,11 @@ def test_checkpoints_load_after_the_home_moves(trained_home, tmp_path, monkeypat
     # peft alone, from the home folder: the base's path is relative to it
     monkeypatch.chdir(moved)
     auto = AutoPeftModelForCausalLM.from_pretrained("checkpoints/dpo_policy/round-0003")
+    np.testing.assert_allclose(
+        response_logps(auto, tokenizer, prompts, chosen), expected, rtol=1e-5
+    )
+    # transformers' own adapter loading (peft installed), from the home folder too
+    auto = AutoModelForCausalLM.from_pretrained("checkpoints/dpo_policy/round-0003")
     np.testing.assert_allclose(
         response_logps(auto, tokenizer, prompts, chosen), expected, rtol=1e-5
     )

@@ -124,7 +124,7 @@ _SETTINGS_SHOWN = (
 
 
 def _number(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _load_code(info: Mapping[str, Any]) -> str:
@@ -197,7 +197,8 @@ def model_card(info: Mapping[str, Any]) -> str:
         lines.append(f"- warm start from the adapter at `{info['warm_start']}`")
     settings = info.get("settings") or {}
     lines += ["", "## Settings", "", "| setting | value |", "|---|---|"]
-    lines += [f"| `{k}` | {_number(settings[k])} |" for k in _SETTINGS_SHOWN if k in settings]
+    shown = [k for k in _SETTINGS_SHOWN if k in settings and settings[k] != 0]  # 0: unset
+    lines += [f"| `{k}` | {_number(settings[k])} |" for k in shown]
     lines += ["", "## Metrics", "", "| metric | value |", "|---|---|"]
     metrics = info.get("metrics") or {}
     lines += [f"| {k} | {_number(v)} |" for k, v in metrics.items() if v is not None]

@@ -1114,7 +1114,7 @@ def reward_model(
     )
     if removed:
         context.log.info(f"removed {removed} files no row refers to (replaced or left by a crash)")
-    metadata["checkpoint"] = dg.MetadataValue.path(str(path))
+    metadata["checkpoint"] = dg.MetadataValue.path(store.relative(path))  # the home can move
     metadata["orphan_files_removed"] = removed
     return dg.MaterializeResult(metadata=metadata)
 

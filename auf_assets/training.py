@@ -24,6 +24,11 @@ import polars as pl
 from pydantic import Field
 
 from auf_assets.active_round import judgements
+from auf_assets.core.checkpoints import (
+    REWARD_MODEL_LOSS,
+    heldout_note,
+    update_checkpoint_record,
+)
 from auf_assets.core.release import in_test_split, preference_rows, trl_rows
 from auf_assets.core.response_pool import PoolFileError, oracle_scores
 from auf_assets.core.training import (
@@ -50,23 +55,80 @@ GROUP = "training"
 CODE_VERSION = "1"
 
 
-def training_rows(
-    store: DuckDBStore, round_id: str, split: str, test_fraction: float
-) -> tuple[list[dict], list[str], pl.DataFrame]:
-    """The TRL rows of rounds 1..round_id in `split` ("train"/"test"), the rounds, and the frame.
+@dataclasses.dataclass(frozen=True)
+class TrainingData:
+    """The labelled pairs of rounds 1..k in TRL's form, split as the released dataset is."""
 
-    The same rows and split as `preference_dataset`: labelled pairs only, split by prompt id.
-    """
-    upto = round_index(round_id)
-    rounds = [r for r in store.rounds_with_judgements() if round_index(r) <= upto]
-    if round_id not in rounds:
-        raise dg.Failure(f"{round_id} has no judgements: run the round (or its labels) first")
+    round_id: str
+    rounds: list[str]
+    train: pl.DataFrame
+    test: pl.DataFrame
+    test_fraction: float
+
+    def train_rows(self) -> list[dict]:
+        """The train split's rows; raises when it is empty (every prompt was held out)."""
+        if self.train.height == 0:
+            raise TrainingError(
+                f"no labelled pair of {_span(self.rounds)} is in the train split: all "
+                f"{self.test.height} fell into the test split (test_fraction "
+                f"{self.test_fraction}, a hash of the prompt id); label more prompts or lower "
+                "test_fraction"
+            )
+        return self.train.select("prompt", "chosen", "rejected").to_dicts()
+
+    def test_rows(self) -> list[dict]:
+        return self.test.select("prompt", "chosen", "rejected").to_dicts()
+
+    def no_heldout_reason(self) -> str:
+        """Why the test split is empty (for metadata and the console)."""
+        if self.test_fraction <= 0:
+            return "no held-out pairs: test_fraction is 0, so every labelled pair trains"
+        prompts = self.train["prompt_id"].n_unique()
+        return (
+            f"no held-out pairs: none of the {prompts} labelled prompts of {_span(self.rounds)} "
+            f"fell into the test split (test_fraction {self.test_fraction}: a hash of each prompt "
+            "id puts about that share there); label more prompts, or raise test_fraction (with "
+            "preference_dataset's)"
+        )
+
+
+def _span(rounds: list[str]) -> str:
+    return rounds[0] if len(rounds) == 1 else f"rounds {rounds[0]}..{rounds[-1]}"
+
+
+def training_data(store: DuckDBStore, round_id: str, test_fraction: float) -> TrainingData:
+    """The labelled pairs of rounds 1..round_id: the same rows and split as
+    `preference_dataset`. Raises TrainingError, before any model loads, for a round without
+    judgements or rounds without a single labelled pair."""
+    try:
+        upto = round_index(round_id)
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from None
+    available = store.rounds_with_judgements()
+    if round_id not in available:
+        raise TrainingError(
+            f"{round_id} has no judgements: run the round (or its labels) first; rounds with "
+            f"judgements: {', '.join(available) or 'none'}"
+        )
+    rounds = [r for r in available if round_index(r) <= upto]
     pairs = store.release_pairs(rounds)
-    prefs, _ = preference_rows(pairs, store.release_judge_scores(rounds))
+    prefs, left_out = preference_rows(pairs, store.release_judge_scores(rounds))
+    if prefs.height == 0:
+        counts = ", ".join(f"{n} {kind}" for kind, n in left_out.items() if n) or "none"
+        raise TrainingError(
+            f"{_span(rounds)} has no labelled pair ({pairs.height} pairs: {counts}); nothing "
+            "to train on: label pairs (auf labels) or run more rounds"
+        )
     frame = trl_rows(prefs)
     test = in_test_split(frame["prompt_id"], test_fraction)
-    frame = frame.filter(test if split == "test" else ~test)
-    return frame.select("prompt", "chosen", "rejected").to_dicts(), rounds, frame
+    return TrainingData(round_id, rounds, frame.filter(~test), frame.filter(test), test_fraction)
+
+
+def _training_data(store: DuckDBStore, round_id: str, test_fraction: float) -> TrainingData:
+    try:
+        return training_data(store, round_id, test_fraction)
+    except TrainingError as exc:
+        raise dg.Failure(str(exc)) from None
 
 
 def _data_sha(frame: pl.DataFrame) -> str:
@@ -90,11 +152,11 @@ def _curve_plot(curves: dict[str, list[float]], names: list[str]) -> bytes | Non
     return figure_png(fig)
 
 
-def _train_metadata(report, rows: int, rounds: list[str], frame: pl.DataFrame, curves: list[str]):
+def _train_metadata(report, rows: int, data: TrainingData, curves: list[str]) -> dict:
     meta = {
-        "rounds": dg.MetadataValue.json(rounds),
+        "rounds": dg.MetadataValue.json(data.rounds),
         "train_pairs": rows,
-        "data_sha256": _data_sha(frame),
+        "data_sha256": _data_sha(data.train),
         "pairs_too_long_dropped": report.dropped_too_long,
         "steps": report.steps,
         "tokens": report.tokens,
@@ -105,13 +167,15 @@ def _train_metadata(report, rows: int, rounds: list[str], frame: pl.DataFrame, c
     }
     if report.peak_gpu_mb is not None:
         meta["peak_gpu_mb"] = round(report.peak_gpu_mb, 1)
+    if report.notes:
+        meta["note"] = "; ".join(report.notes)
     plot = _curve_plot(report.curves, curves)
     if plot is not None:
         meta["curves"] = png_markdown(plot, "training curves")
     return meta
 
 
-def _register(store, kind, round_id, training, path, base, loss, rows, rounds, frame, report):
+def _register(store, kind, round_id, training, path, base, loss, rows, data, report):
     store.record_checkpoint(
         {
             "kind": kind,
@@ -120,8 +184,8 @@ def _register(store, kind, round_id, training, path, base, loss, rows, rounds, f
             "base_model": base,
             "loss": loss,
             "rows": rows,
-            "rounds": ",".join(rounds),
-            "data_sha256": _data_sha(frame),
+            "rounds": ",".join(data.rounds),
+            "data_sha256": _data_sha(data.train),
             "settings": training.model_dump_json(exclude={"checkpoint_dir"}),
             "steps": report.steps,
             "train_seconds": report.seconds,
@@ -129,6 +193,19 @@ def _register(store, kind, round_id, training, path, base, loss, rows, rounds, f
             "created_at": utcnow(),
         }
     )
+
+
+def _record(store, training, kind: str, out, data: TrainingData, **extra) -> dict:
+    """What the checkpoint's own record says beyond the training run: paths relative to the
+    home, so a moved or shared home keeps working."""
+    return {
+        "round": data.round_id,
+        "rounds": data.rounds,
+        "data_sha256": _data_sha(data.train),
+        "checkpoint": store.relative(out),
+        **training.base_fields(kind, out),
+        **extra,
+    }
 
 
 class DpoPolicyConfig(dg.Config):
@@ -164,10 +241,10 @@ def dpo_policy(
     store: DuckDBStore,
 ) -> dg.MaterializeResult:
     round_id = context.partition_key
-    rows, rounds, frame = training_rows(store, round_id, "train", training.test_fraction)
+    data = _training_data(store, round_id, training.test_fraction)
     init = None
     if config.warm_start:
-        before = [r for r in rounds if round_index(r) < round_index(round_id)]
+        before = [r for r in data.rounds if round_index(r) < round_index(round_id)]
         previous = store.checkpoint("dpo_policy", before[-1]) if before else None
         if previous is not None:
             init = store.resolve(previous["path"])
@@ -175,17 +252,19 @@ def dpo_policy(
             context.log.info("warm start asked, but no earlier round has a policy: from the base")
     out = training.checkpoint_root() / "dpo_policy" / round_id
     try:
+        rows = data.train_rows()
         base = training.base_dir("policy")
         settings = training.settings("policy", loss=config.loss, seed=config.seed)
         if config.max_steps is not None:
             settings = dataclasses.replace(settings, max_steps=config.max_steps)
+        warm = {"warm_start": store.relative(init)} if init else {}
         report = train_policy(
             base,
             rows,
             settings,
             out,
             init_adapter=init,
-            info={"round": round_id, "rounds": rounds, "base_source": training.base_model},
+            info=_record(store, training, "policy", out, data, **warm),
             log=context.log.info,
         )
     except (TrainingError, ValueError) as exc:
@@ -199,21 +278,19 @@ def dpo_policy(
         training.base_model,
         config.loss,
         len(rows),
-        rounds,
-        frame,
+        data,
         report,
     )
-    meta = _train_metadata(
-        report, len(rows), rounds, frame, ["loss", "rewards/accuracies", "rewards/margins"]
-    )
+    curves = ["loss", "rewards/accuracies", "rewards/margins"]
+    meta = _train_metadata(report, len(rows), data, curves)
     meta.update(
         {
             "loss_type": config.loss,
             "base_model": training.base_model,
-            "warm_start_from": str(init) if init else "base",
+            "warm_start_from": store.relative(init) if init else "base",
             "reward_accuracy_last": report.last("rewards/accuracies"),
             "reward_margin_last": report.last("rewards/margins"),
-            "checkpoint": dg.MetadataValue.path(str(out)),
+            "checkpoint": dg.MetadataValue.path(store.relative(out)),
         }
     )
     return dg.MaterializeResult(metadata=meta)
@@ -234,23 +311,26 @@ def reward_model_checkpoint(
     context: dg.AssetExecutionContext, training: TrainingSettings, store: DuckDBStore
 ) -> dg.MaterializeResult:
     round_id = context.partition_key
-    rows, rounds, frame = training_rows(store, round_id, "train", training.test_fraction)
-    test_rows, _, _ = training_rows(store, round_id, "test", training.test_fraction)
+    data = _training_data(store, round_id, training.test_fraction)
+    test_rows = data.test_rows()
     out = training.checkpoint_root() / "reward_model" / round_id
     base_source = training.reward_base_model or training.base_model
     try:
+        rows = data.train_rows()
         base = training.base_dir("reward_model")
         report = train_reward_model(
             base,
             rows,
             training.settings("reward_model"),
             out,
-            info={"round": round_id, "rounds": rounds, "base_source": base_source},
+            info=_record(store, training, "reward_model", out, data),
             log=context.log.info,
         )
-        held_out = reward_model_accuracy(
-            *reversed(load_reward_model(base, out, device=training.device)), test_rows
-        )
+        held_out = None
+        if test_rows:
+            held_out = reward_model_accuracy(
+                *reversed(load_reward_model(base, out, device=training.device)), test_rows
+            )
     except (TrainingError, ValueError) as exc:
         raise dg.Failure(f"{round_id}: {exc}") from None
     _register(
@@ -260,22 +340,33 @@ def reward_model_checkpoint(
         training,
         out,
         base_source,
-        None,
+        REWARD_MODEL_LOSS,
         len(rows),
-        rounds,
-        frame,
+        data,
         report,
     )
-    _store_evals(store, round_id, "reward_model", {"heldout_accuracy": held_out})
-    meta = _train_metadata(report, len(rows), rounds, frame, ["loss", "accuracy", "margin"])
+    meta = _train_metadata(report, len(rows), data, ["loss", "accuracy", "margin"])
     meta.update(
-        {
-            "base_model": base_source,
-            "heldout_accuracy": held_out["accuracy"],
-            "heldout_pairs": held_out["pairs"],
-            "checkpoint": dg.MetadataValue.path(str(out)),
-        }
+        {"base_model": base_source, "checkpoint": dg.MetadataValue.path(store.relative(out))}
     )
+    notes, measured = list(report.notes), {}
+    if held_out is None:
+        skipped = data.no_heldout_reason()
+        context.log.warning(f"held-out accuracy not measured: {skipped}")
+        meta["heldout_accuracy_skipped"] = skipped
+        heldout = {"skipped": skipped}
+    else:
+        meta["heldout_accuracy"] = held_out["accuracy"]
+        meta["heldout_pairs"] = held_out["pairs"]
+        heldout = {"accuracy": held_out["accuracy"], "pairs": held_out["pairs"]}
+        measured = {"heldout_accuracy": held_out}
+        if note := heldout_note(held_out["pairs"], "held-out accuracy"):
+            context.log.info(f"note: {note}")
+            notes.append(note)
+    if notes:
+        meta["note"] = "; ".join(notes)
+    update_checkpoint_record(out, heldout=heldout, notes=notes)
+    _store_evals(store, round_id, "reward_model", measured)  # nothing measured: none stored
     return dg.MaterializeResult(metadata=meta)
 
 
@@ -401,24 +492,37 @@ def policy_eval(
     if checkpoint is None:
         raise dg.Failure(f"{round_id} has no dpo_policy checkpoint: materialise dpo_policy first")
     adapter = store.resolve(checkpoint["path"])
-    test_rows, _, test_frame = training_rows(store, round_id, "test", training.test_fraction)
-    base = training.base_dir("policy")
+    data = _training_data(store, round_id, training.test_fraction)
+    test_rows = data.test_rows()
     started = time.perf_counter()
-    tokenizer, model = load_policy(base, adapter, device=training.device)
-    results = {"vs_labels": implicit_reward_accuracy(model, tokenizer, test_rows, training.beta)}
-    test_prompts = test_frame["prompt_id"].unique().to_list()
+    test_prompts = data.test["prompt_id"].unique().to_list()
+    scored = {"vs_labels": test_rows}
     if labeling.oracle_pool and test_prompts:
         try:
-            oracle_rows = _oracle_rows(store, labeling, test_prompts, config)
+            scored["vs_oracle"] = _oracle_rows(store, labeling, test_prompts, config)
         except PoolFileError as exc:
             raise dg.Failure(str(exc)) from None
-        results["vs_oracle"] = implicit_reward_accuracy(
-            model, tokenizer, oracle_rows, training.beta
-        )
-    del model
-    metadata: dict = {f"implicit_accuracy_{k}": r["accuracy"] for k, r in results.items()} | {
+    metadata: dict = {}
+    skipped = {
+        "vs_labels": data.no_heldout_reason(),
+        "vs_oracle": f"no held-out pool pair with an oracle gap of at least {config.oracle_gap}",
+    }
+    for name in [k for k, rows in scored.items() if not rows]:
+        metadata[f"implicit_accuracy_{name}_skipped"] = skipped[name]
+        context.log.warning(f"implicit-reward accuracy {name} not measured: {skipped[name]}")
+    results = {}
+    if any(scored.values()):
+        tokenizer, model = load_policy(training.base_dir("policy"), adapter, device=training.device)
+        results = {
+            name: implicit_reward_accuracy(model, tokenizer, rows, training.beta)
+            for name, rows in scored.items()
+            if rows
+        }
+        del model
+    metadata |= {f"implicit_accuracy_{k}": r["accuracy"] for k, r in results.items()} | {
         f"pairs_{k}": r["pairs"] for k, r in results.items()
     }
+    notes = [heldout_note(r["pairs"], f"implicit-reward accuracy {k}") for k, r in results.items()]
 
     held_out = store.held_out_prompts(test_prompts).head(config.win_rate_prompts)
     if held_out.height and labeling.source in ("llm_judge", "reward_model_judge"):
@@ -443,17 +547,22 @@ def policy_eval(
             )
             for name, texts in answers.items()
         }
-        results["win_rate_vs_base"] = win_rate(scores["policy"], scores["base"])
-        wr = results["win_rate_vs_base"]
-        metadata.update(
-            {
-                "win_rate_vs_base": wr["win_rate"],
-                "win_rate_ci95": dg.MetadataValue.json([wr["ci_low"], wr["ci_high"]]),
-                "comparisons": wr["comparisons"],
-                "wins_ties_losses": dg.MetadataValue.json([wr["wins"], wr["ties"], wr["losses"]]),
-                "judge_failures": wr["failed"],
-            }
-        )
+        wr = win_rate(scores["policy"], scores["base"])
+        metadata["judge_failures"] = wr["failed"]
+        if wr["comparisons"] == 0:
+            metadata["win_rate_skipped"] = f"the judge failed on all {wr['failed']} comparisons"
+        else:
+            results["win_rate_vs_base"] = wr
+            metadata.update(
+                {
+                    "win_rate_vs_base": wr["win_rate"],
+                    "win_rate_ci95": dg.MetadataValue.json([wr["ci_low"], wr["ci_high"]]),
+                    "comparisons": wr["comparisons"],
+                    "wins_ties_losses": dg.MetadataValue.json(
+                        [wr["wins"], wr["ties"], wr["losses"]]
+                    ),
+                }
+            )
     else:
         why = (
             "no held-out prompts"
@@ -461,6 +570,9 @@ def policy_eval(
             else (f"the label source {labeling.source!r} cannot judge new answers")
         )
         metadata["win_rate_skipped"] = why
+    if notes := [n for n in notes if n]:
+        context.log.info(f"note: {'; '.join(notes)}")
+        metadata["note"] = "; ".join(notes)
     _store_evals(store, round_id, "dpo_policy", results)
     plot = _eval_plot(store.evals())
     if plot is not None:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from auf_assets.core.checkpoints import adapter_base
 from auf_assets.core.devices import choose_device
 from resources.lm_types import Conversation, Generation, Progress, Usage, collapse_by_text
 from resources.openai_api import OpenAILM
@@ -214,12 +215,12 @@ def _load(source: str, kind: str, device: torch.device, cache_dir: str | None, d
         model = model_cls.from_pretrained(local, dtype=dtype)
     elif kind == "causal" and (Path(resolved.path) / "adapter_config.json").is_file():
         # A LoRA adapter (a dpo_policy checkpoint): merged into its base, it generates as fast
-        # as the base model does.
-        from peft import AutoPeftModelForCausalLM
+        # as the base model does. Its base may be named relative to its home (adapter_base).
+        from peft import PeftModel
 
         tokenizer = AutoTokenizer.from_pretrained(resolved.path)
-        peft_model = AutoPeftModelForCausalLM.from_pretrained(resolved.path, dtype=dtype)
-        model = peft_model.merge_and_unload()
+        base = model_cls.from_pretrained(adapter_base(resolved.path), dtype=dtype)
+        model = PeftModel.from_pretrained(base, resolved.path).merge_and_unload()
     else:
         kwargs = {"gguf_file": resolved.gguf_file} if resolved.gguf_file else {}
         tokenizer = AutoTokenizer.from_pretrained(resolved.path, **kwargs)

@@ -11,11 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from auf_assets.core.checkpoints import base_fields
 from auf_assets.core.training import TrainSettings, preset
 from resources import home
-from resources.models import local_model_dir
+from resources.models import PACKAGED_MODELS, local_model_dir, resolve_source
 
 
 class TrainingSettings(dg.ConfigurableResource):
@@ -34,17 +35,31 @@ class TrainingSettings(dg.ConfigurableResource):
         lt=1,
         description="held-out prompts; keep it equal to preference_dataset's test_fraction",
     )
-    learning_rate: float | None = None
-    epochs: float | None = None
-    max_steps: int | None = Field(default=None, description="when set, overrides epochs")
-    batch_size: int | None = None
-    grad_accum: int | None = None
-    lora_r: int | None = None
-    lora_alpha: int | None = None
-    max_length: int | None = Field(default=None, description="tokens per prompt + response")
+    learning_rate: float | None = Field(default=None, gt=0)
+    epochs: float | None = Field(default=None, gt=0)
+    max_steps: int | None = Field(default=None, ge=1, description="when set, overrides epochs")
+    batch_size: int | None = Field(default=None, ge=1)
+    grad_accum: int | None = Field(default=None, ge=1)
+    lora_r: int | None = Field(default=None, ge=1)
+    lora_alpha: int | None = Field(default=None, ge=1)
+    max_length: int | None = Field(default=None, ge=1, description="tokens per prompt + response")
     bf16: bool | None = Field(default=None, description="None: on a GPU that supports it")
     gradient_checkpointing: bool | None = Field(default=None, description="None: on a GPU")
     checkpoint_dir: str = Field(default="", description="empty: $AUF_HOME/checkpoints")
+
+    @field_validator("device")
+    @classmethod
+    def _a_device(cls, value: str) -> str:
+        if value != "auto":
+            import torch
+
+            try:
+                torch.device(value)
+            except RuntimeError:
+                raise ValueError(
+                    f"device must be auto, cpu, cuda or cuda:N (a torch device), got {value!r}"
+                ) from None
+        return value
 
     def settings(self, kind: str, *, loss: str = "dpo", seed: int = 0) -> TrainSettings:
         return preset(
@@ -68,6 +83,22 @@ class TrainingSettings(dg.ConfigurableResource):
     def base_dir(self, kind: str = "policy") -> Path:
         source = self.reward_base_model if kind == "reward_model" else ""
         return local_model_dir(source or self.base_model, home.models_dir())
+
+    def check_sources(self) -> None:
+        """Raise ModelSourceError for a base model that cannot be found, before any model loads.
+
+        A packaged model is only looked up (its conversion into a folder loads it); a folder or
+        a cached repo id is resolved to its files.
+        """
+        for source in {self.base_model, self.reward_base_model or self.base_model}:
+            resolve_source(source)
+            if source not in PACKAGED_MODELS:
+                local_model_dir(source, home.models_dir())
+
+    def base_fields(self, kind: str, out_dir: Path) -> dict:
+        """How the checkpoint at `out_dir` names its base model (portable: core.checkpoints)."""
+        source = (self.reward_base_model if kind == "reward_model" else "") or self.base_model
+        return base_fields(self.base_dir(kind), source, home.auf_home(), out_dir)
 
     def checkpoint_root(self) -> Path:
         return Path(self.checkpoint_dir) if self.checkpoint_dir else home.auf_home() / "checkpoints"

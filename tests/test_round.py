@@ -143,6 +143,7 @@ def test_round_metadata_is_useful(auf_home, tiny_lm_dir):
     assert meta["completions"]["tokens_per_second"].value > 0
     assert meta["selected_pairs"]["method"].value == "drts"
     assert Path(meta["reward_model"]["checkpoint"].value).name.startswith("round-0001.")
+    assert not Path(meta["reward_model"]["checkpoint"].value).is_absolute()  # the home can move
     assert meta["response_features"]["encoded"].value == 12
     assert "preview" in meta["judgements"]
     json.dumps(meta["judgements"]["aspect_failure_rate"].value)

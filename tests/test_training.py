@@ -230,11 +230,19 @@ def test_training_assets_train_register_and_evaluate_a_round(home, tiny_lm_dir, 
     assert policy["rounds"] == "round-0001,round-0002" and policy["loss"] == "ipo"
     assert (store.root / policy["path"] / "adapter_model.safetensors").is_file()
     meta = result.asset_materializations_for_node("dpo_policy")[0].metadata
-    assert meta["warm_start_from"].value.endswith("dpo_policy/round-0001")
+    assert meta["warm_start_from"].value == "checkpoints/dpo_policy/round-0001"  # home-relative
+    assert meta["checkpoint"].value == policy["path"] == "checkpoints/dpo_policy/round-0002"
     assert meta["steps"].value == 4 and meta["train_pairs"].value == policy["rows"]
     assert meta["curves"].value.startswith("![training curves](data:image/png")
     rm = result.asset_materializations_for_node("reward_model_checkpoint")[0].metadata
     assert 0.0 <= rm["heldout_accuracy"].value <= 1.0
+    assert store.checkpoint("reward_model", "round-0002")["loss"] == "bradley-terry"
+    record = json.loads((store.root / rm["checkpoint"].value / "auf_checkpoint.json").read_text())
+    assert record["heldout"] == {
+        "accuracy": rm["heldout_accuracy"].value,
+        "pairs": rm["heldout_pairs"].value,
+    }
+    assert record["rounds"] == ["round-0001", "round-0002"] and record["loss"] == "bradley-terry"
     ev = result.asset_materializations_for_node("policy_eval")[0].metadata
     assert 0.0 <= ev["implicit_accuracy_vs_labels"].value <= 1.0
     assert ev["comparisons"].value + ev["judge_failures"].value == 3
@@ -260,6 +268,8 @@ def test_training_a_round_without_judgements_fails_clearly(home, tiny_lm_dir, ti
 
 
 def test_auf_train_trains_the_newest_round(home, tiny_chat_lm_dir, monkeypatch, capsys):
+    import dagster as dg
+
     from auf_assets.cli import main
     from resources.store import DuckDBStore
 
@@ -279,9 +289,15 @@ def test_auf_train_trains_the_newest_round(home, tiny_chat_lm_dir, monkeypatch, 
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "dpo_policy round-0002" in out and "2 steps" in out
+    assert "note: only" in out  # a few pairs: the curves mean nothing, and the console says so
+    assert f"checkpoint: {home / 'checkpoints' / 'dpo_policy' / 'round-0002'}" in out
     assert DuckDBStore().checkpoint("dpo_policy", "round-0002") is not None
-    assert main([*args, "--reward-model", "--round", "round-0001"]) == 0
-    assert "held-out accuracy" in capsys.readouterr().out
+    assert main([*args, "--reward-model", "--round", "1"]) == 0  # the round's number is enough
+    out = capsys.readouterr().out
+    assert "reward_model_checkpoint for round-0001" in out and "held-out accuracy" in out
+    assert "nan" not in out
+    partitions = dg.DagsterInstance.get().get_dynamic_partitions("rounds")
+    assert "1" not in partitions and "round-0001" in partitions
     assert main(["train", "--round", "round-0009", "--base-model", str(tiny_chat_lm_dir)]) == 1
     assert "round-0009 has no judgements" in capsys.readouterr().err
 

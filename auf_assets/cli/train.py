@@ -7,42 +7,98 @@ checkpoint, its curves and its evaluation show in the UI like any other material
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
+ROUND_HELP = (
+    "the round to train for, on the labelled pairs of rounds 1..K: its number (3) or its key "
+    "(round-0003); default: the newest round with judgements"
+)
 
-def _newest_round() -> str | None:
+
+def round_argument(text: str) -> str:
+    """`3`, `0003`, `round-3` and `round-0003` all name round-0003 (argparse `type`)."""
+    from auf_assets.partitions import round_key
+
+    match = re.fullmatch(r"(?:round-)?(\d+)", text.strip())
+    if not match or int(match.group(1)) < 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a round: give its number (3) or its key (round-0003)"
+        )
+    return round_key(int(match.group(1)))
+
+
+def _settings_problems(exc) -> str:
+    """One line per invalid setting, named as its command-line option."""
+    problems = []
+    for error in exc.errors():
+        message = error["msg"].removeprefix("Value error, ")
+        option = "--" + str(error["loc"][0]).replace("_", "-")
+        problems.append(f"{option} {error['input']!r}: {message[:1].lower()}{message[1:]}")
+    return "; ".join(problems)
+
+
+def _checked(args: argparse.Namespace):
+    """The training settings, round and data, checked before any model loads or run starts.
+
+    Returns (settings, round_id) or prints why not and returns None.
+    """
+    from pydantic import ValidationError
+
+    from auf_assets.core.training import TrainingError
+    from auf_assets.training import training_data
+    from resources.models import ModelSourceError
     from resources.store import DuckDBStore
+    from resources.training import TrainingSettings
 
-    rounds = DuckDBStore().rounds_with_judgements()
-    return rounds[-1] if rounds else None
+    given = {
+        "base_model": args.base_model,
+        "device": args.device,
+        "max_steps": args.max_steps,
+        "learning_rate": args.learning_rate,
+        "max_length": args.max_length,
+    }
+    overrides = {k: v for k, v in given.items() if v not in (None, "")}
+    try:
+        settings = TrainingSettings(**overrides)
+        settings.check_sources()
+    except ValidationError as exc:
+        return _refuse(_settings_problems(exc))
+    except ModelSourceError as exc:
+        return _refuse(f"--base-model: {exc}")
+    store = DuckDBStore()
+    available = store.rounds_with_judgements()
+    round_id = args.round or (available[-1] if available else None)
+    if round_id is None:
+        return _refuse(f"no round has judgements yet in {store.root}: run a round first (auf demo)")
+    try:
+        training_data(store, round_id, settings.test_fraction).train_rows()
+    except TrainingError as exc:
+        return _refuse(str(exc))
+    return overrides, round_id
+
+
+def _refuse(message: str) -> None:
+    print(f"auf train: {message}; nothing was started", file=sys.stderr)
+    return None
 
 
 def _train(args: argparse.Namespace) -> int:
     from auf_assets.cli.common import failure_message, metadata, prepare_home
 
-    prepare_home()
+    root = prepare_home()
+    checked = _checked(args)
+    if checked is None:
+        return 1
+    training, round_id = checked
     import dagster as dg
 
     from auf_assets.definitions import defs
     from auf_assets.partitions import rounds_partitions
 
-    round_id = args.round or _newest_round()
-    if round_id is None:
-        print("no round has judgements yet: run a round first (auf demo)", file=sys.stderr)
-        return 1
     instance = dg.DagsterInstance.get()
-    instance.add_dynamic_partitions(rounds_partitions.name, [round_id])
-    training = {
-        key: value
-        for key, value in {
-            "base_model": args.base_model,
-            "device": args.device,
-            "max_steps": args.max_steps,
-            "learning_rate": args.learning_rate,
-            "max_length": args.max_length,
-        }.items()
-        if value
-    }
+    if not instance.has_dynamic_partition(rounds_partitions.name, round_id):
+        instance.add_dynamic_partitions(rounds_partitions.name, [round_id])
     run_config: dict = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
     if training:
         run_config["resources"] = {"training": {"config": training}}
@@ -71,12 +127,21 @@ def _train(args: argparse.Namespace) -> int:
     meta = metadata(result, asset)
     print(
         f"\n{asset} {round_id}: {meta.get('train_pairs')} pairs, {meta.get('steps')} steps in "
-        f"{meta.get('train_seconds')}s, loss {meta.get('loss_first'):.4f} -> "
-        f"{meta.get('loss_last'):.4f}\n  checkpoint: {meta.get('checkpoint')}"
+        f"{meta.get('train_seconds')}s, loss {_shown(meta.get('loss_first'))} -> "
+        f"{_shown(meta.get('loss_last'))}\n  checkpoint: {root / meta['checkpoint']}"
     )
     if args.reward_model:
-        print(f"  held-out accuracy: {meta.get('heldout_accuracy')}")
-    elif not args.no_eval:
+        if "heldout_accuracy" in meta:
+            print(
+                f"  held-out accuracy: {meta['heldout_accuracy']:.3f} "
+                f"on {meta['heldout_pairs']} held-out pairs"
+            )
+        else:
+            print(f"  held-out accuracy not measured: {meta['heldout_accuracy_skipped']}")
+        _print_note(meta)
+        return 0
+    _print_note(meta)
+    if not args.no_eval:
         ev = metadata(result, "policy_eval")
         for which in ("labels", "oracle"):
             if f"implicit_accuracy_vs_{which}" in ev:
@@ -85,6 +150,9 @@ def _train(args: argparse.Namespace) -> int:
                     f"{ev[f'implicit_accuracy_vs_{which}']:.3f} "
                     f"on {ev[f'pairs_vs_{which}']} held-out pairs"
                 )
+            elif f"implicit_accuracy_vs_{which}_skipped" in ev:
+                skipped = ev[f"implicit_accuracy_vs_{which}_skipped"]
+                print(f"  implicit-reward accuracy vs {which} not measured: {skipped}")
         if "win_rate_vs_base" in ev:
             low, high = ev["win_rate_ci95"]
             print(
@@ -93,7 +161,17 @@ def _train(args: argparse.Namespace) -> int:
             )
         if "win_rate_skipped" in ev:
             print(f"  win rate skipped: {ev['win_rate_skipped']}")
+        _print_note(ev)
     return 0
+
+
+def _shown(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _print_note(meta: dict) -> None:
+    if meta.get("note"):
+        print(f"  note: {meta['note']}")
 
 
 def add_commands(sub) -> None:
@@ -104,7 +182,7 @@ def add_commands(sub) -> None:
         "released dataset's train split) and evaluate it on the held-out split; with "
         "--reward-model, a LoRA reward model instead. Settings: docs/training.md.",
     )
-    train.add_argument("--round", default="", help="round key (default: the newest labelled)")
+    train.add_argument("--round", type=round_argument, help=ROUND_HELP)
     train.add_argument("--loss", choices=["dpo", "ipo", "simpo"], default="dpo")
     train.add_argument("--reward-model", action="store_true", help="train the reward model")
     train.add_argument(
@@ -113,7 +191,7 @@ def add_commands(sub) -> None:
     train.add_argument("--no-eval", action="store_true", help="train only (no policy_eval)")
     train.add_argument("--base-model", default="", help="default: the packaged SmolLM2-135M")
     train.add_argument("--device", default="", help="cpu, cuda, ... (default: auto)")
-    train.add_argument("--max-steps", type=int, default=0, help="default: the preset's epochs")
-    train.add_argument("--learning-rate", type=float, default=0.0)
-    train.add_argument("--max-length", type=int, default=0, help="tokens per prompt + response")
+    train.add_argument("--max-steps", type=int, help="default: the preset's epochs")
+    train.add_argument("--learning-rate", type=float, help="default: the preset's")
+    train.add_argument("--max-length", type=int, help="tokens per prompt + response")
     train.set_defaults(func=_train)

@@ -94,7 +94,7 @@ def in_test_split(prompt_ids: pl.Series, test_fraction: float) -> pl.Series:
         int.from_bytes(hashlib.sha256(f"auf-split|{pid}".encode()).digest()[:8], "big") / 2**64
         for pid in prompt_ids
     ]
-    return pl.Series(values) < test_fraction
+    return pl.Series(values, dtype=pl.Float64) < test_fraction  # typed: an empty input too
 
 
 def _turn(role: str, content: pl.Expr) -> pl.Expr:

@@ -14,7 +14,6 @@ the checkpoints already there.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import resource
@@ -29,10 +28,12 @@ from typing import Any
 import numpy as np
 
 from .chat_lm import load_tokenizer, lora_config, sequence_logps
+from .checkpoints import REWARD_MODEL_LOSS, train_note, write_checkpoint_record
 from .devices import choose_device, wants_gpu
 
 LOSSES = ("dpo", "ipo", "simpo")
-CHECKPOINT_INFO = "auf_checkpoint.json"
+# Settings that only a policy's loss reads (a reward model's record leaves them out).
+POLICY_ONLY_SETTINGS = ("loss", "beta", "simpo_gamma")
 Log = Callable[[str], None]
 
 
@@ -123,6 +124,7 @@ class TrainReport:
     peak_gpu_mb: float | None
     curves: dict[str, list[float]] = field(default_factory=dict)
     dropped_too_long: int = 0
+    notes: list[str] = field(default_factory=list)  # what the numbers are (not) worth
 
     def last(self, name: str) -> float | None:
         values = self.curves.get(name) or []
@@ -322,14 +324,14 @@ def _run(trainer, rows: int, log: Log) -> TrainReport:
 
 
 def _save(trainer, tokenizer, out_dir: Path, info: dict) -> None:
-    """Adapter + tokenizer + our own record, complete or not at all."""
+    """Adapter + tokenizer + our own record and model card, complete or not at all."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         trainer.model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        (staging / CHECKPOINT_INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        write_checkpoint_record(staging, info)  # replaces peft's blank README template
         staging.chmod(0o755)
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old")
@@ -418,14 +420,32 @@ def _train_and_save(trainer, tokenizer, base_dir, settings, given, rows, out_dir
     """Run a prepared trainer with progress logging and write its checkpoint."""
     _quiet(trainer)
     trainer.add_callback(_Progress(log))
-    what = settings.loss if record["kind"] == "policy" else "reward-model"
+    policy = record["kind"] == "policy"
+    what = settings.loss if policy else "reward-model"
     log(f"{what} training on {len(rows)} pairs ({len(given) - len(rows)} too long)")
     report = _run(trainer, len(rows), log)
     report.dropped_too_long = len(given) - len(rows)
+    report.notes = [n for n in [train_note(len(rows))] if n]
+    for note in report.notes:
+        log(f"note: {note}")
+    shown = ("rewards/accuracies", "rewards/margins") if policy else ("accuracy", "margin")
+    settings_record = asdict(settings)
+    if not policy:
+        for name in POLICY_ONLY_SETTINGS:
+            settings_record.pop(name)
     record = {
         "base_model": str(base_dir),
-        "settings": asdict(settings),
+        "loss": settings.loss if policy else REWARD_MODEL_LOSS,
+        "settings": settings_record,
         "rows": len(rows),
+        "metrics": {
+            "steps": report.steps,
+            "loss_first": report.first("loss"),
+            "loss_last": report.last("loss"),
+            "reward_accuracy_last": report.last(shown[0]),
+            "reward_margin_last": report.last(shown[1]),
+        },
+        "notes": report.notes,
         **record,
     }
     _save(trainer, tokenizer, Path(out_dir), record)

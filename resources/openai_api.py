@@ -31,7 +31,14 @@ from dataclasses import dataclass, field
 import requests
 
 from auf_assets.reporting import stable_seed
-from resources.models import Conversation, Generation, Progress, Usage, collapse_by_text
+from resources.models import (
+    Conversation,
+    Generation,
+    Progress,
+    Usage,
+    collapse_by_text,
+    whole_characters,
+)
 
 log = logging.getLogger(__name__)
 
@@ -399,7 +406,7 @@ class OpenAILM:
             choice = answer["choices"][0]
             usage = answer.get("usage") or {}
             gen = Generation(
-                text=(choice.get("message", {}).get("content") or "").strip(),
+                text=whole_characters(choice.get("message", {}).get("content") or ""),
                 prompt_tokens=int(usage.get("prompt_tokens") or 0),
                 completion_tokens=int(usage.get("completion_tokens") or 0),
                 finish_reason="length" if choice.get("finish_reason") == "length" else "stop",

@@ -370,17 +370,26 @@ class OpenAILM:
         return body
 
     def _run(self, calls: Sequence[Callable[[], object]], progress: Progress | None) -> list:
-        """Run the calls with the endpoint's concurrency, in input order; first error raised."""
+        """Run the calls with the endpoint's concurrency, in input order; first error raised.
+
+        On an error or an interrupt (Ctrl-C, a run terminated) the calls not yet sent are
+        dropped at once instead of being sent before the error is raised; those in flight end
+        in the background."""
         results: list = [None] * len(calls)
         done = 0
         workers = max(1, min(self.endpoint.max_concurrency, len(calls)))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
+        pool = ThreadPoolExecutor(max_workers=workers)
+        try:
             futures = {pool.submit(call): i for i, call in enumerate(calls)}
             for future in as_completed(futures):
                 results[futures[future]] = future.result()
                 done += 1
                 if progress:
                     progress(done, len(calls))
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
         return results
 
     def generate(

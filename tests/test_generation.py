@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from resources import models
@@ -77,6 +78,38 @@ def test_a_server_answer_cut_inside_a_character(tiny_lm_dir):
             [[{"role": "user", "content": "q"}]], max_new_tokens=5, temperature=0, top_p=1, seed=0
         )
     assert out[0].text == "SELECT DUAL AS \u540d"
+
+
+class Interrupted(Exception):
+    """What Dagster's signal handler raises in a step (DagsterExecutionInterruptedError)."""
+
+
+def test_an_interrupt_during_server_requests_drops_the_ones_not_sent(tiny_lm_dir):
+    fake = FakeServer(str(tiny_lm_dir), slow_s=1.0)
+    fake.faults = ["timeout"] * 12  # each answer takes a second; one request at a time
+
+    def interrupt(*_):
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    with fake.running() as url:
+        lm = OpenAILM("tiny", ChatEndpoint(url, max_concurrency=1, max_retries=0))
+        started = time.monotonic()
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        try:
+            with pytest.raises(Interrupted):
+                lm.generate(
+                    [[{"role": "user", "content": f"q{i}"}] for i in range(12)],
+                    max_new_tokens=2,
+                    temperature=0.0,
+                    top_p=1.0,
+                    seed=0,
+                )
+            stopped = time.monotonic() - started
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+    assert stopped < 3.0, f"the interrupt took {stopped:.1f} s (the 12 requests were all sent)"
 
 
 def test_a_prompt_longer_than_the_context_keeps_its_start_and_its_end(tiny_lm_dir):

@@ -7,6 +7,7 @@ import dagster as dg
 from pydantic import Field
 
 from auf_assets.core.prompts import (
+    MAX_PROMPT_CHARS,
     PromptBatch,
     PromptInputError,
     demo_prompts,
@@ -41,6 +42,12 @@ class PromptPoolConfig(dg.Config):
         default=None, description="split of a saved DatasetDict or of the Hub dataset (train)"
     )
     limit: int | None = Field(default=None, description="keep only the first N valid prompts")
+    max_prompt_chars: int = Field(
+        default=MAX_PROMPT_CHARS,
+        ge=1,
+        description="longer prompts (in characters) are dropped and reported by id; generation "
+        "keeps the start and end of any prompt that still exceeds a model's context",
+    )
 
 
 def _read_prompt_pool(config: PromptPoolConfig) -> PromptBatch:
@@ -49,6 +56,7 @@ def _read_prompt_pool(config: PromptPoolConfig) -> PromptBatch:
         "id_column": config.id_column,
         "source_column": config.source_column,
         "limit": config.limit,
+        "max_prompt_chars": config.max_prompt_chars,
     }
     if config.path and config.dataset:
         raise dg.Failure(
@@ -82,6 +90,9 @@ def prompt_pool(
 ) -> dg.MaterializeResult:
     batch = _read_prompt_pool(config)
     context.log.info(batch.summary())
+    too_long = batch.too_long_report()
+    if too_long:
+        context.log.warning(too_long)
     counts = store.add_prompts(batch.prompts, batch.origin)
     if counts["conflicting"]:
         context.log.warning(
@@ -98,6 +109,9 @@ def prompt_pool(
             "conflicting_ids": counts["conflicting"],
             "duplicates_dropped": len(batch.duplicates),
             "empty_dropped": len(batch.empty),
+            "too_long_dropped": len(batch.too_long),
+            "too_long_ids": dg.MetadataValue.json([e["prompt_id"] for e in batch.too_long[:100]]),
+            "max_prompt_chars": config.max_prompt_chars,
             "sources": dg.MetadataValue.json(
                 dict(Counter(batch.prompts["source"].to_list()).most_common())
             ),

@@ -62,7 +62,10 @@ class RubricJudge(dg.ConfigurableResource):
     retry_with_prefix: bool = True
     parse_fallback: bool = Field(default=True, description="parse a short answer as last resort")
     max_prompt_chars: int = Field(
-        default=3000, ge=100, description="the user prompt shown to the judge is cut here"
+        default=3000,
+        ge=100,
+        description="a longer user prompt is shown to the judge as its start and its end, the "
+        "middle cut with a marker (as generation does past a model's context)",
     )
     max_response_chars: int = Field(
         default=4000, ge=100, description="the response shown to the judge is cut here"

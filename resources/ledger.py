@@ -10,15 +10,17 @@ the round sensors and the nightly schedule when another round would pass the bud
 Environment: `AUF_PRICES` (the price table; default `$AUF_HOME/prices.yaml` when it exists),
 `AUF_BUDGET_MAX_TOKENS`, `AUF_BUDGET_MAX_DOLLARS`, `AUF_BUDGET_MAX_LABELS` (0 or unset: no
 limit). A bad value never stops the code location from loading: it is kept in `problem`, and the
-sensors skip with it.
+sensors skip with it. A price table that cannot be read prices nothing (dollars unknown, with a
+warning naming the file); only a dollar budget, which cannot be checked then, stops rounds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +33,8 @@ from auf_assets.core.markdown import markdown_table
 from resources import home
 from resources.models import Usage
 from resources.store import DuckDBStore, utcnow
+
+log = logging.getLogger(__name__)
 
 ENV_VARS = {
     "AUF_PRICES": "prices_path",
@@ -84,24 +88,32 @@ class CostLedger(dg.ConfigurableResource):
 
     def prices(self) -> PriceTable:
         path = Path(self.prices_path) if self.prices_path else home.auf_home() / "prices.yaml"
-        if not self.prices_path and not path.is_file():
+        if not self.prices_path and not path.exists():
             return PriceTable()
         return PriceTable.load(path)
 
     def budget(self) -> Budget:
         return Budget(self.max_tokens, self.max_dollars, self.max_labels)
 
-    def priced(self, store: DuckDBStore, round_ids=None) -> pl.DataFrame:
-        return price_rows(store.usage(round_ids), self.prices())
-
     def refusal(self, store: DuckDBStore) -> str | None:
         """Why no further round may start under the budget (None: it may)."""
-        if self.problem:
-            return self.problem
+        if self.env_errors:
+            return "; ".join(self.env_errors)
         budget = self.budget()
         if not budget.limited:
             return None
-        priced = self.priced(store)
+        try:
+            prices = self.prices()
+        except PriceTableError as exc:
+            if budget.max_dollars:
+                return f"{exc}: the dollar budget (AUF_BUDGET_MAX_DOLLARS) cannot be checked"
+            prices = PriceTable()
+        if budget.max_dollars and not prices.known:
+            return (
+                "AUF_BUDGET_MAX_DOLLARS is set but there is no price table to count dollars with "
+                "(AUF_PRICES, or $AUF_HOME/prices.yaml)"
+            )
+        priced = price_rows(store.usage(), prices)
         labels = store.judgements_per_round()
         per_round = (
             priced.group_by("round_id")
@@ -200,7 +212,7 @@ class StepLedger:
             self.store.record_usage(pl.DataFrame([row], schema=USAGE_COLUMNS))
 
     def metadata(self, prices: PriceTable) -> dict:
-        """Totals for a step's materialisation metadata."""
+        """Totals for a step's materialisation metadata (no `dollars` without a price table)."""
         frame = price_rows(pl.DataFrame(self.rows, schema=USAGE_COLUMNS), prices)
         table = frame.select(
             "actor",
@@ -214,23 +226,34 @@ class StepLedger:
             "retries",
             pl.col("dollars").round(4),
         )
+        dollars = {"dollars": round(float(frame["dollars"].sum()), 4)} if prices.known else {}
         return {
             "requests": int(frame["requests"].sum()),
             "cached_answers": int(frame["cached"].sum()),
             "failures": int(frame["failures"].sum()),
             "retries": int(frame["retries"].sum()),
-            "dollars": round(float(frame["dollars"].sum()), 4),
+            **dollars,
             "price_table": prices.source,
             "ledger": dg.MetadataValue.md(markdown_table(table, max_rows=len(self.rows))),
         }
 
 
+_WARNED: set[str] = set()
+
+
+def readable_prices(ledger: CostLedger, warn: Callable[[str], None] | None = None) -> PriceTable:
+    """The ledger's price table; an unreadable one prices nothing, with one warning per process
+    and problem through `warn` (default: this module's logger)."""
+    try:
+        return ledger.prices()
+    except PriceTableError as exc:
+        if str(exc) not in _WARNED:
+            _WARNED.add(str(exc))
+            (warn or log.warning)(f"{exc}: the ledger records tokens without dollars")
+        return PriceTable(source=f"unreadable ({exc})")
+
+
 def ledger_prices(context=None) -> PriceTable:
     """The price table the environment names; an unreadable one prices nothing, with a warning
     (a round never fails over its price table)."""
-    try:
-        return ledger_from_env().prices()
-    except PriceTableError as exc:
-        if context is not None:
-            context.log.warning(f"{exc}: the ledger records tokens without dollars")
-        return PriceTable(source=f"unreadable ({exc})")
+    return readable_prices(ledger_from_env(), context.log.warning if context is not None else None)

@@ -14,6 +14,20 @@ import numpy as np
 Conversation = list[dict[str, str]]
 Progress = Callable[[int, int], None]
 
+# What a lossy UTF-8 decode writes for bytes that form no character.
+REPLACEMENT_CHARACTER = "\ufffd"
+
+
+def whole_characters(text: str) -> str:
+    """Generated text with only complete characters, without surrounding whitespace.
+
+    A byte-level tokenizer spells a multi-byte character with several tokens, so a generation
+    cut at `max_new_tokens` can end inside one, and a small model can emit a lead byte without
+    its continuation; decoding writes U+FFFD for those bytes (vLLM and servers too). They are
+    dropped: a broken character carries no text, and a dataset should not show one.
+    """
+    return text.replace(REPLACEMENT_CHARACTER, "").strip()
+
 
 @dataclass(frozen=True)
 class Generation:

@@ -25,7 +25,15 @@ import torch
 
 from auf_assets.core.checkpoints import adapter_base
 from auf_assets.core.devices import choose_device
-from resources.lm_types import Conversation, Generation, Progress, Usage, collapse_by_text
+from auf_assets.core.prompts import head_and_tail
+from resources.lm_types import (
+    Conversation,
+    Generation,
+    Progress,
+    Usage,
+    collapse_by_text,
+    whole_characters,
+)
 from resources.openai_api import OpenAILM
 
 log = logging.getLogger(__name__)
@@ -52,6 +60,13 @@ class ResolvedSource:
     path: str
     gguf_file: str | None = None
     packaged_name: str | None = None
+
+
+# Put where the middle of a prompt longer than a model's context was cut.
+CONTEXT_CUT_MARKER = "\n[...]\n"
+# Prompts longer than this (tokens) are read in chunks of it, so each operation stays short
+# enough for an interrupt (Ctrl-C) to land within seconds, however long the prompt.
+PREFILL_CHUNK_TOKENS = 512
 
 
 def resolve_source(source: str) -> ResolvedSource:
@@ -418,18 +433,36 @@ class TransformersLM:
         return text + assistant_prefix
 
     def _encode(self, texts: list[str], room: int = 0) -> dict[str, torch.Tensor]:
-        self.tokenizer.padding_side = "left"  # generation continues from the right edge
-        # A prompt longer than the context keeps its end (the question asked last) rather than
-        # failing the whole batch.
+        """Left-padded token ids (generation continues from the right edge) of `texts`, each
+        cut to the context less `room` tokens where it is longer: its start (the system prompt
+        and an instruction given first) and its end (a question asked last, the turn for the
+        answer) are kept, the middle is cut, rather than the whole batch failing."""
+        rows = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         limit = self.context_length
-        kwargs = {}
         if limit and limit > room + 8:
-            self.tokenizer.truncation_side = "left"
-            kwargs = {"truncation": True, "max_length": limit - room}
-        enc = self.tokenizer(
-            texts, return_tensors="pt", padding=True, add_special_tokens=False, **kwargs
+            rows = self._fit(rows, limit - room)
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(r)) + list(r) for r in rows], dtype=torch.long)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        return {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
+
+    def _fit(self, rows: list[list[int]], budget: int) -> list[list[int]]:
+        if all(len(r) <= budget for r in rows):
+            return rows
+        marker = self.tokenizer(CONTEXT_CUT_MARKER, add_special_tokens=False)["input_ids"]
+        room = max(budget - len(marker), 2)
+        head, tail = head_and_tail(room + 1, room)  # of any row that does not fit
+        log.warning(
+            "%d prompt(s) longer than the %d tokens %s has room for: kept the first %d and the "
+            "last %d tokens of each",
+            sum(len(r) > budget for r in rows),
+            budget,
+            self.source,
+            head,
+            tail,
         )
-        return {k: v.to(self.device) for k, v in enc.items()}
+        return [r if len(r) <= budget else r[:head] + marker + r[len(r) - tail :] for r in rows]
 
     def _autocast(self):
         return torch.autocast(
@@ -463,12 +496,15 @@ class TransformersLM:
                 if temperature > 0
                 else {"do_sample": False}
             )
+            long_prompts = enc["input_ids"].shape[1] > PREFILL_CHUNK_TOKENS
+            chunked = {"prefill_chunk_size": PREFILL_CHUNK_TOKENS} if long_prompts else {}
             with torch.inference_mode(), self._autocast():
                 out = self.model.generate(
                     **enc,
                     max_new_tokens=max_new_tokens,
                     pad_token_id=self.tokenizer.pad_token_id,
                     **sampling,
+                    **chunked,
                 )
             new = out[:, enc["input_ids"].shape[1] :]
             prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
@@ -477,7 +513,9 @@ class TransformersLM:
                 stop = next((k for k, t in enumerate(tokens) if t in eos_ids), None)
                 kept = tokens if stop is None else tokens[:stop]
                 results[i] = Generation(
-                    text=self.tokenizer.decode(kept, skip_special_tokens=True).strip(),
+                    # The whole sequence at once: a character spelt by several tokens stays
+                    # whole; one cut at max_new_tokens is dropped.
+                    text=whole_characters(self.tokenizer.decode(kept, skip_special_tokens=True)),
                     prompt_tokens=int(prompt_lens[row]),
                     completion_tokens=len(kept),
                     finish_reason="length" if stop is None else "stop",
@@ -643,7 +681,7 @@ class VLLMLM:
             choice = out.outputs[0]
             results.append(
                 Generation(
-                    text=choice.text.strip(),
+                    text=whole_characters(choice.text),
                     prompt_tokens=len(out.prompt_token_ids or []),
                     completion_tokens=len(choice.token_ids),
                     finish_reason="length" if choice.finish_reason == "length" else "stop",

@@ -31,7 +31,14 @@ from dataclasses import dataclass, field
 import requests
 
 from auf_assets.core.seeding import stable_seed
-from resources.lm_types import Conversation, Generation, Progress, Usage, collapse_by_text
+from resources.lm_types import (
+    Conversation,
+    Generation,
+    Progress,
+    Usage,
+    collapse_by_text,
+    whole_characters,
+)
 
 log = logging.getLogger(__name__)
 
@@ -363,17 +370,26 @@ class OpenAILM:
         return body
 
     def _run(self, calls: Sequence[Callable[[], object]], progress: Progress | None) -> list:
-        """Run the calls with the endpoint's concurrency, in input order; first error raised."""
+        """Run the calls with the endpoint's concurrency, in input order; first error raised.
+
+        On an error or an interrupt (Ctrl-C, a run terminated) the calls not yet sent are
+        dropped at once instead of being sent before the error is raised; those in flight end
+        in the background."""
         results: list = [None] * len(calls)
         done = 0
         workers = max(1, min(self.endpoint.max_concurrency, len(calls)))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
+        pool = ThreadPoolExecutor(max_workers=workers)
+        try:
             futures = {pool.submit(call): i for i, call in enumerate(calls)}
             for future in as_completed(futures):
                 results[futures[future]] = future.result()
                 done += 1
                 if progress:
                     progress(done, len(calls))
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
         return results
 
     def generate(
@@ -399,7 +415,7 @@ class OpenAILM:
             choice = answer["choices"][0]
             usage = answer.get("usage") or {}
             gen = Generation(
-                text=(choice.get("message", {}).get("content") or "").strip(),
+                text=whole_characters(choice.get("message", {}).get("content") or ""),
                 prompt_tokens=int(usage.get("prompt_tokens") or 0),
                 completion_tokens=int(usage.get("completion_tokens") or 0),
                 finish_reason="length" if choice.get("finish_reason") == "length" else "stop",

@@ -40,6 +40,7 @@ class FakeServer:
         self.retry_after = retry_after
         self.slow_s = slow_s
         self.faults: list[str | None] = []
+        self.reply: str | None = None  # the text of every generation, as a server decoded it
         self.fail_after: int | None = None  # every chat request after this many answers: 500
         self.requests: list[dict] = []
         self.answered = 0
@@ -105,8 +106,9 @@ class FakeServer:
                 top_p=float(body.get("top_p", 1.0)),
                 seed=int(body.get("seed") or 0),
             )[0]
+        text = gen.text if self.reply is None else self.reply
         return 200, self._answer(
-            gen.text, gen.finish_reason, gen.prompt_tokens, gen.completion_tokens, None
+            text, gen.finish_reason, gen.prompt_tokens, gen.completion_tokens, None
         )
 
     def _answer(self, text, finish, prompt_tokens, completion_tokens, logprobs) -> dict:

@@ -199,9 +199,10 @@ def test_a_claim_goes_when_its_process_is_killed(tmp_path):
 
 
 def test_the_judge_prompt_is_bounded_too():
-    user = judge_messages("honesty", "q" * 50, "r", max_prompt_chars=10)[1]["content"]
-    assert "q" * 10 + "\n\n[... prompt truncated here: 40 more characters" in user
-    assert "q" * 11 not in user
+    user = judge_messages("honesty", "Q" + "q" * 48 + "?", "r", max_prompt_chars=10)[1]["content"]
+    # The start and the end (the question asked last), the middle cut (as in generation).
+    assert "Qqqqqqqq\n\n[... 40 characters of the prompt not shown here ...]\n\nq?" in user
+    assert "q" * 8 not in user
 
 
 def test_a_vllm_engine_is_shut_down_when_freed():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import polars as pl
@@ -11,9 +12,12 @@ import pytest
 from auf_assets.core.principles import SOURCE_PRINCIPLE_WEIGHTS, principle_weights
 from auf_assets.core.prompts import (
     DEMO_PROMPTS_PATH,
+    MAX_PROMPT_CHARS,
     PromptBatch,
     PromptInputError,
     demo_prompts,
+    head_and_tail,
+    keep_head_and_tail,
     load_prompts,
     prompts_from_frame,
     stable_prompt_id,
@@ -390,6 +394,80 @@ def test_duplicates_and_empties_are_reported_with_rows(tmp_path):
         {"row": 3, "prompt_id": stable_prompt_id("Tell me a joke."), "duplicate_of_row": 1}
     ]
     assert batch.summary() == f"2 prompts from {path} (1 duplicate, 2 empty dropped)"
+
+
+def test_prompts_over_the_maximum_length_are_dropped_and_named(tmp_path):
+    pasted = "Summarise this document. " + "x" * (MAX_PROMPT_CHARS + 1)
+    lines = [
+        {"prompt_id": "short", "prompt": "What is 2 + 2?"},
+        {"prompt_id": "pasted", "prompt": pasted},  # row 2
+        {"prompt": "y" * 40},  # row 3: its id is derived from the text
+        {"prompt_id": "fits", "prompt": "z" * 30},
+    ]
+    path = write_jsonl(tmp_path / "long.jsonl", lines)
+    batch = load_prompts(path)
+    assert batch.prompts["prompt_id"].to_list() == ["short", stable_prompt_id("y" * 40), "fits"]
+    assert batch.too_long == [{"row": 2, "prompt_id": "pasted", "chars": len(pasted)}]
+    assert f"1 over {MAX_PROMPT_CHARS:,} characters dropped" in batch.summary()
+    report = batch.too_long_report()
+    assert report.startswith(f"1 prompt longer than {MAX_PROMPT_CHARS:,} characters dropped")
+    assert "pasted" in report and f"{len(pasted):,}" in report and "max_prompt_chars" in report
+    # A lower maximum (the setting), a limit counting only kept prompts, and no maximum at all.
+    lower = load_prompts(path, max_prompt_chars=35, limit=2)
+    assert lower.prompts["prompt_id"].to_list() == ["short", "fits"]
+    assert [e["prompt_id"] for e in lower.too_long] == ["pasted", stable_prompt_id("y" * 40)]
+    assert "and 1 more" in lower.too_long_report(shown=1)
+    assert len(load_prompts(path, max_prompt_chars=None).too_long) == 0
+    raises(
+        write_jsonl(tmp_path / "all.jsonl", [{"prompt": pasted}]),
+        "all.jsonl",
+        "no usable prompts",
+        f"1 over max_prompt_chars={MAX_PROMPT_CHARS:,}",
+    )
+    with pytest.raises(ValueError, match="max_prompt_chars must be a positive integer"):
+        load_prompts(path, max_prompt_chars=0)
+
+
+def test_prompt_pool_reports_what_it_dropped_for_length(tmp_path, auf_home):
+    import dagster as dg
+
+    from auf_assets.prompts import prompt_pool
+    from resources.store import DuckDBStore
+
+    rows = [{"prompt_id": f"long-{i}", "prompt": "w" * 200} for i in range(12)]
+    path = write_jsonl(tmp_path / "p.jsonl", [*ROWS, *rows])
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize(
+        [prompt_pool],
+        instance=instance,
+        resources={"store": DuckDBStore()},
+        run_config={
+            "ops": {"prompt_pool": {"config": {"path": str(path), "max_prompt_chars": 100}}}
+        },
+    )
+    meta = result.asset_materializations_for_node("prompt_pool")[0].metadata
+    assert meta["dagster/row_count"].value == 3 and meta["too_long_dropped"].value == 12
+    assert meta["too_long_ids"].value == [f"long-{i}" for i in range(12)]
+    warnings = [
+        e.message
+        for e in instance.all_logs(result.run_id)
+        if e.level == logging.WARNING and "prompt_pool" in (e.step_key or "")
+    ]
+    assert any(
+        "12 prompts longer than 100 characters dropped" in w
+        and "long-0, long-1" in w
+        and "and 2 more" in w
+        for w in warnings
+    ), warnings
+
+
+def test_head_and_tail_keep_both_ends():
+    assert head_and_tail(10, 20) == (10, 0)
+    assert head_and_tail(1000, 100) == (75, 25)
+    text = "INSTRUCTION " + "m" * 100 + " QUESTION?"
+    cut = keep_head_and_tail(text, 40, "[{n} cut]")
+    assert cut.startswith("INSTRUCTION ") and cut.endswith(" QUESTION?")
+    assert f"[{len(text) - 40} cut]" in cut and keep_head_and_tail("short", 40, "[{n}]") == "short"
 
 
 def test_same_id_same_text_is_a_duplicate_and_different_ids_same_text_too(tmp_path):

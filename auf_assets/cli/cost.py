@@ -12,19 +12,28 @@ def _cost(args: argparse.Namespace) -> int:
     root = prepare_home()
     import polars as pl
 
-    from auf_assets.core.costs import PriceTable, PriceTableError, price_rows, round_totals
-    from resources.ledger import ledger_from_env
+    from auf_assets.core.costs import (
+        PriceTable,
+        PriceTableError,
+        known_sum,
+        price_rows,
+        round_totals,
+    )
+    from resources.ledger import ledger_from_env, readable_prices
     from resources.store import DuckDBStore
 
     ledger = ledger_from_env()
     if ledger.env_errors:
         print("; ".join(ledger.env_errors))
         return 2
-    try:
-        prices = PriceTable.load(args.prices) if args.prices else ledger.prices()
-    except PriceTableError as exc:
-        print(exc)
-        return 2
+    if args.prices:
+        try:  # a table named on the command line must be readable
+            prices = PriceTable.load(args.prices)
+        except PriceTableError as exc:
+            print(exc)
+            return 2
+    else:  # the configured one: like a round, carry on without dollars
+        prices = readable_prices(ledger, warn=lambda message: print(f"warning: {message}"))
     store = DuckDBStore()
     if not store.database.exists():
         print(f"no rounds yet: {store.database} does not exist (run `auf demo`)")
@@ -50,14 +59,12 @@ def _cost(args: argparse.Namespace) -> int:
             pl.col("prompt_tokens").sum(),
             pl.col("completion_tokens").sum(),
             pl.col("wall_seconds").sum(),
-            # Unknown (no local GPU, no GPU count for the server) stays unknown, not 0.
-            pl.when(pl.col("gpu_seconds").is_not_null().any())
-            .then(pl.col("gpu_seconds").sum())
-            .otherwise(None)
-            .alias("gpu_seconds"),
+            # Unknown (no local GPU, no GPU count for the server, no price table) stays
+            # unknown, not 0.
+            known_sum("gpu_seconds"),
             pl.col("failures").sum(),
             pl.col("retries").sum(),
-            pl.col("dollars").sum(),
+            known_sum("dollars"),
         )
         .sort("round_id", "step", "actor")
     )
@@ -72,20 +79,20 @@ def _cost(args: argparse.Namespace) -> int:
             f"{r['round_id']:<11} {r['step']:<12} {r['actor'][:28]:<28} {r['attempts']:>5} "
             f"{r['requests']:>8} {r['cached']:>6} {r['prompt_tokens']:>11,} "
             f"{r['completion_tokens']:>10,} {r['wall_seconds']:>8.1f} "
-            f"{_seconds(r['gpu_seconds']):>8} {r['failures']:>5} {r['retries']:>5} "
-            f"{r['dollars']:>9.4f}"
+            f"{_known(r['gpu_seconds'], '{:.1f}'):>8} {r['failures']:>5} {r['retries']:>5} "
+            f"{_known(r['dollars'], '{:.4f}'):>9}"
         )
     totals = round_totals(priced)
     print("\nper round:")
     for r in totals.iter_rows(named=True):
         print(
             f"  {r['round_id']}: {r['requests']:,} requests, {r['tokens']:,} tokens, "
-            f"{r['gpu_seconds']:.1f} GPU-s, {r['failures']} failures, ${r['dollars']:.4f}"
+            f"{_known(r['gpu_seconds'], '{:.1f}')} GPU-s, {r['failures']} failures, "
+            f"{_known(r['dollars'], '${:.4f}')}"
         )
-    print(
-        f"total: {int(totals['tokens'].sum()):,} tokens, ${float(totals['dollars'].sum()):.4f} "
-        f"over {totals.height} round(s)"
-    )
+    dollars = totals["dollars"].drop_nulls()
+    spent = f"${float(dollars.sum()):.4f}" if len(dollars) else "$- (no price table)"
+    print(f"total: {int(totals['tokens'].sum()):,} tokens, {spent} over {totals.height} round(s)")
     budget = ledger.budget()
     if budget.limited:
         refusal = ledger.refusal(store)
@@ -93,8 +100,9 @@ def _cost(args: argparse.Namespace) -> int:
     return 0
 
 
-def _seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
+def _known(value: float | None, fmt: str) -> str:
+    """A measured value, or "-" where it is not known (never a made-up 0)."""
+    return "-" if value is None else fmt.format(value)
 
 
 def add_commands(sub) -> None:

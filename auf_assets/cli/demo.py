@@ -430,9 +430,10 @@ def _round_summary(result, key: str, wall: float) -> str:
     requests = sum(m.get("requests", 0) for m in (gens, verdicts))
     if requests:
         retries = sum(m.get("retries", 0) for m in (gens, verdicts))
-        dollars = sum(m.get("dollars", 0.0) for m in (gens, verdicts))
+        priced = [m["dollars"] for m in (gens, verdicts) if "dollars" in m]  # no table: none
+        spent = f"${sum(priced):.4f}" if priced else "$- (no price table)"
         lines.append(
-            f"  ledger: {requests} model requests, {retries} retries, ${dollars:.4f} "
+            f"  ledger: {requests} model requests, {retries} retries, {spent} "
             "(`auf cost` for the details)"
         )
     return "\n".join(lines)

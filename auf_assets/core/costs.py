@@ -10,13 +10,18 @@ A price table is YAML (or JSON) that a team keeps next to its deployment:
       "*": {input: 0.0, output: 0.0}
     gpu_hour: 2.50      # $ per GPU-hour of steps that ran on a GPU of ours
 
-Ledger rows carry tokens and GPU-seconds; `price_rows` adds their dollars. The budget guard
-compares what was spent plus what the next round is expected to add (the mean of the rounds so
-far) against the configured maxima.
+The file is read as UTF-8; a UTF-16 or UTF-32 file with its byte-order mark (what Windows
+editors write as "Unicode") is read too. Any other file that cannot be read is a
+`PriceTableError` naming it: callers then price nothing rather than fail a round.
+
+Ledger rows carry tokens and GPU-seconds; `price_rows` adds their dollars (null, unknown, when
+there is no price table). The budget guard compares what was spent plus what the next round is
+expected to add (the mean of the rounds so far) against the configured maxima.
 """
 
 from __future__ import annotations
 
+import codecs
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,9 +36,21 @@ __all__ = [
     "PriceTableError",
     "Spending",
     "cost_summary",
+    "known_sum",
     "price_rows",
+    "read_price_text",
     "round_totals",
 ]
+
+# Byte-order marks of the encodings a price table may come in, longest first (the UTF-32 LE mark
+# begins with the UTF-16 LE one).
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
 
 
 class PriceTableError(ValueError):
@@ -56,11 +73,38 @@ def _non_negative(value, where: str) -> float:
     return number
 
 
+def read_price_text(path: Path) -> str:
+    """The text of a price table file: UTF-8, or UTF-16/32 with a byte-order mark."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PriceTableError(
+            f"price table {path} cannot be read ({exc.strerror or exc})"
+        ) from None
+    encoding = next((name for bom, name in _BOMS if data.startswith(bom)), "utf-8")
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise PriceTableError(
+            f"price table {path} is not {encoding.upper()} text ({exc.reason} at byte "
+            f"{exc.start}); save it as UTF-8"
+        ) from None
+    if "\x00" in text:  # ASCII saved as UTF-16 without its mark decodes as UTF-8 with NULs
+        raise PriceTableError(
+            f"price table {path} is not UTF-8 text (it holds NUL bytes: UTF-16 without a "
+            "byte-order mark?); save it as UTF-8"
+        )
+    return text
+
+
 @dataclass(frozen=True)
 class PriceTable:
+    """Prices per model and per GPU-hour; `known` is False for no table (nothing is priced)."""
+
     models: Mapping[str, Price] = field(default_factory=dict)
     gpu_hour: float = 0.0
     source: str = "none"
+    known: bool = False
 
     @classmethod
     def from_mapping(cls, data: Mapping, source: str = "mapping") -> PriceTable:
@@ -85,17 +129,18 @@ class PriceTable:
                 _non_negative(entry.get("output", 0.0), f"{source}: models.{name}.output"),
             )
         gpu_hour = _non_negative(data.get("gpu_hour", 0.0), f"{source}: gpu_hour")
-        return cls(models, gpu_hour, source)
+        return cls(models, gpu_hour, source, known=True)
 
     @classmethod
     def load(cls, path: str | Path) -> PriceTable:
         import yaml
 
         p = Path(path)
-        if not p.is_file():
+        if not p.exists():
             raise PriceTableError(f"price table {p} does not exist")
+        text = read_price_text(p)
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
             raise PriceTableError(f"price table {p} is not valid YAML/JSON: {exc}") from None
         return cls.from_mapping(data, str(p))
@@ -112,9 +157,9 @@ class PriceTable:
 
 
 def price_rows(rows: pl.DataFrame, prices: PriceTable) -> pl.DataFrame:
-    """Ledger rows with a `dollars` column."""
-    if rows.height == 0:
-        return rows.with_columns(pl.lit(0.0).alias("dollars"))
+    """Ledger rows with a `dollars` column (null where no price table is known)."""
+    if rows.height == 0 or not prices.known:
+        return rows.with_columns(pl.lit(None, dtype=pl.Float64).alias("dollars"))
     dollars = [
         prices.dollars(m, p, c, g or 0.0)
         for m, p, c, g in zip(
@@ -128,8 +173,19 @@ def price_rows(rows: pl.DataFrame, prices: PriceTable) -> pl.DataFrame:
     return rows.with_columns(pl.Series("dollars", dollars, dtype=pl.Float64))
 
 
+def known_sum(column: str) -> pl.Expr:
+    """The sum of a column whose nulls mean "not known": null when none of it is known."""
+    return (
+        pl.when(pl.col(column).is_not_null().any())
+        .then(pl.col(column).sum())
+        .otherwise(None)
+        .alias(column)
+    )
+
+
 def round_totals(priced: pl.DataFrame) -> pl.DataFrame:
-    """One row per round: requests, tokens, GPU-seconds, failures, retries and dollars."""
+    """One row per round: requests, tokens, GPU-seconds, failures, retries and dollars
+    (GPU-seconds and dollars null where none are known)."""
     if priced.height == 0:
         return pl.DataFrame(
             schema={
@@ -150,10 +206,10 @@ def round_totals(priced: pl.DataFrame) -> pl.DataFrame:
             .sum()
             .cast(pl.Int64)
             .alias("tokens"),
-            pl.col("gpu_seconds").fill_null(0.0).sum(),
+            known_sum("gpu_seconds"),
             pl.col("failures").sum().cast(pl.Int64),
             pl.col("retries").sum().cast(pl.Int64),
-            pl.col("dollars").sum(),
+            known_sum("dollars"),
         )
         .sort("round_id")
     )
@@ -204,9 +260,21 @@ class Budget:
 
 
 def cost_summary(priced: pl.DataFrame) -> dict:
-    """What a set of rounds cost, by step and model, for a dataset card (every attempt counts)."""
+    """What a set of rounds cost, by step and model, for a dataset card (every attempt counts).
+
+    `dollars_known` and `gpu_hours_known` say whether any row was priced (a price table) and
+    whether any row has GPU-seconds; where they are False the sums are 0 and mean nothing.
+    """
     if priced.height == 0:
-        return {"by_model": [], "requests": 0, "tokens": 0, "gpu_hours": 0.0, "dollars": 0.0}
+        return {
+            "by_model": [],
+            "requests": 0,
+            "tokens": 0,
+            "gpu_hours": 0.0,
+            "dollars": 0.0,
+            "gpu_hours_known": False,
+            "dollars_known": False,
+        }
     by_model = (
         priced.group_by("step", "model")
         .agg(
@@ -224,4 +292,6 @@ def cost_summary(priced: pl.DataFrame) -> dict:
         "tokens": int((by_model["prompt_tokens"] + by_model["completion_tokens"]).sum()),
         "gpu_hours": float(by_model["gpu_hours"].sum()),
         "dollars": float(by_model["dollars"].sum()),
+        "gpu_hours_known": bool(priced["gpu_seconds"].is_not_null().any()),
+        "dollars_known": bool(priced["dollars"].is_not_null().any()),
     }

@@ -17,6 +17,8 @@ from typing import Literal
 
 import numpy as np
 
+from auf_assets.core.prompts import keep_head_and_tail
+
 __all__ = [
     "ASPECTS",
     "DIGITS",
@@ -82,6 +84,7 @@ _SYSTEM_PROMPT = (
 )
 
 _TRUNCATION_MARKER = "\n\n[... {what} truncated here: {n} more characters not shown ...]"
+_CUT_MARKER = "\n\n[... {{n}} characters of the {what} not shown here ...]\n\n"
 
 
 def _bounded(text: str, limit: int, what: str) -> str:
@@ -89,6 +92,8 @@ def _bounded(text: str, limit: int, what: str) -> str:
         raise ValueError(f"max_{what}_chars must be positive, got {limit}")
     if len(text) <= limit:
         return text
+    if what == "prompt":  # its start and its end, where instructions are (as in generation)
+        return keep_head_and_tail(text, limit, _CUT_MARKER.format(what=what))
     return text[:limit] + _TRUNCATION_MARKER.format(what=what, n=len(text) - limit)
 
 
@@ -102,8 +107,9 @@ def judge_messages(
 ) -> list[dict]:
     """Chat messages (system + user) that ask the judge to rate ``response`` on ``aspect``.
 
-    A prompt or response longer than its maximum is cut there and a marker says how much was
-    left out, so the judge's input stays bounded whatever users paste.
+    A response longer than its maximum is cut there, a prompt keeps its start and its end (an
+    instruction may be at either), and a marker says how much was left out, so the judge's input
+    stays bounded whatever users paste.
     """
     if aspect not in RUBRICS:
         raise ValueError(f"unknown aspect {aspect!r}; expected one of {', '.join(ASPECTS)}")

@@ -30,6 +30,11 @@ Rules, in short:
   source column means every prompt gets ``default_source`` or, failing that, the file's stem.
 * Empty or whitespace-only prompts are dropped and reported. Repeats (the same id with the same
   text, or the same whitespace-normalised text) are dropped and reported, the first one is kept.
+* Prompts longer than ``max_prompt_chars`` characters (default :data:`MAX_PROMPT_CHARS`, about
+  4,000 tokens of English; ``None``: no maximum) are dropped and reported with their ids: a
+  pasted document of megabytes would otherwise be generated for at the speed of its whole
+  context, or cut to it. Where a prompt still exceeds a model's context, generation keeps its
+  start and its end (:func:`head_and_tail`), so an instruction at either end survives.
 * Anything else that is wrong raises :class:`PromptInputError` and nothing is returned: the file
   is missing or unreadable, it holds no rows, no prompt column is found, a prompt is not text, a
   chat has no user turn, an id is not a string or an integer, or one id names two different
@@ -55,10 +60,13 @@ import polars as pl
 
 __all__ = [
     "DEMO_PROMPTS_PATH",
+    "MAX_PROMPT_CHARS",
     "SUPPORTED_SUFFIXES",
     "PromptBatch",
     "PromptInputError",
     "demo_prompts",
+    "head_and_tail",
+    "keep_head_and_tail",
     "load_hub_prompts",
     "load_prompts",
     "normalise_prompt",
@@ -69,6 +77,9 @@ __all__ = [
 DEMO_PROMPTS_PATH = Path(__file__).resolve().parent / "data" / "demo_prompts.jsonl"
 
 SUPPORTED_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet", ".csv")
+
+# The longest prompt ingestion accepts, in characters (about 4,000 tokens of English text).
+MAX_PROMPT_CHARS = 16_000
 
 _MISSING = object()  # a record without the column at all (JSON rows may differ in their keys)
 
@@ -95,13 +106,17 @@ class PromptBatch:
     ``prompts`` has the columns ``prompt_id``, ``prompt`` and ``source`` (all text), unique ids,
     in input order. ``duplicates`` lists the dropped repeats as
     ``{"row", "prompt_id", "duplicate_of_row"}``; ``empty`` lists the dropped empty prompts as
-    ``{"row"}``. ``origin`` says where the prompts came from (a path or a dataset description).
+    ``{"row"}``; ``too_long`` the prompts over ``max_prompt_chars`` as
+    ``{"row", "prompt_id", "chars"}``. ``origin`` says where the prompts came from (a path or a
+    dataset description).
     """
 
     prompts: pl.DataFrame
     duplicates: list[dict] = field(default_factory=list)
     empty: list[dict] = field(default_factory=list)
     origin: str = ""
+    too_long: list[dict] = field(default_factory=list)
+    max_prompt_chars: int | None = MAX_PROMPT_CHARS
 
     def __len__(self) -> int:
         return self.prompts.height
@@ -116,9 +131,43 @@ class PromptBatch:
             dropped.append(f"{d} duplicate{'' if d == 1 else 's'}")
         if self.empty:
             dropped.append(f"{len(self.empty)} empty")
+        if self.too_long:
+            dropped.append(f"{len(self.too_long)} over {self.max_prompt_chars:,} characters")
         if dropped:
             line += f" ({', '.join(dropped)} dropped)"
         return line
+
+    def too_long_report(self, shown: int = 10) -> str | None:
+        """What was dropped for its length, naming ids and the setting (None: nothing)."""
+        if not self.too_long:
+            return None
+        ids = [entry["prompt_id"] for entry in self.too_long]
+        more = f" and {len(ids) - shown} more" if len(ids) > shown else ""
+        longest = max(entry["chars"] for entry in self.too_long)
+        return (
+            f"{len(ids)} prompt{'' if len(ids) == 1 else 's'} longer than "
+            f"{self.max_prompt_chars:,} characters dropped (the longest has {longest:,}): "
+            f"{', '.join(ids[:shown])}{more}; raise max_prompt_chars to keep them"
+        )
+
+
+def head_and_tail(length: int, limit: int) -> tuple[int, int]:
+    """How many leading and trailing units (characters, tokens) of something ``length`` long to
+    keep within ``limit``: everything when it fits, else three quarters of ``limit`` from the
+    start (where an instruction usually is) and a quarter from the end (a question asked last)."""
+    if length <= limit:
+        return length, 0
+    tail = limit // 4
+    return limit - tail, tail
+
+
+def keep_head_and_tail(text: str, limit: int, marker: str) -> str:
+    """``text`` cut to ``limit`` characters by :func:`head_and_tail`, with ``marker`` (formatted
+    with ``n``, the characters left out) where the middle was cut."""
+    head, tail = head_and_tail(len(text), limit)
+    if not tail:
+        return text
+    return text[:head] + marker.format(n=len(text) - head - tail) + text[len(text) - tail :]
 
 
 def normalise_prompt(prompt: str) -> str:
@@ -148,6 +197,7 @@ def load_prompts(
     default_source: str | None = None,
     split: str | None = None,
     limit: int | None = None,
+    max_prompt_chars: int | None = MAX_PROMPT_CHARS,
 ) -> PromptBatch:
     """Read and validate a prompt pool.
 
@@ -159,6 +209,7 @@ def load_prompts(
     has the validation rules).
     """
     _check_limit(limit)
+    _check_limit(max_prompt_chars, "max_prompt_chars")
     p = Path(path)
     origin = str(path)
     if not p.exists():
@@ -204,6 +255,7 @@ def load_prompts(
         source_column=source_column,
         default_source=source,
         limit=limit,
+        max_prompt_chars=max_prompt_chars,
     )
 
 
@@ -216,6 +268,7 @@ def prompts_from_frame(
     source_column: str = "source",
     default_source: str | None = None,
     limit: int | None = None,
+    max_prompt_chars: int | None = MAX_PROMPT_CHARS,
 ) -> PromptBatch:
     """Validate prompts already in a polars frame (row ``i`` of the frame is row ``i + 1``).
 
@@ -223,6 +276,7 @@ def prompts_from_frame(
     ``prompt_column=None`` recognises the layout (see the module docstring).
     """
     _check_limit(limit)
+    _check_limit(max_prompt_chars, "max_prompt_chars")
     if df.height == 0:
         raise PromptInputError(origin, "no rows (the input holds no prompts)")
     return _batch_from_records(
@@ -234,6 +288,7 @@ def prompts_from_frame(
         source_column=source_column,
         default_source=default_source if default_source is not None else origin,
         limit=limit,
+        max_prompt_chars=max_prompt_chars,
     )
 
 
@@ -248,6 +303,7 @@ def load_hub_prompts(
     source_column: str = "source",
     default_source: str | None = None,
     limit: int | None = None,
+    max_prompt_chars: int | None = MAX_PROMPT_CHARS,
 ) -> PromptBatch:
     """Read and validate the prompts of a dataset on the Hugging Face Hub.
 
@@ -264,6 +320,7 @@ def load_hub_prompts(
     config (listing the available ones when ``datasets`` names them), or any other load failure.
     """
     _check_limit(limit)
+    _check_limit(max_prompt_chars, "max_prompt_chars")
     origin = f"hf://datasets/{dataset_id}"
     if config_name:
         origin += f":{config_name}"
@@ -298,6 +355,7 @@ def load_hub_prompts(
         source_column=source_column,
         default_source=default_source if default_source is not None else dataset_id,
         limit=limit,
+        max_prompt_chars=max_prompt_chars,
     )
 
 
@@ -791,6 +849,7 @@ def _batch_from_records(
     source_column: str,
     default_source: str,
     limit: int | None,
+    max_prompt_chars: int | None,
 ) -> PromptBatch:
     layout = _resolve_layout(table, prompt_column, origin)
     column = layout.column
@@ -802,6 +861,7 @@ def _batch_from_records(
     sources: list[str] = []
     duplicates: list[dict] = []
     empty: list[dict] = []
+    too_long: list[dict] = []
     # id -> (row, normalised text); normalised text -> (row, id)
     by_id: dict[str, tuple[int, str]] = {}
     by_text: dict[str, tuple[int, str]] = {}
@@ -838,6 +898,9 @@ def _batch_from_records(
         pid = _coerce_id(rec.get(id_column), id_column, origin, row, where) if has_ids else None
         if pid is None:
             pid = stable_prompt_id(value)
+        if max_prompt_chars is not None and len(value) > max_prompt_chars:
+            too_long.append({"row": row, "prompt_id": pid, "chars": len(value)})
+            continue
 
         seen_id = by_id.get(pid)
         if seen_id is not None:
@@ -883,6 +946,8 @@ def _batch_from_records(
             reasons.append(f"{len(empty)} empty")
         if duplicates:
             reasons.append(f"{len(duplicates)} duplicate")
+        if too_long:
+            reasons.append(f"{len(too_long)} over max_prompt_chars={max_prompt_chars:,}")
         detail = f" ({', '.join(reasons)} dropped)" if reasons else ""
         raise PromptInputError(origin, f"no usable prompts: every row was dropped{detail}")
 
@@ -890,7 +955,14 @@ def _batch_from_records(
         {"prompt_id": ids, "prompt": texts, "source": sources},
         schema={"prompt_id": pl.String, "prompt": pl.String, "source": pl.String},
     )
-    return PromptBatch(prompts=frame, duplicates=duplicates, empty=empty, origin=origin)
+    return PromptBatch(
+        prompts=frame,
+        duplicates=duplicates,
+        empty=empty,
+        origin=origin,
+        too_long=too_long,
+        max_prompt_chars=max_prompt_chars,
+    )
 
 
 def _coerce_id(value: Any, id_column: str, origin: str, row: int, where: str) -> str | None:
@@ -929,6 +1001,6 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def _check_limit(limit: int | None) -> None:
+def _check_limit(limit: int | None, name: str = "limit") -> None:
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
+        raise ValueError(f"{name} must be a positive integer or None, got {limit!r}")

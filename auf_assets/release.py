@@ -107,17 +107,10 @@ def _price_table(warn) -> PriceTable | None:
     return None if prices.source == PriceTable().source else prices
 
 
-def build_release(
-    store: DuckDBStore, config: PreferenceDatasetConfig, log=print, warn=print
-) -> dict:
-    """Build the dataset version of the configured rounds; returns what the asset reports.
-
-    Pure wiring between the store and `core.release`, shared by the asset and its tests.
-    `warn` gets what a person should know about the version (an empty split left out).
-    """
-    options = config.options()
+def released_rounds(store: DuckDBStore, requested: list[str]) -> list[str]:
+    """The rounds a version holds, in order: `requested`, or every round with judgements."""
     available = store.rounds_with_judgements()
-    rounds = list(config.rounds) or available
+    rounds = list(requested) or available
     if not rounds:
         raise ReleaseError(
             "no round has judgements yet: run at least one round (auf demo, or the active_round "
@@ -128,7 +121,19 @@ def build_release(
             f"rounds without judgements cannot be released: {missing}; rounds with judgements: "
             f"{available or 'none'}"
         )
-    rounds = sorted(set(rounds), key=round_index)
+    return sorted(set(rounds), key=round_index)
+
+
+def build_release(
+    store: DuckDBStore, config: PreferenceDatasetConfig, log=print, warn=print
+) -> dict:
+    """Build the dataset version of the configured rounds; returns what the asset reports.
+
+    Pure wiring between the store and `core.release`, shared by the asset and its tests.
+    `warn` gets what a person should know about the version (an empty split left out).
+    """
+    options = config.options()
+    rounds = released_rounds(store, config.rounds)
     version = version_name(rounds, [round_index(r) for r in rounds])
     log(f"building {version} from {len(rounds)} round(s)")
     pairs = store.release_pairs(rounds)

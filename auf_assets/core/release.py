@@ -133,21 +133,21 @@ def split_configs(tables: Mapping[str, pl.DataFrame], options: ReleaseOptions) -
 def _empty_split_warning(
     split: str, configs: Sequence[str], prompts: int, options: ReleaseOptions
 ) -> str:
-    where = f"config{'s' if len(configs) > 1 else ''} {', '.join(configs)}"
-    left_out = "it is left out of the files and of the card's configs"
-    fraction = f"test_fraction {options.test_fraction:g}"
+    where = "" if set(configs) == set(CONFIG_DIRS) else f" of {', '.join(configs)}"
+    fraction = f"test_fraction {options.test_fraction:g} (a hash of prompt_id decides)"
+    if split == options.test_split and options.test_fraction == 0:
+        return f"no {split} split (test_fraction 0), so there are no held-out pairs"
     if split == options.train_split:
+        who = "its one prompt falls" if prompts == 1 else f"all its {prompts} prompts fall"
         return (
-            f"the {split} split of {where} is empty: all {prompts} prompt(s) there fall under "
-            f"{fraction} (a hash of prompt_id decides), so {left_out}; a smaller test_fraction "
-            "or more prompts gives a train split"
+            f"the {split} split{where} is empty: {who} under {fraction}. It is left out of the "
+            "files and the card; a smaller test_fraction or more prompts gives one"
         )
-    if options.test_fraction == 0:
-        return f"no {split} split ({fraction}), so there are no held-out pairs"
+    who = "its one prompt does not fall" if prompts == 1 else f"none of its {prompts} prompts falls"
     return (
-        f"the {split} split of {where} is empty: none of the {prompts} prompt(s) there falls "
-        f"under {fraction} (a hash of prompt_id decides), so there are no held-out pairs and "
-        f"{left_out}; a larger test_fraction or more prompts gives a {split} split"
+        f"the {split} split{where} is empty: {who} under {fraction}. It is left out of the files "
+        "and the card, so there are no held-out pairs; a larger test_fraction or more prompts "
+        "gives one"
     )
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import dagster as dg
 
 from auf_assets.active_round import ROUND_ASSETS
@@ -32,7 +30,7 @@ from auf_assets.training import (
     reward_model_training_job,
 )
 from resources import DuckDBStore, FeatureEncoder
-from resources.hub import HubDataset
+from resources.hub import hub_from_env
 from resources.labeling import labeling_from_env
 from resources.reward_judge import RewardModelJudge
 from resources.reward_model import UncertaintyModel
@@ -60,8 +58,8 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
         "labeling": labeling_from_env(),
         "uncertainty_model": UncertaintyModel(),
         "training": TrainingSettings(),
-        # The token is read from HF_TOKEN when a run that pushes starts (never stored in config).
-        "hub": HubDataset(repo_id=os.environ.get("AUF_HUB_REPO", ""), token=dg.EnvVar("HF_TOKEN")),
+        # The token is read from HF_TOKEN when a push starts (never stored in config).
+        "hub": hub_from_env(),
     }
 
 

@@ -25,26 +25,26 @@ from auf_assets.active_round import (
     reward_scores,
     selected_pairs,
 )
-from auf_assets.core.costs import cost_summary, price_rows
+from auf_assets.core.costs import PriceTable
 from auf_assets.core.release import (
+    CONFIG_DIRS,
     ReleaseError,
     ReleaseOptions,
     completion_rows,
     finish_release,
-    in_test_split,
     preference_rows,
-    release_facts,
-    render_card,
+    split_configs,
     trl_rows,
     verify_release,
     version_name,
     write_tables,
 )
+from auf_assets.core.release_card import cost_facts, release_facts, render_card
 from auf_assets.partitions import round_index
 from auf_assets.reporting import figure_png, markdown_preview, png_markdown
 from resources import home
 from resources.hub import HubDataset, HubError
-from resources.ledger import ledger_prices
+from resources.ledger import ledger_from_env
 from resources.store import DuckDBStore, utcnow
 
 GROUP = "release"
@@ -91,14 +91,26 @@ class PreferenceDatasetConfig(dg.Config):
         )
 
 
-def build_release(store: DuckDBStore, config: PreferenceDatasetConfig, log=print) -> dict:
-    """Build the dataset version of the configured rounds; returns what the asset reports.
+def _price_table(warn) -> PriceTable | None:
+    """The price table for the card, or None when there is none or it cannot be read (the card
+    then says nothing about dollars)."""
+    ledger = ledger_from_env()
+    try:
+        prices = ledger.prices()
+    except (ValueError, OSError) as exc:  # PriceTableError, a file that is not UTF-8, ...
+        where = ledger.prices_path or "$AUF_HOME/prices.yaml"
+        warn(
+            f"the price table {where} cannot be read ({type(exc).__name__}: {exc}): the card "
+            "says nothing about dollars"
+        )
+        return None
+    return None if prices.source == PriceTable().source else prices
 
-    Pure wiring between the store and `core.release`, shared by the asset and its tests.
-    """
-    options = config.options()
+
+def released_rounds(store: DuckDBStore, requested: list[str]) -> list[str]:
+    """The rounds a version holds, in order: `requested`, or every round with judgements."""
     available = store.rounds_with_judgements()
-    rounds = list(config.rounds) or available
+    rounds = list(requested) or available
     if not rounds:
         raise ReleaseError(
             "no round has judgements yet: run at least one round (auf demo, or the active_round "
@@ -109,7 +121,19 @@ def build_release(store: DuckDBStore, config: PreferenceDatasetConfig, log=print
             f"rounds without judgements cannot be released: {missing}; rounds with judgements: "
             f"{available or 'none'}"
         )
-    rounds = sorted(set(rounds), key=round_index)
+    return sorted(set(rounds), key=round_index)
+
+
+def build_release(
+    store: DuckDBStore, config: PreferenceDatasetConfig, log=print, warn=print
+) -> dict:
+    """Build the dataset version of the configured rounds; returns what the asset reports.
+
+    Pure wiring between the store and `core.release`, shared by the asset and its tests.
+    `warn` gets what a person should know about the version (an empty split left out).
+    """
+    options = config.options()
+    rounds = released_rounds(store, config.rounds)
     version = version_name(rounds, [round_index(r) for r in rounds])
     log(f"building {version} from {len(rounds)} round(s)")
     pairs = store.release_pairs(rounds)
@@ -120,23 +144,21 @@ def build_release(store: DuckDBStore, config: PreferenceDatasetConfig, log=print
             f"{version} has no labelled pair ({pairs.height} pairs: {left_out}); nothing to release"
         )
     per_prompt = completion_rows(responses, pairs)
-    tables = {"default": prefs, "trl": trl_rows(prefs), "completions": per_prompt}
-    configs: dict[str, dict[str, pl.DataFrame]] = {}
-    for name, frame in tables.items():
-        test = in_test_split(frame["prompt_id"], options.test_fraction)
-        configs[name] = {
-            options.train_split: frame.filter(~test),
-            options.test_split: frame.filter(test),
-        }
-    rows = {c: {s: f.height for s, f in splits.items()} for c, splits in configs.items()}
+    splits = split_configs(
+        {"default": prefs, "trl": trl_rows(prefs), "completions": per_prompt}, options
+    )
+    rows = splits.rows
+    for warning in splits.warnings:
+        warn(f"{version}: {warning}")
     facts = release_facts(pairs, responses, store.release_reward_models(rounds), rows, left_out)
-    facts["cost"] = cost_summary(price_rows(store.usage(rounds), ledger_prices()))
+    facts["warnings"] = splits.warnings
+    facts["cost"] = cost_facts(store.usage(rounds), _price_table(warn))
     software = software_version()
     target = home.datasets_dir(store.root) / version
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=target.parent))
     try:
-        write_tables(staging, configs, options.max_shard_bytes)
+        write_tables(staging, splits.frames, options.max_shard_bytes)
         files = finish_release(
             staging,
             target,
@@ -150,6 +172,7 @@ def build_release(store: DuckDBStore, config: PreferenceDatasetConfig, log=print
                 "software": software,
                 "splits": {"train": options.train_split, "test": options.test_split},
                 "test_fraction": options.test_fraction,
+                "warnings": splits.warnings,
             },
         )
     finally:
@@ -173,6 +196,7 @@ def build_release(store: DuckDBStore, config: PreferenceDatasetConfig, log=print
         "rounds": rounds,
         "rows": rows,
         "left_out": left_out,
+        "warnings": splits.warnings,
         "pairs": pairs,
         "preferences": prefs,
         "manifest_sha256": files.manifest_sha256,
@@ -235,7 +259,7 @@ def preference_dataset(
 ) -> dg.MaterializeResult:
     started = time.perf_counter()
     try:
-        built = build_release(store, config, log=context.log.info)
+        built = build_release(store, config, log=context.log.info, warn=context.log.warning)
     except ReleaseError as exc:
         raise dg.Failure(str(exc)) from None
     prefs, pairs = built["preferences"], built["pairs"]
@@ -249,6 +273,7 @@ def preference_dataset(
             "rows_per_split": dg.MetadataValue.json(split_rows),
             "rows_per_config": dg.MetadataValue.json(built["rows"]),
             "left_out": dg.MetadataValue.json(built["left_out"]),
+            "warnings": dg.MetadataValue.json(built["warnings"]),
             "label_sources": dg.MetadataValue.json(dict(Counter(prefs["label_source"]))),
             "methods": dg.MetadataValue.json(dict(Counter(prefs["method"]))),
             "manifest_sha256": built["manifest_sha256"],
@@ -273,8 +298,9 @@ def preference_dataset(
 @dg.asset_check(
     asset=preference_dataset,
     blocking=True,
-    description="The built version is intact (every file matches the manifest), no prompt is in "
-    "both splits, and no pair has the same response as chosen and rejected.",
+    description="The built version is intact (every file matches the manifest), no split is "
+    "empty (one would make the dataset unloadable), no prompt is in both splits, and no pair has "
+    "the same response as chosen and rejected.",
 )
 def preference_dataset_valid(store: DuckDBStore) -> dg.AssetCheckResult:
     release = store.latest_release()
@@ -286,17 +312,24 @@ def preference_dataset_valid(store: DuckDBStore) -> dg.AssetCheckResult:
         manifest = verify_release(folder)
     except ReleaseError as exc:
         return dg.AssetCheckResult(passed=False, metadata={"problem": str(exc)})
-    train, test = manifest["splits"]["train"], manifest["splits"]["test"]
-    frames = {
-        split: pl.read_parquet(sorted(folder.glob(f"data/{split}-*.parquet")))
-        for split in (train, test)
-    }
-    overlap = set(frames[train]["prompt_id"]) & set(frames[test]["prompt_id"])
-    if overlap:
-        problems.append(f"{len(overlap)} prompts in both splits")
+    frames = {}
+    for config, splits in manifest["rows"].items():
+        for split, rows in splits.items():
+            shards = sorted(folder.glob(f"{CONFIG_DIRS[config]}/{split}-*.parquet"))
+            if not shards or rows == 0:  # `datasets` cannot load a config with an empty split
+                problems.append(f"{config}/{split} is empty: an empty split must be left out")
+                continue
+            frame = pl.read_parquet(shards)
+            if frame.height != rows:
+                problems.append(f"{config}/{split}: {frame.height} rows, the manifest says {rows}")
+            if config == "default":
+                frames[split] = frame
+    if len(frames) == 2:
+        train, test = frames.values()
+        overlap = set(train["prompt_id"]) & set(test["prompt_id"])
+        if overlap:
+            problems.append(f"{len(overlap)} prompts in both splits")
     for split, frame in frames.items():
-        if frame.height != manifest["rows"]["default"][split]:
-            problems.append(f"{split}: {frame.height} rows, manifest says otherwise")
         same = frame.filter(pl.col("chosen_completion_id") == pl.col("rejected_completion_id"))
         if same.height:
             problems.append(f"{split}: {same.height} pairs with one response on both sides")

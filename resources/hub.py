@@ -4,20 +4,24 @@ One push = one commit: every file of the version is added (and stale data files 
 single `create_commit` with the repo's head as parent, so a failed or concurrent push never
 leaves a half-updated dataset. Before committing, the remote files are compared with the local
 ones (git blob sha1 for regular files, sha256 for LFS files): unchanged content makes no new
-commit. Each call is retried with backoff on network errors, 429 and 5xx; every other HTTP error
-becomes a `HubError` whose message says what to do. The token comes from `dg.EnvVar("HF_TOKEN")`
-and is scrubbed from every message this module produces.
+commit. Every request has a connect and a read timeout (huggingface_hub's shared HTTP client has
+none), and each call is retried with backoff on time-outs, network errors, 429 and 5xx; every
+other error becomes a `HubError` whose message says what to do. The token is read when a push
+starts (HF_TOKEN, or `hf auth login`), so a missing one fails the push step with one sentence
+instead of the run's configuration; it is scrubbed from every message this module produces.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import dagster as dg
 from pydantic import Field
@@ -27,6 +31,8 @@ from auf_assets.core.release import CARD, CONFIG_DIRS, MANIFEST, verify_release
 # Files a push owns in the repo: anything else (a user's own files) is left alone.
 _MANAGED = (CARD, MANIFEST, *(f"{d}/" for d in CONFIG_DIRS.values()))
 _TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
+# Errors of the HTTP client that no retry can fix: the URL itself is wrong.
+_MALFORMED_URL = ("UnsupportedProtocol", "InvalidURL", "LocalProtocolError")
 
 
 class HubError(RuntimeError):
@@ -81,7 +87,8 @@ class HubDataset(dg.ConfigurableResource):
     private: bool = Field(default=True, description="create the repo private (if it is new)")
     token: str | None = Field(
         default=None,
-        description="write token; set it with dg.EnvVar('HF_TOKEN'), never as plain text",
+        description="write token; empty: read when the push starts (HF_TOKEN, `hf auth login`); "
+        "in run config only as dg.EnvVar('HF_TOKEN'), never as plain text",
     )
     endpoint: str = Field(
         default="", description="Hub URL; empty: huggingface_hub's default (HF_ENDPOINT or hf.co)"
@@ -91,8 +98,16 @@ class HubDataset(dg.ConfigurableResource):
         default="{version}: {pairs} preference pairs from {rounds} round(s)",
         description="template; fields: version, pairs, rounds, first_round, last_round",
     )
-    max_retries: int = Field(default=4, ge=0, description="retries of a call on 5xx/429/network")
+    max_retries: int = Field(
+        default=4, ge=0, description="retries of a call on 5xx/429/time-outs/network errors"
+    )
     retry_backoff_s: float = Field(default=2.0, ge=0.0, description="first wait; doubles")
+    connect_timeout_s: float = Field(
+        default=10.0, gt=0, description="seconds to wait for the Hub to take a connection"
+    )
+    read_timeout_s: float = Field(
+        default=60.0, gt=0, description="seconds to wait for each answer (and each upload write)"
+    )
     max_file_bytes: int = Field(
         default=50 * 10**9, ge=1, description="largest file the Hub accepts (50 GB)"
     )
@@ -171,15 +186,23 @@ class HubDataset(dg.ConfigurableResource):
         return get_token()
 
     def endpoint_url(self) -> str:
+        """The Hub's base URL; a malformed one is refused here, before anything is sent."""
         from huggingface_hub import constants
 
-        return (self.endpoint or constants.ENDPOINT).rstrip("/")
+        url = (self.endpoint or constants.ENDPOINT).strip().rstrip("/")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise HubError(
+                f"endpoint {url!r} is not a URL: give the Hub's address as http(s)://host[:port], "
+                "e.g. https://huggingface.co; nothing was sent"
+            )
+        return url
 
     # -- the push ----------------------------------------------------------------------------
 
     def publish(self, folder: Path, log: Callable[[str], None] = print) -> PushResult:
         """Push the version in `folder` as one commit and tag it; idempotent."""
-        with _online():
+        with _online(), _timeouts(self.connect_timeout_s, self.read_timeout_s):
             return self._publish(folder, log)
 
     def _publish(self, folder: Path, log: Callable[[str], None]) -> PushResult:
@@ -188,7 +211,7 @@ class HubDataset(dg.ConfigurableResource):
         if not token:
             raise HubError(
                 "no Hugging Face token: set the HF_TOKEN environment variable to a token with "
-                "write access (huggingface.co/settings/tokens); nothing was pushed"
+                "write access (huggingface.co/settings/tokens); nothing was sent"
             )
         from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
@@ -199,6 +222,7 @@ class HubDataset(dg.ConfigurableResource):
         self._call(
             "create the repository",
             lambda: api.create_repo(repo, repo_type="dataset", private=self.private, exist_ok=True),
+            log,
         )
         if revision != "main":
             self._call(
@@ -206,12 +230,13 @@ class HubDataset(dg.ConfigurableResource):
                 lambda: api.create_branch(
                     repo, repo_type="dataset", branch=revision, exist_ok=True
                 ),
+                log,
             )
         for attempt in range(self.max_retries + 1):
             head = self._call(
-                "read the repository", lambda: api.dataset_info(repo, revision=revision).sha
+                "read the repository", lambda: api.dataset_info(repo, revision=revision).sha, log
             )
-            remote = self._remote_files(api, repo, revision)
+            remote = self._remote_files(api, repo, revision, log)
             adds = [p for p, f in files.items() if not _same(f, remote.get(p))]
             deletes = sorted(p for p in remote if _managed(p) and p not in files)
             if not adds and not deletes:
@@ -234,6 +259,7 @@ class HubDataset(dg.ConfigurableResource):
                         revision=revision,
                         parent_commit=h,
                     ),
+                    log,
                 )
             except _Conflict:
                 if attempt == self.max_retries:
@@ -245,7 +271,7 @@ class HubDataset(dg.ConfigurableResource):
                 continue
             commit, new = info.oid, True
             break
-        tag = self._tag(api, repo, plan["version"], commit)
+        tag = self._tag(api, repo, plan["version"], commit, log)
         url = f"{endpoint}/datasets/{repo}/tree/{tag or revision}"
         log(f"{'pushed' if new else 'unchanged'}: {url} (commit {commit[:12]})")
         return PushResult(
@@ -260,18 +286,20 @@ class HubDataset(dg.ConfigurableResource):
             files_deleted=deletes,
         )
 
-    def _remote_files(self, api, repo: str, revision: str) -> dict[str, Any]:
+    def _remote_files(self, api, repo: str, revision: str, log) -> dict[str, Any]:
         from huggingface_hub.hf_api import RepoFile
 
         def listing():
             tree = api.list_repo_tree(repo, repo_type="dataset", revision=revision, recursive=True)
             return {f.path: f for f in tree if isinstance(f, RepoFile)}
 
-        return self._call("list the repository's files", listing)
+        return self._call("list the repository's files", listing, log)
 
-    def _tag(self, api, repo: str, version: str, commit: str) -> str:
+    def _tag(self, api, repo: str, version: str, commit: str, log) -> str:
         """Tag the commit with the version name; a name taken by other content gets a suffix."""
-        refs = self._call("read the tags", lambda: api.list_repo_refs(repo, repo_type="dataset"))
+        refs = self._call(
+            "read the tags", lambda: api.list_repo_refs(repo, repo_type="dataset"), log
+        )
         tags = {t.name: t.target_commit for t in refs.tags}
         for name in (version, f"{version}-{commit[:8]}"):
             if tags.get(name) == commit:
@@ -286,14 +314,16 @@ class HubDataset(dg.ConfigurableResource):
                         revision=commit,
                         tag_message=f"auf dataset version {version}",
                     ),
+                    log,
                 )
                 return name
         raise HubError(f"tags {version!r} and {version}-{commit[:8]!r} name other commits")
 
-    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+    def _call(self, what: str, fn: Callable[[], Any], log: Callable[[str], None]) -> Any:
         """Run one Hub call with bounded retries; map its errors to clear messages."""
         delay = self.retry_backoff_s
-        for attempt in range(self.max_retries + 1):
+        tries = self.max_retries + 1
+        for attempt in range(1, tries + 1):
             try:
                 return fn()
             except Exception as exc:
@@ -303,18 +333,33 @@ class HubDataset(dg.ConfigurableResource):
                     raise _Conflict() from None
                 if not transient:
                     raise HubError(self._scrub(self._explain(what, status, exc))) from None
-                if attempt == self.max_retries:
+                why = self._why(exc)
+                if attempt == tries:
                     raise HubError(
                         self._scrub(
-                            f"could not {what} on {self.endpoint_url()} after {attempt + 1} tries "
-                            f"({_short(exc)}): the Hub or the network is down; nothing was "
-                            "changed locally, run the push again later"
+                            f"could not {what} on {self.endpoint_url()} after {tries} tries "
+                            f"({why}): the Hub or the network is down; nothing was changed "
+                            "locally, run the push again later"
                         )
                     ) from None
                 wait = _retry_after(exc) or delay
+                log(
+                    self._scrub(
+                        f"could not {what} ({why}): try {attempt + 1} of {tries} in {wait:g} s"
+                    )
+                )
                 time.sleep(wait)
                 delay *= 2
         raise AssertionError("unreachable")
+
+    def _why(self, exc: Exception) -> str:
+        """What went wrong with a call, in words (a time-out says how long it waited)."""
+        names = {cls.__name__ for cls in type(exc).__mro__}
+        if "ConnectTimeout" in names:
+            return f"no connection within {self.connect_timeout_s:g} s"
+        if "TimeoutException" in names or isinstance(exc, TimeoutError):
+            return f"no answer within {self.read_timeout_s:g} s"
+        return _short(exc)
 
     def _explain(self, what: str, status: int | None, exc: Exception) -> str:
         repo = self.repo_id
@@ -339,6 +384,31 @@ class HubDataset(dg.ConfigurableResource):
     def _scrub(self, text: str) -> str:
         token = self.resolved_token()
         return text.replace(token, "***") if token else text
+
+
+def hub_from_env() -> HubDataset:
+    """The hub resource of the definitions: the repo from AUF_HUB_REPO, the token read when a
+    push starts (so a missing HF_TOKEN fails the push step with one sentence, not the run's
+    configuration with Dagster's "environment variable not set" error)."""
+    return HubDataset(repo_id=os.environ.get("AUF_HUB_REPO", ""))
+
+
+@contextlib.contextmanager
+def _timeouts(connect_s: float, read_s: float) -> Iterator[None]:
+    """Connect and read time-outs on huggingface_hub's shared HTTP client, for the push alone.
+
+    Its default client has none (`timeout=None`): a Hub that takes the connection and never
+    answers would hold a push forever. Every HfApi call goes through this client (`get_session`).
+    """
+    from huggingface_hub.utils import get_session
+
+    session = get_session()
+    before = session.timeout
+    session.timeout = type(before)(read_s, connect=connect_s)  # the client's own Timeout class
+    try:
+        yield
+    finally:
+        session.timeout = before
 
 
 @contextlib.contextmanager
@@ -376,13 +446,13 @@ def _status(exc: Exception) -> int | None:
 
 
 def _network(exc: Exception) -> bool:
-    """Connection refused/reset, DNS failure, time-outs: worth another try."""
+    """Connection refused/reset, DNS failure, time-outs: worth another try (a bad URL is not)."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if names & set(_MALFORMED_URL):
+        return False
     if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
         return True
-    return any(
-        cls.__name__ in ("TransportError", "TimeoutException", "NetworkError")
-        for cls in type(exc).__mro__
-    )
+    return bool(names & {"TransportError", "TimeoutException", "NetworkError"})
 
 
 def _retry_after(exc: Exception) -> float | None:

@@ -5,7 +5,8 @@ pre-upload, commit, branch, tag, refs) with git-like state: commits with parents
 tags, every file's bytes. Tokens map to the namespaces they may write; failures can be injected
 per route (`fail("commit", 500)`), and every request is recorded (without its token) so tests
 can assert on what arrived. Files are always "regular" uploads (inline in the commit), which is
-what the real Hub does for small files; there is no LFS or Xet storage here.
+what the real Hub does for small files; there is no LFS or Xet storage here. `SilentHub` is a
+server that takes connections and never answers (a hung Hub).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
+import socket
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -328,3 +331,63 @@ class FakeHub:
         start = json.loads(body or b"{}").get("startingPoint") or "main"
         repo.branches[rest] = repo.resolve(start)
         return 200, {}
+
+
+class SilentHub:
+    """A "Hub" on 127.0.0.1 that takes every connection, reads the request and never answers.
+
+    What a hung server or a black-holing proxy looks like to a client: the TCP connection is
+    made at once, then nothing comes back. `requests` holds the first line of every request
+    received (e.g. "POST /api/repos/create HTTP/1.1").
+    """
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.05)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.requests: list[str] = []
+        self._connections: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+
+    def __enter__(self) -> SilentHub:
+        self._threads[0].start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        for conn in self._connections:
+            conn.close()
+        self.sock.close()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            conn.settimeout(0.05)
+            self._connections.append(conn)
+            reader = threading.Thread(target=self._read, args=(conn,), daemon=True)
+            self._threads.append(reader)
+            reader.start()
+
+    def _read(self, conn: socket.socket) -> None:
+        data = b""
+        while not self._stop.is_set():
+            try:
+                chunk = conn.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if not chunk:
+                return  # the client gave up and closed the connection
+            data += chunk
+            while b"\r\n\r\n" in data:  # headers of one request; a body may come before
+                head, data = data.split(b"\r\n\r\n", 1)
+                line = re.search(rb"(?:GET|HEAD|POST|PUT|PATCH|DELETE) \S+ HTTP/1\.\d", head)
+                if line:
+                    self.requests.append(line.group().decode("latin-1"))

@@ -491,7 +491,7 @@ def test_auf_export_writes_exactly_what_would_be_pushed(home, monkeypatch, tmp_p
     other = tmp_path / "photos"
     other.mkdir()
     (other / "cat.jpg").write_bytes(b"\xff")
-    assert _cli(monkeypatch, home, "export", "--out", str(other)) == 1
+    assert _cli(monkeypatch, home, "export", "--out", str(other)) == 2  # refused before building
     assert (other / "cat.jpg").read_bytes() == b"\xff"
 
 

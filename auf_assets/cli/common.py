@@ -1,11 +1,18 @@
-"""What the `auf` commands share: the home and its Dagster instance, and reading run results."""
+"""What the `auf` commands share: the home and its Dagster instance, running a job of the
+definitions in this process, and reading its result (what failed, in one line)."""
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from resources import home
+
+# The workspace `make dev` (dagster dev -w workspace.yaml) loads: it names the code location.
+WORKSPACE = Path(__file__).resolve().parents[2] / "workspace.yaml"
+DEFINITIONS_MODULE = "auf_assets.definitions"  # what `dagster dev -m ...` loads without it
+INTERRUPTS = ("DagsterExecutionInterruptedError", "KeyboardInterrupt")
 
 
 def prepare_home() -> Path:
@@ -14,6 +21,63 @@ def prepare_home() -> Path:
     os.environ["DAGSTER_HOME"] = str(home.ensure_dagster_home(root))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     return root
+
+
+def ui_run_tags() -> dict[str, str]:
+    """Tags that file a run made by a command under its job and code location in the UI.
+
+    A run launched from the UI records its code location (`dagster/code_location`) and its
+    repository label (`.dagster/repository`): the job pages and the Overview list a job's runs
+    by that label. `execute_in_process` knows no code location, so its runs would show apart
+    from the job's; these are the tags the UI's own runs get, with the names `dagster dev`
+    gives this project's location (read from workspace.yaml with Dagster's loader).
+    """
+    # Dagster's internals: the tag names and the label are what its run storage and webserver
+    # use (dagster 1.13); there is no public API for them.
+    from dagster._core.definitions.repository_definition.valid_definitions import (
+        SINGLETON_REPOSITORY_NAME,
+    )
+    from dagster._core.remote_origin import (
+        ManagedGrpcPythonEnvCodeLocationOrigin,
+        RemoteRepositoryOrigin,
+    )
+    from dagster._core.storage.tags import CODE_LOCATION_TAG, REPOSITORY_LABEL_TAG
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+    from dagster._core.workspace.load import location_origins_from_yaml_paths
+
+    origins = location_origins_from_yaml_paths([str(WORKSPACE)]) if WORKSPACE.is_file() else []
+    if len(origins) != 1:
+        origins = [
+            ManagedGrpcPythonEnvCodeLocationOrigin(
+                LoadableTargetOrigin(module_name=DEFINITIONS_MODULE)
+            )
+        ]
+    origin = origins[0]
+    return {
+        REPOSITORY_LABEL_TAG: RemoteRepositoryOrigin(origin, SINGLETON_REPOSITORY_NAME).get_label(),
+        CODE_LOCATION_TAG: origin.location_name,
+    }
+
+
+def execute_job(console, job_name: str, run_config: dict, **kwargs):
+    """Run a job of the definitions in this process on the home's instance, its records going
+    to `console` (a `RunConsole`: stage lines, the full log in its file), tagged as the UI's
+    runs are. Returns Dagster's result; a failure is in the result, not raised."""
+    import dagster as dg
+
+    from auf_assets.definitions import defs
+
+    job = defs.resolve_job_def(job_name)
+    job = job.with_logger_defs({**job.loggers, **console.logger_defs()})
+    config = {**run_config}
+    config["loggers"] = {**(config.get("loggers") or {}), **console.run_config_loggers()}
+    return job.execute_in_process(
+        instance=dg.DagsterInstance.get(),
+        run_config=config,
+        raise_on_error=False,
+        tags=ui_run_tags(),
+        **kwargs,
+    )
 
 
 def metadata(result, asset: str) -> dict:
@@ -26,25 +90,78 @@ def metadata(result, asset: str) -> dict:
     return {}
 
 
-def failure_message(result) -> str:
+def _failures(result):
+    """(event, error) of each failure event of the run: steps, resources, the run itself."""
     for event in result.all_events:
-        if event.is_step_failure:
-            error = event.step_failure_data.error
-            if error is None:
-                return f"{event.step_key}: unknown error"
-            # An exception raised in the step is the cause of Dagster's "error occurred while
-            # executing op" wrapper: the cause is what a person can fix.
-            info = error.cause or error
-            text = info.message.strip()
-            if info.cls_name == "Failure":  # dg.Failure: its description is the message
-                text = text.split(": ", 1)[-1]
-            return f"{event.step_key}: {text}"
-    for event in result.all_events:
-        # A run can fail before any step does (a resource whose settings are invalid).
         data = event.event_specific_data
-        if event.is_run_failure and getattr(data, "error", None) is not None:
-            return data.error.message.strip()
+        error = getattr(data, "error", None)
+        if error is not None and (
+            event.is_step_failure or event.is_run_failure or event.is_resource_init_failure
+        ):
+            yield event, error
+
+
+def was_interrupted(result) -> bool:
+    """Whether the run stopped because of Ctrl-C (or a termination signal)."""
+    return any(
+        info.cls_name in INTERRUPTS for _, error in _failures(result) for info in _chain(error)
+    )
+
+
+def failure_message(result) -> str:
+    """Why the run failed, in words a person can act on (the trace is in the log file)."""
+    failures = list(_failures(result))
+    if was_interrupted(result):
+        steps = [e.step_key for e, _ in failures if e.is_step_failure]
+        return "interrupted (Ctrl-C)" + (f" during {steps[0]}" if steps else "")
+    for event, error in failures:
+        if event.is_step_failure:
+            return f"{event.step_key}: {_readable(error)}"
+    for event, error in failures:
+        # A run can fail before any step does: a resource that could not start (its settings).
+        if event.is_resource_init_failure:
+            name = _resource_name(failures)
+            which = f"the {name} resource" if name else "a resource"
+            return f"{which} could not start: {_readable(error)}"
+    for event, error in failures:
+        if event.is_run_failure:
+            return _readable(error)
     return "the run failed"
+
+
+def _chain(info):
+    while info is not None:
+        yield info
+        info = info.cause
+
+
+def _readable(error) -> str:
+    """The innermost error a person can fix, without Dagster's wrappers and module paths.
+
+    An exception raised in a step or a resource is the cause of Dagster's "error occurred while
+    executing op" / "Error executing resource_fn" wrapper: the cause is what matters.
+    """
+    info = error
+    while info.cause is not None and (info.cls_name.startswith("Dagster") or not info.message):
+        info = info.cause
+    text = info.message.strip()
+    qualified, sep, rest = text.partition(": ")
+    if sep and qualified.endswith(info.cls_name) and " " not in qualified:
+        # dg.Failure and Dagster's errors: the description is the message; others keep their
+        # class name without the module path ("ReleaseError: ...").
+        dagster_error = qualified.startswith("dagster.") or info.cls_name == "Failure"
+        text = rest if dagster_error else f"{info.cls_name}: {rest}"
+    return text
+
+
+def _resource_name(failures) -> str | None:
+    """The resource named by Dagster's "Error executing resource_fn on ResourceDefinition x"."""
+    for _, error in failures:
+        for info in _chain(error):
+            match = re.search(r"on ResourceDefinition (\w+)", info.message)
+            if match:
+                return match.group(1)
+    return None
 
 
 # -- the console of commands that run jobs in this process (`auf demo`) -------------------------

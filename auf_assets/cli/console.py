@@ -89,6 +89,13 @@ def _stage_note(asset: str, md: dict) -> str:
         loss = md.get("loss_last")
         shown = f", loss {loss:.4f}" if loss is not None else ""
         return f"{num('steps')} DPO steps on {num('train_pairs')} pairs{shown}"
+    if asset == "preference_dataset":
+        splits = md.get("rows_per_split") or {}
+        shown = ", ".join(f"{split} {n}" for split, n in splits.items())
+        return f"{md.get('version')}: {rows} pairs ({shown})"
+    if asset == "hub_dataset":
+        what = "pushed" if md.get("new_commit") else "unchanged (no new commit)"
+        return f"{what}: {md.get('url')}"
     if asset == "annotation_batch":
         if md.get("written") is False:
             return "nothing written (labels do not come from people)"
@@ -132,6 +139,7 @@ class RunConsole:
         self._current: _Stage | None = None
         self._progress_text = ""
         self._abandoned = 0
+        self.interrupted = False  # a run of this command stopped on Ctrl-C
         self.formatter = logging.Formatter(LOG_FORMAT, LOG_DATEFMT)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.file_handler = logging.FileHandler(log_path, encoding="utf-8")
@@ -178,6 +186,20 @@ class RunConsole:
         with self._lock:
             self._clear_live()
             print(text, file=sys.stderr, flush=True)
+
+    def log_exception(self, what: str) -> None:
+        """The exception being handled, with its trace, to the log file only."""
+        self.file_handler.handle(
+            logging.makeLogRecord(
+                {
+                    "name": "auf",
+                    "levelno": logging.ERROR,
+                    "levelname": "ERROR",
+                    "msg": what,
+                    "exc_info": sys.exc_info(),
+                }
+            )
+        )
 
     def close(self) -> None:
         self._stop.set()
@@ -251,6 +273,9 @@ class RunConsole:
         from dagster import DagsterEventType as E
 
         kind = event.event_type
+        error = getattr(event.event_specific_data, "error", None)
+        if kind in (E.STEP_FAILURE, E.RUN_FAILURE) and _is_interrupt(error):
+            self.interrupted = True
         if kind in (E.RUN_SUCCESS, E.RUN_FAILURE, E.RUN_CANCELED):
             self._current = None
             self._stages.clear()
@@ -362,6 +387,16 @@ class RunConsole:
         )
         if self.verbose or not _quiet_warning(category):
             self.error(text)
+
+
+def _is_interrupt(error) -> bool:
+    from auf_assets.cli.common import INTERRUPTS
+
+    while error is not None:
+        if error.cls_name in INTERRUPTS:
+            return True
+        error = error.cause
+    return False
 
 
 def _own_copy(stream):

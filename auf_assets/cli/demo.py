@@ -21,7 +21,7 @@ import os
 import time
 from pathlib import Path
 
-from auf_assets.cli.common import failure_message, metadata, prepare_home
+from auf_assets.cli.common import failure_message, metadata, prepare_home, ui_run_tags
 from auf_assets.cli.console import RunConsole, job_console
 from resources.chain_lock import ChainBusy, round_chain
 
@@ -130,6 +130,11 @@ def _demo_with(console: RunConsole, root: Path, args: argparse.Namespace) -> int
             f"\nFull logs: {console.log_path}. Browse the runs and the asset graph with "
             "`make dev` (dagster dev)."
         )
+    elif console.interrupted:
+        console.error(
+            f"Interrupted: nothing stored was lost; run the same command again to go on (the "
+            f"full log is in {console.log_path})."
+        )
     else:
         console.error(
             f"The full log is in {console.log_path}. Fix the cause and run the same command "
@@ -171,7 +176,11 @@ def _execute(console: RunConsole, defs, instance, job_name: str, run_config: dic
         config["ops"] = {k: v for k, v in config["ops"].items() if k in ops or k not in known}
     config["loggers"] = {**(config.get("loggers") or {}), **console.run_config_loggers()}
     return job.execute_in_process(
-        instance=instance, partition_key=key, run_config=config, raise_on_error=False
+        instance=instance,
+        partition_key=key,
+        run_config=config,
+        raise_on_error=False,
+        tags=ui_run_tags(),
     )
 
 

@@ -1,8 +1,10 @@
 """`auf export` and `auf publish`: the finished dataset, on disk or on the Hugging Face Hub.
 
 Both run the `release` assets through Dagster on the local instance (the runs and their lineage
-show in the UI like any other), so the folder `auf export` writes is byte for byte what
-`auf publish` pushes.
+show in the UI under their jobs, like any other), so the folder `auf export` writes is byte for
+byte what `auf publish` pushes. Every argument is checked before anything is built: a bad one
+is refused in one line (exit 2). The console shows one line per stage and the outcome; the full
+Dagster log, traces included, goes to `$AUF_HOME/logs/<command>-<time>.log`.
 """
 
 from __future__ import annotations
@@ -10,15 +12,56 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
+from auf_assets.cli.common import (
+    execute_job,
+    failure_message,
+    prepare_home,
+    was_interrupted,
+)
+from auf_assets.cli.console import RunConsole, job_console
+
+# The options of `preference_dataset` the command line sets, as a person typed them.
+FLAGS = {
+    "rounds": "--rounds",
+    "test_fraction": "--test-fraction",
+    "train_split": "--split-names",
+    "test_split": "--split-names",
+    "license": "--license",
+    "language": "--language",
+    "pretty_name": "--pretty-name",
+    "repo_id": "--repo",
+}
+INTERRUPTED = 130  # the exit status of a command stopped by Ctrl-C
+
+
+class UsageError(ValueError):
+    """An argument that cannot work; the message names it. Nothing was built or sent."""
+
+
+def _round_arg(value: str) -> str:
+    """`1`, `0001` or `round-0001` as the round key `round-0001`."""
+    from auf_assets.partitions import round_index, round_key
+
+    try:
+        return round_key(int(value)) if value.isdigit() else round_key(round_index(value))
+    except ValueError as exc:
+        raise UsageError(f"--rounds {value}: {exc}") from None
+
 
 def _dataset_config(args: argparse.Namespace) -> dict:
+    """The run config of `preference_dataset`, checked: every value must work."""
+    from pydantic import ValidationError
+
+    from auf_assets.core.release import ReleaseError
+    from auf_assets.release import PreferenceDatasetConfig, released_rounds
+    from resources.store import DuckDBStore
+
     config: dict = {"test_fraction": args.test_fraction}
     if args.rounds:
-        config["rounds"] = args.rounds
+        config["rounds"] = [_round_arg(r) for r in args.rounds]
     if args.split_names == "h4":
         config.update(train_split="train_prefs", test_split="test_prefs")
     for key in ("license", "pretty_name"):
@@ -29,26 +72,80 @@ def _dataset_config(args: argparse.Namespace) -> dict:
     repo = getattr(args, "repo", "") or os.environ.get("AUF_HUB_REPO", "")
     if repo:
         config["repo_id"] = repo
+    try:
+        PreferenceDatasetConfig(**config).options()
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        field = str(problem["loc"][0]) if problem["loc"] else ""
+        given = config.get(field, "")
+        raise UsageError(f"{FLAGS.get(field, field)} {given}: {problem['msg']}") from None
+    except ReleaseError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        released_rounds(DuckDBStore(), config.get("rounds", []))
+    except ReleaseError as exc:
+        raise UsageError(f"{exc}; nothing was built") from None
     return config
 
 
-def _run(job_name: str, run_config: dict):
-    """Run a release job on the local instance; returns (result, metadata by asset)."""
-    from auf_assets.cli.common import failure_message, prepare_home
+def _checked_out(value: str, root: Path) -> Path:
+    """The export folder: new, empty or an earlier export, outside the home's versions."""
+    from resources import home
 
-    prepare_home()
+    out = Path(value).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {value} is a file: give a new or empty folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").is_file():
+        raise UsageError(
+            f"--out {value} is not empty and is not an earlier export (no manifest.json): give "
+            "a new or empty folder; nothing was built"
+        )
+    versions = home.datasets_dir(root).resolve()
+    if out == versions or versions in out.parents:
+        raise UsageError(
+            f"--out {value} is where the home keeps its versions ({versions}): give a folder "
+            "outside it"
+        )
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        raise UsageError(f"--out {value}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {value}: {existing} is not writable")
+    return out
+
+
+def _run(console: RunConsole, job_name: str, run_config: dict) -> tuple[object | None, int]:
+    """Run a release job; (result, 0) on success, else (None, exit status) with one line said."""
     import dagster as dg
 
-    from auf_assets.definitions import defs
-
-    run_config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}, **run_config}
-    result = defs.resolve_job_def(job_name).execute_in_process(
-        instance=dg.DagsterInstance.get(), run_config=run_config, raise_on_error=False
+    try:
+        result = execute_job(console, job_name, run_config)
+    except KeyboardInterrupt:
+        console.log_exception(f"{job_name} interrupted")
+        return None, _interrupted(console, job_name)
+    except dg.DagsterError as exc:  # refused before it ran (its run config, say)
+        console.log_exception(f"{job_name} could not start")
+        console.error(f"{job_name} could not start: {str(exc).strip().splitlines()[0]}")
+        console.error(f"The full log is in {console.log_path}.")
+        return None, 1
+    if result.success:
+        return result, 0
+    if was_interrupted(result):
+        return None, _interrupted(console, job_name)
+    console.error(f"{job_name} failed: {failure_message(result)}")
+    console.error(
+        f"The full log is in {console.log_path}. Nothing local was lost: fix the cause and run "
+        "the same command again."
     )
-    if not result.success:
-        print(f"\n{job_name} failed: {failure_message(result)}", file=sys.stderr)
-        return None
-    return result
+    return None, 1
+
+
+def _interrupted(console: RunConsole, job_name: str) -> int:
+    console.error(
+        f"{job_name} interrupted: nothing local was lost; run the same command again to finish "
+        f"(the log is in {console.log_path})"
+    )
+    return INTERRUPTED
 
 
 def _built_folder() -> Path:
@@ -59,13 +156,9 @@ def _built_folder() -> Path:
     return store.root / release["path"]
 
 
-def _copy_release(folder: Path, out: Path) -> None:
+def _copy_release(folder: Path, out: Path, root: Path) -> None:
     """Copy a built version to `out`, replacing an earlier export there but nothing else."""
-    if out.exists() and any(out.iterdir()) and not (out / "manifest.json").is_file():
-        raise FileExistsError(
-            f"{out} exists and is not an earlier export (no manifest.json): choose an empty or "
-            "new folder"
-        )
+    _checked_out(str(out), root)  # again: the folder may have changed while the build ran
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -79,34 +172,42 @@ def _copy_release(folder: Path, out: Path) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    ops = {"preference_dataset": {"config": _dataset_config(args)}}
-    if _run("dataset_build", {"ops": ops}) is None:
-        return 1
-    folder = _built_folder()
-    out = Path(args.out).resolve()
-    try:
-        _copy_release(folder, out)
-    except OSError as exc:
-        print(f"--out {args.out}: {exc}", file=sys.stderr)
-        return 1
-    _print_summary(out)
-    print(f"\nLoad it with: datasets.load_dataset({str(out)!r})")
-    return 0
+    root = prepare_home()
+    with job_console(root, "export", verbose=args.verbose) as console:
+        try:
+            out = _checked_out(args.out, root)
+            config = _dataset_config(args)
+        except UsageError as exc:
+            console.error(str(exc))
+            return 2
+        ops = {"preference_dataset": {"config": config}}
+        result, status = _run(console, "dataset_build", {"ops": ops})
+        if result is None:
+            return status
+        try:
+            _copy_release(_built_folder(), out, root)
+        except (UsageError, OSError) as exc:
+            console.error(f"--out {args.out}: {exc}")
+            return 1
+        _print_summary(console, out)
+        console.say(f"\nLoad it with: datasets.load_dataset({str(out)!r})")
+        return 0
 
 
-def _print_summary(folder: Path) -> None:
+def _print_summary(console: RunConsole, folder: Path) -> None:
     from auf_assets.core.release import read_manifest
 
     manifest = read_manifest(folder)
-    rows = manifest["rows"]
-    print(f"\n{manifest['version']} in {folder}")
-    for config, splits in rows.items():
-        print(f"  {config:<12} " + ", ".join(f"{s}: {n}" for s, n in splits.items()))
+    console.say(f"\n{manifest['version']} in {folder}")
+    for config, splits in manifest["rows"].items():
+        console.say(f"  {config:<12} " + ", ".join(f"{s}: {n}" for s, n in splits.items()))
     left = manifest["left_out"]
-    print(
+    console.say(
         f"  left out: {left['tie']} tie(s), {left['failed']} failed, "
         f"{left['unlabelled']} unlabelled"
     )
+    for warning in manifest.get("warnings", []):
+        console.say(f"  warning: {warning}")
 
 
 def _hub_config(args: argparse.Namespace) -> dict:
@@ -118,60 +219,74 @@ def _hub_config(args: argparse.Namespace) -> dict:
 
 
 def _publish(args: argparse.Namespace) -> int:
+    root = prepare_home()
+    with job_console(root, "publish", verbose=args.verbose) as console:
+        return _publish_with(console, args)
+
+
+def _publish_with(console: RunConsole, args: argparse.Namespace) -> int:
     from resources.hub import HubDataset, HubError
 
     hub_config = _hub_config(args)
-    try:  # a malformed repo id stops here, before anything is built
-        HubDataset(**hub_config).checked_repo_id()
-    except HubError as exc:
-        print(str(exc), file=sys.stderr)
+    try:  # a malformed repo id or endpoint, or no token, stops here, before anything is built
+        hub = HubDataset(**hub_config)
+        hub.checked_repo_id()
+        hub.endpoint_url()
+        if not args.dry_run and not hub.resolved_token():
+            raise UsageError(
+                "no Hugging Face token: set HF_TOKEN to a token with write access "
+                "(huggingface.co/settings/tokens); nothing was built or sent"
+            )
+        ops = {"preference_dataset": {"config": _dataset_config(args)}}
+    except (HubError, UsageError) as exc:
+        console.error(str(exc))
         return 2
-    ops = {"preference_dataset": {"config": _dataset_config(args)}}
     if args.dry_run:
-        if _run("dataset_build", {"ops": ops}) is None:
-            return 1
+        result, status = _run(console, "dataset_build", {"ops": ops})
+        if result is None:
+            return status
         folder = _built_folder()
         try:
-            plan = HubDataset(**hub_config).plan(folder)
+            plan = hub.plan(folder)
         except HubError as exc:
-            print(str(exc), file=sys.stderr)
+            console.error(str(exc))
             return 1
-        _print_summary(folder)
-        print(
+        _print_summary(console, folder)
+        console.say(
             f"\ndry run: would push {plan['version']} to {plan['endpoint']}/datasets/"
             f"{plan['repo_id']} ({'private' if plan['private'] else 'public'} if new), branch "
             f"{plan['revision']}, as ONE commit: {plan['commit_message']!r}"
         )
         for path, size in plan["files"].items():
-            print(f"  {size:>12,}  {path}")
-        print(f"  {plan['bytes']:>12,}  bytes in all; nothing was sent")
+            console.say(f"  {size:>12,}  {path}")
+        console.say(f"  {plan['bytes']:>12,}  bytes in all; nothing was sent")
         return 0
-    if not HubDataset(**hub_config).resolved_token():
-        print(
-            "no Hugging Face token: set HF_TOKEN to a token with write access "
-            "(huggingface.co/settings/tokens); nothing was built or pushed",
-            file=sys.stderr,
-        )
-        return 2
-    result = _run("dataset_release", {"ops": ops, "resources": {"hub": {"config": hub_config}}})
+    run_config = {"ops": ops, "resources": {"hub": {"config": hub_config}}}
+    result, status = _run(console, "dataset_release", run_config)
     if result is None:
-        print(
-            "Nothing local was lost: fix the cause and run the same command again.", file=sys.stderr
-        )
-        return 1
+        return status
     mat = result.asset_materializations_for_node("hub_dataset")[0].metadata
     what = "pushed" if mat["new_commit"].value else "already on the Hub (no new commit)"
-    print(f"\n{mat['version'].value}: {what}")
-    print(f"  {mat['url'].value}  (commit {mat['commit'].value[:12]}, tag {mat['tag'].value})")
+    console.say(f"\n{mat['version'].value}: {what}")
+    console.say(
+        f"  {mat['url'].value}  (commit {mat['commit'].value[:12]}, tag {mat['tag'].value})"
+    )
     return 0
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--rounds", nargs="+", default=[], help="round keys to include (default: every round)"
+        "--rounds",
+        nargs="+",
+        default=[],
+        help="rounds to include, as 1 or round-0001 (default: every round with judgements)",
     )
     parser.add_argument(
-        "--test-fraction", type=float, default=0.1, help="share of prompts in test (default 0.1)"
+        "--test-fraction",
+        type=float,
+        default=0.1,
+        help="share of prompts in test, in [0, 1) (default 0.1); a split that would be empty "
+        "is left out, with a warning",
     )
     parser.add_argument(
         "--split-names",
@@ -182,6 +297,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--license", default="", help="license id for the card, e.g. mit")
     parser.add_argument("--language", nargs="+", default=[], help="language codes, e.g. en")
     parser.add_argument("--pretty-name", default="", help="the card's title")
+    parser.add_argument(
+        "--verbose", action="store_true", help="print the full Dagster log here too"
+    )
 
 
 def add_commands(sub) -> None:
@@ -192,7 +310,9 @@ def add_commands(sub) -> None:
         description="Build the dataset of every completed round (or --rounds) and copy it to "
         "OUT: exactly the files `auf publish` would push.",
     )
-    export.add_argument("--out", required=True, help="folder to write (replaced if an export)")
+    export.add_argument(
+        "--out", required=True, help="folder to write: new, empty, or an earlier export"
+    )
     export.add_argument("--repo", default="", help="Hub repo id the card's snippet names")
     _common(export)
     export.set_defaults(func=_export)
@@ -210,7 +330,9 @@ def add_commands(sub) -> None:
     )
     visibility.add_argument("--public", dest="private", action="store_false")
     publish.add_argument("--dry-run", action="store_true", help="build and list; send nothing")
-    publish.add_argument("--endpoint", default="", help="a self-hosted or mirrored Hub's URL")
+    publish.add_argument(
+        "--endpoint", default="", help="a self-hosted or mirrored Hub's URL, http(s)://host[:port]"
+    )
     publish.add_argument("--revision", default="", help="branch to commit to (default main)")
     _common(publish)
     publish.set_defaults(func=_publish)

@@ -84,7 +84,7 @@ def _refuse(message: str) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from auf_assets.cli.common import failure_message, metadata, prepare_home
+    from auf_assets.cli.common import failure_message, metadata, prepare_home, ui_run_tags
 
     root = prepare_home()
     checked = _checked(args)
@@ -119,6 +119,7 @@ def _train(args: argparse.Namespace) -> int:
         run_config=run_config,
         asset_selection=selection,
         raise_on_error=False,
+        tags=ui_run_tags(),
     )
     if not result.success:
         print(f"\n{job.name} failed: {failure_message(result)}", file=sys.stderr)

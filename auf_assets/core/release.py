@@ -11,7 +11,10 @@ laid out as a Hugging Face dataset repository:
     completions/{split}-...parquet   config `completions`: every prompt with all its responses
 
 Everything is deterministic: the same stored rounds give byte-identical files (stable row order,
-a split by a hash of `prompt_id`, no timestamps of the build in any file).
+a split by a hash of `prompt_id`, no timestamps of the build in any file). A split with no rows
+is left out of the files and of the card's `configs` (a 0-row parquet file makes
+`datasets.load_dataset` fail for every split of its config), with a warning that says why.
+The card itself is written by `auf_assets.core.release_card`.
 """
 
 from __future__ import annotations
@@ -95,6 +98,57 @@ def in_test_split(prompt_ids: pl.Series, test_fraction: float) -> pl.Series:
         for pid in prompt_ids
     ]
     return pl.Series(values, dtype=pl.Float64) < test_fraction  # typed: an empty input too
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Each config's rows by split, without the empty splits, and why a split is missing."""
+
+    frames: dict[str, dict[str, pl.DataFrame]]
+    warnings: list[str]
+
+    @property
+    def rows(self) -> dict[str, dict[str, int]]:
+        return {c: {s: f.height for s, f in splits.items()} for c, splits in self.frames.items()}
+
+
+def split_configs(tables: Mapping[str, pl.DataFrame], options: ReleaseOptions) -> Splits:
+    """Split every config's rows by prompt; an empty split is left out, with a warning."""
+    frames: dict[str, dict[str, pl.DataFrame]] = {}
+    empty: dict[str, list[str]] = {}
+    for config, frame in tables.items():
+        test = in_test_split(frame["prompt_id"], options.test_fraction)
+        parts = {options.train_split: frame.filter(~test), options.test_split: frame.filter(test)}
+        frames[config] = {split: part for split, part in parts.items() if part.height}
+        for split, part in parts.items():
+            if part.height == 0:
+                empty.setdefault(split, []).append(config)
+    warnings = [
+        _empty_split_warning(split, configs, tables[configs[0]]["prompt_id"].n_unique(), options)
+        for split, configs in empty.items()
+    ]
+    return Splits({c: s for c, s in frames.items() if s}, warnings)
+
+
+def _empty_split_warning(
+    split: str, configs: Sequence[str], prompts: int, options: ReleaseOptions
+) -> str:
+    where = "" if set(configs) == set(CONFIG_DIRS) else f" of {', '.join(configs)}"
+    fraction = f"test_fraction {options.test_fraction:g} (a hash of prompt_id decides)"
+    if split == options.test_split and options.test_fraction == 0:
+        return f"no {split} split (test_fraction 0), so there are no held-out pairs"
+    if split == options.train_split:
+        who = "its one prompt falls" if prompts == 1 else f"all its {prompts} prompts fall"
+        return (
+            f"the {split} split{where} is empty: {who} under {fraction}. It is left out of the "
+            "files and the card; a smaller test_fraction or more prompts gives one"
+        )
+    who = "its one prompt does not fall" if prompts == 1 else f"none of its {prompts} prompts falls"
+    return (
+        f"the {split} split{where} is empty: {who} under {fraction}. It is left out of the files "
+        "and the card, so there are no held-out pairs; a larger test_fraction or more prompts "
+        "gives one"
+    )
 
 
 def _turn(role: str, content: pl.Expr) -> pl.Expr:
@@ -228,7 +282,8 @@ def to_trl_example(example: Mapping[str, Any]) -> dict[str, Any]:
 def completion_rows(completions: pl.DataFrame, pairs: pl.DataFrame) -> pl.DataFrame:
     """The `completions` config: one row per prompt with every response (UltraFeedback's layout).
 
-    Only the two responses of the selected pair were judged; the others carry the reward model's
+    Each response carries the system prompt it was generated under (and its principle). Only
+    the two responses of the selected pair were judged; the others carry the reward model's
     mean and spread alone. `preference` says what became of the pair (a, b, tie, failed, ...).
     """
     judged = pl.concat(
@@ -269,6 +324,7 @@ def completion_rows(completions: pl.DataFrame, pairs: pl.DataFrame) -> pl.DataFr
             "model",
             "sampling",
             "principle",
+            "system_prompt",
             "response",
             pl.col("mu").cast(pl.Float64).alias("reward_mean"),
             pl.col("sigma").cast(pl.Float64).alias("reward_std"),
@@ -318,9 +374,7 @@ def standard_table(frame: pl.DataFrame) -> pa.Table:
 
 def _shards(table: pa.Table, max_bytes: int) -> list[pa.Table]:
     n = max(1, math.ceil(table.nbytes / max_bytes))
-    per = math.ceil(table.num_rows / n) if table.num_rows else 0
-    if per == 0:
-        return [table]
+    per = math.ceil(table.num_rows / n)
     return [table.slice(i * per, per) for i in range(n) if i * per < table.num_rows]
 
 
@@ -352,6 +406,8 @@ def write_tables(
         (folder / sub).mkdir(parents=True, exist_ok=True)
         written[config] = {}
         for split, frame in splits.items():
+            if frame.height == 0:  # `datasets` cannot read a 0-row shard: see split_configs
+                raise ReleaseError(f"refusing to write the empty {split} split of {config}")
             shards = _shards(standard_table(frame), max_shard_bytes)
             names = []
             for i, shard in enumerate(shards):
@@ -364,17 +420,17 @@ def write_tables(
     return written
 
 
-def config_entries(options: ReleaseOptions) -> list[dict]:
-    """The card's `configs` YAML: where each config's splits live (what `load_dataset` reads)."""
+def config_entries(rows: Mapping[str, Mapping[str, int]]) -> list[dict]:
+    """The card's `configs` YAML: where each config's written splits live (what `load_dataset`
+    reads); a split that was not written is not declared."""
     return [
         {
             "config_name": config,
             **({"default": True} if config == "default" else {}),
-            "data_files": [
-                {"split": split, "path": f"{sub}/{split}-*"} for split in options.splits
-            ],
+            "data_files": [{"split": split, "path": f"{sub}/{split}-*"} for split in rows[config]],
         }
         for config, sub in CONFIG_DIRS.items()
+        if rows.get(config)
     ]
 
 
@@ -444,295 +500,3 @@ def verify_release(folder: Path) -> dict:
         if _sha256(folder / name) != info["sha256"]:
             raise ReleaseError(f"{folder / name} changed since the dataset was built")
     return manifest
-
-
-# -- the card ---------------------------------------------------------------------------------
-
-
-def size_category(n: int) -> str:
-    for bound, label in (
-        (1_000, "n<1K"),
-        (10_000, "1K<n<10K"),
-        (100_000, "10K<n<100K"),
-        (1_000_000, "100K<n<1M"),
-        (10_000_000, "1M<n<10M"),
-    ):
-        if n < bound:
-            return label
-    return "n>10M"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def release_facts(
-    pairs: pl.DataFrame,
-    completions: pl.DataFrame,
-    reward_models: pl.DataFrame,
-    rows: Mapping[str, Mapping[str, int]],
-    left_out: Mapping[str, int],
-) -> dict:
-    """What the card says about how the data was made, all read from the stored rounds."""
-    members = (
-        completions.group_by("member", "model", "sampling")
-        .agg(pl.len().alias("responses"))
-        .sort("member", "model")
-    )
-    labelled = pairs.filter(pl.col("preference").is_in(list(LABELLED)))
-    judged = pl.concat([pairs["completion_a"], pairs["completion_b"]]).n_unique()
-    methods = pairs.group_by("method", "beta").agg(pl.len().alias("pairs")).sort("pairs", "method")
-    sources = (
-        pairs.group_by("label_source", "labeller").agg(pl.len().alias("pairs")).sort("labeller")
-    )
-    annotators = sorted(
-        {
-            name
-            for labeller in pairs.filter(pl.col("label_source") == "people")["labeller"]
-            for name in labeller.removeprefix("people").lstrip(":").split(",")
-            if name
-        }
-    )
-    origins = sorted({_origin_name(o) for o in pairs["prompt_origin"].drop_nulls()})
-    return {
-        "rounds": pairs["round_id"].unique(maintain_order=True).to_list(),
-        "prompts": int(completions["prompt_id"].n_unique()),
-        "prompt_origins": origins,
-        "prompt_sources": dict(Counter(completions.unique("prompt_id")["source"]).most_common()),
-        "members": members.to_dicts(),
-        "responses": int(completions.height),
-        "responses_judged": int(judged),
-        "pairs": int(pairs.height),
-        "labelled_pairs": int(labelled.height),
-        "left_out": dict(left_out),
-        "methods": methods.to_dicts(),
-        "label_sources": sources.to_dicts(),
-        "annotators": annotators,
-        "reward_models": reward_models.to_dicts(),
-        "rows": {c: dict(s) for c, s in rows.items()},
-    }
-
-
-DEMO_ORIGIN = "the built-in demo prompts"
-
-
-def _origin_name(origin: str) -> str:
-    """Where prompts came from, without this machine's directories (a Hub id stays as it is)."""
-    from auf_assets.core.prompts import DEMO_PROMPTS_PATH
-
-    if origin == str(DEMO_PROMPTS_PATH):
-        return DEMO_ORIGIN
-    if Path(origin).is_absolute():  # "/home/me/prompts.jsonl [split=train]" -> its last part
-        return Path(origin).name
-    return origin
-
-
-def _n(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
-def render_card(facts: Mapping, options: ReleaseOptions, *, software: str) -> str:
-    """The dataset card: YAML metadata (via huggingface_hub's card classes) and the body."""
-    from huggingface_hub import DatasetCard, DatasetCardData
-
-    n_pairs = sum(facts["rows"]["default"].values())
-    data = DatasetCardData(
-        license=options.license or None,
-        language=list(options.language) or None,
-        task_categories=["text-generation"],
-        size_categories=[size_category(n_pairs)],
-        pretty_name=options.pretty_name or None,
-        tags=["dpo", "preference", "active-learning", "rlhf", "synthetic"],
-        configs=config_entries(options),
-    )
-    body = _card_body(facts, options, software)
-    card = DatasetCard.from_template(
-        data, template_str="---\n{{ card_data }}\n---\n\n{{ body }}\n", body=body
-    )
-    return str(card)
-
-
-def _card_body(facts: Mapping, options: ReleaseOptions, software: str) -> str:
-    rounds = facts["rounds"]
-    title = options.pretty_name or f"Active preference data, {rounds[0]} to {rounds[-1]}"
-    train, test = options.splits
-    rows = facts["rows"]
-    out = [f"# {title}", ""]
-    out.append(
-        f"Preference pairs (prompt, chosen, rejected) chosen by active learning "
-        f"(ActiveUltraFeedback-style) over {len(rounds)} round(s): {', '.join(rounds)}. "
-        f"Each round a pool of models answered a batch of prompts, an uncertainty-aware reward "
-        f"model scored every response, an acquisition function picked one pair per prompt, and "
-        f"only that pair was labelled."
-    )
-    out += ["", "## Contents", ""]
-    out.append(
-        _table(
-            ["config", "what a row is", train, test],
-            [
-                [
-                    "`default`",
-                    "a labelled pair (Hugging Face preference layout + provenance)",
-                    rows["default"][train],
-                    rows["default"][test],
-                ],
-                [
-                    "`trl`",
-                    "the same pair as TRL's DPOTrainer/RewardTrainer take it",
-                    rows["trl"][train],
-                    rows["trl"][test],
-                ],
-                [
-                    "`completions`",
-                    "a prompt with all its responses (UltraFeedback layout)",
-                    rows["completions"][train],
-                    rows["completions"][test],
-                ],
-            ],
-        )
-    )
-    out += [
-        "",
-        f"The split is by prompt (a hash of `prompt_id`; {options.test_fraction:.0%} of prompts "
-        f"in `{test}`), so no prompt is in both splits.",
-    ]
-    left = facts["left_out"]
-    out += [
-        "",
-        f"Of {facts['pairs']} selected pairs, {facts['labelled_pairs']} have a preference and "
-        f"are released; left out: {_n(left['tie'], 'tie')}, {left['failed']} where the judge "
-        f"failed, {left['unlabelled']} not labelled.",
-    ]
-    out += ["", "## How it was made", "", "### Prompts", ""]
-    line = f"{_n(facts['prompts'], 'prompt')}"
-    if facts["prompt_origins"]:
-        line += ", from " + ", ".join(
-            o if o == DEMO_ORIGIN else f"`{o}`" for o in facts["prompt_origins"]
-        )
-    if facts["prompt_sources"]:
-        line += "; by source: " + ", ".join(
-            f"{s} ({n})" for s, n in facts["prompt_sources"].items()
-        )
-    out.append(line + ".")
-    out += ["", "### Model pool", ""]
-    out.append(
-        _table(
-            ["member", "model", "sampling", "responses"],
-            [
-                [
-                    m["member"],
-                    f"`{m['model']}`",
-                    f"`{m['sampling']}`" if m["sampling"] else "",
-                    m["responses"],
-                ]
-                for m in facts["members"]
-            ],
-        )
-    )
-    out += ["", "### Pair selection", ""]
-    out.append(
-        _table(
-            ["acquisition method", "beta", "pairs"],
-            [[m["method"], m["beta"], m["pairs"]] for m in facts["methods"]],
-        )
-    )
-    out += ["", "### Labels", ""]
-    out.append(
-        _table(
-            ["label source", "labeller", "pairs"],
-            [[s["label_source"], f"`{s['labeller']}`", s["pairs"]] for s in facts["label_sources"]],
-        )
-    )
-    sources = {s["label_source"] for s in facts["label_sources"]}
-    if "llm_judge" in sources:
-        out += [
-            "",
-            "The LLM judge rated each response of a pair on four aspects with a 1-5 rubric "
-            f"({', '.join(ASPECTS)}); an aspect's score is the expectation of the digit under "
-            "the judge's first-token distribution, the response's score the mean of the four. "
-            "The per-aspect scores are in `chosen_aspect_scores` / `rejected_aspect_scores`.",
-        ]
-    if "people" in sources:
-        out.append("")
-        out.append(
-            f"People labelled pairs shown as A/B in random order ({len(facts['annotators'])} "
-            f"annotator id(s): {', '.join(facts['annotators'])}); several labels of a pair were "
-            "resolved into one verdict."
-        )
-    out += [
-        "",
-        f"Labels spent: {facts['responses_judged']} responses judged out of "
-        f"{facts['responses']} generated; labelling every response would have taken "
-        f"{facts['responses'] / max(facts['responses_judged'], 1):.1f}x as many.",
-    ]
-    cost = facts.get("cost") or {}
-    if cost.get("by_model"):
-        out += ["", "### What it cost", ""]
-        out.append(
-            _table(
-                ["step", "model", "requests", "prompt tok", "completion tok", "GPU-hours", "$"],
-                [
-                    [
-                        c["step"],
-                        f"`{c['model']}`",
-                        f"{c['requests']:,}",
-                        f"{c['prompt_tokens']:,}",
-                        f"{c['completion_tokens']:,}",
-                        f"{c['gpu_hours']:.3f}",
-                        f"{c['dollars']:.2f}",
-                    ]
-                    for c in cost["by_model"]
-                ],
-            )
-        )
-        out += [
-            "",
-            f"In all: {cost['requests']:,} model requests, {cost['tokens']:,} tokens, "
-            f"{cost['gpu_hours']:.3f} GPU-hours (where known) and ${cost['dollars']:.2f} at the "
-            "publisher's prices, every attempt of every step counted (from the pipeline's ledger).",
-        ]
-    if facts["reward_models"]:
-        last = facts["reward_models"][-1]
-        out += [
-            "",
-            "### Reward model used for selection",
-            "",
-            f"An anchored ensemble of MLP heads on frozen `{last['encoder']}` features, retrained "
-            f"after every round on a replay buffer of labelled pairs ({last['pairs_trained']} "
-            f"pairs at {last['round_id']}). Each pair records the mean and spread of the ensemble "
-            "for both responses at selection time (`*_reward_mean`, `*_reward_std`) and which "
-            "round's model gave them (`reward_model_round`, empty for the first round's fresh "
-            "heads).",
-        ]
-    repo = options.repo_id or "path/or/repo-id"
-    out += [
-        "",
-        "## Use",
-        "",
-        "```python",
-        "from datasets import load_dataset",
-        "",
-        f'pairs = load_dataset("{repo}")          # prompt, chosen, rejected, messages, scores',
-        f'trl_pairs = load_dataset("{repo}", "trl")  # prompt/chosen/rejected as TRL takes them',
-        f'responses = load_dataset("{repo}", "completions")  # every response, to binarise anew',
-        "",
-        "from trl import DPOConfig, DPOTrainer",
-        "",
-        "trainer = DPOTrainer(",
-        '    model="your/sft-model",',
-        '    args=DPOConfig(output_dir="dpo-out"),',
-        f'    train_dataset=trl_pairs["{train}"],',
-        ")",
-        "trainer.train()",
-        "```",
-        "",
-        "## Provenance",
-        "",
-        f"Built by {software}. `manifest.json` lists the rounds, the rows per split and the "
-        "sha256 of every file.",
-    ]
-    if not options.license:
-        out += ["", "No license was chosen for this dataset."]
-    return "\n".join(out)

@@ -35,7 +35,6 @@ __all__ = [
     "PriceTable",
     "PriceTableError",
     "Spending",
-    "cost_summary",
     "known_sum",
     "price_rows",
     "read_price_text",
@@ -257,41 +256,3 @@ class Budget:
                     f"{fmt.format(more)} (the mean of {rounds} round(s)) and pass it: no new round"
                 )
         return None
-
-
-def cost_summary(priced: pl.DataFrame) -> dict:
-    """What a set of rounds cost, by step and model, for a dataset card (every attempt counts).
-
-    `dollars_known` and `gpu_hours_known` say whether any row was priced (a price table) and
-    whether any row has GPU-seconds; where they are False the sums are 0 and mean nothing.
-    """
-    if priced.height == 0:
-        return {
-            "by_model": [],
-            "requests": 0,
-            "tokens": 0,
-            "gpu_hours": 0.0,
-            "dollars": 0.0,
-            "gpu_hours_known": False,
-            "dollars_known": False,
-        }
-    by_model = (
-        priced.group_by("step", "model")
-        .agg(
-            pl.col("requests").sum().cast(pl.Int64),
-            pl.col("prompt_tokens").sum().cast(pl.Int64),
-            pl.col("completion_tokens").sum().cast(pl.Int64),
-            (pl.col("gpu_seconds").fill_null(0.0).sum() / 3600.0).alias("gpu_hours"),
-            pl.col("dollars").sum(),
-        )
-        .sort("step", "model")
-    )
-    return {
-        "by_model": by_model.to_dicts(),
-        "requests": int(by_model["requests"].sum()),
-        "tokens": int((by_model["prompt_tokens"] + by_model["completion_tokens"]).sum()),
-        "gpu_hours": float(by_model["gpu_hours"].sum()),
-        "dollars": float(by_model["dollars"].sum()),
-        "gpu_hours_known": bool(priced["gpu_seconds"].is_not_null().any()),
-        "dollars_known": bool(priced["dollars"].is_not_null().any()),
-    }

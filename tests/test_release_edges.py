@@ -147,7 +147,7 @@ def _runs(home: Path) -> list:
 
 
 def _versions(home: Path) -> int:
-    return DuckDBStore().query("SELECT count(*) AS n FROM dataset_releases")["n"][0]
+    return DuckDBStore().sql_for_tests("SELECT count(*) AS n FROM dataset_releases")["n"][0]
 
 
 def test_bad_export_and_publish_arguments_are_refused_before_any_work(

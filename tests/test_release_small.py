@@ -42,7 +42,7 @@ def home_with(home, tmp_path, monkeypatch):
         shutil.copytree(home, copy)
         monkeypatch.setenv("AUF_HOME", str(copy))
         store = DuckDBStore()
-        keep = store.query("SELECT DISTINCT prompt_id FROM judgements ORDER BY prompt_id")
+        keep = store.sql_for_tests("SELECT DISTINCT prompt_id FROM judgements ORDER BY prompt_id")
         keep = keep["prompt_id"][:n]
         for round_id in ("round-0001", "round-0002"):
             for table in ("judgements", "completions"):
@@ -162,7 +162,8 @@ def test_a_price_table_prices_the_card_and_an_unreadable_one_is_left_out(
     assert "| $ |" in card and "at the prices of `team-prices.yaml`" in card
     assert str(tmp_path) not in card  # the table's name, not where it lives on this machine
 
-    prices.write_text(prices.read_text(), encoding="utf-16")  # saved by a Windows editor
+    # Saved by an editor as UTF-16 without a byte-order mark: no text encoding can be told.
+    prices.write_bytes(prices.read_text().encode("utf-16-le"))
     warnings: list[str] = []
     built = build_release(
         DuckDBStore(), PreferenceDatasetConfig(), log=lambda _: None, warn=warnings.append
@@ -177,7 +178,7 @@ def test_the_card_names_the_system_prompts_limitations_and_the_method_to_cite(ho
     store = DuckDBStore()
     built = build_release(store, PreferenceDatasetConfig(), log=lambda _: None)
     card = (built["folder"] / "README.md").read_text()
-    principles = store.query("SELECT principle, count(*) AS n FROM completions GROUP BY 1")
+    principles = store.sql_for_tests("SELECT principle, count(*) AS n FROM completions GROUP BY 1")
     assert "system prompt that stresses one principle" in card
     for principle, n in principles.iter_rows():
         assert f"{principle.replace('_', ' ')} ({n} response" in card

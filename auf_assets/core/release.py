@@ -224,6 +224,9 @@ def preference_rows(
         "pair_id",
         pl.col("round_id").alias("round"),
         "method",
+        # The rule that picked the pair when the method could not (a policy method's first
+        # round: random); null when the method picked it.
+        pl.col("fallback").cast(pl.String).alias("method_fallback"),
         pl.col("beta").cast(pl.Float64),
         sides["completion"][0].alias("chosen_completion_id"),
         sides["completion"][1].alias("rejected_completion_id"),

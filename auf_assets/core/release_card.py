@@ -556,7 +556,7 @@ def _citation(facts: Mapping) -> list[str]:
         "}",
         "```",
     ]
-    used = {str(m["method"]).split(":")[0] for m in facts["methods"]}
+    used = {str(m["method"]) for m in facts["methods"]}
     cited = sorted({SELECTION_PAPERS[m] for m in used if m in SELECTION_PAPERS})
     for name, arxiv in cited:
         out += ["", f"Pairs selected with {name}: arXiv {arxiv}."]

@@ -25,7 +25,7 @@ import torch
 
 from auf_assets.core.checkpoints import adapter_base
 from auf_assets.core.devices import choose_device
-from auf_assets.core.prompts import head_and_tail
+from auf_assets.core.truncation import head_and_tail
 from resources.lm_types import (
     Conversation,
     Generation,

@@ -16,12 +16,11 @@ from auf_assets.core.prompts import (
     PromptBatch,
     PromptInputError,
     demo_prompts,
-    head_and_tail,
-    keep_head_and_tail,
     load_prompts,
     prompts_from_frame,
     stable_prompt_id,
 )
+from auf_assets.core.truncation import head_and_tail, keep_head_and_tail
 
 ROWS = [
     {"prompt_id": "a", "prompt": "What is 2 + 2?", "source": "math"},

@@ -17,7 +17,7 @@ from typing import Literal
 
 import numpy as np
 
-from auf_assets.core.prompts import keep_head_and_tail
+from auf_assets.core.truncation import keep_head_and_tail
 
 __all__ = [
     "ASPECTS",

@@ -44,7 +44,7 @@ $(VLLM_STAMP): $(STAMP) pyproject.toml constraints.txt
 	$(VLLM_BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
 	$(VLLM_BIN)/python -m pip freeze | grep -iE '^(torch|transformers|numpy)==' > $(VLLM_VENV)/pins.txt
 	$(VLLM_BIN)/python -m pip install -q -c constraints.txt -c $(VLLM_VENV)/pins.txt -e .
-	$(VLLM_BIN)/python -c 'import vllm, resources.models, resources.judge, resources.engine'
+	$(VLLM_BIN)/python -c 'import vllm, resources.vllm_lm, resources.judge, resources.engine'
 	touch $(VLLM_STAMP)
 
 # Opt-in: the vLLM backend against a real vLLM server/engine on the packaged SmolLM2 (minutes).

@@ -44,7 +44,7 @@ from resources.engine import GenerationEngine
 from resources.judge import RubricJudge
 from resources.labeling import LabelingSettings
 from resources.ledger import StepLedger, ledger_prices
-from resources.models import Generation
+from resources.lm_types import Generation
 from resources.reward_judge import RewardModelJudge
 from resources.reward_model import UncertaintyModel
 from resources.store import CallCache, DuckDBStore, StoreError, utcnow

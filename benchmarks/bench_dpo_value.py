@@ -573,7 +573,7 @@ def main(argv: list[str] | None = None) -> None:
     from auf_assets.core.simulation import load_pool
     from auf_assets.pool_features import pool_features
     from resources import home
-    from resources.models import local_model_dir
+    from resources.model_loading import local_model_dir
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Generation throughput of the transformers engine: batch 1 vs 8, bf16 autocast vs fp32.
 
-Runs the packaged SmolLM2-135M-Instruct through `resources.models.TransformersLM` (the code
+Runs the packaged SmolLM2-135M-Instruct through `resources.transformers_lm.TransformersLM` (the code
 path of the `completions` asset) on demo prompts and prints a markdown table of generated
 tokens per second. Usage:
 
@@ -17,7 +17,7 @@ import torch
 
 from auf_assets.core.prompts import demo_prompts
 from resources import home
-from resources.models import TransformersLM
+from resources.transformers_lm import TransformersLM
 
 
 def measure(lm: TransformersLM, convs, batch_size: int, max_new_tokens: int, repeats: int):

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     from auf_assets.core.policy import PolicyLoopConfig
     from auf_assets.sim_bench import BenchSpec, policy_table, run_bench
     from resources import home
-    from resources.models import local_model_dir
+    from resources.model_loading import local_model_dir
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pool", required=True)

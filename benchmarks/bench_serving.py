@@ -44,7 +44,7 @@ def conversations(n: int) -> list[list[dict]]:
 
 def make_lm(args):
     from resources.engine import ServerSettings, chat_endpoint
-    from resources.models import language_model
+    from resources.lm_backends import language_model
 
     endpoint = None
     if args.backend == "openai":

@@ -21,12 +21,10 @@ from auf_assets.core.features import (
 from auf_assets.core.presets import DEFAULT_PRESET, get_preset
 from auf_assets.core.text_features import text_statistics
 from resources import home
-from resources.models import (
-    Progress,
-    load_tokenizer_and_model,
-    map_pairs,
-    release_gpu_models,
-)
+from resources.lm_types import Progress
+from resources.loaded_models import release_gpu_models
+from resources.model_loading import load_tokenizer_and_model
+from resources.pair_scoring import map_pairs
 
 # The default features are the default preset's (the split protocol's choice, see
 # auf_assets/core/presets.py), so `auf simulate` and a round agree without any flag.

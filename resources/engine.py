@@ -12,14 +12,9 @@ from pydantic import Field
 
 from auf_assets.core.devices import choose_device
 from resources import home
-from resources.models import (
-    Conversation,
-    Generation,
-    Progress,
-    Usage,
-    language_model,
-    release_gpu_models,
-)
+from resources.lm_backends import language_model
+from resources.lm_types import Conversation, Generation, Progress, Usage
+from resources.loaded_models import release_gpu_models
 
 Backend = Literal["transformers", "vllm", "openai"]
 

@@ -31,7 +31,9 @@ from auf_assets.core.judging import (
 from auf_assets.core.seeding import stable_hash
 from resources import home
 from resources.engine import Backend, ServerSettings, chat_endpoint, placement
-from resources.models import Progress, Usage, language_model, release_gpu_models
+from resources.lm_backends import language_model
+from resources.lm_types import Progress, Usage
+from resources.loaded_models import release_gpu_models
 from resources.store import CallCache
 
 RETRY_PREFIX = "Rating: "

@@ -31,7 +31,7 @@ from pydantic import Field, ValidationError
 from auf_assets.core.costs import Budget, PriceTable, PriceTableError, Spending, price_rows
 from auf_assets.core.markdown import markdown_table
 from resources import home
-from resources.models import Usage
+from resources.lm_types import Usage
 from resources.store import DuckDBStore, utcnow
 
 log = logging.getLogger(__name__)

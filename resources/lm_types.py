@@ -1,6 +1,7 @@
-"""What every language-model backend takes and answers with (`resources.models` for the local
-ones, `resources.openai_api` for servers): conversations, generations, usage counts and
-first-token log-probs keyed by their text."""
+"""What every language-model backend takes and answers with (`resources.transformers_lm` and
+`resources.vllm_lm` for the local ones, `resources.openai_api` for servers): conversations,
+generations, usage counts and first-token log-probs keyed by their text (and the vocabulary
+tokens that read as a candidate answer)."""
 
 from __future__ import annotations
 
@@ -80,3 +81,13 @@ def collapse_by_text(entries: Sequence[tuple[str, float]]) -> dict[str, float]:
             continue
         out[text] = float(np.logaddexp(out[text], value)) if text in out else float(value)
     return out
+
+
+def candidate_token_ids(tokenizer, candidates: Sequence[str]) -> list[int]:
+    """Every vocabulary token that reads as one of `candidates` once whitespace and the
+    byte-level/SentencePiece space markers are stripped (`4`, `Ġ4`, `▁4`)."""
+    wanted = set(candidates)
+    vocab = tokenizer.get_vocab()
+    return sorted(
+        i for piece, i in vocab.items() if piece.strip().lstrip("\u0120\u2581").strip() in wanted
+    )

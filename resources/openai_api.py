@@ -9,7 +9,8 @@ before any work is sent. Optional extensions (`chat_template_kwargs`, vLLM's
 rejects them.
 
 `OpenAILM` implements the two calls the pipeline needs (`generate`, `first_token_logprobs`) on
-top of it, like the local backends in `resources.models` (both answer in `resources.lm_types`).
+top of it, like the local backends in `resources.lm_backends` (all answer in
+`resources.lm_types`).
 
 API keys come from environment variables only; they are sent in the Authorization header and
 never logged, stored or put in an error message.

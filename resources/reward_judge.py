@@ -18,14 +18,10 @@ import torch
 from pydantic import Field
 
 from auf_assets.core.devices import choose_device
-from resources.models import (
-    LOADED,
-    Progress,
-    map_pairs,
-    release_gpu_models,
-    resolve_source,
-    weights_dtype,
-)
+from resources.lm_types import Progress
+from resources.loaded_models import LOADED, release_gpu_models
+from resources.model_loading import resolve_source, weights_dtype
+from resources.pair_scoring import map_pairs
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pydantic import Field, field_validator
 from auf_assets.core.checkpoints import base_fields
 from auf_assets.core.training import TrainSettings, preset
 from resources import home
-from resources.models import PACKAGED_MODELS, local_model_dir, resolve_source
+from resources.model_loading import PACKAGED_MODELS, local_model_dir, resolve_source
 
 
 class TrainingSettings(dg.ConfigurableResource):

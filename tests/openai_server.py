@@ -17,7 +17,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from auf_assets.core.judging import DIGITS
-from resources.models import TransformersLM
+from resources.transformers_lm import TransformersLM
 
 
 class FakeServer:

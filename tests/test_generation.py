@@ -18,9 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from resources import models
-from resources.models import TransformersLM, whole_characters
+from resources import transformers_lm
+from resources.lm_types import whole_characters
+from resources.loaded_models import LOADED
 from resources.openai_api import ChatEndpoint, OpenAILM
+from resources.transformers_lm import TransformersLM
 from tests.openai_server import FakeServer
 
 MIXED = "SELECT DUAL \u00e9 AS \u540d\u524d"  # é: 2 bytes, 名 and 前: 3 bytes each
@@ -66,7 +68,7 @@ def test_max_new_tokens_ending_inside_a_character_leaves_no_broken_character(tin
     outs = lm.generate(conv * 4, max_new_tokens=9, temperature=1.0, top_p=1.0, seed=1)
     assert all(o.completion_tokens == 9 for o in outs)
     assert all(set(o.text) <= {"\u00e9"} for o in outs) and any(o.text for o in outs)
-    models.LOADED.clear()
+    LOADED.clear()
 
 
 def test_a_server_answer_cut_inside_a_character(tiny_lm_dir):
@@ -121,7 +123,7 @@ def test_a_prompt_longer_than_the_context_keeps_its_start_and_its_end(tiny_lm_di
     assert enc["input_ids"].shape == (2, context - 16)
     kept = lm.tokenizer.decode(enc["input_ids"][0])
     assert kept.startswith(text[:40]) and kept.endswith("Answer in French.\n<|assistant|>\n")
-    assert models.CONTEXT_CUT_MARKER in kept
+    assert transformers_lm.CONTEXT_CUT_MARKER in kept
     # The short prompt is left-padded, untouched.
     row = enc["input_ids"][1][enc["attention_mask"][1].bool()]
     assert lm.tokenizer.decode(row) == "short"
@@ -148,8 +150,8 @@ def test_a_long_prompt_is_read_in_chunks(tiny_lm_dir):
         chunked = lm.generate(conv, max_new_tokens=3, temperature=0.0, top_p=1.0, seed=0)
     finally:
         handle.remove()
-    assert chunked[0].prompt_tokens > 2 * models.PREFILL_CHUNK_TOKENS
-    assert max(widths) <= models.PREFILL_CHUNK_TOKENS  # no operation over the whole prompt
+    assert chunked[0].prompt_tokens > 2 * transformers_lm.PREFILL_CHUNK_TOKENS
+    assert max(widths) <= transformers_lm.PREFILL_CHUNK_TOKENS  # no operation over the whole prompt
     whole = lm.model.generate(
         **lm._encode([lm._render(conv[0])]), max_new_tokens=3, do_sample=False
     )
@@ -161,7 +163,7 @@ CHILD = textwrap.dedent(
     import sys, time
     import dagster as dg
     import torch
-    from resources.models import TransformersLM
+    from resources.transformers_lm import TransformersLM
 
     lm = TransformersLM(sys.argv[1], device="cpu", dtype="fp32")
     attention = torch.nn.functional.scaled_dot_product_attention

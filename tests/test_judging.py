@@ -208,7 +208,7 @@ class ScriptedLM:
     """
 
     def __init__(self, first: dict, retry: dict, text: dict):
-        from resources.models import Usage
+        from resources.lm_types import Usage
 
         self.first, self.retry, self.text = first, retry, text
         self.calls: list[tuple] = []
@@ -246,7 +246,7 @@ class ScriptedLM:
         batch_size=8,
         progress=None,
     ):
-        from resources.models import Generation
+        from resources.lm_types import Generation
 
         self.calls.append(("generate", max_new_tokens, temperature, len(conversations)))
         return [Generation(self._marker(c, self.text), 10, 3, "length") for c in conversations]
@@ -339,7 +339,7 @@ def test_judge_reads_the_digits_exactly_on_a_tiny_real_model(tiny_lm_dir, auf_ho
     likely token (top_k=1): the digits' log-probs are still read exactly, so every aspect is
     scored on the first call, with the (tiny) digit mass as the diagnostic."""
     from resources.judge import RubricJudge
-    from resources.models import Usage
+    from resources.lm_types import Usage
 
     judge = RubricJudge(model=str(tiny_lm_dir), device="cpu", top_k=1, batch_size=4)
     usage = Usage()
@@ -355,7 +355,7 @@ def test_judge_reads_the_digits_exactly_on_a_tiny_real_model(tiny_lm_dir, auf_ho
 
 
 def test_tokens_that_read_alike_add_their_probabilities():
-    from resources.models import collapse_by_text
+    from resources.lm_types import collapse_by_text
 
     top = collapse_by_text([("4", math.log(0.2)), ("4", math.log(0.3)), ("5", math.log(0.1))])
     assert top["4"] == pytest.approx(math.log(0.5)) and top["5"] == pytest.approx(math.log(0.1))

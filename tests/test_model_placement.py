@@ -17,8 +17,9 @@ from auf_assets.core import devices
 from auf_assets.core.judging import judge_messages
 from auf_assets.core.policy import PolicyScorer
 from auf_assets.core.training import TrainingError, TrainSettings, train_reward_model
-from resources import models
-from resources.models import LoadedModels, load_tokenizer_and_model
+from resources.loaded_models import LoadedModels
+from resources.model_loading import load_tokenizer_and_model, weights_dtype
+from resources.vllm_lm import _stop_vllm
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,7 +48,7 @@ def test_weights_load_in_the_configured_dtype(tiny_lm_dir):
     # `auto` on the CPU: fp32 weights under bf16 autocast (measured faster than bf16 weights).
     _, auto = load_tokenizer_and_model(str(tiny_lm_dir), "causal", "cpu", None, "auto")
     assert next(auto.parameters()).dtype == torch.float32
-    assert models.weights_dtype("auto", torch.device("cpu")) == torch.float32
+    assert weights_dtype("auto", torch.device("cpu")) == torch.float32
 
 
 def _python(code: str) -> subprocess.Popen:
@@ -219,8 +220,8 @@ def test_a_vllm_engine_is_shut_down_when_freed():
         llm_engine = Engine()
 
     cache = LoadedModels()
-    cache.get(("v1",), "vllm:cpu", FakeLLM, models._stop_vllm)
-    cache.get(("v2",), "vllm:cpu", FakeLLM, models._stop_vllm)
+    cache.get(("v1",), "vllm:cpu", FakeLLM, _stop_vllm)
+    cache.get(("v2",), "vllm:cpu", FakeLLM, _stop_vllm)
     assert calls == ["shutdown"]
 
 

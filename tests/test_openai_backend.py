@@ -15,7 +15,7 @@ import pytest
 
 from resources.engine import GenerationEngine, ServerSettings
 from resources.judge import RubricJudge
-from resources.models import Usage
+from resources.lm_types import Usage
 from resources.openai_api import (
     ChatEndpoint,
     EndpointUnreachable,

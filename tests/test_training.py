@@ -304,7 +304,7 @@ def test_auf_train_trains_the_newest_round(home, tiny_chat_lm_dir, monkeypatch, 
 
 def test_the_engine_generates_with_a_policy_adapter_merged(tiny_chat_lm_dir, tmp_path):
     """policy_eval hands the adapter folder to the generation engine: it loads merged."""
-    from resources.models import load_tokenizer_and_model
+    from resources.model_loading import load_tokenizer_and_model
 
     train_policy(
         tiny_chat_lm_dir, toy_rows(8), settings(max_steps=2), tmp_path / "p", log=lambda _: None

@@ -93,7 +93,7 @@ def test_checkpoints_load_after_the_home_moves(trained_home, tmp_path, monkeypat
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoModelForCausalLM
 
-    from resources.models import load_tokenizer_and_model
+    from resources.model_loading import load_tokenizer_and_model
 
     moved = tmp_path / "elsewhere" / ".auf"
     shutil.move(trained_home, moved)

@@ -38,7 +38,7 @@ def vllm_python() -> str:
 
 @pytest.fixture(scope="module")
 def model_dir() -> Path:
-    from resources.models import local_model_dir
+    from resources.model_loading import local_model_dir
 
     cache = Path(os.environ.get("AUF_VLLM_MODEL_CACHE", "/tmp/auf-vllm-models"))
     return local_model_dir(SERVED, cache)
@@ -130,7 +130,7 @@ OFFLINE = textwrap.dedent(
     import json, time
     from resources.engine import GenerationEngine
     from resources.judge import RubricJudge
-    from resources.models import LOADED, release_gpu_models
+    from resources.loaded_models import LOADED, release_gpu_models
 
     model = {model!r}
     convs = [[{{"role": "user", "content": q}}] for q in (

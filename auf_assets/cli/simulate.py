@@ -238,7 +238,7 @@ def _policy_spec(args: argparse.Namespace, methods: list[str]) -> dict[str, Any]
     if not args.with_policy and not set(methods) & set(method_names("policy")):
         return None
     from resources import home
-    from resources.models import local_model_dir
+    from resources.model_loading import local_model_dir
 
     config = PolicyLoopConfig(
         beta=args.policy_beta,

@@ -47,7 +47,7 @@ def _checked(args: argparse.Namespace):
 
     from auf_assets.core.training import TrainingError
     from auf_assets.training import training_data
-    from resources.models import ModelSourceError
+    from resources.model_loading import ModelSourceError
     from resources.store import DuckDBStore
     from resources.training import TrainingSettings
 

@@ -19,17 +19,24 @@ from typing import Literal
 import dagster as dg
 import numpy as np
 import polars as pl
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from auf_assets.core.acquisition import ACQUISITION_METHODS, select_pairs
 from auf_assets.core.judging import ASPECTS, decide_preference
 from auf_assets.core.labels import Vote, resolve_votes
 from auf_assets.core.policy_selection import POLICY_METHODS
-from auf_assets.core.presets import DEFAULT_PRESET, default_round, get_preset
 from auf_assets.core.principles import choose_system_prompt
 from auf_assets.core.response_pool import PoolFileError, oracle_scores, read_pool
+from auf_assets.core.settings import (
+    DEFAULT_ROUND_PROMPTS,
+    RENAMED_KEYS,
+    RoundSettings,
+    pipeline_methods,
+    renamed_key_message,
+)
 from auf_assets.partitions import round_index, rounds_partitions
 from auf_assets.placement import GPU_POOL, GPU_TAGS
+from auf_assets.preflight import check_run_config
 from auf_assets.prompts import prompt_pool
 from auf_assets.reporting import markdown_preview, progress_logger, stable_hash, stable_seed
 from resources import home
@@ -37,7 +44,7 @@ from resources.chain_lock import ChainBusy, round_chain
 from resources.encoder import FeatureEncoder
 from resources.engine import GenerationEngine
 from resources.judge import RubricJudge
-from resources.labeling import LabelingSettings
+from resources.labelling import LabellingSettings
 from resources.ledger import StepLedger, ledger_prices
 from resources.models import Generation
 from resources.reward_judge import RewardModelJudge
@@ -48,14 +55,17 @@ GROUP = "active_round"
 
 
 def holds_round_chain(compute):
-    """Run a round asset while holding its home's round-chain lock (see resources.chain_lock).
+    """Run a round asset while holding its home's round-chain lock (see resources.chain_lock),
+    after checking the run's whole config (`auf_assets.preflight`).
 
     A second process working on the rounds of the same home at that moment makes this step fail
-    with a message that names the holder, instead of letting two rounds interleave.
+    with a message that names the holder, instead of letting two rounds interleave. A bad value
+    anywhere in the run's config fails the run's first step, before any generation.
     """
 
     @functools.wraps(compute)
     def wrapper(context: dg.AssetExecutionContext, *args, **kwargs):
+        check_run_config(context)
         store: DuckDBStore = kwargs["store"]
         what = (
             f"run {context.run.run_id[:8]} ({context.asset_key.to_user_string()} of "
@@ -71,7 +81,9 @@ def holds_round_chain(compute):
 
 
 class RoundPromptsConfig(dg.Config):
-    batch_size: int = Field(default=8, ge=1, description="prompts per round (the paper: 64)")
+    batch_size: int = Field(
+        default=DEFAULT_ROUND_PROMPTS, ge=1, description="prompts per round (the paper: 64)"
+    )
     shuffle: bool = Field(default=False, description="seeded shuffle instead of ingestion order")
     seed: int = 0
     retake: bool = Field(
@@ -521,18 +533,19 @@ def reward_scores(
 # -- pair selection ---------------------------------------------------------------------------
 
 
-_ROUND = default_round()  # the default preset's recipe, as in `auf simulate`
+_ROUND = RoundSettings()  # the default preset's recipe, as in `auf simulate`
+# The methods a round selects with: a fixed choice, so the launchpad refuses any other name.
+PipelineMethod = Literal[tuple(pipeline_methods())]  # type: ignore[valid-type]
 
 
 class SelectedPairsConfig(dg.Config):
-    method: str = Field(
-        default=get_preset(DEFAULT_PRESET)["method"],
-        description="acquisition function; `auf methods` lists them",
+    method: PipelineMethod = Field(
+        default=_ROUND.method,
+        description="selection method; `auf methods` lists them",
     )
-    beta: float = Field(
-        default=_ROUND["beta"],
-        ge=0.0,
-        description="exploration width: bounds are mu -/+ beta * sigma",
+    acquisition_width: float = Field(
+        default=_ROUND.acquisition_width,
+        description="exploration width: bounds are mu -/+ acquisition_width * sigma",
     )
     seed: int = 0
     fraction: float = Field(
@@ -544,11 +557,32 @@ class SelectedPairsConfig(dg.Config):
     )
     lam: float = Field(default=1.0, gt=0.0, description="activedpo: V = lam * I + sum phi phi^T")
     warmup_rounds: int = Field(
-        default=_ROUND["warmup_rounds"],
-        ge=0,
+        default=_ROUND.warmup_rounds,
         description="the first rounds pick pairs at random while the reward model learns (the "
         "simulator's warmup_rounds)",
     )
+    beta: float | None = Field(
+        default=None, exclude=True, description="renamed to acquisition_width: setting it fails"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data):
+        if isinstance(data, dict):
+            for old in data:
+                if ("selected_pairs", old) in RENAMED_KEYS and data[old] is not None:
+                    raise ValueError(renamed_key_message("selected_pairs", old))
+        return data
+
+    @model_validator(mode="after")
+    def _check(self):
+        # The round's settings check themselves (ranges and method in the message).
+        _ROUND.with_overrides(
+            method=self.method,
+            acquisition_width=self.acquisition_width,
+            warmup_rounds=self.warmup_rounds,
+        )
+        return self
 
 
 def random_pair_gap(mu: np.ndarray, mask: np.ndarray) -> float:
@@ -613,7 +647,7 @@ def selected_pairs(
     method = "random" if warming_up else config.method
     if warming_up:
         context.log.info(f"{round_id} is a warm-up round: pairs are picked at random")
-    picks = select_pairs(method, mu, sigma, beta=config.beta, seed=seed, mask=mask)
+    picks = select_pairs(method, mu, sigma, beta=config.acquisition_width, seed=seed, mask=mask)
     rows = pl.DataFrame(
         {
             "prompt_id": prompt_ids,
@@ -631,7 +665,7 @@ def selected_pairs(
             "dagster/row_count": rows.height,
             "method": method,
             "warm_up_round": warming_up,
-            "beta": config.beta,
+            "acquisition_width": config.acquisition_width,
             "responses_per_prompt": int(mask.sum(axis=1).max()),
             # The model's view of the pairs it picked against a random pick: equal while the
             # model knows nothing, apart once it has learned something to act on.
@@ -661,7 +695,7 @@ def _with_pair_ids(rows: pl.DataFrame, round_id: str, method: str, config, seed:
         ).map_elements(lambda s: "pr-" + stable_hash(s), return_dtype=pl.String),
         round_id=pl.lit(round_id),
         method=pl.lit(method),
-        beta=pl.lit(config.beta),
+        beta=pl.lit(config.acquisition_width),  # the store's column keeps its name
         seed=pl.lit(seed, dtype=pl.Int64),
         created_at=pl.lit(utcnow()),
     )
@@ -891,36 +925,36 @@ def _reward_model_verdicts(context, config, reward_judge: RewardModelJudge, stor
     return verdicts, rows, metadata
 
 
-def _oracle_verdicts(context, config, labeling: LabelingSettings, round_id, pairs):
-    if not labeling.oracle_pool:
+def _oracle_verdicts(context, config, labelling: LabellingSettings, round_id, pairs):
+    if not labelling.oracle_pool:
         raise dg.Failure(
-            "label source is 'oracle' but no pool file is set: set labeling.oracle_pool "
+            "label source is 'oracle' but no pool file is set: set labelling.oracle_pool "
             "(AUF_ORACLE_POOL) to a file with completion_id and oracle_score"
         )
     ids = pl.concat([pairs["completion_a"], pairs["completion_b"]]).unique().sort().to_list()
     try:
-        scores = oracle_scores(labeling.oracle_pool, ids)
+        scores = oracle_scores(labelling.oracle_pool, ids)
     except PoolFileError as exc:
         raise dg.Failure(str(exc)) from exc
     if not scores:
         raise dg.Failure(
-            f"none of {round_id}'s responses are in the oracle pool {labeling.oracle_pool}: "
+            f"none of {round_id}'s responses are in the oracle pool {labelling.oracle_pool}: "
             "read the round's responses from the same file (completions config pool_path)"
         )
-    name = f"oracle:{Path(labeling.oracle_pool).name}"
+    name = f"oracle:{Path(labelling.oracle_pool).name}"
     rows = _scalar_rows(round_id, name, "oracle", scores, ids, "not in the oracle pool")
     verdicts = _verdicts_from_scores(
         pairs, scores, tie_margin=config.tie_margin, labeller=name, source="oracle"
     )
-    context.log.info(f"looked up {len(scores)}/{len(ids)} oracle scores in {labeling.oracle_pool}")
+    context.log.info(f"looked up {len(scores)}/{len(ids)} oracle scores in {labelling.oracle_pool}")
     return (
         verdicts,
         rows,
-        {"judge": name, "oracle_pool": dg.MetadataValue.path(labeling.oracle_pool)},
+        {"judge": name, "oracle_pool": dg.MetadataValue.path(labelling.oracle_pool)},
     )
 
 
-def _people_verdicts(context, labeling: LabelingSettings, store, round_id, pairs):
+def _people_verdicts(context, labelling: LabellingSettings, store, round_id, pairs):
     labels = store.labels_of_round(round_id)
     current = set(pairs["pair_id"])
     orphans = labels.filter(~pl.col("pair_id").is_in(list(current))).height
@@ -938,14 +972,14 @@ def _people_verdicts(context, labeling: LabelingSettings, store, round_id, pairs
     if not votes:
         raise dg.Failure(
             f"{round_id} has no labels yet: people label the pairs in "
-            f"{labeling.outbox_dir / (round_id + '.jsonl')} and drop the files in "
-            f"{labeling.inbox_dir} (or run `auf labels import FILE`); the labels_landed sensor "
+            f"{labelling.outbox_dir / (round_id + '.jsonl')} and drop the files in "
+            f"{labelling.inbox_dir} (or run `auf labels import FILE`); the labels_landed sensor "
             "starts this step when enough pairs are labelled"
         )
     verdicts = []
     for pair in pairs.iter_rows(named=True):
         given = votes.get(pair["pair_id"], [])
-        res = resolve_votes([v for v, _ in given], labeling.resolution)
+        res = resolve_votes([v for v, _ in given], labelling.resolution)
         chosen, rejected = _chosen(pair, res.preference)
         verdicts.append(
             {
@@ -967,7 +1001,7 @@ def _people_verdicts(context, labeling: LabelingSettings, store, round_id, pairs
         )
     metadata = {
         "judge": "people",
-        "resolution": labeling.resolution,
+        "resolution": labelling.resolution,
         "labels": int(sum(len(v) for v in votes.values())),
         "annotators": int(labels["labeller"].n_unique()) if labels.height else 0,
         "labels_of_other_pairs": orphans,
@@ -1001,7 +1035,7 @@ def judgements(
     config: JudgementsConfig,
     judge: RubricJudge,
     reward_judge: RewardModelJudge,
-    labeling: LabelingSettings,
+    labelling: LabellingSettings,
     store: DuckDBStore,
 ) -> dg.MaterializeResult:
     round_id = context.partition_key
@@ -1009,7 +1043,7 @@ def judgements(
     if pairs.height == 0:
         raise dg.Failure(f"{round_id} has no selected pairs: materialise selected_pairs first")
     pairs = pairs.sort("prompt_id", "pair_id")
-    source = labeling.source
+    source = labelling.source
     if source == "llm_judge":
         rows, scores, extra = _rubric_verdicts(context, config, judge, store, round_id, pairs)
     elif source == "reward_model_judge":
@@ -1017,9 +1051,9 @@ def judgements(
             context, config, reward_judge, store, round_id, pairs
         )
     elif source == "oracle":
-        rows, scores, extra = _oracle_verdicts(context, config, labeling, round_id, pairs)
+        rows, scores, extra = _oracle_verdicts(context, config, labelling, round_id, pairs)
     else:
-        rows, scores, extra = _people_verdicts(context, labeling, store, round_id, pairs)
+        rows, scores, extra = _people_verdicts(context, labelling, store, round_id, pairs)
     store.replace_round_tables(round_id, {"judge_scores": scores, "judgements": rows})
     CallCache(store, round_id, "judgements").clear()
     prefs = Counter(rows["preference"].to_list())

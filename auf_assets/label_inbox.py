@@ -42,7 +42,7 @@ from auf_assets.core.labels import (
     voter_of,
 )
 from auf_assets.partitions import round_index
-from resources.labeling import LabelingSettings
+from resources.labelling import LabellingSettings
 from resources.store import DuckDBStore, utcnow
 
 __all__ = [
@@ -125,7 +125,7 @@ def _reason_text(name: str, sha256: str, problems: Sequence[Problem], inbox: Pat
 def import_label_file(
     path: Path,
     store: DuckDBStore,
-    settings: LabelingSettings,
+    settings: LabellingSettings,
     *,
     expected_round: str | None = None,
     keep_original: bool = False,
@@ -234,7 +234,7 @@ def _ignored(path: Path) -> bool:
 
 
 def scan_inbox(
-    store: DuckDBStore, settings: LabelingSettings, cursor: str | None, now: float
+    store: DuckDBStore, settings: LabellingSettings, cursor: str | None, now: float
 ) -> tuple[list[ImportOutcome], str, list[str]]:
     """Import every settled file of the inbox; returns (outcomes, new cursor, files waiting).
 
@@ -304,7 +304,7 @@ def _later_round(round_id: str, known: Iterable[str]) -> str | None:
 
 def label_status(
     store: DuckDBStore,
-    settings: LabelingSettings,
+    settings: LabellingSettings,
     now: datetime | None = None,
     *,
     registered: Iterable[str] = (),

@@ -40,6 +40,8 @@ import numpy as np
 
 from auf_assets.core.baselines import BASELINE_METHODS
 from auf_assets.core.policy_selection import POLICY_METHODS
+from auf_assets.core.presets import DEFAULT_PRESET
+from auf_assets.core.settings import RoundSettings
 from auf_assets.core.simulation import (
     SPLIT_HALVES,
     SPLIT_KINDS,
@@ -97,7 +99,7 @@ class BenchSpec:
     pool: str
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    encoder: str = "minilm"
+    encoder: str = field(default_factory=lambda: RoundSettings().encoder)  # the default preset's
     pooling: str = "mean"
     max_length: int = 512
     dtype: str = "bf16"
@@ -105,7 +107,7 @@ class BenchSpec:
     run: dict[str, Any] = field(default_factory=dict)
     jobs: int = 0
     budgets: list[int] = field(default_factory=list)
-    preset: str = "default"
+    preset: str = DEFAULT_PRESET
     split: str | None = None
     n_splits: int = 2
     split_seed: int = 0

@@ -13,9 +13,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
-import dagster as dg
 import numpy as np
 from pydantic import Field
 
@@ -30,6 +29,7 @@ from auf_assets.core.judging import (
 )
 from resources import home
 from resources.engine import Backend, ServerSettings, chat_endpoint, placement
+from resources.env_settings import EnvSettings
 from resources.models import Progress, Usage, language_model, release_gpu_models
 from resources.store import CallCache
 
@@ -44,8 +44,10 @@ class AspectJudgement:
     attempts: int
 
 
-class RubricJudge(dg.ConfigurableResource):
+class RubricJudge(EnvSettings):
     """Rates responses on the four UltraFeedback aspects with any chat model."""
+
+    SETTINGS_NAME: ClassVar[str] = "judge"
 
     model: str = Field(default="smollm2-135m-instruct", description="judge model source")
     backend: Backend = "transformers"
@@ -76,11 +78,6 @@ class RubricJudge(dg.ConfigurableResource):
     save_every: int = Field(
         default=64, ge=1, description="judge calls between saves of the call cache"
     )
-    env_errors: str = Field(default="", description="rejected AUF_JUDGE_* values (see serving)")
-
-    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        if self.env_errors and context.run is not None:
-            raise dg.Failure(description=f"bad judge settings: {self.env_errors}")
 
     @property
     def name(self) -> str:

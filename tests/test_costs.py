@@ -11,7 +11,7 @@ import pytest
 
 from auf_assets.core.costs import Budget, PriceTable, PriceTableError, Spending, price_rows
 from auf_assets.prompts import prompt_pool
-from resources.labeling import LabelingSettings
+from resources.labelling import LabellingSettings
 from resources.ledger import USAGE_COLUMNS, StepLedger, ledger_from_env
 from resources.store import DuckDBStore
 
@@ -95,14 +95,14 @@ def test_step_ledger_records_failed_attempts_too(auf_home):
 def test_sensors_and_schedule_stop_at_the_budget(auf_home, monkeypatch):
     from sensors.rounds import next_round, nightly_round
 
-    store, labeling = DuckDBStore(), LabelingSettings()
+    store, labelling = DuckDBStore(), LabellingSettings()
     instance = dg.DagsterInstance.ephemeral()
     dg.materialize([prompt_pool], instance=instance, resources={"store": store})
     prices = auf_home / "prices.yaml"
     prices.write_text(json.dumps(PRICES))
     _spend(store, "round-0001", "judge-70b", 2_000_000, 1_000_000)  # $4
     ctx = lambda: dg.build_sensor_context(  # noqa: E731
-        instance=instance, resources={"store": store, "labeling": labeling}
+        instance=instance, resources={"store": store, "labelling": labelling}
     )
     assert next_round(ctx()).run_requests  # no budget: rounds go on
     monkeypatch.setenv("AUF_BUDGET_MAX_DOLLARS", "7")
@@ -116,7 +116,7 @@ def test_sensors_and_schedule_stop_at_the_budget(auf_home, monkeypatch):
         dg.instance_for_test() as test_instance,
         dg.build_schedule_context(
             instance=test_instance,
-            resources={"store": store, "labeling": labeling},
+            resources={"store": store, "labelling": labelling},
             scheduled_execution_time=datetime(2026, 3, 1, 2, 0, tzinfo=timezone.utc),
         ) as context,
     ):

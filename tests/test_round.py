@@ -13,15 +13,15 @@ from auf_assets.checks import ROUND_CHECKS
 from auf_assets.definitions import defs
 from auf_assets.prompts import prompt_pool
 from resources import DuckDBStore, FeatureEncoder, GenerationEngine, RubricJudge
-from resources.labeling import LabelingSettings
+from resources.labelling import LabellingSettings
 from resources.reward_judge import RewardModelJudge
 from resources.reward_model import UncertaintyModel
 
 
-def tiny_resources(model_dir, labeling: LabelingSettings | None = None) -> dict:
+def tiny_resources(model_dir, labelling: LabellingSettings | None = None) -> dict:
     model = str(model_dir)
     return {
-        "labeling": labeling or LabelingSettings(),
+        "labelling": labelling or LabellingSettings(),
         "reward_judge": RewardModelJudge(),
         "store": DuckDBStore(),
         "engine": GenerationEngine(device="cpu", batch_size=4),

@@ -20,15 +20,15 @@ import pytest
 import sensors.rounds as rounds
 from auf_assets.cli import main as cli_main
 from auf_assets.labels import annotation_batch
-from resources.labeling import LabelingSettings, labeling_from_env
+from resources.labelling import LabellingSettings, labelling_from_env
 from resources.store import DuckDBStore
 from sensors.rounds import labels_landed, next_round, nightly_round, nightly_settings
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_labeling_from_env_keeps_the_valid_values_and_records_the_rest():
-    s = labeling_from_env(
+def test_labelling_from_env_keeps_the_valid_values_and_records_the_rest():
+    s = labelling_from_env(
         {
             "AUF_LABEL_SOURCE": "humans",
             "AUF_LABEL_MIN_FRACTION": "0.5",
@@ -49,10 +49,10 @@ def test_labeling_from_env_keeps_the_valid_values_and_records_the_rest():
     assert "RESOLUTION" not in problem
     with pytest.raises(ValueError, match="AUF_LABEL_SOURCE='humans'"):
         s.check()
-    out_of_range = labeling_from_env({"AUF_LABEL_MIN_FRACTION": "2"})
+    out_of_range = labelling_from_env({"AUF_LABEL_MIN_FRACTION": "2"})
     assert "AUF_LABEL_MIN_FRACTION='2' is invalid" in out_of_range.problem
     assert "less than or equal to 1" in out_of_range.problem and out_of_range.min_fraction == 1.0
-    assert labeling_from_env({"AUF_LABEL_SOURCE": "people"}).problem is None
+    assert labelling_from_env({"AUF_LABEL_SOURCE": "people"}).problem is None
 
 
 def test_nightly_settings_fall_back_to_the_default_and_say_why():
@@ -66,12 +66,12 @@ def test_nightly_settings_fall_back_to_the_default_and_say_why():
 
 
 def test_the_sensors_and_the_schedule_skip_with_the_message(auf_home, monkeypatch):
-    bad = labeling_from_env({"AUF_LABEL_SOURCE": "humans", "AUF_LABEL_MIN_FRACTION": "0.5"})
+    bad = labelling_from_env({"AUF_LABEL_SOURCE": "humans", "AUF_LABEL_MIN_FRACTION": "0.5"})
     dropped = bad.inbox_dir / "labels.jsonl"
     dropped.parent.mkdir(parents=True)
     dropped.write_text('{"pair_id": "p", "choice": "A"}\n')
     instance = dg.DagsterInstance.ephemeral()
-    resources = {"store": DuckDBStore(), "labeling": bad}
+    resources = {"store": DuckDBStore(), "labelling": bad}
     for sensor in (labels_landed, next_round):
         # The resource is built (and set up) for the tick: no error, the sensor skips.
         with dg.build_sensor_context(instance=instance, resources=resources) as context:
@@ -82,7 +82,7 @@ def test_the_sensors_and_the_schedule_skip_with_the_message(auf_home, monkeypatc
     with dg.build_schedule_context(instance=instance, resources=resources) as context:
         assert "AUF_LABEL_SOURCE='humans'" in nightly_round(context).skip_message
 
-    good = {"store": DuckDBStore(), "labeling": LabelingSettings()}
+    good = {"store": DuckDBStore(), "labelling": LabellingSettings()}
     monkeypatch.setattr(rounds, "NIGHTLY", nightly_settings({"AUF_NIGHTLY_CRON": "x"}))
     with dg.build_schedule_context(instance=instance, resources=good) as context:
         skip = nightly_round(context)
@@ -97,7 +97,10 @@ def test_a_run_that_uses_the_settings_fails_with_the_message(auf_home):
         [annotation_batch],
         instance=instance,
         partition_key="round-0001",
-        resources={"store": DuckDBStore(), "labeling": labeling_from_env({"AUF_MAX_ROUNDS": "-1"})},
+        resources={
+            "store": DuckDBStore(),
+            "labelling": labelling_from_env({"AUF_MAX_ROUNDS": "-1"}),
+        },
         raise_on_error=False,
     )
     assert not result.success

@@ -70,14 +70,14 @@ def _demo_with(console: RunConsole, root: Path, args: argparse.Namespace) -> int
             console.error(f"--config {args.config}: {exc}")
             return 2
     try:
-        labeling = _labeling_settings(run_config)
+        labelling = _labelling_settings(run_config)
     except ValueError as exc:
         console.error(str(exc))
         return 2
     method = run_config["ops"].get("selected_pairs", {}).get("config", {}).get("method")
     round_job = "active_round"
     if _is_policy_method(method):
-        if labeling.people:
+        if labelling.people:
             console.error(
                 f"{method} selects with the DPO policy, whose step runs in the policy_round job "
                 "with an automatic judge; with people labelling use a reward-model method "
@@ -105,15 +105,15 @@ def _demo_with(console: RunConsole, root: Path, args: argparse.Namespace) -> int
         return result.success
 
     try:
-        if not labeling.people and not ingest():
+        if not labelling.people and not ingest():
             code = 1
         else:
             # Held for the whole command: a second `auf demo` (or a round run from the UI) on
             # this home stops with a message instead of running rounds in between ours.
             with round_chain(root, f"auf demo (--rounds {args.rounds})"):
-                if labeling.people:
+                if labelling.people:
                     code = _people_rounds(
-                        console, instance, defs, run_config, labeling, args.rounds, ingest
+                        console, instance, defs, run_config, labelling, args.rounds, ingest
                     )
                 else:
                     code = _run_rounds(console, instance, defs, run_config, args.rounds, round_job)
@@ -139,19 +139,19 @@ def _selection_config(args: argparse.Namespace) -> dict:
     return {key: value for key, value in given.items() if value is not None}
 
 
-def _labeling_settings(run_config: dict):
+def _labelling_settings(run_config: dict):
     """The labelling settings the runs will use: the environment, then the run config's."""
-    from resources.labeling import LabelingSettings, labeling_from_env
+    from resources.labelling import LabellingSettings, labelling_from_env
 
-    settings = labeling_from_env()
+    settings = labelling_from_env()
     settings.check()
-    override = ((run_config.get("resources") or {}).get("labeling") or {}).get("config") or {}
+    override = ((run_config.get("resources") or {}).get("labelling") or {}).get("config") or {}
     if override:
-        fields = {name: getattr(settings, name) for name in LabelingSettings.model_fields}
+        fields = {name: getattr(settings, name) for name in LabellingSettings.model_fields}
         try:
-            settings = LabelingSettings(**{**fields, **override})
+            settings = LabellingSettings(**{**fields, **override})
         except Exception as exc:  # pydantic's ValidationError, with every rejected field
-            raise ValueError(f"resources.labeling.config in --config: {exc}") from exc
+            raise ValueError(f"resources.labelling.config in --config: {exc}") from exc
     return settings
 
 
@@ -218,7 +218,9 @@ def _run_rounds(
 # -- people label: the labels_landed sensor's work, run by hand ----------------------------------
 
 
-def _people_rounds(console, instance, defs, run_config: dict, labeling, rounds: int, ingest) -> int:
+def _people_rounds(
+    console, instance, defs, run_config: dict, labelling, rounds: int, ingest
+) -> int:
     """Import the inbox, train the labelled rounds, write at most `rounds` new batches.
 
     Runs nothing (no prompt ingestion either) while the newest round waits for its labels.
@@ -229,8 +231,8 @@ def _people_rounds(console, instance, defs, run_config: dict, labeling, rounds: 
     from sensors.rounds import plan_next_round, trained_rounds
 
     store = DuckDBStore()
-    console.say(f"\nlabels come from people: inbox {labeling.inbox_dir}")
-    outcomes, _, waiting = scan_inbox(store, labeling, None, time.time())
+    console.say(f"\nlabels come from people: inbox {labelling.inbox_dir}")
+    outcomes, _, waiting = scan_inbox(store, labelling, None, time.time())
     for outcome in outcomes:
         if outcome.status in ("imported", "already_imported"):
             console.say(f"  {outcome.summary()}")
@@ -239,13 +241,13 @@ def _people_rounds(console, instance, defs, run_config: dict, labeling, rounds: 
     if waiting:
         console.say(
             f"  still being written, read on the next call: {', '.join(waiting)} (files younger "
-            f"than {labeling.settle_seconds:g}s)"
+            f"than {labelling.settle_seconds:g}s)"
         )
 
     # 1. Train every round whose labels are complete, by the sensor's rules (label_status).
     registered = registered_rounds(instance)
     trained = trained_rounds(instance)
-    for status in label_status(store, labeling, registered=registered):
+    for status in label_status(store, labelling, registered=registered):
         rid = status.round_id
         if rid not in registered:
             continue
@@ -271,9 +273,9 @@ def _people_rounds(console, instance, defs, run_config: dict, labeling, rounds: 
         keys = registered_rounds(instance)
         newest = keys[-1] if keys else None
         if newest and newest not in trained_rounds(instance):
-            status = _status_of(label_status(store, labeling, registered=keys), newest)
+            status = _status_of(label_status(store, labelling, registered=keys), newest)
             if status is not None and status.state != "not_sent":
-                _waiting_message(console, status, labeling)
+                _waiting_message(console, status, labelling)
                 return 0
             key = newest  # registered, but its pair_selection never finished
         elif written >= rounds:  # not reached while each new batch waits for its labels
@@ -284,7 +286,7 @@ def _people_rounds(console, instance, defs, run_config: dict, labeling, rounds: 
                 if not ingest():
                     return 1
                 ingested = True
-            plan = plan_next_round(instance, store, labeling, start_first=True)
+            plan = plan_next_round(instance, store, labelling, start_first=True)
             if plan.key is None:
                 console.say(f"\nno new round: {plan.reason}")
                 return 0
@@ -309,7 +311,7 @@ def _status_of(statuses, round_id: str):
     return next((s for s in statuses if s.round_id == round_id), None)
 
 
-def _waiting_message(console: RunConsole, status, labeling) -> None:
+def _waiting_message(console: RunConsole, status, labelling) -> None:
     console.say(f"\n{status.round_id} waits for its labels: {status.why}.")
     console.say("Label the pairs (choice A, B or tie; see docs/labelling.md) in one of:")
     for kind, path in status.outbox.items():
@@ -317,7 +319,7 @@ def _waiting_message(console: RunConsole, status, labeling) -> None:
         console.say(f"  {path}{extra}")
     console.say(
         "then hand the file back with `auf labels import FILE`, or drop it into "
-        f"{labeling.inbox_dir}, and run `auf demo` again: it trains {status.round_id} and writes "
+        f"{labelling.inbox_dir}, and run `auf demo` again: it trains {status.round_id} and writes "
         "the next round's batch."
     )
 

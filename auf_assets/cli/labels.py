@@ -1,6 +1,6 @@
 """`auf labels import FILE` and `auf labels status`: human labelling without the UI.
 
-Both read the same settings as the sensor (`AUF_LABEL_*`, see `resources.labeling`) and the same
+Both read the same settings as the sensor (`AUF_LABEL_*`, see `resources.labelling`) and the same
 store (`$AUF_HOME/auf.duckdb`). `import` runs the sensor's own import code on one file.
 """
 
@@ -13,9 +13,9 @@ from pathlib import Path
 
 def _settings():
     """The settings from the environment; ValueError naming every rejected variable."""
-    from resources.labeling import labeling_from_env
+    from resources.labelling import labelling_from_env
 
-    settings = labeling_from_env()
+    settings = labelling_from_env()
     settings.check()
     return settings
 

@@ -61,10 +61,10 @@ import numpy as np
 import polars as pl
 
 from .acquisition import ACQUISITION_METHODS, select_pairs
-from .baselines import BASELINE_METHODS, select_oracle_pairs
+from .baselines import select_oracle_pairs
 from .ensemble import EnsembleConfig, ReplayBuffer, RewardEnsemble
 from .policy_selection import POLICY_METHODS, identical_pairs, select_policy_pairs
-from .presets import default_ensemble, default_round
+from .settings import RENAMED_KEYS, RoundSettings, known_methods, renamed_key_message
 
 __all__ = [
     "POOL_COLUMNS",
@@ -107,19 +107,15 @@ PAIR_COLUMNS = (
     "tie",
 )
 
+# The default preset (what a run gets when nothing else is said).
+_DEFAULT_ROUND = RoundSettings()
 # Independent random streams derived from the run's seed.
-_DEFAULT_ROUND = default_round()
 _STREAM_SAMPLE, _STREAM_SPLIT, _STREAM_SELECT, _STREAM_PROTOCOL = 11, 12, 13, 14
 _EVAL_SEED_OFFSET = 1_000_003
 
 
 class PoolError(ValueError):
     """A pool file or frame that cannot be simulated; the message names the file and the problem."""
-
-
-def known_methods() -> list[str]:
-    """Every selectable method: acquisition rules, policy-aware rules, static oracle baselines."""
-    return [*ACQUISITION_METHODS, *POLICY_METHODS, *BASELINE_METHODS]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -630,7 +626,7 @@ class SimulationConfig:
         responses_per_prompt: K responses per prompt sampled by seed; ``None``/0 = all.
         batch_size: prompts per round (B).
         heldout_fraction: fraction of prompts held out for evaluation (never selected from).
-        beta: the acquisition width ``mu +- beta * sigma``.
+        acquisition_width: the width of the bounds ``mu -/+ acquisition_width * sigma``.
         method_options: extra options of the rule (deltaquantile: ``q``, ``eps``).
         eval_every: evaluate after every this many rounds (and always after the last).
         gap_threshold: held-out pairs count for accuracy when ``|score_i - score_j| >=`` this.
@@ -644,20 +640,20 @@ class SimulationConfig:
             (chosen, rejected) pair.
     """
 
-    method: str = "deltaucb"
+    method: str = _DEFAULT_ROUND.method
     seed: int = 0
     responses_per_prompt: int | None = None
     batch_size: int = 32
     heldout_fraction: float = 0.25
-    beta: float = _DEFAULT_ROUND["beta"]
+    acquisition_width: float = _DEFAULT_ROUND.acquisition_width
     method_options: dict[str, float] = field(default_factory=dict)
     eval_every: int = 1
     gap_threshold: float = 0.1
-    warmup_rounds: int = _DEFAULT_ROUND["warmup_rounds"]
-    train_passes: int = _DEFAULT_ROUND["train_passes"]
+    warmup_rounds: int = _DEFAULT_ROUND.warmup_rounds
+    train_passes: int = _DEFAULT_ROUND.train_passes
     max_rounds: int | None = None
     ensemble: EnsembleConfig = field(
-        default_factory=lambda: EnsembleConfig.from_dict(default_ensemble())
+        default_factory=lambda: EnsembleConfig.from_dict(_DEFAULT_ROUND.ensemble.learning())
     )
     eval_model: EvalModelConfig = field(default_factory=EvalModelConfig)
     strong_model: str | None = None
@@ -666,22 +662,26 @@ class SimulationConfig:
     def __post_init__(self) -> None:
         if isinstance(self.ensemble, dict):
             # A partial dict overrides the default preset's ensemble, as a preset's flags do.
-            self.ensemble = EnsembleConfig.from_dict({**default_ensemble(), **self.ensemble})
+            self.ensemble = EnsembleConfig.from_dict(
+                {**_DEFAULT_ROUND.ensemble.learning(), **self.ensemble}
+            )
         if isinstance(self.eval_model, dict):
             data = dict(self.eval_model)
             if "hidden" in data:
                 data["hidden"] = tuple(data["hidden"])
             self.eval_model = EvalModelConfig(**data)
-        if self.method not in known_methods():
-            raise ValueError(f"unknown method {self.method!r}; known: {', '.join(known_methods())}")
+        # The round's own settings (method, width, warm-up, passes) check themselves.
+        RoundSettings(
+            method=self.method,
+            acquisition_width=self.acquisition_width,
+            warmup_rounds=self.warmup_rounds,
+            train_passes=self.train_passes,
+            ensemble=self.ensemble,
+        )
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.eval_every < 1:
             raise ValueError(f"eval_every must be >= 1, got {self.eval_every}")
-        if self.train_passes < 1:
-            raise ValueError(f"train_passes must be >= 1, got {self.train_passes}")
-        if self.warmup_rounds < 0:
-            raise ValueError(f"warmup_rounds must be >= 0, got {self.warmup_rounds}")
         if self.max_rounds is not None and self.max_rounds < 1:
             raise ValueError(f"max_rounds must be >= 1 or None, got {self.max_rounds}")
         if not (self.gap_threshold >= 0 and math.isfinite(self.gap_threshold)):
@@ -695,8 +695,6 @@ class SimulationConfig:
             )
         if not (0.0 <= self.heldout_fraction < 1.0):
             raise ValueError(f"heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
-        if not (math.isfinite(self.beta) and self.beta >= 0):
-            raise ValueError(f"beta must be finite and >= 0, got {self.beta}")
         if "fraction" in self.method_options and self.method not in POLICY_METHODS:
             raise ValueError(
                 f"fraction applies to the policy-aware methods ({', '.join(POLICY_METHODS)}), "
@@ -726,6 +724,9 @@ class SimulationConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SimulationConfig:
         known = {f.name for f in fields(cls)}
+        for old in data:
+            if ("simulation", old) in RENAMED_KEYS:
+                raise ValueError(renamed_key_message("simulation", old))
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown SimulationConfig keys: {unknown}")
@@ -1051,7 +1052,9 @@ def simulate(
             mu[mask], sigma[mask] = model.predict(x[idx[mask]])
             rule = "random" if rnd < cfg.warmup_rounds else cfg.method
             options = cfg.method_options if rule == cfg.method else {}
-            picks = select_pairs(rule, mu, sigma, beta=cfg.beta, seed=rng, mask=mask, **options)
+            picks = select_pairs(
+                rule, mu, sigma, beta=cfg.acquisition_width, seed=rng, mask=mask, **options
+            )
             a, b = idx[rows, picks[:, 0]], idx[rows, picks[:, 1]]
             c, r, s_c, s_r, tie = _judge(oracle, a, b)
             labels = np.full(len(batch), 2, dtype=np.int64)

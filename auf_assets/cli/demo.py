@@ -19,16 +19,27 @@ import argparse
 import copy
 import os
 import time
+import warnings
 from pathlib import Path
 
-from auf_assets.cli.common import failure_message, metadata, prepare_home
+from auf_assets.cli.common import (
+    environment_refusal,
+    failure_message,
+    metadata,
+    number,
+    one_of,
+    prepare_home,
+    refuse,
+)
 from auf_assets.cli.console import RunConsole, job_console
+from auf_assets.core.settings import DEFAULT_ROUND_PROMPTS, RoundSettings, pipeline_methods
 from resources.chain_lock import ChainBusy, round_chain
 
 # Jobs whose ops a demo run config configures; an op of one of them that another job lacks is
 # left out of that job's config (other unknown ops still reach Dagster, which names them).
 _ROUND_JOBS = ("active_round", "pair_selection", "labelled_round", "policy_round")
 
+_DEFAULT = RoundSettings()  # the default preset
 ROUNDS_HELP = (
     "automatic judge: rounds to run (default 1). People labelling (AUF_LABEL_SOURCE=people): "
     "the most new annotation batches to write; a call first trains every round whose labels "
@@ -38,27 +49,16 @@ ROUNDS_HELP = (
 
 
 def _demo(args: argparse.Namespace) -> int:
-    root = prepare_home()
-    with job_console(root, "demo", verbose=args.verbose) as console:
-        return _demo_with(console, root, args)
-
-
-def _demo_with(console: RunConsole, root: Path, args: argparse.Namespace) -> int:
-    import dagster as dg
-
-    from auf_assets.definitions import defs
-
-    instance = dg.DagsterInstance.get()
-    console.say(f"home: {root}  (Dagster instance: {os.environ['DAGSTER_HOME']})")
-    hint = "" if args.verbose else "  (--verbose prints them here too)"
-    console.say(f"full logs: {console.log_path}{hint}")
-
+    # Everything is checked before any work: the flags when they were parsed, then the
+    # environment's settings, then the whole run config of every job the demo will run.
+    refusal = environment_refusal()
+    if refusal:
+        return refuse(refusal)
     run_config: dict = {
-        "ops": {
-            "round_prompts": {"config": {"batch_size": args.batch_size}},
-            "selected_pairs": {"config": _selection_config(args)},
-        },
+        "ops": {"selected_pairs": {"config": _selection_config(args)}},
     }
+    if args.batch_size is not None:
+        run_config["ops"]["round_prompts"] = {"config": {"batch_size": args.batch_size}}
     if args.device:
         run_config["resources"] = {
             name: {"config": {"device": args.device}} for name in ("engine", "encoder", "judge")
@@ -67,26 +67,59 @@ def _demo_with(console: RunConsole, root: Path, args: argparse.Namespace) -> int
         try:
             run_config = _merge(run_config, _read_run_config(args.config))
         except (OSError, ValueError) as exc:
-            console.error(f"--config {args.config}: {exc}")
-            return 2
+            return refuse(f"--config {args.config}: {exc}")
     try:
         labelling = _labelling_settings(run_config)
     except ValueError as exc:
-        console.error(str(exc))
-        return 2
+        return refuse(str(exc))
     method = run_config["ops"].get("selected_pairs", {}).get("config", {}).get("method")
-    round_job = "active_round"
+    round_jobs = ["labelled_round", "pair_selection"] if labelling.people else ["active_round"]
     if _is_policy_method(method):
         if labelling.people:
-            console.error(
+            return refuse(
                 f"{method} selects with the DPO policy, whose step runs in the policy_round job "
                 "with an automatic judge; with people labelling use a reward-model method "
                 "(auf methods), or run policy_round from the UI once the labels are in"
             )
-            return 2
         # The policy loop: the DPO step ends each round and the next round selects with it.
-        round_job = "policy_round"
+        round_jobs = ["policy_round"]
         run_config = _merge(_policy_round_config(method), run_config)
+
+    with warnings.catch_warnings():  # Dagster's preview warnings at import: not for the console
+        warnings.simplefilter("ignore")
+        from auf_assets.definitions import defs
+    from auf_assets.preflight import run_config_problems
+
+    problems = [
+        f"{job}: {problem}"
+        for job in round_jobs
+        for problem in run_config_problems(
+            defs.resolve_job_def(job), _job_config(defs, job, run_config)
+        )
+    ]
+    if problems:
+        where = f"--config {args.config}" if args.config else "the demo's run config"
+        return refuse(f"{where} has bad values; nothing was run:\n  " + "\n  ".join(problems))
+    root = prepare_home()
+    with job_console(root, "demo", verbose=args.verbose) as console:
+        return _demo_with(console, root, args, defs, run_config, labelling, round_jobs[-1])
+
+
+def _demo_with(
+    console: RunConsole,
+    root: Path,
+    args: argparse.Namespace,
+    defs,
+    run_config: dict,
+    labelling,
+    round_job: str,
+) -> int:
+    import dagster as dg
+
+    instance = dg.DagsterInstance.get()
+    console.say(f"home: {root}  (Dagster instance: {os.environ['DAGSTER_HOME']})")
+    hint = "" if args.verbose else "  (--verbose prints them here too)"
+    console.say(f"full logs: {console.log_path}{hint}")
 
     pool_config = {}
     if args.prompts.startswith("hf:"):
@@ -134,8 +167,9 @@ def _demo_with(console: RunConsole, root: Path, args: argparse.Namespace) -> int
 
 
 def _selection_config(args: argparse.Namespace) -> dict:
-    """--method/--beta when given; otherwise SelectedPairsConfig's defaults (the preset's)."""
-    given = {"method": args.method, "beta": args.beta}
+    """--method/--acquisition-width when given; otherwise SelectedPairsConfig's defaults (the
+    default preset's)."""
+    given = {"method": args.method, "acquisition_width": args.acquisition_width}
     return {key: value for key, value in given.items() if value is not None}
 
 
@@ -155,15 +189,21 @@ def _labelling_settings(run_config: dict):
     return settings
 
 
-def _execute(console: RunConsole, defs, instance, job_name: str, run_config: dict, key=None):
-    """Run a job of the definitions in this process, its records going to the console."""
-    job = defs.resolve_job_def(job_name)
-    job = job.with_logger_defs({**job.loggers, **console.logger_defs()})
-    ops = set(job.graph.node_dict)
+def _job_config(defs, job_name: str, run_config: dict) -> dict:
+    """`run_config` without the ops of other round jobs that `job_name` lacks."""
+    ops = set(defs.resolve_job_def(job_name).graph.node_dict)
     known = set().union(*(defs.resolve_job_def(n).graph.node_dict for n in _ROUND_JOBS))
     config = dict(run_config)
     if "ops" in config:
         config["ops"] = {k: v for k, v in config["ops"].items() if k in ops or k not in known}
+    return config
+
+
+def _execute(console: RunConsole, defs, instance, job_name: str, run_config: dict, key=None):
+    """Run a job of the definitions in this process, its records going to the console."""
+    job = defs.resolve_job_def(job_name)
+    job = job.with_logger_defs({**job.loggers, **console.logger_defs()})
+    config = _job_config(defs, job_name, run_config)
     config["loggers"] = {**(config.get("loggers") or {}), **console.run_config_loggers()}
     return job.execute_in_process(
         instance=instance, partition_key=key, run_config=config, raise_on_error=False
@@ -439,7 +479,7 @@ def add_commands(sub) -> None:
         "stages and the summaries; the full Dagster logs are in $AUF_HOME/logs/demo-<time>.log "
         "and in the Dagster UI.",
     )
-    demo.add_argument("--rounds", type=int, default=1, help=ROUNDS_HELP)
+    demo.add_argument("--rounds", type=number(integer=True, ge=1), default=1, help=ROUNDS_HELP)
     demo.add_argument(
         "--prompts",
         default="",
@@ -449,13 +489,27 @@ def add_commands(sub) -> None:
     demo.add_argument(
         "--prompts-split", default="", help="split of a saved DatasetDict or Hub dataset"
     )
-    demo.add_argument("--batch-size", type=int, default=8, help="prompts per round")
+    demo.add_argument(
+        "--batch-size",
+        type=number(integer=True, ge=1),
+        default=None,
+        help=f"prompts per round (default {DEFAULT_ROUND_PROMPTS})",
+    )
     demo.add_argument(
         "--method",
+        type=one_of(pipeline_methods),
         default=None,
-        help="acquisition function (auf methods; default: the default preset's, deltaucb)",
+        help=f"selection method (auf methods; default: the default preset's, {_DEFAULT.method})",
     )
-    demo.add_argument("--beta", type=float, default=None, help="acquisition width (default 1)")
+    demo.add_argument(
+        "--acquisition-width",
+        "--beta",  # the old name
+        dest="acquisition_width",
+        type=number(ge=0),
+        default=None,
+        help="bounds are mu -/+ width * sigma (default: the preset's, "
+        f"{_DEFAULT.acquisition_width:g})",
+    )
     demo.add_argument("--device", default="", help="cpu, cuda, ... (default: auto)")
     demo.add_argument(
         "--config", default="", help="YAML/JSON Dagster run config merged over the demo's"

@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from auf_assets.cli.common import round_arg
+
 
 def _settings():
     """The settings from the environment; ValueError naming every rejected variable."""
@@ -136,7 +138,12 @@ def add_commands(sub) -> None:
         ".reason file go to the quarantine folder, and the exit code is 1.",
     )
     imp.add_argument("file", help="label file")
-    imp.add_argument("--round", default="", help="reject labels of pairs of any other round")
+    imp.add_argument(
+        "--round",
+        type=round_arg,
+        default="",
+        help="reject labels of pairs of any other round (a number or key: 3, round-0003)",
+    )
     imp.set_defaults(func=_import)
     status = commands.add_parser("status", help="per round: pairs, labelled, ties, state")
     status.set_defaults(func=_status)

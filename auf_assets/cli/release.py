@@ -14,9 +14,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+from auf_assets.cli.common import number
+from auf_assets.core.settings import TEST_FRACTION
+
 
 def _dataset_config(args: argparse.Namespace) -> dict:
-    config: dict = {"test_fraction": args.test_fraction}
+    config: dict = {}
+    if args.test_fraction is not None:
+        config["test_fraction"] = args.test_fraction
     if args.rounds:
         config["rounds"] = args.rounds
     if args.split_names == "h4":
@@ -26,7 +31,11 @@ def _dataset_config(args: argparse.Namespace) -> dict:
             config[key] = getattr(args, key)
     if args.language:
         config["language"] = args.language
-    repo = getattr(args, "repo", "") or os.environ.get("AUF_HUB_REPO", "")
+    repo = getattr(args, "repo", "")
+    if not repo:
+        from resources.environment import hub_from_env
+
+        repo = hub_from_env().repo_id  # AUF_HUB_REPO
     if repo:
         config["repo_id"] = repo
     return config
@@ -171,7 +180,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--rounds", nargs="+", default=[], help="round keys to include (default: every round)"
     )
     parser.add_argument(
-        "--test-fraction", type=float, default=0.1, help="share of prompts in test (default 0.1)"
+        "--test-fraction",
+        type=number(ge=0, lt=1),
+        default=None,
+        help=f"share of prompts in test (default {TEST_FRACTION:g})",
     )
     parser.add_argument(
         "--split-names",

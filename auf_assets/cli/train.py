@@ -9,29 +9,42 @@ from __future__ import annotations
 import argparse
 import sys
 
+from auf_assets.cli.common import environment_refusal, number, refuse, round_arg, setting
+from auf_assets.core.settings import LOSSES, TrainingSettings
 
-def _newest_round() -> str | None:
-    from resources.store import DuckDBStore
+ROUND_HELP = "round number or key, e.g. 3 or round-0003 (default: the newest labelled round)"
 
-    rounds = DuckDBStore().rounds_with_judgements()
-    return rounds[-1] if rounds else None
+
+def _training(field: str, convert=float):
+    """A flag checked by the training settings that own the value (their range)."""
+    return setting(lambda v: TrainingSettings(**{field: v}), convert)
 
 
 def _train(args: argparse.Namespace) -> int:
     from auf_assets.cli.common import failure_message, metadata, prepare_home
 
+    refusal = environment_refusal()
+    if refusal:
+        return refuse(refusal)
     prepare_home()
+    from resources.store import DuckDBStore
+
+    labelled = DuckDBStore().rounds_with_judgements()
+    round_id = args.round or (labelled[-1] if labelled else None)
+    if round_id is None:
+        print("no round has judgements yet: run a round first (auf demo)", file=sys.stderr)
+        return 1
+    if round_id not in labelled:
+        # Refused before a partition is added: `auf train` never registers a round.
+        return refuse(
+            f"{round_id} has no judgements; rounds with judgements: {', '.join(labelled) or 'none'}"
+        )
     import dagster as dg
 
     from auf_assets.definitions import defs
     from auf_assets.partitions import rounds_partitions
+    from auf_assets.preflight import run_config_problems
 
-    round_id = args.round or _newest_round()
-    if round_id is None:
-        print("no round has judgements yet: run a round first (auf demo)", file=sys.stderr)
-        return 1
-    instance = dg.DagsterInstance.get()
-    instance.add_dynamic_partitions(rounds_partitions.name, [round_id])
     training = {
         key: value
         for key, value in {
@@ -40,8 +53,9 @@ def _train(args: argparse.Namespace) -> int:
             "max_steps": args.max_steps,
             "learning_rate": args.learning_rate,
             "max_length": args.max_length,
+            "dpo_beta": args.dpo_beta,
         }.items()
-        if value
+        if value not in (None, "")
     }
     run_config: dict = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
     if training:
@@ -55,6 +69,11 @@ def _train(args: argparse.Namespace) -> int:
         run_config["ops"] = {
             "dpo_policy": {"config": {"loss": args.loss, "warm_start": args.warm_start}}
         }
+    problems = run_config_problems(job, run_config)
+    if problems:
+        return refuse("bad training settings; nothing was run: " + "; ".join(problems))
+    instance = dg.DagsterInstance.get()
+    instance.add_dynamic_partitions(rounds_partitions.name, [round_id])
     selection = [dg.AssetKey(asset)] if args.no_eval else None
     print(f"training {asset} for {round_id} (rounds 1..{round_id})")
     result = job.execute_in_process(
@@ -104,8 +123,8 @@ def add_commands(sub) -> None:
         "released dataset's train split) and evaluate it on the held-out split; with "
         "--reward-model, a LoRA reward model instead. Settings: docs/training.md.",
     )
-    train.add_argument("--round", default="", help="round key (default: the newest labelled)")
-    train.add_argument("--loss", choices=["dpo", "ipo", "simpo"], default="dpo")
+    train.add_argument("--round", type=round_arg, default=None, help=ROUND_HELP)
+    train.add_argument("--loss", choices=LOSSES, default=TrainingSettings().loss)
     train.add_argument("--reward-model", action="store_true", help="train the reward model")
     train.add_argument(
         "--warm-start", action="store_true", help="start from the previous round's adapter"
@@ -113,7 +132,25 @@ def add_commands(sub) -> None:
     train.add_argument("--no-eval", action="store_true", help="train only (no policy_eval)")
     train.add_argument("--base-model", default="", help="default: the packaged SmolLM2-135M")
     train.add_argument("--device", default="", help="cpu, cuda, ... (default: auto)")
-    train.add_argument("--max-steps", type=int, default=0, help="default: the preset's epochs")
-    train.add_argument("--learning-rate", type=float, default=0.0)
-    train.add_argument("--max-length", type=int, default=0, help="tokens per prompt + response")
+    train.add_argument(
+        "--max-steps",
+        type=number(integer=True, ge=1),
+        default=None,
+        help="training steps (default: the preset's epochs decide)",
+    )
+    train.add_argument(
+        "--learning-rate", type=_training("learning_rate"), default=None, help="default: preset's"
+    )
+    train.add_argument(
+        "--max-length",
+        type=_training("max_length", int),
+        default=None,
+        help="tokens per prompt + response (default: the preset's)",
+    )
+    train.add_argument(
+        "--dpo-beta",
+        type=_training("dpo_beta"),
+        default=None,
+        help=f"DPO beta, IPO tau (default {TrainingSettings().dpo_beta:g})",
+    )
     train.set_defaults(func=_train)

@@ -49,6 +49,7 @@ __all__ = [
     "check_number",
     "known_methods",
     "pipeline_methods",
+    "range_problem",
     "renamed_key_message",
 ]
 
@@ -102,8 +103,7 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
-def check_number(
-    name: str,
+def range_problem(
     value: Any,
     *,
     ge: float | None = None,
@@ -112,8 +112,8 @@ def check_number(
     lt: float | None = None,
     integer: bool = False,
     finite: bool = True,
-) -> None:
-    """Raise SettingsError when ``value`` is not a number in the range; the message says it."""
+) -> str | None:
+    """``"must be an integer in [1, inf), got -5"`` when ``value`` is out of range, else None."""
     low = f"[{ge:g}" if ge is not None else f"({gt:g}" if gt is not None else "(-inf"
     high = f"{le:g}]" if le is not None else f"{lt:g})" if lt is not None else "inf)"
     kind = "an integer" if integer else "a finite number" if finite else "a number"
@@ -129,8 +129,14 @@ def check_number(
             and (le is None or value <= le)
             and (lt is None or value < lt)
         )
-    if not ok:
-        raise SettingsError(f"{name} must be {kind} in {low}, {high}, got {value!r}")
+    return None if ok else f"must be {kind} in {low}, {high}, got {value!r}"
+
+
+def check_number(name: str, value: Any, **bounds: Any) -> None:
+    """Raise SettingsError naming ``name`` when ``value`` is out of range (see range_problem)."""
+    problem = range_problem(value, **bounds)
+    if problem:
+        raise SettingsError(f"{name} {problem}")
 
 
 def _from_mapping(cls, data: Mapping[str, Any], where: str):

@@ -86,7 +86,7 @@ def run_config_problems(job: dg.JobDefinition, run_config: Mapping[str, Any] | N
 
 def check_run_config(context: dg.AssetExecutionContext) -> None:
     """Fail this step (before any work) when any op or resource of the run is misconfigured."""
-    problems = run_config_problems(context.job_def, context.run_config)
+    problems = run_config_problems(context.job_def, context.run.run_config)
     if problems:
         raise dg.Failure(
             description="the run's config has bad values; nothing was run. " + "; ".join(problems),

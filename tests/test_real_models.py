@@ -32,7 +32,7 @@ def test_a_round_with_the_packaged_models(auf_home):
         "store": store,
         "engine": GenerationEngine(device="cpu"),
         # the packaged MiniLM (the default features are text statistics alone)
-        "encoder": FeatureEncoder(model="all-minilm-l6-v2", device="cpu"),
+        "encoder": FeatureEncoder(encoder="minilm+text-stats", device="cpu"),
         "judge": RubricJudge(device="cpu"),
         "reward_judge": RewardModelJudge(),
         "labelling": LabellingSettings(),

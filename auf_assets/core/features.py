@@ -30,7 +30,6 @@ __all__ = [
     "SCALING_VERSION",
     "TEXT_STATS",
     "EncoderBlock",
-    "encoder_parts",
     "parse_encoder",
     "scale_block",
 ]
@@ -83,16 +82,6 @@ def parse_encoder(
         else:
             blocks.append(EncoderBlock(name, pooling, int(max_length), dtype))
     return blocks
-
-
-def encoder_parts(spec: str) -> tuple[str, bool]:
-    """An encoder setting as the pipeline's encoder fields: (backbone model or ``""``,
-    text statistics on?). The pipeline takes at most one backbone, listed first."""
-    blocks = parse_encoder(spec)
-    models = [b.name for b in blocks if not b.is_text_stats]
-    if len(models) > 1:
-        raise ValueError(f"encoder setting {spec!r}: the pipeline takes one backbone at most")
-    return (models[0] if models else ""), any(b.is_text_stats for b in blocks)
 
 
 def scale_block(block: EncoderBlock, raw: np.ndarray) -> np.ndarray:

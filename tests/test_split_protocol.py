@@ -339,7 +339,9 @@ def test_auf_simulate_on_one_half_and_with_a_preset(tmp_path, auf_home, capsys):
     models = {c.split("-")[1] for c in pairs["chosen_completion_id"]}
     assert models <= set(summary["split"]["confirm_models"])
     assert "confirm half of models split 1" in capsys.readouterr().out
-    assert main([*argv[:-2], "--preset", "nope"]) == 2
+    with pytest.raises(SystemExit) as refused:  # refused when parsed, before any work
+        main([*argv[:-2], "--preset", "nope"])
+    assert refused.value.code == 2
 
 
 # -- presets ----------------------------------------------------------------------------------

@@ -141,7 +141,7 @@ def add_commands(sub) -> None:
     imp.add_argument(
         "--round",
         type=round_arg,
-        default="",
+        default=None,
         help="reject labels of pairs of any other round (a number or key: 3, round-0003)",
     )
     imp.set_defaults(func=_import)

@@ -40,16 +40,16 @@ class EnvSettings(dg.ConfigurableResource):
     @property
     def problem(self) -> str | None:
         """Why these settings must not be used, or None (subclasses may add reasons)."""
-        return self.environment_problem()
+        problem = self.environment_problem()
+        if problem is None:
+            return None
+        return f"{problem}. Fix or unset them and reload the code location (restart `dagster dev`)"
 
     def environment_problem(self) -> str | None:
         """The rejected environment values, or None."""
         if not self.env_errors:
             return None
-        return (
-            f"bad {self.SETTINGS_NAME} settings in the environment: {self.env_errors}. Fix or "
-            "unset them and reload the code location (restart `dagster dev`)"
-        )
+        return f"bad {self.SETTINGS_NAME} settings in the environment: {self.env_errors}"
 
     def check(self) -> None:
         """Raise ValueError with `problem` when there is one."""

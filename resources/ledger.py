@@ -76,7 +76,7 @@ class CostLedger(EnvSettings):
     @property
     def problem(self) -> str | None:
         if self.env_errors:
-            return self.environment_problem()
+            return super().problem
         try:
             self.prices()
         except PriceTableError as exc:

@@ -86,7 +86,7 @@ def environment_refusal() -> str | None:
     from resources.environment import environment_problems
 
     problems = environment_problems()
-    return "; ".join(problems) if problems else None
+    return "; ".join(problems) + ". Fix or unset the variables" if problems else None
 
 
 def refuse(message: str) -> int:

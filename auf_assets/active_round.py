@@ -29,10 +29,9 @@ from auf_assets.core.principles import choose_system_prompt
 from auf_assets.core.response_pool import PoolFileError, oracle_scores, read_pool
 from auf_assets.core.settings import (
     DEFAULT_ROUND_PROMPTS,
-    RENAMED_KEYS,
     RoundSettings,
     pipeline_methods,
-    renamed_key_message,
+    refuse_renamed,
 )
 from auf_assets.partitions import round_index, rounds_partitions
 from auf_assets.placement import GPU_POOL, GPU_TAGS
@@ -568,11 +567,7 @@ class SelectedPairsConfig(dg.Config):
     @model_validator(mode="before")
     @classmethod
     def _renamed(cls, data):
-        if isinstance(data, dict):
-            for old in data:
-                if ("selected_pairs", old) in RENAMED_KEYS and data[old] is not None:
-                    raise ValueError(renamed_key_message("selected_pairs", old))
-        return data
+        return refuse_renamed("selected_pairs", data)
 
     @model_validator(mode="after")
     def _check(self):

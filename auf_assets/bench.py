@@ -11,7 +11,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field, model_validator
 
-from auf_assets.core.settings import RENAMED_KEYS, RoundSettings, renamed_key_message
+from auf_assets.core.settings import RoundSettings, refuse_renamed
 from auf_assets.core.simulation import SimulationConfig, load_pool
 from auf_assets.pool_features import pool_features
 from auf_assets.reporting import png_markdown
@@ -108,11 +108,7 @@ class MethodBenchmarkConfig(dg.Config):
     @model_validator(mode="before")
     @classmethod
     def _renamed(cls, data):
-        if isinstance(data, dict):
-            for old in data:
-                if ("benchmark", old) in RENAMED_KEYS and data[old] is not None:
-                    raise ValueError(renamed_key_message("benchmark", old))
-        return data
+        return refuse_renamed("benchmark", data)
 
     @model_validator(mode="after")
     def _check(self):

@@ -16,7 +16,7 @@ import dagster as dg
 from pydantic import Field, model_validator
 
 from auf_assets.core.presets import TRAINING_PRESETS
-from auf_assets.core.settings import TEST_FRACTION, renamed_key_message
+from auf_assets.core.settings import TEST_FRACTION, refuse_renamed
 from auf_assets.core.training import TrainingSettings, training_settings
 from resources import home
 from resources.models import local_model_dir
@@ -75,9 +75,7 @@ class TrainingResource(dg.ConfigurableResource):
     @model_validator(mode="before")
     @classmethod
     def _renamed(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("beta") is not None:
-            raise ValueError(renamed_key_message("training", "beta"))
-        return data
+        return refuse_renamed("training", data)
 
     @model_validator(mode="after")
     def _check(self) -> TrainingResource:

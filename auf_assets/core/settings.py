@@ -50,6 +50,7 @@ __all__ = [
     "known_methods",
     "pipeline_methods",
     "range_problem",
+    "refuse_renamed",
     "renamed_key_message",
 ]
 
@@ -66,7 +67,6 @@ RENAMED_KEYS: dict[tuple[str, str], str] = {
     ("simulation", "beta"): "acquisition_width",
     ("benchmark", "beta"): "acquisition_width",
     ("training", "beta"): "dpo_beta",
-    ("policy loop", "beta"): "dpo_beta",
 }
 
 
@@ -77,6 +77,16 @@ class SettingsError(ValueError):
 def renamed_key_message(where: str, old: str) -> str:
     new = RENAMED_KEYS[(where, old)]
     return f"{where}: the key {old!r} was renamed to {new!r}; set {new} instead"
+
+
+def refuse_renamed(where: str, data: Any) -> Any:
+    """``data`` unchanged; SettingsError naming the new key when it sets a renamed one (for a
+    pydantic ``model_validator(mode="before")`` and for dict configs)."""
+    if isinstance(data, Mapping):
+        for old, value in data.items():
+            if (where, old) in RENAMED_KEYS and value is not None:
+                raise SettingsError(renamed_key_message(where, old))
+    return data
 
 
 def known_methods() -> list[str]:
@@ -141,9 +151,7 @@ def check_number(name: str, value: Any, **bounds: Any) -> None:
 
 def _from_mapping(cls, data: Mapping[str, Any], where: str):
     known = {f.name for f in fields(cls)}
-    for old in data:
-        if (where, old) in RENAMED_KEYS:
-            raise SettingsError(renamed_key_message(where, old))
+    refuse_renamed(where, data)
     unknown = sorted(set(data) - known)
     if unknown:
         raise SettingsError(f"unknown {cls.__name__} keys {unknown}; known: {sorted(known)}")

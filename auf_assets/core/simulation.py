@@ -64,7 +64,7 @@ from .acquisition import ACQUISITION_METHODS, select_pairs
 from .baselines import select_oracle_pairs
 from .ensemble import EnsembleConfig, ReplayBuffer, RewardEnsemble
 from .policy_selection import POLICY_METHODS, identical_pairs, select_policy_pairs
-from .settings import RENAMED_KEYS, RoundSettings, known_methods, renamed_key_message
+from .settings import RoundSettings, known_methods, refuse_renamed
 
 __all__ = [
     "POOL_COLUMNS",
@@ -724,9 +724,7 @@ class SimulationConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SimulationConfig:
         known = {f.name for f in fields(cls)}
-        for old in data:
-            if ("simulation", old) in RENAMED_KEYS:
-                raise ValueError(renamed_key_message("simulation", old))
+        refuse_renamed("simulation", data)
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown SimulationConfig keys: {unknown}")

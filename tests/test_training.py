@@ -261,6 +261,8 @@ def test_training_a_round_without_judgements_fails_clearly(home, tiny_lm_dir, ti
 
 
 def test_auf_train_trains_the_newest_round(home, tiny_chat_lm_dir, monkeypatch, capsys):
+    import dagster as dg
+
     from auf_assets.cli import main
     from resources.store import DuckDBStore
 
@@ -283,8 +285,10 @@ def test_auf_train_trains_the_newest_round(home, tiny_chat_lm_dir, monkeypatch, 
     assert DuckDBStore().checkpoint("dpo_policy", "round-0002") is not None
     assert main([*args, "--reward-model", "--round", "round-0001"]) == 0
     assert "held-out accuracy" in capsys.readouterr().out
-    assert main(["train", "--round", "round-0009", "--base-model", str(tiny_chat_lm_dir)]) == 1
+    # Refused before any work, and no partition is added for a round that does not exist.
+    assert main(["train", "--round", "9", "--base-model", str(tiny_chat_lm_dir)]) == 2
     assert "round-0009 has no judgements" in capsys.readouterr().err
+    assert "round-0009" not in dg.DagsterInstance.get().get_dynamic_partitions("rounds")
 
 
 def test_the_engine_generates_with_a_policy_adapter_merged(tiny_chat_lm_dir, tmp_path):

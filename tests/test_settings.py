@@ -288,6 +288,14 @@ def test_auf_demo_refuses_a_bad_environment_value_at_once(auf_home, capsys, monk
     assert not auf_home.exists()
 
 
+def test_auf_demo_refuses_a_bad_deployment_setting(auf_home, capsys, monkeypatch):
+    monkeypatch.setenv("AUF_DEPLOYMENT", "k8s")
+    monkeypatch.setenv("AUF_K8S_GPUS_PER_STEP", "two")
+    assert main(["demo"]) == 2
+    assert "AUF_K8S_GPUS_PER_STEP='two': expected an integer >= 0" in capsys.readouterr().err
+    assert not auf_home.exists()
+
+
 def test_auf_demo_refuses_a_bad_run_config_before_any_work(auf_home, capsys, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(

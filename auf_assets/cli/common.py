@@ -81,11 +81,16 @@ def round_arg(text: str) -> str:
 
 
 def environment_refusal() -> str | None:
-    """The rejected `AUF_*` values of the environment (engine, judge, labelling, budget), as one
-    message for a command to refuse to start with; None when there is none."""
+    """The rejected `AUF_*` values of the environment (engine, judge, labelling, budget,
+    deployment), as one message for a command to refuse to start with; None when there is none."""
+    from auf_assets.placement import DeploymentSettingError, gpu_tags
     from resources.environment import environment_problems
 
     problems = environment_problems()
+    try:
+        gpu_tags()  # AUF_DEPLOYMENT, AUF_K8S_*
+    except DeploymentSettingError as exc:
+        problems.append(str(exc))
     return "; ".join(problems) + ". Fix or unset the variables" if problems else None
 
 

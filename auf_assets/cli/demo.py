@@ -85,8 +85,8 @@ def _demo(args: argparse.Namespace) -> int:
         round_jobs = ["policy_round"]
         run_config = _merge(_policy_round_config(method), run_config)
 
-    with warnings.catch_warnings():  # Dagster's preview warnings at import: not for the console
-        warnings.simplefilter("ignore")
+    # Warnings of the import (Dagster's preview warnings) go to the log file once it is open.
+    with warnings.catch_warnings(record=True) as import_warnings:
         from auf_assets.definitions import defs
     from auf_assets.preflight import run_config_problems
 
@@ -102,6 +102,8 @@ def _demo(args: argparse.Namespace) -> int:
         return refuse(f"{where} has bad values; nothing was run:\n  " + "\n  ".join(problems))
     root = prepare_home()
     with job_console(root, "demo", verbose=args.verbose) as console:
+        for w in import_warnings:
+            console.showwarning(w.message, w.category, w.filename, w.lineno)
         return _demo_with(console, root, args, defs, run_config, labelling, round_jobs[-1])
 
 

@@ -29,6 +29,7 @@ from auf_assets.core.principles import choose_system_prompt
 from auf_assets.core.response_pool import PoolFileError, oracle_scores, read_pool
 from auf_assets.core.settings import (
     DEFAULT_ROUND_PROMPTS,
+    PACKAGED_LM,
     RoundSettings,
     pipeline_methods,
     refuse_renamed,
@@ -149,7 +150,7 @@ def round_prompts(
 class PoolMember(dg.Config):
     name: str
     model: str = Field(
-        default="smollm2-135m-instruct",
+        default=PACKAGED_LM,
         description="model source (local backends) or the model name the server serves (openai)",
     )
     temperature: float = Field(default=1.0, ge=0.0)

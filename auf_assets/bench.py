@@ -11,11 +11,12 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field, model_validator
 
+from auf_assets.core.features import EncoderBlock
 from auf_assets.core.settings import RoundSettings, refuse_renamed
 from auf_assets.core.simulation import SimulationConfig, load_pool
 from auf_assets.pool_features import pool_features
 from auf_assets.reporting import png_markdown
-from auf_assets.sim_bench import DEFAULT_METHODS, BenchSpec, run_bench
+from auf_assets.sim_bench import DEFAULT_METHODS, DEFAULT_SEEDS, BenchSpec, run_bench
 from resources import home
 
 GROUP = "benchmarks"
@@ -28,9 +29,11 @@ class PoolFeaturesConfig(dg.Config):
         default=RoundSettings().encoder,
         description="minilm | text-stats | transformers dir | a+b",
     )
-    pooling: str = Field(default="mean", description="mean or last (token)")
-    max_length: int = Field(default=512, ge=8)
-    dtype: str = Field(default="bf16", description="encoder compute dtype: bf16, fp16, fp32")
+    pooling: str = Field(default=EncoderBlock.pooling, description="mean or last (token)")
+    max_length: int = Field(default=EncoderBlock.max_length, ge=8)
+    dtype: str = Field(
+        default=EncoderBlock.dtype, description="encoder compute dtype: bf16, fp16, fp32"
+    )
     device: str = "auto"
 
 
@@ -83,7 +86,7 @@ def simulation_pool_features(
 
 class MethodBenchmarkConfig(dg.Config):
     methods: list[str] = Field(default_factory=lambda: list(DEFAULT_METHODS))
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    seeds: list[int] = Field(default_factory=lambda: list(DEFAULT_SEEDS))
     responses_per_prompt: int = Field(default=0, ge=0, description="K per prompt (0: all)")
     batch_size: int = Field(default=_SIM.batch_size, description="prompts per round (B)")
     heldout_fraction: float = _SIM.heldout_fraction

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from auf_assets.core.baselines import BASELINE_METHODS
+from auf_assets.core.features import EncoderBlock
 from auf_assets.core.policy_selection import POLICY_METHODS
 from auf_assets.core.presets import DEFAULT_PRESET
 from auf_assets.core.settings import RoundSettings
@@ -56,6 +57,7 @@ from auf_assets.core.simulation import (
 
 __all__ = [
     "DEFAULT_METHODS",
+    "DEFAULT_SEEDS",
     "BenchSpec",
     "aggregate_runs",
     "budget_value",
@@ -79,6 +81,7 @@ DEFAULT_METHODS = (
     "maxminlcb",
     "infomax",
 )
+DEFAULT_SEEDS = (0, 1, 2)
 METRICS = ("accuracy", "running_accuracy", "mean_gap", "mean_chosen_score", "mean_rejected_score")
 
 Log = Callable[[str], None]
@@ -98,11 +101,11 @@ class BenchSpec:
 
     pool: str
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    seeds: list[int] = field(default_factory=lambda: list(DEFAULT_SEEDS))
     encoder: str = field(default_factory=lambda: RoundSettings().encoder)  # the default preset's
-    pooling: str = "mean"
-    max_length: int = 512
-    dtype: str = "bf16"
+    pooling: str = EncoderBlock.pooling
+    max_length: int = EncoderBlock.max_length
+    dtype: str = EncoderBlock.dtype
     device: str = "auto"
     run: dict[str, Any] = field(default_factory=dict)
     jobs: int = 0

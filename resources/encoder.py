@@ -54,7 +54,7 @@ class FeatureEncoder(dg.ConfigurableResource):
         "encoder name or a transformers dir; e.g. 'minilm+text-stats'",
     )
     pooling: Literal["mean", "last"] = "mean"
-    max_length: int = Field(default=512, ge=8)
+    max_length: int = Field(default=EncoderBlock.max_length, ge=8)
     batch_size: int = Field(default=32, ge=1)
     device: str = "auto"
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(

@@ -27,6 +27,7 @@ from auf_assets.core.judging import (
     score_from_text,
     score_from_top_logprobs,
 )
+from auf_assets.core.settings import PACKAGED_LM
 from resources import home
 from resources.engine import Backend, ServerSettings, chat_endpoint, placement
 from resources.env_settings import EnvSettings
@@ -49,7 +50,7 @@ class RubricJudge(EnvSettings):
 
     SETTINGS_NAME: ClassVar[str] = "judge"
 
-    model: str = Field(default="smollm2-135m-instruct", description="judge model source")
+    model: str = Field(default=PACKAGED_LM, description="judge model source")
     backend: Backend = "transformers"
     device: str = "auto"
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"

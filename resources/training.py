@@ -16,7 +16,7 @@ import dagster as dg
 from pydantic import Field, model_validator
 
 from auf_assets.core.presets import TRAINING_PRESETS
-from auf_assets.core.settings import TEST_FRACTION, refuse_renamed
+from auf_assets.core.settings import PACKAGED_LM, TEST_FRACTION, refuse_renamed
 from auf_assets.core.training import TrainingSettings, training_settings
 from resources import home
 from resources.models import local_model_dir
@@ -41,7 +41,7 @@ class TrainingResource(dg.ConfigurableResource):
     """Downstream training with TRL + PEFT: DPO/IPO/SimPO policies and reward models."""
 
     base_model: str = Field(
-        default="smollm2-135m-instruct",
+        default=PACKAGED_LM,
         description="the policy's base: a packaged name, a local HF checkpoint or a cached repo id",
     )
     reward_base_model: str = Field(default="", description="empty: base_model")

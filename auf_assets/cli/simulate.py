@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from auf_assets.cli.common import number, one_of, refuse, setting
-from auf_assets.core.settings import EnsembleSettings, RoundSettings, known_methods
+from auf_assets.core.features import EncoderBlock
+from auf_assets.core.settings import PACKAGED_LM, EnsembleSettings, RoundSettings, known_methods
 
 DEFAULT_BENCH_OUT = "bench-out"
 
@@ -171,15 +172,18 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
         help="minilm | text-stats | a transformers dir | blocks joined by '+' "
         f"(default: the preset's, {_DEFAULT.encoder}; minilm = the packaged all-minilm-l6-v2)",
     )
-    fe.add_argument("--pooling", choices=("mean", "last"), default="mean")
+    fe.add_argument("--pooling", choices=("mean", "last"), default=EncoderBlock.pooling)
     fe.add_argument(
-        "--max-length", type=number(integer=True, ge=8), default=512, help="encoder tokens"
+        "--max-length",
+        type=number(integer=True, ge=8),
+        default=EncoderBlock.max_length,
+        help=f"encoder tokens (default {EncoderBlock.max_length})",
     )
     fe.add_argument(
         "--dtype",
         choices=("bf16", "fp16", "fp32", "auto"),
-        default="bf16",
-        help="encoder compute dtype (default bf16)",
+        default=EncoderBlock.dtype,
+        help=f"encoder compute dtype (default {EncoderBlock.dtype})",
     )
     fe.add_argument("--device", default="auto", help="cpu, cuda, ... (default auto)")
     sp = p.add_argument_group(
@@ -215,7 +219,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     )
     po.add_argument(
         "--policy-model",
-        default="smollm2-135m-instruct",
+        default=PACKAGED_LM,
         help="the policy's base: packaged name, local HF dir or cached repo id "
         "(default: the packaged SmolLM2-135M-Instruct)",
     )
@@ -494,14 +498,14 @@ def _simulate(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     _setup_env()
     from auf_assets.core.simulation import PoolError
-    from auf_assets.sim_bench import DEFAULT_METHODS, BenchSpec, run_bench
+    from auf_assets.sim_bench import DEFAULT_METHODS, DEFAULT_SEEDS, BenchSpec, run_bench
 
     methods = _csv_list(args.methods) or list(DEFAULT_METHODS)
     unknown = [m for m in methods if m not in known_methods()]
     if unknown:
         return refuse(f"unknown method(s) {unknown}; valid: {', '.join(known_methods())}")
     try:
-        seeds = [int(s) for s in _csv_list(args.seeds)] or [0, 1, 2]
+        seeds = [int(s) for s in _csv_list(args.seeds)] or list(DEFAULT_SEEDS)
         budgets = [int(b) for b in _csv_list(args.budgets)]
     except ValueError as exc:
         return refuse(f"--seeds and --budgets take integers: {exc}")

@@ -63,7 +63,11 @@ class EncoderBlock:
 
 
 def parse_encoder(
-    spec: str, *, pooling: str = "mean", max_length: int = 512, dtype: str = "bf16"
+    spec: str,
+    *,
+    pooling: str = EncoderBlock.pooling,
+    max_length: int = EncoderBlock.max_length,
+    dtype: str = EncoderBlock.dtype,
 ) -> list[EncoderBlock]:
     """``"minilm+text-stats"`` -> blocks; unknown names are taken as model sources (a packaged
     name or a transformers directory) and resolved when first encoded."""

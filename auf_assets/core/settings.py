@@ -39,6 +39,7 @@ from .policy_selection import POLICY_METHODS
 __all__ = [
     "DEFAULT_ROUND_PROMPTS",
     "LOSSES",
+    "PACKAGED_LM",
     "RENAMED_KEYS",
     "EnsembleSettings",
     "RoundSettings",
@@ -54,6 +55,8 @@ __all__ = [
     "renamed_key_message",
 ]
 
+#: The packaged model (SmolLM2-135M-Instruct) every model role defaults to: pool, judge, policy.
+PACKAGED_LM = "smollm2-135m-instruct"
 #: Prompts per round of the pipeline (`round_prompts`, `auf demo --batch-size`; the paper: 64).
 DEFAULT_ROUND_PROMPTS = 8
 #: Share of the prompts held out: the released dataset's test split and training's evaluation.

@@ -7,6 +7,7 @@ the table, the plot and the curves as metadata, so results are browsable in the 
 """
 
 from pathlib import Path
+from typing import Literal
 
 import dagster as dg
 from pydantic import Field, model_validator
@@ -29,10 +30,12 @@ class PoolFeaturesConfig(dg.Config):
         default=RoundSettings().encoder,
         description="minilm | text-stats | transformers dir | a+b",
     )
-    pooling: str = Field(default=EncoderBlock.pooling, description="mean or last (token)")
+    pooling: Literal["mean", "last"] = Field(
+        default=EncoderBlock.pooling, description="mean or last (token)"
+    )
     max_length: int = Field(default=EncoderBlock.max_length, ge=8)
-    dtype: str = Field(
-        default=EncoderBlock.dtype, description="encoder compute dtype: bf16, fp16, fp32"
+    dtype: Literal["bf16", "fp16", "fp32", "auto"] = Field(
+        default=EncoderBlock.dtype, description="encoder compute dtype"
     )
     device: str = "auto"
 

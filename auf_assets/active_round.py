@@ -17,12 +17,11 @@ from typing import Literal
 import dagster as dg
 import numpy as np
 import polars as pl
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from auf_assets.core.judging import ASPECTS, decide_preference
 from auf_assets.core.labels import Vote, resolve_votes
 from auf_assets.core.methods import ROUND_FAMILIES, get_method
-from auf_assets.core.presets import DEFAULT_PRESET, default_round, get_preset
 from auf_assets.core.principles import choose_system_prompt
 from auf_assets.core.prompt_matrices import by_prompt_matrices, random_pair_gap
 from auf_assets.core.response_pool import PoolFileError, oracle_scores, read_pool
@@ -33,6 +32,13 @@ from auf_assets.core.round_step import (
     warming_up,
 )
 from auf_assets.core.seeding import stable_hash, stable_seed
+from auf_assets.core.settings import (
+    DEFAULT_ROUND_PROMPTS,
+    PACKAGED_LM,
+    RoundSettings,
+    pipeline_methods,
+    refuse_renamed,
+)
 from auf_assets.partitions import round_index, rounds_partitions
 from auf_assets.placement import GPU_POOL, GPU_TAGS
 from auf_assets.prompts import prompt_pool
@@ -42,7 +48,7 @@ from resources import home
 from resources.encoder import FeatureEncoder
 from resources.engine import GenerationEngine
 from resources.judge import RubricJudge
-from resources.labeling import LabelingSettings
+from resources.labelling import LabellingSettings
 from resources.ledger import StepLedger, ledger_prices
 from resources.lm_types import Generation
 from resources.reward_judge import RewardModelJudge
@@ -53,7 +59,9 @@ GROUP = "active_round"
 
 
 class RoundPromptsConfig(dg.Config):
-    batch_size: int = Field(default=8, ge=1, description="prompts per round (the paper: 64)")
+    batch_size: int = Field(
+        default=DEFAULT_ROUND_PROMPTS, ge=1, description="prompts per round (the paper: 64)"
+    )
     shuffle: bool = Field(default=False, description="seeded shuffle instead of ingestion order")
     seed: int = 0
     retake: bool = Field(
@@ -120,7 +128,7 @@ def round_prompts(
 class PoolMember(dg.Config):
     name: str
     model: str = Field(
-        default="smollm2-135m-instruct",
+        default=PACKAGED_LM,
         description="model source (local backends) or the model name the server serves (openai)",
     )
     temperature: float = Field(default=1.0, ge=0.0)
@@ -487,18 +495,19 @@ def reward_scores(
 # -- pair selection ---------------------------------------------------------------------------
 
 
-_ROUND = default_round()  # the default preset's recipe, as in `auf simulate`
+_ROUND = RoundSettings()  # the default preset's recipe, as in `auf simulate`
 
 
+# The methods a round selects with: a fixed choice, so the launchpad refuses any other name.
 class SelectedPairsConfig(dg.Config):
     method: str = Field(
-        default=get_preset(DEFAULT_PRESET)["method"],
-        description="acquisition function; `auf methods` lists them",
+        default=_ROUND.method,
+        description="selection method: a reward-model or policy method of the registry "
+        f"(`auf methods`: {', '.join(pipeline_methods())})",
     )
-    beta: float = Field(
-        default=_ROUND["beta"],
-        ge=0.0,
-        description="exploration width: bounds are mu -/+ beta * sigma",
+    acquisition_width: float = Field(
+        default=_ROUND.acquisition_width,
+        description="exploration width: bounds are mu -/+ acquisition_width * sigma",
     )
     seed: int = 0
     fraction: float = Field(
@@ -510,11 +519,30 @@ class SelectedPairsConfig(dg.Config):
     )
     lam: float = Field(default=1.0, gt=0.0, description="activedpo: V = lam * I + sum phi phi^T")
     warmup_rounds: int = Field(
-        default=_ROUND["warmup_rounds"],
-        ge=0,
+        default=_ROUND.warmup_rounds,
         description="the first rounds pick pairs at random while the reward model learns (the "
         "simulator's warmup_rounds)",
     )
+    beta: float | None = Field(
+        default=None, exclude=True, description="renamed to acquisition_width: setting it fails"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data):
+        return refuse_renamed("selected_pairs", data)
+
+    @model_validator(mode="after")
+    def _check(self):
+        # A method a round can run (the registry; oracle baselines are the simulator's), then
+        # the round's settings check themselves (ranges in the message).
+        get_method(self.method, families=ROUND_FAMILIES)
+        _ROUND.with_overrides(
+            method=self.method,
+            acquisition_width=self.acquisition_width,
+            warmup_rounds=self.warmup_rounds,
+        )
+        return self
 
 
 @dg.asset(
@@ -551,7 +579,7 @@ def selected_pairs(
         mask,
         round_number=round_number,
         warmup_rounds=config.warmup_rounds,
-        beta=config.beta,
+        beta=config.acquisition_width,
         seed=seed,
     )
     warm_up = warming_up(round_number, config.warmup_rounds)
@@ -574,7 +602,7 @@ def selected_pairs(
             "dagster/row_count": rows.height,
             "method": method,
             "warm_up_round": warm_up,
-            "beta": config.beta,
+            "acquisition_width": config.acquisition_width,
             "responses_per_prompt": int(mask.sum(axis=1).max()),
             # The model's view of the pairs it picked against a random pick: equal while the
             # model knows nothing, apart once it has learned something to act on.
@@ -611,7 +639,7 @@ def _with_pair_ids(
         round_id=pl.lit(round_id),
         method=pl.lit(method),
         fallback=pl.lit(fallback, dtype=pl.String),
-        beta=pl.lit(config.beta),
+        beta=pl.lit(config.acquisition_width),  # the store's column keeps its name
         seed=pl.lit(seed, dtype=pl.Int64),
         created_at=pl.lit(utcnow()),
     )
@@ -839,36 +867,36 @@ def _reward_model_verdicts(context, config, reward_judge: RewardModelJudge, stor
     return verdicts, rows, metadata
 
 
-def _oracle_verdicts(context, config, labeling: LabelingSettings, round_id, pairs):
-    if not labeling.oracle_pool:
+def _oracle_verdicts(context, config, labelling: LabellingSettings, round_id, pairs):
+    if not labelling.oracle_pool:
         raise dg.Failure(
-            "label source is 'oracle' but no pool file is set: set labeling.oracle_pool "
+            "label source is 'oracle' but no pool file is set: set labelling.oracle_pool "
             "(AUF_ORACLE_POOL) to a file with completion_id and oracle_score"
         )
     ids = pl.concat([pairs["completion_a"], pairs["completion_b"]]).unique().sort().to_list()
     try:
-        scores = oracle_scores(labeling.oracle_pool, ids)
+        scores = oracle_scores(labelling.oracle_pool, ids)
     except PoolFileError as exc:
         raise dg.Failure(str(exc)) from exc
     if not scores:
         raise dg.Failure(
-            f"none of {round_id}'s responses are in the oracle pool {labeling.oracle_pool}: "
+            f"none of {round_id}'s responses are in the oracle pool {labelling.oracle_pool}: "
             "read the round's responses from the same file (completions config pool_path)"
         )
-    name = f"oracle:{Path(labeling.oracle_pool).name}"
+    name = f"oracle:{Path(labelling.oracle_pool).name}"
     rows = _scalar_rows(round_id, name, "oracle", scores, ids, "not in the oracle pool")
     verdicts = _verdicts_from_scores(
         pairs, scores, tie_margin=config.tie_margin, labeller=name, source="oracle"
     )
-    context.log.info(f"looked up {len(scores)}/{len(ids)} oracle scores in {labeling.oracle_pool}")
+    context.log.info(f"looked up {len(scores)}/{len(ids)} oracle scores in {labelling.oracle_pool}")
     return (
         verdicts,
         rows,
-        {"judge": name, "oracle_pool": dg.MetadataValue.path(labeling.oracle_pool)},
+        {"judge": name, "oracle_pool": dg.MetadataValue.path(labelling.oracle_pool)},
     )
 
 
-def _people_verdicts(context, labeling: LabelingSettings, store, round_id, pairs):
+def _people_verdicts(context, labelling: LabellingSettings, store, round_id, pairs):
     labels = store.labels_of_round(round_id)
     current = set(pairs["pair_id"])
     orphans = labels.filter(~pl.col("pair_id").is_in(list(current))).height
@@ -886,14 +914,14 @@ def _people_verdicts(context, labeling: LabelingSettings, store, round_id, pairs
     if not votes:
         raise dg.Failure(
             f"{round_id} has no labels yet: people label the pairs in "
-            f"{labeling.outbox_dir / (round_id + '.jsonl')} and drop the files in "
-            f"{labeling.inbox_dir} (or run `auf labels import FILE`); the labels_landed sensor "
+            f"{labelling.outbox_dir / (round_id + '.jsonl')} and drop the files in "
+            f"{labelling.inbox_dir} (or run `auf labels import FILE`); the labels_landed sensor "
             "starts this step when enough pairs are labelled"
         )
     verdicts = []
     for pair in pairs.iter_rows(named=True):
         given = votes.get(pair["pair_id"], [])
-        res = resolve_votes([v for v, _ in given], labeling.resolution)
+        res = resolve_votes([v for v, _ in given], labelling.resolution)
         chosen, rejected = _chosen(pair, res.preference)
         verdicts.append(
             {
@@ -915,7 +943,7 @@ def _people_verdicts(context, labeling: LabelingSettings, store, round_id, pairs
         )
     metadata = {
         "judge": "people",
-        "resolution": labeling.resolution,
+        "resolution": labelling.resolution,
         "labels": int(sum(len(v) for v in votes.values())),
         "annotators": int(labels["labeller"].n_unique()) if labels.height else 0,
         "labels_of_other_pairs": orphans,
@@ -949,7 +977,7 @@ def judgements(
     config: JudgementsConfig,
     judge: RubricJudge,
     reward_judge: RewardModelJudge,
-    labeling: LabelingSettings,
+    labelling: LabellingSettings,
     store: DuckDBStore,
 ) -> dg.MaterializeResult:
     round_id = context.partition_key
@@ -957,7 +985,7 @@ def judgements(
     if pairs.height == 0:
         raise dg.Failure(f"{round_id} has no selected pairs: materialise selected_pairs first")
     pairs = pairs.sort("prompt_id", "pair_id")
-    source = labeling.source
+    source = labelling.source
     if source == "llm_judge":
         rows, scores, extra = _rubric_verdicts(context, config, judge, store, round_id, pairs)
     elif source == "reward_model_judge":
@@ -965,9 +993,9 @@ def judgements(
             context, config, reward_judge, store, round_id, pairs
         )
     elif source == "oracle":
-        rows, scores, extra = _oracle_verdicts(context, config, labeling, round_id, pairs)
+        rows, scores, extra = _oracle_verdicts(context, config, labelling, round_id, pairs)
     else:
-        rows, scores, extra = _people_verdicts(context, labeling, store, round_id, pairs)
+        rows, scores, extra = _people_verdicts(context, labelling, store, round_id, pairs)
     store.replace_round_tables(round_id, {"judge_scores": scores, "judgements": rows})
     CallCache(store, round_id, "judgements").clear()
     prefs = Counter(rows["preference"].to_list())

@@ -7,30 +7,36 @@ the table, the plot and the curves as metadata, so results are browsable in the 
 """
 
 from pathlib import Path
+from typing import Literal
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from auf_assets.core.presets import DEFAULT_PRESET, default_round, get_preset
+from auf_assets.core.features import EncoderBlock
+from auf_assets.core.settings import RoundSettings, refuse_renamed
 from auf_assets.core.simulation import SimulationConfig, load_pool
 from auf_assets.pool_features import pool_features
 from auf_assets.reporting import png_markdown
-from auf_assets.sim_bench import DEFAULT_METHODS, BenchSpec, run_bench
+from auf_assets.sim_bench import DEFAULT_METHODS, DEFAULT_SEEDS, BenchSpec, run_bench
 from resources import home
 
 GROUP = "benchmarks"
-_ROUND = default_round()  # the same defaults as `auf simulate` and a real round
+_SIM = SimulationConfig()  # the same defaults as `auf simulate` (and a real round's preset)
 
 
 class PoolFeaturesConfig(dg.Config):
     pool: str = Field(description="pool file: one row per response with an oracle_score")
     encoder: str = Field(
-        default=get_preset(DEFAULT_PRESET)["encoder"],
+        default=RoundSettings().encoder,
         description="minilm | text-stats | transformers dir | a+b",
     )
-    pooling: str = Field(default="mean", description="mean or last (token)")
-    max_length: int = Field(default=512, ge=8)
-    dtype: str = Field(default="bf16", description="encoder compute dtype: bf16, fp16, fp32")
+    pooling: Literal["mean", "last"] = Field(
+        default=EncoderBlock.pooling, description="mean or last (token)"
+    )
+    max_length: int = Field(default=EncoderBlock.max_length, ge=8)
+    dtype: Literal["bf16", "fp16", "fp32", "auto"] = Field(
+        default=EncoderBlock.dtype, description="encoder compute dtype"
+    )
     device: str = "auto"
 
 
@@ -83,15 +89,17 @@ def simulation_pool_features(
 
 class MethodBenchmarkConfig(dg.Config):
     methods: list[str] = Field(default_factory=lambda: list(DEFAULT_METHODS))
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    seeds: list[int] = Field(default_factory=lambda: list(DEFAULT_SEEDS))
     responses_per_prompt: int = Field(default=0, ge=0, description="K per prompt (0: all)")
-    batch_size: int = Field(default=32, ge=1, description="prompts per round (B)")
-    heldout_fraction: float = Field(default=0.25, ge=0.0, lt=1.0)
-    beta: float = Field(default=_ROUND["beta"], ge=0.0)
-    eval_every: int = Field(default=1, ge=1)
-    gap_threshold: float = Field(default=0.1, ge=0.0)
-    warmup_rounds: int = Field(default=_ROUND["warmup_rounds"], ge=0)
-    train_passes: int = Field(default=_ROUND["train_passes"], ge=1)
+    batch_size: int = Field(default=_SIM.batch_size, description="prompts per round (B)")
+    heldout_fraction: float = _SIM.heldout_fraction
+    acquisition_width: float = Field(
+        default=_SIM.acquisition_width, description="bounds are mu -/+ width * sigma"
+    )
+    eval_every: int = _SIM.eval_every
+    gap_threshold: float = _SIM.gap_threshold
+    warmup_rounds: int = _SIM.warmup_rounds
+    train_passes: int = _SIM.train_passes
     ensemble: dict = Field(
         default_factory=dict,
         description="overrides of the running model's settings (the default preset's)",
@@ -99,6 +107,35 @@ class MethodBenchmarkConfig(dg.Config):
     eval_model: dict = Field(default_factory=dict, description="EvalModelConfig overrides")
     jobs: int = Field(default=0, ge=0, description="worker processes (0: min(cores, runs))")
     out_dir: str = Field(default="", description="empty: $AUF_HOME/bench/<run id>")
+    beta: float | None = Field(
+        default=None, exclude=True, description="renamed to acquisition_width: setting it fails"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data):
+        return refuse_renamed("benchmark", data)
+
+    @model_validator(mode="after")
+    def _check(self):
+        for method in self.methods:  # the settings check themselves (SimulationConfig)
+            SimulationConfig.from_dict({**self.run_settings(), "method": method})
+        return self
+
+    def run_settings(self) -> dict:
+        """The SimulationConfig fields every run shares."""
+        return {
+            "responses_per_prompt": self.responses_per_prompt or None,
+            "batch_size": self.batch_size,
+            "heldout_fraction": self.heldout_fraction,
+            "acquisition_width": self.acquisition_width,
+            "eval_every": self.eval_every,
+            "gap_threshold": self.gap_threshold,
+            "warmup_rounds": self.warmup_rounds,
+            "train_passes": self.train_passes,
+            "ensemble": dict(self.ensemble),
+            "eval_model": dict(self.eval_model),
+        }
 
 
 @dg.asset(
@@ -113,19 +150,7 @@ def method_benchmark(
     config: MethodBenchmarkConfig,
     simulation_pool_features: dict,
 ) -> dg.MaterializeResult:
-    run = {
-        "responses_per_prompt": config.responses_per_prompt or None,
-        "batch_size": config.batch_size,
-        "heldout_fraction": config.heldout_fraction,
-        "beta": config.beta,
-        "eval_every": config.eval_every,
-        "gap_threshold": config.gap_threshold,
-        "warmup_rounds": config.warmup_rounds,
-        "train_passes": config.train_passes,
-        "ensemble": dict(config.ensemble),
-        "eval_model": dict(config.eval_model),
-    }
-    SimulationConfig.from_dict({**run, "method": config.methods[0]})  # fail fast
+    run = config.run_settings()
     feats = simulation_pool_features
     spec = BenchSpec(
         pool=feats["pool"],

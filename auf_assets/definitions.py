@@ -29,35 +29,34 @@ from auf_assets.training import (
     policy_training_job,
     reward_model_training_job,
 )
-from resources import DuckDBStore, FeatureEncoder
-from resources.hub import hub_from_env
-from resources.labeling import labeling_from_env
+from resources.encoder import FeatureEncoder
+from resources.environment import environment_settings, hub_from_env
 from resources.reward_judge import RewardModelJudge
 from resources.reward_model import UncertaintyModel
-from resources.serving import engine_from_env, judge_from_env
-from resources.training import TrainingSettings
+from resources.store import DuckDBStore
+from resources.training import TrainingResource
 from sensors.rounds import SCHEDULES, SENSORS
 
 
 def default_resources() -> dict[str, dg.ConfigurableResource]:
     """The embedded default: DuckDB file, packaged models, CPU or a GPU of this step's own.
 
-    Where the pool and the judge run comes from `AUF_ENGINE_*` / `AUF_JUDGE_*` (see
-    `resources.serving`: an OpenAI-compatible server, vLLM, a device); by default transformers on
-    the packaged SmolLM2.
-
-    The label source and the labelling folders come from `AUF_LABEL_*` variables (see
-    `resources.labeling`); by default the rubric LLM judge labels every round.
+    The engine, the judge, the labelling and the Hub repository come from `AUF_*` variables
+    (`resources.environment`): where the pool and the judge run (an OpenAI-compatible server,
+    vLLM, a device; by default transformers on the packaged SmolLM2), the label source and
+    folders (by default the rubric LLM judge labels every round). A run config overrides any of
+    it for one run (run config > environment > the code's defaults, the `default` preset).
     """
+    from_env = environment_settings()
     return {
         "store": DuckDBStore(),
-        "engine": engine_from_env(),
+        "engine": from_env["engine"],
         "encoder": FeatureEncoder(),
-        "judge": judge_from_env(),
+        "judge": from_env["judge"],
         "reward_judge": RewardModelJudge(),
-        "labeling": labeling_from_env(),
+        "labelling": from_env["labelling"],
         "uncertainty_model": UncertaintyModel(),
-        "training": TrainingSettings(),
+        "training": TrainingResource(),
         # The token is read from HF_TOKEN when a push starts (never stored in config).
         "hub": hub_from_env(),
     }

@@ -62,7 +62,7 @@ from auf_assets.core.labels import (
     voter_of,
 )
 from auf_assets.partitions import round_index
-from resources.labeling import LabelingSettings
+from resources.labelling import LabellingSettings
 from resources.store import DuckDBStore, utcnow
 
 __all__ = [
@@ -158,7 +158,7 @@ def _reason_text(
     )
 
 
-def _refuse(path: Path, settings: LabelingSettings, why: str, *, in_place: bool) -> ImportOutcome:
+def _refuse(path: Path, settings: LabellingSettings, why: str, *, in_place: bool) -> ImportOutcome:
     """Refuse a file without reading it (module docstring).
 
     From the inbox the entry itself is renamed into quarantine (a link stays a link, nothing is
@@ -189,7 +189,7 @@ def _refuse(path: Path, settings: LabelingSettings, why: str, *, in_place: bool)
     return outcome
 
 
-def _refusal(entry: os.stat_result, settings: LabelingSettings) -> str | None:
+def _refusal(entry: os.stat_result, settings: LabellingSettings) -> str | None:
     """Why a directory entry is not read at all (not a regular file, too large), or None."""
     kind = non_regular_kind(entry)
     if kind is not None:
@@ -209,7 +209,7 @@ def _refusal(entry: os.stat_result, settings: LabelingSettings) -> str | None:
 def import_label_file(
     path: Path,
     store: DuckDBStore,
-    settings: LabelingSettings,
+    settings: LabellingSettings,
     *,
     expected_round: str | None = None,
     keep_original: bool = False,
@@ -335,7 +335,7 @@ def import_label_file(
     return outcome
 
 
-def settle(path: Path, settings: LabelingSettings, say=None) -> str | None:
+def settle(path: Path, settings: LabellingSettings, say=None) -> str | None:
     """The inbox's settle rule for one file: why it is not read yet, or None to read it now.
 
     A file modified less than `settle_seconds` ago may still be being written: wait until it is
@@ -367,7 +367,7 @@ def _ignored(path: Path) -> bool:
 
 
 def scan_inbox(
-    store: DuckDBStore, settings: LabelingSettings, cursor: str | None, now: float
+    store: DuckDBStore, settings: LabellingSettings, cursor: str | None, now: float
 ) -> tuple[list[ImportOutcome], str, list[str]]:
     """Import every settled file of the inbox; returns (outcomes, new cursor, files waiting).
 
@@ -464,7 +464,7 @@ def _later_round(round_id: str, known: Iterable[str]) -> str | None:
 
 def label_status(
     store: DuckDBStore,
-    settings: LabelingSettings,
+    settings: LabellingSettings,
     now: datetime | None = None,
     *,
     registered: Iterable[str] = (),

@@ -22,7 +22,7 @@ from auf_assets.core.seeding import stable_seed
 from auf_assets.partitions import rounds_partitions
 from auf_assets.reporting import markdown_preview
 from auf_assets.round_guard import holds_round_chain
-from resources.labeling import LabelingSettings
+from resources.labelling import LabellingSettings
 from resources.store import DuckDBStore, utcnow
 
 LABELS_GROUP = "labels"
@@ -46,16 +46,16 @@ class AnnotationBatchConfig(dg.Config):
 def annotation_batch(
     context: dg.AssetExecutionContext,
     config: AnnotationBatchConfig,
-    labeling: LabelingSettings,
+    labelling: LabellingSettings,
     store: DuckDBStore,
 ) -> dg.MaterializeResult:
     round_id = context.partition_key
-    if not labeling.people:
-        context.log.info(f"label source is {labeling.source}: no annotation batch is written")
+    if not labelling.people:
+        context.log.info(f"label source is {labelling.source}: no annotation batch is written")
         return dg.MaterializeResult(
             metadata={
                 "written": False,
-                "reason": f"label source is {labeling.source!r}; batches are written only for "
+                "reason": f"label source is {labelling.source!r}; batches are written only for "
                 "'people'",
             }
         )
@@ -82,7 +82,7 @@ def annotation_batch(
     stored = store.presentation_swaps(round_id).rename({"swapped": "shown_swapped"})
     rows = rows.join(stored, on="pair_id", how="left").with_columns(swapped=pl.col("shown_swapped"))
     records = batch_records(rows.iter_rows(named=True))
-    outbox = labeling.outbox_dir
+    outbox = labelling.outbox_dir
     paths = {
         "jsonl": outbox / f"{round_id}.jsonl",
         "csv": outbox / f"{round_id}.csv",
@@ -122,7 +122,7 @@ def annotation_batch(
             "jsonl": dg.MetadataValue.path(str(paths["jsonl"])),
             "csv": dg.MetadataValue.path(str(paths["csv"])),
             "labelstudio": dg.MetadataValue.path(str(paths["labelstudio"])),
-            "inbox": dg.MetadataValue.path(str(labeling.inbox_dir)),
+            "inbox": dg.MetadataValue.path(str(labelling.inbox_dir)),
             "shown_swapped": int(rows["swapped"].sum()),
             "new_presentations": new,
             "preview": markdown_preview(

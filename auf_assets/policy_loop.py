@@ -36,7 +36,7 @@ from auf_assets.reporting import progress_logger
 from auf_assets.round_guard import holds_round_chain
 from resources import home
 from resources.store import DuckDBStore, utcnow
-from resources.training import TrainingSettings
+from resources.training import TrainingResource
 
 GROUP = "policy_loop"
 _LOOP = PolicyLoopConfig()
@@ -97,7 +97,7 @@ def _policy_adapter(store: DuckDBStore, round_id: str) -> tuple[str | None, Path
 def policy_logprobs(
     context: dg.AssetExecutionContext,
     config: PolicyLogprobsConfig,
-    training: TrainingSettings,
+    training: TrainingResource,
     store: DuckDBStore,
 ) -> dg.MaterializeResult:
     round_id = context.partition_key
@@ -172,7 +172,7 @@ def policy_logprobs(
             [t[0] for t in turns],
             [t[1] for t in turns],
             sketch,
-            training.beta,
+            training.policy_dpo_beta,
             progress=progress_logger(context, "gradients"),
         )
         folder = home.policy_dir(store.root) / "gradients"
@@ -192,7 +192,7 @@ def policy_logprobs(
             "logp_policy": policy,
             "logp_reference": ref,
             "tokens": tokens,
-            "beta": training.beta,
+            "beta": training.policy_dpo_beta,
             "policy_round": policy_round,
             "adapter_path": store.relative(adapter) if adapter else None,
             "gradient_file": gradient_file,
@@ -209,7 +209,7 @@ def policy_logprobs(
         },
     )
     store.replace_round("policy_logprobs", round_id, frame)
-    reward = training.beta * (policy - ref)
+    reward = training.policy_dpo_beta * (policy - ref)
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": frame.height,

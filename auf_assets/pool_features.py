@@ -38,6 +38,7 @@ from auf_assets.core.features import (
     parse_encoder,
     scale_block,
 )
+from auf_assets.core.settings import RoundSettings
 from auf_assets.core.simulation import SimPool
 from auf_assets.core.text_features import text_statistics
 
@@ -51,6 +52,7 @@ __all__ = [
 ]
 
 INDEX_FILE = "index.json"
+_DEFAULT_ENCODER = RoundSettings().encoder  # the default preset's, as in a real round
 
 Log = Callable[[str], None]
 
@@ -108,8 +110,7 @@ def _encode_block(block: EncoderBlock, pool: SimPool, device: str, batch_size: i
     from resources.encoder import FeatureEncoder
 
     encoder = FeatureEncoder(
-        model=block.name,
-        text_stats=False,
+        encoder=block.name,
         pooling=block.pooling,
         max_length=block.max_length,
         batch_size=batch_size,
@@ -129,11 +130,11 @@ def _encode_block(block: EncoderBlock, pool: SimPool, device: str, batch_size: i
 
 def pool_features(
     pool: SimPool,
-    encoder: str = "minilm",
+    encoder: str = _DEFAULT_ENCODER,
     *,
-    pooling: str = "mean",
-    max_length: int = 512,
-    dtype: str = "bf16",
+    pooling: str = EncoderBlock.pooling,
+    max_length: int = EncoderBlock.max_length,
+    dtype: str = EncoderBlock.dtype,
     batch_size: int = 32,
     device: str = "auto",
     root: Path | None = None,

@@ -40,6 +40,7 @@ from auf_assets.core.release import (
     write_tables,
 )
 from auf_assets.core.release_card import cost_facts, release_facts, render_card
+from auf_assets.core.settings import TEST_FRACTION
 from auf_assets.partitions import round_index
 from auf_assets.reporting import figure_png, markdown_preview, png_markdown
 from resources import home
@@ -66,7 +67,10 @@ class PreferenceDatasetConfig(dg.Config):
         "round that has judgements",
     )
     test_fraction: float = Field(
-        default=0.1, ge=0.0, lt=1.0, description="share of prompts (by a hash of prompt_id) in test"
+        default=TEST_FRACTION,
+        ge=0.0,
+        lt=1.0,
+        description="share of prompts (by a hash of prompt_id) in test",
     )
     train_split: str = Field(default="train", description="e.g. train_prefs (the H4 names)")
     test_split: str = Field(default="test", description="e.g. test_prefs")

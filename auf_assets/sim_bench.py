@@ -38,7 +38,10 @@ from typing import Any
 
 import numpy as np
 
+from auf_assets.core.features import EncoderBlock
 from auf_assets.core.methods import get_method, method_names
+from auf_assets.core.presets import DEFAULT_PRESET
+from auf_assets.core.settings import RoundSettings
 from auf_assets.core.simulation import (
     SPLIT_HALVES,
     SPLIT_KINDS,
@@ -52,6 +55,7 @@ from auf_assets.core.simulation import (
 
 __all__ = [
     "DEFAULT_METHODS",
+    "DEFAULT_SEEDS",
     "BenchSpec",
     "aggregate_runs",
     "budget_value",
@@ -75,6 +79,7 @@ DEFAULT_METHODS = (
     "maxminlcb",
     "infomax",
 )
+DEFAULT_SEEDS = (0, 1, 2)
 METRICS = ("accuracy", "running_accuracy", "mean_gap", "mean_chosen_score", "mean_rejected_score")
 
 Log = Callable[[str], None]
@@ -94,16 +99,16 @@ class BenchSpec:
 
     pool: str
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    encoder: str = "minilm"
-    pooling: str = "mean"
-    max_length: int = 512
-    dtype: str = "bf16"
+    seeds: list[int] = field(default_factory=lambda: list(DEFAULT_SEEDS))
+    encoder: str = field(default_factory=lambda: RoundSettings().encoder)  # the default preset's
+    pooling: str = EncoderBlock.pooling
+    max_length: int = EncoderBlock.max_length
+    dtype: str = EncoderBlock.dtype
     device: str = "auto"
     run: dict[str, Any] = field(default_factory=dict)
     jobs: int = 0
     budgets: list[int] = field(default_factory=list)
-    preset: str = "default"
+    preset: str = DEFAULT_PRESET
     split: str | None = None
     n_splits: int = 2
     split_seed: int = 0

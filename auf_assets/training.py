@@ -31,6 +31,7 @@ from auf_assets.core.checkpoints import (
 )
 from auf_assets.core.release import in_test_split, preference_rows, trl_rows
 from auf_assets.core.response_pool import PoolFileError, oracle_scores
+from auf_assets.core.settings import LOSSES, TrainingSettings
 from auf_assets.core.training import (
     TrainingError,
     implicit_reward_accuracy,
@@ -46,10 +47,10 @@ from auf_assets.placement import GPU_POOL, GPU_TAGS
 from auf_assets.reporting import figure_png, png_markdown, progress_logger
 from resources.engine import GenerationEngine
 from resources.judge import RubricJudge
-from resources.labeling import LabelingSettings
+from resources.labelling import LabellingSettings
 from resources.reward_judge import RewardModelJudge
 from resources.store import DuckDBStore, utcnow
-from resources.training import TrainingSettings
+from resources.training import TrainingResource
 
 GROUP = "training"
 CODE_VERSION = "1"
@@ -209,8 +210,9 @@ def _record(store, training, kind: str, out, data: TrainingData, **extra) -> dic
 
 
 class DpoPolicyConfig(dg.Config):
-    loss: Literal["dpo", "ipo", "simpo"] = Field(
-        default="dpo", description="dpo (sigmoid), ipo, or simpo (TRL's CPOTrainer)"
+    loss: Literal[LOSSES] = Field(  # type: ignore[valid-type]
+        default=TrainingSettings().loss,
+        description="dpo (sigmoid), ipo, or simpo (TRL's CPOTrainer)",
     )
     warm_start: bool = Field(
         default=False, description="start from the previous round's adapter (if there is one)"
@@ -237,7 +239,7 @@ class DpoPolicyConfig(dg.Config):
 def dpo_policy(
     context: dg.AssetExecutionContext,
     config: DpoPolicyConfig,
-    training: TrainingSettings,
+    training: TrainingResource,
     store: DuckDBStore,
 ) -> dg.MaterializeResult:
     round_id = context.partition_key
@@ -308,7 +310,7 @@ def dpo_policy(
     "on the labelled pairs of rounds 1..k, with its held-out pairwise accuracy.",
 )
 def reward_model_checkpoint(
-    context: dg.AssetExecutionContext, training: TrainingSettings, store: DuckDBStore
+    context: dg.AssetExecutionContext, training: TrainingResource, store: DuckDBStore
 ) -> dg.MaterializeResult:
     round_id = context.partition_key
     data = _training_data(store, round_id, training.test_fraction)
@@ -412,12 +414,12 @@ class PolicyEvalConfig(dg.Config):
     oracle_gap: float = Field(default=0.1, ge=0, description="a clear oracle gap")
 
 
-def _oracle_rows(store, labeling, test_prompts: list[str], config: PolicyEvalConfig) -> list[dict]:
+def _oracle_rows(store, labelling, test_prompts: list[str], config: PolicyEvalConfig) -> list[dict]:
     """Held-out prompts' response pairs with a clear oracle gap (simulated-oracle pools only)."""
     responses = store.responses_to_prompts(test_prompts)
     if responses.height == 0:
         return []
-    scores = oracle_scores(labeling.oracle_pool, responses["completion_id"].to_list())
+    scores = oracle_scores(labelling.oracle_pool, responses["completion_id"].to_list())
     rows = []
     for (_,), group in responses.group_by(["prompt_id"], maintain_order=True):
         items = [r for r in group.iter_rows(named=True) if r["completion_id"] in scores]
@@ -438,10 +440,10 @@ def _oracle_rows(store, labeling, test_prompts: list[str], config: PolicyEvalCon
     return [rows[i] for i in keep]
 
 
-def _judge_scores(labeling, judge, reward_judge, prompts, responses, progress):
-    if labeling.source == "llm_judge":
+def _judge_scores(labelling, judge, reward_judge, prompts, responses, progress):
+    if labelling.source == "llm_judge":
         return judge.overall(prompts, responses, progress=progress)[0]
-    if labeling.source == "reward_model_judge":
+    if labelling.source == "reward_model_judge":
         return reward_judge.score(prompts, responses, progress=progress)
     return None
 
@@ -480,11 +482,11 @@ def _eval_plot(evals: pl.DataFrame) -> bytes | None:
 def policy_eval(
     context: dg.AssetExecutionContext,
     config: PolicyEvalConfig,
-    training: TrainingSettings,
+    training: TrainingResource,
     engine: GenerationEngine,
     judge: RubricJudge,
     reward_judge: RewardModelJudge,
-    labeling: LabelingSettings,
+    labelling: LabellingSettings,
     store: DuckDBStore,
 ) -> dg.MaterializeResult:
     round_id = context.partition_key
@@ -497,9 +499,9 @@ def policy_eval(
     started = time.perf_counter()
     test_prompts = data.test["prompt_id"].unique().to_list()
     scored = {"vs_labels": test_rows}
-    if labeling.oracle_pool and test_prompts:
+    if labelling.oracle_pool and test_prompts:
         try:
-            scored["vs_oracle"] = _oracle_rows(store, labeling, test_prompts, config)
+            scored["vs_oracle"] = _oracle_rows(store, labelling, test_prompts, config)
         except PoolFileError as exc:
             raise dg.Failure(str(exc)) from None
     metadata: dict = {}
@@ -514,7 +516,7 @@ def policy_eval(
     if any(scored.values()):
         tokenizer, model = load_policy(training.base_dir("policy"), adapter, device=training.device)
         results = {
-            name: implicit_reward_accuracy(model, tokenizer, rows, training.beta)
+            name: implicit_reward_accuracy(model, tokenizer, rows, training.policy_dpo_beta)
             for name, rows in scored.items()
             if rows
         }
@@ -525,7 +527,7 @@ def policy_eval(
     notes = [heldout_note(r["pairs"], f"implicit-reward accuracy {k}") for k, r in results.items()]
 
     held_out = store.held_out_prompts(test_prompts).head(config.win_rate_prompts)
-    if held_out.height and labeling.source in ("llm_judge", "reward_model_judge"):
+    if held_out.height and labelling.source in ("llm_judge", "reward_model_judge"):
         convs = [[{"role": "user", "content": p}] for p in held_out["prompt"]]
         answers = {}
         for name, source in (("policy", str(adapter)), ("base", training.base_model)):
@@ -543,7 +545,7 @@ def policy_eval(
         prompts = held_out["prompt"].to_list()
         scores = {
             name: _judge_scores(
-                labeling, judge, reward_judge, prompts, texts, progress_logger(context, "judge")
+                labelling, judge, reward_judge, prompts, texts, progress_logger(context, "judge")
             )
             for name, texts in answers.items()
         }
@@ -567,7 +569,7 @@ def policy_eval(
         why = (
             "no held-out prompts"
             if held_out.height == 0
-            else (f"the label source {labeling.source!r} cannot judge new answers")
+            else (f"the label source {labelling.source!r} cannot judge new answers")
         )
         metadata["win_rate_skipped"] = why
     if notes := [n for n in notes if n]:

@@ -128,7 +128,7 @@ def select(pool, features, method: str, seed: int, args) -> tuple[Any, dict[str,
         seed=seed,
         batch_size=args.sim_batch,
         heldout_fraction=args.heldout,
-        beta=args.sim_beta,
+        acquisition_width=args.sim_beta,
         gap_threshold=args.gap_threshold,
         eval_every=10_000,  # only the final evaluation point (cheap, kept for reference)
         ensemble=replace(EnsembleConfig(), lr=args.sim_lr),
@@ -227,9 +227,9 @@ def run_seed(seed: int, pool, features, base_dir: Path, args, out: Path) -> list
     from auf_assets.core.training import (
         load_policy,
         load_reward_model,
-        preset,
         train_policy,
         train_reward_model,
+        training_settings,
     )
 
     runs_dir = out / "runs"
@@ -322,11 +322,11 @@ def run_seed(seed: int, pool, features, base_dir: Path, args, out: Path) -> list
         }
 
         # the DPO policy
-        settings = preset(
+        settings = training_settings(
             "policy",
             "cpu",
             learning_rate=args.policy_lr,
-            beta=args.dpo_beta,
+            dpo_beta=args.dpo_beta,
             epochs=args.policy_epochs,
             batch_size=args.batch_size,
             lora_r=args.lora_r,
@@ -367,7 +367,7 @@ def run_seed(seed: int, pool, features, base_dir: Path, args, out: Path) -> list
         )
 
         # the reward model
-        rm_settings = preset(
+        rm_settings = training_settings(
             "reward_model",
             "cpu",
             learning_rate=args.rm_lr,

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.rounds} rounds ({args.batch * args.rounds * 2} labels), seeds {args.seeds}, "
         f"{args.heldout:.0%} of the prompts held out; policy {args.policy_model}, "
         f"{args.steps} DPO steps a round (LoRA r {loop.lora_r}, lr {loop.learning_rate}, beta "
-        f"{loop.beta}), {args.max_length} tokens, sketch dim {args.sketch_dim}; "
+        f"{loop.dpo_beta}), {args.max_length} tokens, sketch dim {args.sketch_dim}; "
         f"{len(result['runs'])} runs on {result['workers']} workers in {wall:.0f} s."
     )
     text = f"{header}\n\n{report}\n"

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def runs(method: str, preset: str) -> list:
         settings = run_settings(preset, **shape)
-        x = feats(get_preset(preset)["encoder"])
+        x = feats(get_preset(preset).encoder)
         return [
             simulate(pool, x, SimulationConfig.from_dict({**settings, "method": method, "seed": s}))
             for s in range(args.seeds)

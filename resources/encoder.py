@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import dagster as dg
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from auf_assets.core.devices import choose_device
-from auf_assets.core.features import (
-    SCALING_VERSION,
-    TEXT_STATS,
-    EncoderBlock,
-    encoder_parts,
-    scale_block,
-)
-from auf_assets.core.presets import DEFAULT_PRESET, get_preset
+from auf_assets.core.features import SCALING_VERSION, EncoderBlock, parse_encoder, scale_block
+from auf_assets.core.settings import RoundSettings
 from auf_assets.core.text_features import text_statistics
 from resources import home
 from resources.lm_types import Progress
@@ -26,34 +20,39 @@ from resources.loaded_models import release_gpu_models
 from resources.model_loading import load_tokenizer_and_model
 from resources.pair_scoring import map_pairs
 
-# The default features are the default preset's (the split protocol's choice, see
-# auf_assets/core/presets.py), so `auf simulate` and a round agree without any flag.
-_DEFAULT_MODEL, _DEFAULT_TEXT_STATS = encoder_parts(get_preset(DEFAULT_PRESET)["encoder"])
+
+def _old_keys_message(data: dict) -> str:
+    """The run config's old `model` + `text_stats` keys as the one spec that replaced them."""
+    model = data.get("model")
+    stats = data.get("text_stats")
+    blocks = ([model] if model else []) + (["text-stats"] if stats or stats is None else [])
+    spec = "+".join(blocks) or "text-stats"
+    return (
+        "encoder: the keys 'model' and 'text_stats' were replaced by one spec, 'encoder' (the "
+        f"same as `auf simulate --encoder`): set encoder: {spec!r}"
+    )
 
 
 class FeatureEncoder(dg.ConfigurableResource):
-    """Features of each (prompt, response): a frozen backbone, text statistics, or both.
+    """Features of each (prompt, response): frozen backbones, text statistics, or both.
 
-    The blocks and their scaling are those of the simulator (`auf_assets.core.features`): the
-    backbone's pooled, L2-normalised vector times sqrt(dim), and the text statistics z-scored
-    with fixed reference statistics, concatenated. So `model=all-minilm-l6-v2, text_stats=True`
-    here is `--encoder minilm+text-stats` in `auf simulate`, and a setting chosen there means the
-    same in a round. Any transformers backbone works: `pooling="last"` takes the last non-padding
-    token's state, as the reference does with a reward-model body; `model=""` leaves it out.
+    `encoder` is one spec, the same as `auf simulate --encoder` and parsed by the same function
+    (`auf_assets.core.features.parse_encoder`): blocks joined by `+`, each `text-stats`, `minilm`
+    (the packaged all-minilm-l6-v2), a packaged encoder name or a transformers directory. The
+    blocks and their scaling are the simulator's: a backbone's pooled, L2-normalised vector times
+    sqrt(dim), the text statistics z-scored with fixed reference statistics, concatenated; so a
+    setting chosen there means the same in a round. Any transformers backbone works:
+    `pooling="last"` takes the last non-padding token's state, as the reference does with a
+    reward-model body.
     """
 
-    model: str = Field(
-        default=_DEFAULT_MODEL,
-        description="packaged name, dir or repo id of the backbone (e.g. all-minilm-l6-v2); "
-        "empty: text statistics only",
-    )
-    text_stats: bool = Field(
-        default=_DEFAULT_TEXT_STATS,
-        description="append the cheap text statistics (length, layout, refusals, ...): what a "
-        "sentence encoder that truncates long responses barely sees",
+    encoder: str = Field(
+        default=RoundSettings().encoder,
+        description="blocks joined by '+': text-stats, minilm (all-minilm-l6-v2), a packaged "
+        "encoder name or a transformers dir; e.g. 'minilm+text-stats'",
     )
     pooling: Literal["mean", "last"] = "mean"
-    max_length: int = Field(default=512, ge=8)
+    max_length: int = Field(default=EncoderBlock.max_length, ge=8)
     batch_size: int = Field(default=32, ge=1)
     device: str = "auto"
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
@@ -63,20 +62,33 @@ class FeatureEncoder(dg.ConfigurableResource):
         default=True,
         description="L2-normalise the pooled vectors (then scaled by sqrt(dim)); off: raw states",
     )
+    model: str | None = Field(
+        default=None, exclude=True, description="replaced by encoder: setting it is an error"
+    )
+    text_stats: bool | None = Field(
+        default=None, exclude=True, description="replaced by encoder: setting it is an error"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced(cls, data: Any) -> Any:
+        if isinstance(data, dict) and any(data.get(k) is not None for k in ("model", "text_stats")):
+            raise ValueError(_old_keys_message(data))
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> FeatureEncoder:
+        self.blocks()
+        return self
 
     def blocks(self) -> list[EncoderBlock]:
-        if not self.model and not self.text_stats:
-            raise ValueError("the encoder needs a model, text_stats, or both")
         # The compute dtype changes the vectors slightly: fp32 and bf16 features never mix.
         precision = (
             "fp32" if self.dtype == "fp32" else "bf16" if self.dtype == "auto" else self.dtype
         )
-        out = []
-        if self.model:
-            out.append(EncoderBlock(self.model, self.pooling, self.max_length, precision))
-        if self.text_stats:
-            out.append(EncoderBlock(TEXT_STATS))
-        return out
+        return parse_encoder(
+            self.encoder, pooling=self.pooling, max_length=self.max_length, dtype=precision
+        )
 
     @property
     def key(self) -> str:
@@ -98,7 +110,7 @@ class FeatureEncoder(dg.ConfigurableResource):
             if block.is_text_stats:
                 parts.append(scale_block(block, text_statistics(prompts, responses)))
                 continue
-            raw = self.backbone_features(prompts, responses, progress)
+            raw = self.backbone_features(prompts, responses, progress, block)
             parts.append(scale_block(block, raw) if self.normalize else raw)
         return np.concatenate(parts, axis=1)
 
@@ -106,12 +118,22 @@ class FeatureEncoder(dg.ConfigurableResource):
         release_gpu_models()  # the next step (maybe in this process) gets the GPU's memory
 
     def backbone_features(
-        self, prompts: Sequence[str], responses: Sequence[str], progress: Progress | None = None
+        self,
+        prompts: Sequence[str],
+        responses: Sequence[str],
+        progress: Progress | None = None,
+        block: EncoderBlock | None = None,
     ) -> np.ndarray:
-        """The backbone's pooled vectors [n, dim] before scaling (L2-normalised if `normalize`)."""
+        """A backbone's pooled vectors [n, dim] before scaling (L2-normalised if `normalize`):
+        `block`'s, or the one backbone of the spec."""
+        if block is None:
+            backbones = [b for b in self.blocks() if not b.is_text_stats]
+            if len(backbones) != 1:
+                raise ValueError(f"encoder {self.encoder!r}: name the backbone block")
+            block = backbones[0]
         device = choose_device(self.device)
         tokenizer, model = load_tokenizer_and_model(
-            self.model, "encoder", str(device), str(home.models_dir()), self.dtype
+            block.name, "encoder", str(device), str(home.models_dir()), self.dtype
         )
 
         def pooled(outputs, mask: torch.Tensor) -> torch.Tensor:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Sequence
-from typing import Literal
+from typing import ClassVar, Literal
 
 import dagster as dg
 from pydantic import Field
 
 from auf_assets.core.devices import choose_device
 from resources import home
+from resources.env_settings import EnvSettings
 from resources.lm_backends import language_model
 from resources.lm_types import Conversation, Generation, Progress, Usage
 from resources.loaded_models import release_gpu_models
@@ -94,10 +95,12 @@ def placement(backend: str, server: ServerSettings, device: str, base_url: str =
     }
 
 
-class GenerationEngine(dg.ConfigurableResource):
+class GenerationEngine(EnvSettings):
     """Batched text generation: `transformers` runs anywhere, `vllm` is the GPU engine, and
     `openai` sends the requests to any OpenAI-compatible server (vLLM, SGLang, TGI, llama.cpp,
     hosted APIs). A pool member may name its own backend and server."""
+
+    SETTINGS_NAME: ClassVar[str] = "engine"
 
     backend: Backend = "transformers"
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N (local backends)")
@@ -121,11 +124,6 @@ class GenerationEngine(dg.ConfigurableResource):
         description="responses generated between saves of the call cache, so a failed round "
         "asks again only for what is missing",
     )
-    env_errors: str = Field(default="", description="rejected AUF_ENGINE_* values (see serving)")
-
-    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        if self.env_errors and context.run is not None:
-            raise dg.Failure(description=f"bad engine settings: {self.env_errors}")
 
     def teardown_after_execution(self, context) -> None:
         # A GPU step frees its models, so the next step (in this process too) has the memory.

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -384,13 +383,6 @@ class HubDataset(dg.ConfigurableResource):
     def _scrub(self, text: str) -> str:
         token = self.resolved_token()
         return text.replace(token, "***") if token else text
-
-
-def hub_from_env() -> HubDataset:
-    """The hub resource of the definitions: the repo from AUF_HUB_REPO, the token read when a
-    push starts (so a missing HF_TOKEN fails the push step with one sentence, not the run's
-    configuration with Dagster's "environment variable not set" error)."""
-    return HubDataset(repo_id=os.environ.get("AUF_HUB_REPO", ""))
 
 
 @contextlib.contextmanager

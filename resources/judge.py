@@ -13,9 +13,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
-import dagster as dg
 import numpy as np
 from pydantic import Field
 
@@ -29,8 +28,10 @@ from auf_assets.core.judging import (
     score_from_top_logprobs,
 )
 from auf_assets.core.seeding import stable_hash
+from auf_assets.core.settings import PACKAGED_LM
 from resources import home
 from resources.engine import Backend, ServerSettings, chat_endpoint, placement
+from resources.env_settings import EnvSettings
 from resources.lm_backends import language_model
 from resources.lm_types import Progress, Usage
 from resources.loaded_models import release_gpu_models
@@ -47,10 +48,12 @@ class AspectJudgement:
     attempts: int
 
 
-class RubricJudge(dg.ConfigurableResource):
+class RubricJudge(EnvSettings):
     """Rates responses on the four UltraFeedback aspects with any chat model."""
 
-    model: str = Field(default="smollm2-135m-instruct", description="judge model source")
+    SETTINGS_NAME: ClassVar[str] = "judge"
+
+    model: str = Field(default=PACKAGED_LM, description="judge model source")
     backend: Backend = "transformers"
     device: str = "auto"
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
@@ -82,11 +85,6 @@ class RubricJudge(dg.ConfigurableResource):
     save_every: int = Field(
         default=64, ge=1, description="judge calls between saves of the call cache"
     )
-    env_errors: str = Field(default="", description="rejected AUF_JUDGE_* values (see serving)")
-
-    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        if self.env_errors and context.run is not None:
-            raise dg.Failure(description=f"bad judge settings: {self.env_errors}")
 
     @property
     def name(self) -> str:

@@ -9,28 +9,30 @@ the round sensors and the nightly schedule when another round would pass the bud
 
 Environment: `AUF_PRICES` (the price table; default `$AUF_HOME/prices.yaml` when it exists),
 `AUF_BUDGET_MAX_TOKENS`, `AUF_BUDGET_MAX_DOLLARS`, `AUF_BUDGET_MAX_LABELS` (0 or unset: no
-limit). A bad value never stops the code location from loading: it is kept in `problem`, and the
-sensors skip with it. A price table that cannot be read prices nothing (dollars unknown, with a
-warning naming the file); only a dollar budget, which cannot be checked then, stops rounds.
+limit), read like every `AUF_*` setting (`resources.env_settings`): a bad value never stops the
+code location from loading; it is kept in `problem`, the sensors skip with it and the CLI refuses
+to start. A price table that cannot be read prices nothing (dollars unknown, with a warning naming
+the file); only a dollar budget, which cannot be checked then, stops rounds.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import dagster as dg
 import polars as pl
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from auf_assets.core.costs import Budget, PriceTable, PriceTableError, Spending, price_rows
 from auf_assets.core.markdown import markdown_table
 from resources import home
+from resources.env_settings import EnvSettings, from_env
 from resources.lm_types import Usage
 from resources.store import DuckDBStore, utcnow
 
@@ -65,8 +67,10 @@ USAGE_COLUMNS = {
 }
 
 
-class CostLedger(dg.ConfigurableResource):
+class CostLedger(EnvSettings):
     """Prices for the ledger, and the budget the round sensors and the nightly schedule keep."""
+
+    SETTINGS_NAME: ClassVar[str] = "budget"
 
     prices_path: str = Field(
         default="", description="price table (YAML/JSON); empty: $AUF_HOME/prices.yaml if present"
@@ -74,12 +78,11 @@ class CostLedger(dg.ConfigurableResource):
     max_tokens: int = Field(default=0, ge=0, description="tokens for the whole home; 0 = no limit")
     max_dollars: float = Field(default=0.0, ge=0.0, description="dollars; 0 = no limit")
     max_labels: int = Field(default=0, ge=0, description="judged pairs; 0 = no limit")
-    env_errors: list[str] = Field(default_factory=list, description="rejected AUF_* values")
 
     @property
     def problem(self) -> str | None:
         if self.env_errors:
-            return "; ".join(self.env_errors)
+            return super().problem
         try:
             self.prices()
         except PriceTableError as exc:
@@ -140,20 +143,7 @@ class CostLedger(dg.ConfigurableResource):
 
 def ledger_from_env(environ: Mapping[str, str] | None = None) -> CostLedger:
     """The ledger settings of the `AUF_PRICES`/`AUF_BUDGET_*` variables (bad values recorded)."""
-    env = os.environ if environ is None else environ
-    values: dict = {}
-    errors: list[str] = []
-    for var, name in ENV_VARS.items():
-        raw = env.get(var, "").strip()
-        if not raw:
-            continue
-        try:
-            CostLedger(**{name: raw})
-            values[name] = raw
-        except ValidationError as exc:
-            detail = exc.errors()[0].get("msg", "invalid")
-            errors.append(f"{var}={raw!r} is not allowed ({detail})")
-    return CostLedger(**values, env_errors=errors)
+    return from_env(CostLedger, ENV_VARS, environ)
 
 
 @dataclass

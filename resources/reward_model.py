@@ -12,52 +12,58 @@ import uuid
 from pathlib import Path
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from auf_assets.core.devices import choose_device
 from auf_assets.core.ensemble import EnsembleConfig, RewardEnsemble
-from auf_assets.core.presets import default_ensemble, default_round
+from auf_assets.core.settings import RoundSettings, check_number
 from resources import home
 from resources.store import DuckDBStore, StoreError
 
 # Defaults: the default preset (auf_assets/core/presets.py), the same as `auf simulate`'s.
-_ENSEMBLE = default_ensemble()
-_ROUND = default_round()
+_ROUND = RoundSettings()
+_ENSEMBLE = _ROUND.ensemble
 
 
 class UncertaintyModel(dg.ConfigurableResource):
-    """Anchored head ensemble settings (spec section 2) and checkpoint loading/saving."""
+    """Anchored head ensemble settings (spec section 2) and checkpoint loading/saving.
 
-    n_heads: int = Field(default=_ENSEMBLE["n_heads"], ge=2)
-    hidden: list[int] = Field(default_factory=lambda: list(_ENSEMBLE["hidden"]))
-    lr: float = _ENSEMBLE["lr"]
-    weight_decay: float = Field(default=_ENSEMBLE["weight_decay"], ge=0.0)
-    anchor_lambda0: float = _ENSEMBLE["anchor_lambda0"]
+    The values are checked when the resource is built (`EnsembleConfig`, i.e.
+    `auf_assets.core.settings.EnsembleSettings`, says what is allowed)."""
+
+    n_heads: int = _ENSEMBLE.n_heads
+    hidden: list[int] = Field(default_factory=lambda: list(_ENSEMBLE.hidden))
+    lr: float = _ENSEMBLE.lr
+    weight_decay: float = _ENSEMBLE.weight_decay
+    anchor_lambda0: float = _ENSEMBLE.anchor_lambda0
     anchor_half_life: float = Field(
-        default=_ENSEMBLE["anchor_half_life"],
+        default=_ENSEMBLE.anchor_half_life,
         description="labelled prompts after which the anchor weight halves",
     )
-    center_coef: float = _ENSEMBLE["center_coef"]
+    center_coef: float = _ENSEMBLE.center_coef
     replay_capacity: int = Field(
-        default=_ENSEMBLE["replay_capacity"], ge=1, description="pairs in the FIFO buffer"
+        default=_ENSEMBLE.replay_capacity, description="pairs in the FIFO buffer"
     )
-    batch_size: int = Field(default=_ENSEMBLE["batch_size"], ge=1)
-    max_steps: int = Field(
-        default=_ENSEMBLE["max_steps"], ge=1, description="training steps per pass"
-    )
+    batch_size: int = _ENSEMBLE.batch_size
+    max_steps: int = Field(default=_ENSEMBLE.max_steps, description="training steps per pass")
     min_steps: int = Field(
-        default=_ENSEMBLE["min_steps"],
-        ge=0,
+        default=_ENSEMBLE.min_steps,
         description="the fewest steps per pass: a small replay buffer is passed over again, so "
         "the first rounds of small batches learn",
     )
     train_passes: int = Field(
-        default=_ROUND["train_passes"],
-        ge=1,
+        default=_ROUND.train_passes,
         description="training passes over the replay buffer per round",
     )
     seed: int = 0
     checkpoint_dir: str = Field(default="", description="empty: $AUF_HOME/reward_models")
+
+    @model_validator(mode="after")
+    def _check(self) -> UncertaintyModel:
+        self.ensemble_config()
+        check_number("n_heads", self.n_heads, ge=2, integer=True)  # one head has no spread
+        check_number("train_passes", self.train_passes, ge=1, integer=True)
+        return self
 
     def ensemble_config(self) -> EnsembleConfig:
         return EnsembleConfig(

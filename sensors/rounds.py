@@ -47,7 +47,7 @@ another round would pass the budget (`AUF_BUDGET_MAX_TOKENS/DOLLARS/LABELS`, see
 Bad settings never stop the code location from loading. A rejected `AUF_NIGHTLY_CRON` or
 `AUF_NIGHTLY_TIMEZONE` leaves the schedule on the default at definition time, and every tick
 skips naming the variable, its value and what is allowed; a rejected `AUF_LABEL_*` (or other
-labelling variable, see `resources.labeling`) makes the sensors and the schedule skip with its
+labelling variable, see `resources.labelling`) makes the sensors and the schedule skip with its
 message, and the runs that use the settings fail with it.
 
 With `publish_after_round` (`AUF_PUBLISH_AFTER_ROUND=1`, off by default) each of them also
@@ -60,15 +60,16 @@ reward model is trained again (late labels) gets both again (`release-<round>-<e
 from __future__ import annotations
 
 import json
-import os
 import time
 import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import ClassVar
 
 import dagster as dg
 from dagster._utils.schedules import is_valid_cron_string
+from pydantic import field_validator
 
 from auf_assets.active_round import ROUND_ASSETS
 from auf_assets.jobs import (
@@ -87,7 +88,9 @@ from auf_assets.policy_loop import policy_logprobs
 from auf_assets.release import RELEASE_ASSETS, dataset_release_job
 from auf_assets.round_chain import chain_report, stale_rounds
 from auf_assets.training import dpo_policy, policy_eval, policy_training_job
-from resources.labeling import LabelingSettings
+from resources.env_settings import EnvSettings, from_env
+from resources.environment import environment_problems
+from resources.labelling import LabellingSettings
 from resources.ledger import ledger_from_env
 from resources.store import DuckDBStore
 
@@ -163,7 +166,7 @@ def _is_round_key(key: str) -> bool:
 
 
 def after_round_requests(
-    instance: dg.DagsterInstance, settings: LabelingSettings, trigger: str, *, schedule: bool
+    instance: dg.DagsterInstance, settings: LabellingSettings, trigger: str, *, schedule: bool
 ) -> list[dg.RunRequest]:
     """Once per finished round: push the dataset, train the round's policy (if switched on)."""
     trained = trained_rounds(instance)
@@ -213,7 +216,7 @@ class NextRound:
 def plan_next_round(
     instance: dg.DagsterInstance,
     store: DuckDBStore,
-    settings: LabelingSettings,
+    settings: LabellingSettings,
     *,
     start_first: bool,
 ) -> NextRound:
@@ -280,18 +283,19 @@ def plan_next_round(
     "label source is 'people'; never starts the first round.",
 )
 def labels_landed(
-    context: dg.SensorEvaluationContext, store: DuckDBStore, labeling: LabelingSettings
+    context: dg.SensorEvaluationContext, store: DuckDBStore, labelling: LabellingSettings
 ):
-    if labeling.problem:
-        return dg.SkipReason(labeling.problem)
-    if not labeling.people:
+    problem = settings_problem(labelling)
+    if problem:
+        return dg.SkipReason(problem)
+    if not labelling.people:
         return _idle(
             context,
-            f"label source is {labeling.source!r}: labels_landed acts only for 'people' "
+            f"label source is {labelling.source!r}: labels_landed acts only for 'people' "
             "(turn on next_round to advance rounds with an automatic judge). Said once: later "
             "ticks skip quietly until the label source changes",
         )
-    outcomes, cursor, waiting = scan_inbox(store, labeling, context.cursor, time.time())
+    outcomes, cursor, waiting = scan_inbox(store, labelling, context.cursor, time.time())
     notes = []
     for outcome in outcomes:
         if outcome.status in ("imported", "already_imported"):
@@ -308,7 +312,7 @@ def labels_landed(
     running = round_runs_in_progress(instance)
     requests = []
     retraining = []
-    for status in label_status(store, labeling, registered=registered):
+    for status in label_status(store, labelling, registered=registered):
         rid = status.round_id
         if status.state == "waiting":
             notes.append(f"{rid}: {status.why}")
@@ -344,7 +348,7 @@ def labels_landed(
         # from the checkpoint trained on the late labels.
         notes.append(f"the next round starts after {', '.join(retraining)} is trained again")
     else:
-        plan = plan_next_round(instance, store, labeling, start_first=False)
+        plan = plan_next_round(instance, store, labelling, start_first=False)
         if plan.key is not None:
             partitions.append(plan.key)
             requests.append(
@@ -356,7 +360,7 @@ def labels_landed(
                 )
             )
         notes.append(plan.reason)
-    requests += after_round_requests(instance, labeling, "labels_landed", schedule=False)
+    requests += after_round_requests(instance, labelling, "labels_landed", schedule=False)
     if not requests:
         return dg.SensorResult(skip_reason="; ".join(notes), cursor=cursor)
     # A result with run requests carries no skip reason: the notes go to the tick's log.
@@ -404,13 +408,16 @@ def _failed_run(instance: dg.DagsterInstance, run_key: str) -> str | None:
     "reward_model has materialised (round-0001 when there is none), until the prompt pool is "
     "used up or max_rounds is reached.",
 )
-def next_round(context: dg.SensorEvaluationContext, store: DuckDBStore, labeling: LabelingSettings):
-    if labeling.problem:
-        return dg.SkipReason(labeling.problem)
-    if labeling.people:
+def next_round(
+    context: dg.SensorEvaluationContext, store: DuckDBStore, labelling: LabellingSettings
+):
+    problem = settings_problem(labelling)
+    if problem:
+        return dg.SkipReason(problem)
+    if labelling.people:
         return dg.SkipReason("label source is 'people': labels_landed advances the rounds")
-    plan = plan_next_round(context.instance, store, labeling, start_first=True)
-    after = after_round_requests(context.instance, labeling, "next_round", schedule=False)
+    plan = plan_next_round(context.instance, store, labelling, start_first=True)
+    after = after_round_requests(context.instance, labelling, "next_round", schedule=False)
     if plan.key is None:
         if not after:
             return dg.SkipReason(plan.reason)
@@ -434,46 +441,50 @@ def next_round(context: dg.SensorEvaluationContext, store: DuckDBStore, labeling
 
 DEFAULT_NIGHTLY_CRON = "0 2 * * *"
 DEFAULT_NIGHTLY_TIMEZONE = "UTC"
+NIGHTLY_ENV = {"AUF_NIGHTLY_CRON": "cron", "AUF_NIGHTLY_TIMEZONE": "timezone"}
 
 
-@dataclass(frozen=True)
-class NightlySettings:
-    cron: str  # the default when AUF_NIGHTLY_CRON was rejected
-    timezone: str  # the default when AUF_NIGHTLY_TIMEZONE was rejected
-    problem: str | None  # why the schedule must not start anything (rejected values), or None
+class NightlySettings(EnvSettings):
+    """Cron and time zone of the nightly schedule (read from the environment when the code
+    location loads: a rejected value leaves the default, and every tick skips naming it)."""
+
+    SETTINGS_NAME: ClassVar[str] = "nightly_round"
+
+    cron: str = DEFAULT_NIGHTLY_CRON
+    timezone: str = DEFAULT_NIGHTLY_TIMEZONE
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        if not is_valid_cron_string(value):
+            raise ValueError(
+                "not a valid cron string (five fields: minute hour day-of-month month "
+                f"day-of-week, e.g. {DEFAULT_NIGHTLY_CRON!r})"
+            )
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                "not a known time zone (an IANA name such as 'UTC' or 'Europe/Zurich')"
+            ) from None
+        return value
 
 
 def nightly_settings(environ: Mapping[str, str] | None = None) -> NightlySettings:
-    """Cron and time zone of the nightly schedule from the environment, checked.
+    """`AUF_NIGHTLY_CRON` / `AUF_NIGHTLY_TIMEZONE`, checked (never raises; see NightlySettings)."""
+    return from_env(NightlySettings, NIGHTLY_ENV, environ)
 
-    Never raises (the schedule is defined when the code location loads): a rejected value is
-    replaced by the default and named in `problem`, and every tick skips with it.
-    """
-    env = os.environ if environ is None else environ
-    cron = env.get("AUF_NIGHTLY_CRON", "").strip() or DEFAULT_NIGHTLY_CRON
-    tz = env.get("AUF_NIGHTLY_TIMEZONE", "").strip() or DEFAULT_NIGHTLY_TIMEZONE
-    errors = []
-    if not is_valid_cron_string(cron):
-        errors.append(
-            f"AUF_NIGHTLY_CRON={cron!r} is not a valid cron string (five fields: minute hour "
-            f"day-of-month month day-of-week, e.g. {DEFAULT_NIGHTLY_CRON!r})"
-        )
-        cron = DEFAULT_NIGHTLY_CRON
-    try:
-        zoneinfo.ZoneInfo(tz)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        errors.append(
-            f"AUF_NIGHTLY_TIMEZONE={tz!r} is not a known time zone (an IANA name such as 'UTC' "
-            "or 'Europe/Zurich')"
-        )
-        tz = DEFAULT_NIGHTLY_TIMEZONE
-    problem = None
-    if errors:
-        problem = (
-            f"{'; '.join(errors)}. nightly_round starts nothing until this is fixed and the code "
-            "location reloaded"
-        )
-    return NightlySettings(cron, tz, problem)
+
+def settings_problem(labelling: LabellingSettings) -> str | None:
+    """Why no run may start now: a rejected value in the labelling settings the sensor got, or
+    in any other `AUF_*` setting the runs it starts would use (engine, judge, budget)."""
+    problems = [p for p in (labelling.problem, *environment_problems()) if p]
+    return "; ".join(dict.fromkeys(problems)) or None
 
 
 NIGHTLY = nightly_settings()
@@ -491,12 +502,13 @@ NIGHTLY = nightly_settings()
     "AUF_NIGHTLY_CRON, AUF_NIGHTLY_TIMEZONE.",
 )
 def nightly_round(
-    context: dg.ScheduleEvaluationContext, store: DuckDBStore, labeling: LabelingSettings
+    context: dg.ScheduleEvaluationContext, store: DuckDBStore, labelling: LabellingSettings
 ):
     if NIGHTLY.problem:
         return dg.SkipReason(NIGHTLY.problem)
-    if labeling.problem:
-        return dg.SkipReason(labeling.problem)
+    problem = settings_problem(labelling)
+    if problem:
+        return dg.SkipReason(problem)
     instance = context.instance
     running = round_runs_in_progress(instance)
     if running:
@@ -504,8 +516,8 @@ def nightly_round(
         which = "; ".join(f"{key}: {running[key]}" for key in keys)
         return dg.SkipReason(f"{', '.join(keys)} running ({which}): no new round tonight")
     trained = trained_rounds(instance)
-    if labeling.people:
-        statuses = label_status(store, labeling, registered=registered_rounds(instance))
+    if labelling.people:
+        statuses = label_status(store, labelling, registered=registered_rounds(instance))
         retrain = [s for s in statuses if s.state == "retrain"]
         if retrain:
             s = retrain[0]
@@ -516,8 +528,8 @@ def nightly_round(
         if pending:
             s = pending[0]
             return dg.SkipReason(f"{s.round_id} is waiting for labels ({s.why})")
-    selection = SELECTION_ASSETS if labeling.people else ROUND_ASSETS
-    after = after_round_requests(instance, labeling, "nightly_round", schedule=True)
+    selection = SELECTION_ASSETS if labelling.people else ROUND_ASSETS
+    after = after_round_requests(instance, labelling, "nightly_round", schedule=True)
     rounds = registered_rounds(instance)
     if rounds and rounds[-1] not in trained:
         key = rounds[-1]  # never finished and nothing runs it: run it again
@@ -526,7 +538,7 @@ def nightly_round(
             return after or dg.SkipReason(f"{key} never finished, and {refusal}")
         context.log.info(f"{key} never finished: running it again")
     else:
-        plan = plan_next_round(instance, store, labeling, start_first=True)
+        plan = plan_next_round(instance, store, labelling, start_first=True)
         if plan.key is None:
             # No round to start (pool used up, max_rounds): still push the last one's dataset.
             return after or dg.SkipReason(plan.reason)

@@ -18,7 +18,7 @@ from auf_assets.core.costs import (
     round_totals,
 )
 from auf_assets.prompts import prompt_pool
-from resources.labeling import LabelingSettings
+from resources.labelling import LabellingSettings
 from resources.ledger import (
     USAGE_COLUMNS,
     StepLedger,
@@ -142,7 +142,7 @@ def test_budget_refuses_a_round_that_would_pass_a_maximum():
 def test_ledger_settings_from_the_environment():
     ledger = ledger_from_env({"AUF_BUDGET_MAX_DOLLARS": "12.5", "AUF_BUDGET_MAX_LABELS": "-3"})
     assert ledger.max_dollars == 12.5 and ledger.max_labels == 0
-    assert "AUF_BUDGET_MAX_LABELS='-3' is not allowed" in ledger.problem
+    assert "AUF_BUDGET_MAX_LABELS='-3' is invalid" in ledger.problem
 
 
 def _spend(store: DuckDBStore, round_id: str, model: str, prompt: int, completion: int):
@@ -171,14 +171,14 @@ def test_step_ledger_records_failed_attempts_too(auf_home):
 def test_sensors_and_schedule_stop_at_the_budget(auf_home, monkeypatch):
     from sensors.rounds import next_round, nightly_round
 
-    store, labeling = DuckDBStore(), LabelingSettings()
+    store, labelling = DuckDBStore(), LabellingSettings()
     instance = dg.DagsterInstance.ephemeral()
     dg.materialize([prompt_pool], instance=instance, resources={"store": store})
     prices = auf_home / "prices.yaml"
     prices.write_text(json.dumps(PRICES))
     _spend(store, "round-0001", "judge-70b", 2_000_000, 1_000_000)  # $4
     ctx = lambda: dg.build_sensor_context(  # noqa: E731
-        instance=instance, resources={"store": store, "labeling": labeling}
+        instance=instance, resources={"store": store, "labelling": labelling}
     )
     assert next_round(ctx()).run_requests  # no budget: rounds go on
     monkeypatch.setenv("AUF_BUDGET_MAX_DOLLARS", "7")
@@ -192,13 +192,13 @@ def test_sensors_and_schedule_stop_at_the_budget(auf_home, monkeypatch):
         dg.instance_for_test() as test_instance,
         dg.build_schedule_context(
             instance=test_instance,
-            resources={"store": store, "labeling": labeling},
+            resources={"store": store, "labelling": labelling},
             scheduled_execution_time=datetime(2026, 3, 1, 2, 0, tzinfo=timezone.utc),
         ) as context,
     ):
         assert "budget spent" in nightly_round(context).skip_message
     monkeypatch.setenv("AUF_BUDGET_MAX_TOKENS", "many")
-    assert "AUF_BUDGET_MAX_TOKENS='many' is not allowed" in next_round(ctx()).skip_message
+    assert "AUF_BUDGET_MAX_TOKENS='many' is invalid" in next_round(ctx()).skip_message
     # A price table that cannot be read: only a dollar budget, which cannot be checked, stops.
     monkeypatch.setenv("AUF_BUDGET_MAX_TOKENS", "9000000")
     prices.write_bytes(json.dumps(PRICES).encode("utf-16-le"))

@@ -36,7 +36,12 @@ def tiny_config(model_dir: Path) -> dict:
         "resources": {
             "engine": {"config": {"device": "cpu", "batch_size": 4}},
             "encoder": {
-                "config": {"model": model, "pooling": "last", "device": "cpu", "max_length": 64}
+                "config": {
+                    "encoder": f"{model}+text-stats",
+                    "pooling": "last",
+                    "device": "cpu",
+                    "max_length": 64,
+                }
             },
             "judge": {"config": {"model": model, "device": "cpu", "top_k": 1000}},
             "uncertainty_model": {

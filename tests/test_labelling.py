@@ -33,7 +33,7 @@ from auf_assets.jobs import (
 from auf_assets.label_inbox import import_label_file, label_status, scan_inbox
 from auf_assets.labels import annotation_batch
 from auf_assets.prompts import prompt_pool
-from resources.labeling import LabelingSettings, labeling_from_env
+from resources.labelling import LabellingSettings, labelling_from_env
 from resources.reward_judge import RewardModelJudge
 from resources.store import DuckDBStore
 from sensors.rounds import labels_landed, next_round, nightly_round, plan_next_round
@@ -42,27 +42,27 @@ R1 = "round-0001"
 SELECTION_CHECKS = [c for c in ROUND_CHECKS if c is not judgements_recorded]
 
 
-def people(**overrides) -> LabelingSettings:
-    return LabelingSettings(**{"source": "people", "settle_seconds": 0, **overrides})
+def people(**overrides) -> LabellingSettings:
+    return LabellingSettings(**{"source": "people", "settle_seconds": 0, **overrides})
 
 
-def select_pairs_for(instance, key, model_dir, labeling):
+def select_pairs_for(instance, key, model_dir, labelling):
     instance.add_dynamic_partitions("rounds", [key])
     return dg.materialize(
         [*SELECTION_ASSETS, *SELECTION_CHECKS],
         instance=instance,
         partition_key=key,
-        resources=tiny_resources(model_dir, labeling),
+        resources=tiny_resources(model_dir, labelling),
         run_config=tiny_run_config(model_dir),
     )
 
 
-def train_on_labels(instance, key, model_dir, labeling):
+def train_on_labels(instance, key, model_dir, labelling):
     return dg.materialize(
         [*LABELLED_ASSETS, judgements_recorded],
         instance=instance,
         partition_key=key,
-        resources=tiny_resources(model_dir, labeling),
+        resources=tiny_resources(model_dir, labelling),
     )
 
 
@@ -86,24 +86,24 @@ def env(template, tmp_path, monkeypatch, tiny_lm_dir):
     monkeypatch.setenv("AUF_HOME", str(home))
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("rounds", [R1])
-    labeling = people()
+    labelling = people()
     return SimpleNamespace(
         home=home,
         instance=instance,
         store=DuckDBStore(),
-        labeling=labeling,
+        labelling=labelling,
         model=tiny_lm_dir,
         batch=[
             json.loads(line)
-            for line in (labeling.outbox_dir / f"{R1}.jsonl").read_text().split("\n")
+            for line in (labelling.outbox_dir / f"{R1}.jsonl").read_text().split("\n")
             if line
         ],
     )
 
 
 def drop(env, name: str, content) -> Path:
-    env.labeling.inbox_dir.mkdir(parents=True, exist_ok=True)
-    path = env.labeling.inbox_dir / name
+    env.labelling.inbox_dir.mkdir(parents=True, exist_ok=True)
+    path = env.labelling.inbox_dir / name
     if isinstance(content, bytes):
         path.write_bytes(content)
     elif isinstance(content, str):
@@ -123,11 +123,11 @@ def labelled(batch, choices, annotator=None):
     return out
 
 
-def sensor_context(env, cursor=None, labeling=None):
+def sensor_context(env, cursor=None, labelling=None):
     return dg.build_sensor_context(
         instance=env.instance,
         cursor=cursor,
-        resources={"store": env.store, "labeling": labeling or env.labeling},
+        resources={"store": env.store, "labelling": labelling or env.labelling},
     )
 
 
@@ -143,7 +143,7 @@ def mark_trained(instance, key):
 
 
 def test_annotation_batch_is_written_balanced_and_stable(env):
-    out = env.labeling.outbox_dir
+    out = env.labelling.outbox_dir
     names = {p.name for p in out.iterdir()}
     assert names == {
         f"{R1}.csv",
@@ -176,7 +176,7 @@ def test_annotation_batch_is_written_balanced_and_stable(env):
         [annotation_batch],
         instance=env.instance,
         partition_key=R1,
-        resources={"store": env.store, "labeling": env.labeling},
+        resources={"store": env.store, "labelling": env.labelling},
         run_config={"ops": {"annotation_batch": {"config": {"seed": 99}}}},
     )
     assert again.success
@@ -185,12 +185,12 @@ def test_annotation_batch_is_written_balanced_and_stable(env):
 
 
 def test_annotation_batch_writes_nothing_for_an_automatic_judge(env, tmp_path):
-    labeling = LabelingSettings(outbox=str(tmp_path / "outbox"))
+    labelling = LabellingSettings(outbox=str(tmp_path / "outbox"))
     result = dg.materialize(
         [annotation_batch],
         instance=env.instance,
         partition_key=R1,
-        resources={"store": env.store, "labeling": labeling},
+        resources={"store": env.store, "labelling": labelling},
     )
     meta = result.asset_materializations_for_node("annotation_batch")[0].metadata
     assert meta["written"].value is False and "llm_judge" in meta["reason"].value
@@ -202,10 +202,10 @@ def test_annotation_batch_writes_nothing_for_an_automatic_judge(env, tmp_path):
 
 def test_a_valid_file_is_imported_once_and_choices_map_back(env):
     path = drop(env, "batch1.jsonl", labelled(env.batch, ["A", "A", "B", "tie"], "ann"))
-    outcomes, cursor, waiting = scan_inbox(env.store, env.labeling, None, now=1e12)
+    outcomes, cursor, waiting = scan_inbox(env.store, env.labelling, None, now=1e12)
     assert [o.status for o in outcomes] == ["imported"] and not waiting
     assert outcomes[0].new_labels == 4 and outcomes[0].rounds == [R1]
-    assert not path.exists() and (env.labeling.archive_dir / "batch1.jsonl").exists()
+    assert not path.exists() and (env.labelling.archive_dir / "batch1.jsonl").exists()
     labels = table(env.store, "labels")
     shown = dict(env.store.sql_for_tests("SELECT pair_id, swapped FROM presentations").rows())
     for row in labels.iter_rows(named=True):
@@ -222,23 +222,23 @@ def test_a_valid_file_is_imported_once_and_choices_map_back(env):
         assert row["file"] == "batch1.jsonl" and row["line"] >= 1
 
     # The same content dropped again (under any name) adds nothing.
-    drop(env, "copy-of-batch1.jsonl", (env.labeling.archive_dir / "batch1.jsonl").read_bytes())
-    outcomes, _, _ = scan_inbox(env.store, env.labeling, cursor, now=1e12)
+    drop(env, "copy-of-batch1.jsonl", (env.labelling.archive_dir / "batch1.jsonl").read_bytes())
+    outcomes, _, _ = scan_inbox(env.store, env.labelling, cursor, now=1e12)
     assert outcomes[0].status == "already_imported"
     assert table(env.store, "labels").equals(labels)
     assert env.store.count_rows("imported_files") == 1
 
 
 def test_a_file_still_being_written_waits_for_the_next_tick(env):
-    labeling = people(settle_seconds=3600)
+    labelling = people(settle_seconds=3600)
     path = drop(env, "fresh.jsonl", labelled(env.batch, ["A"]))
     now = path.stat().st_mtime + 1
-    outcomes, cursor, waiting = scan_inbox(env.store, labeling, None, now=now)
+    outcomes, cursor, waiting = scan_inbox(env.store, labelling, None, now=now)
     assert outcomes == [] and waiting == ["fresh.jsonl"]
-    outcomes, _, _ = scan_inbox(env.store, labeling, cursor, now=now + 30)  # unchanged since
+    outcomes, _, _ = scan_inbox(env.store, labelling, cursor, now=now + 30)  # unchanged since
     assert [o.status for o in outcomes] == ["imported"]
     drop(env, ".hidden.jsonl.tmp", "partial")
-    assert scan_inbox(env.store, labeling, None, now=1e12)[0] == []
+    assert scan_inbox(env.store, labelling, None, now=1e12)[0] == []
 
 
 BAD_FILES = {
@@ -284,16 +284,16 @@ BAD_FILES = {
 def test_a_malformed_file_is_quarantined_and_nothing_stored_changes(env, kind):
     # Labels already stored must survive a bad file untouched.
     drop(env, "good.jsonl", labelled(env.batch, ["A", "B"], "first"))
-    scan_inbox(env.store, env.labeling, None, now=1e12)
+    scan_inbox(env.store, env.labelling, None, now=1e12)
     before = {t: table(env.store, t) for t in ("labels", "pairs", "judgements")}
 
     name, make, line, message = BAD_FILES[kind]
     path = drop(env, name, make(env.batch))
-    outcomes, _, _ = scan_inbox(env.store, env.labeling, None, now=1e12)
+    outcomes, _, _ = scan_inbox(env.store, env.labelling, None, now=1e12)
     assert [o.status for o in outcomes] == ["quarantined"]
     assert not path.exists()
-    moved = env.labeling.quarantine_dir / name
-    reason = (env.labeling.quarantine_dir / (name + ".reason")).read_text()
+    moved = env.labelling.quarantine_dir / name
+    reason = (env.labelling.quarantine_dir / (name + ".reason")).read_text()
     assert moved.exists() and f"line {line}: " in reason and message in reason, reason
     assert "nothing from this file was stored" in reason
     for t, frame in before.items():
@@ -306,9 +306,9 @@ def test_a_malformed_file_is_quarantined_and_nothing_stored_changes(env, kind):
 def test_a_corrected_file_is_accepted_after_quarantine(env):
     bad = labelled(env.batch, ["A", "B", "C"], "ann")
     drop(env, "fixme.jsonl", bad)
-    assert scan_inbox(env.store, env.labeling, None, now=1e12)[0][0].status == "quarantined"
+    assert scan_inbox(env.store, env.labelling, None, now=1e12)[0][0].status == "quarantined"
     drop(env, "fixme.jsonl", labelled(env.batch, ["A", "B", "A"], "ann"))
-    outcome = scan_inbox(env.store, env.labeling, None, now=1e12)[0][0]
+    outcome = scan_inbox(env.store, env.labelling, None, now=1e12)[0][0]
     assert outcome.status == "imported" and outcome.new_labels == 3
 
 
@@ -319,7 +319,7 @@ SHADOW = "root:*:20228:0:99999:7:::\ndaemon:*:20228:0:99999:7:::\n"  # "20228": 
 
 def messages_of(env, outcome) -> str:
     """Everything a person or the store gets to see about an import."""
-    reasons = [p.read_text() for p in env.labeling.quarantine_dir.glob("*.reason")]
+    reasons = [p.read_text() for p in env.labelling.quarantine_dir.glob("*.reason")]
     stored = env.store.sql_for_tests("SELECT reason FROM imported_files")["reason"].to_list()
     return "\n".join([outcome.summary(), *outcome.problems, *reasons, *map(str, stored)])
 
@@ -332,7 +332,7 @@ def test_links_fifos_and_devices_in_the_inbox_are_refused_unread(env, tmp_path):
     secret.write_text(SHADOW)
     good = tmp_path / "good.jsonl"  # a valid label file: following the link would import it
     good.write_text("".join(json.dumps(r) + "\n" for r in labelled(env.batch, ["A"] * 4)))
-    inbox = env.labeling.inbox_dir
+    inbox = env.labelling.inbox_dir
     inbox.mkdir(parents=True, exist_ok=True)
     (inbox / "shadow.csv").symlink_to(secret)
     (inbox / "good.jsonl").symlink_to(good)
@@ -340,7 +340,7 @@ def test_links_fifos_and_devices_in_the_inbox_are_refused_unread(env, tmp_path):
     (inbox / "device.csv").symlink_to("/dev/zero")  # an endless file
     (inbox / "a-folder.jsonl").mkdir()  # a folder is left alone
 
-    outcomes, _, waiting = scan_inbox(env.store, env.labeling, None, now=1e12)
+    outcomes, _, waiting = scan_inbox(env.store, env.labelling, None, now=1e12)
     by_name = {o.file: o for o in outcomes}
     assert set(by_name) == {"shadow.csv", "good.jsonl", "pipe.jsonl", "device.csv"}
     assert not waiting
@@ -351,10 +351,10 @@ def test_links_fifos_and_devices_in_the_inbox_are_refused_unread(env, tmp_path):
     for outcome in outcomes:
         assert "20228" not in messages_of(env, outcome)
         # The entry itself went to quarantine: a link is still a link, its target untouched.
-        assert outcome.moved_to.parent == env.labeling.quarantine_dir
+        assert outcome.moved_to.parent == env.labelling.quarantine_dir
         assert outcome.reason_file.exists()
-    assert (env.labeling.quarantine_dir / "shadow.csv").is_symlink()
-    assert stat.S_ISFIFO((env.labeling.quarantine_dir / "pipe.jsonl").lstat().st_mode)
+    assert (env.labelling.quarantine_dir / "shadow.csv").is_symlink()
+    assert stat.S_ISFIFO((env.labelling.quarantine_dir / "pipe.jsonl").lstat().st_mode)
     assert secret.read_text() == SHADOW and good.exists()
     assert sorted(p.name for p in inbox.iterdir()) == ["a-folder.jsonl"]
 
@@ -378,7 +378,7 @@ def test_cli_refuses_a_link_without_reading_it(env, tmp_path, capsys, monkeypatc
 def test_a_rejected_file_is_never_quoted(env, capsys, monkeypatch, tmp_path):
     # A password file saved (not linked) into the inbox under a label file's name.
     path = drop(env, "shadow.csv", SHADOW)
-    outcome = scan_inbox(env.store, env.labeling, None, now=1e12)[0][0]
+    outcome = scan_inbox(env.store, env.labelling, None, now=1e12)[0][0]
     assert outcome.status == "quarantined" and not path.exists()
     assert "line 1: no header with a pair_id and a choice column" in outcome.problems[0]
     assert "20228" not in messages_of(env, outcome) and "root:" not in messages_of(env, outcome)
@@ -409,9 +409,11 @@ def test_a_file_over_the_size_limit_is_refused_before_it_is_read(env, tmp_path, 
     monkeypatch.setenv("AUF_LABEL_SETTLE_SECONDS", "0")
     mine = tmp_path / "mine.csv"
     mine.write_bytes(junk)
-    before = sorted(p.name for p in env.labeling.quarantine_dir.iterdir())
+    before = sorted(p.name for p in env.labelling.quarantine_dir.iterdir())
     assert cli_main(["labels", "import", str(mine)]) == 1
-    assert mine.exists() and sorted(p.name for p in env.labeling.quarantine_dir.iterdir()) == before
+    assert (
+        mine.exists() and sorted(p.name for p in env.labelling.quarantine_dir.iterdir()) == before
+    )
 
 
 def test_a_junk_file_is_checked_until_max_problems(env):
@@ -472,14 +474,14 @@ def test_outbox_paths_are_stored_relative_to_the_home(env):
     # `env` runs in a copy of the home the batch was written in.
     stored = env.store.sql_for_tests("SELECT jsonl_path, csv_path FROM annotation_batches").row(0)
     assert stored == ("labels/outbox/round-0001.jsonl", "labels/outbox/round-0001.csv")
-    (status,) = label_status(env.store, env.labeling)
+    (status,) = label_status(env.store, env.labelling)
     assert status.outbox["jsonl"] == str(env.home / "labels/outbox/round-0001.jsonl")
     # A row written before paths were relative names the home it was written in.
     env.store.sql_for_tests(
         "UPDATE annotation_batches SET jsonl_path = '/elsewhere/old-home/labels/outbox/"
         "round-0001.jsonl', labelstudio_path = '/data/shared-outbox/round-0001.labelstudio.json'"
     )
-    (status,) = label_status(env.store, env.labeling)
+    (status,) = label_status(env.store, env.labelling)
     assert status.outbox["jsonl"] == str(env.home / "labels/outbox/round-0001.jsonl")
     # A path outside any home (an outbox set elsewhere) is shown as it is.
     assert status.outbox["labelstudio"] == "/data/shared-outbox/round-0001.labelstudio.json"
@@ -490,16 +492,16 @@ def test_outbox_paths_are_stored_relative_to_the_home(env):
 
 def test_labels_landed_does_nothing_for_an_automatic_judge_and_says_so_once(env):
     drop(env, "a.jsonl", labelled(env.batch, ["A"] * 4))
-    result = labels_landed(sensor_context(env, labeling=LabelingSettings()))
+    result = labels_landed(sensor_context(env, labelling=LabellingSettings()))
     assert "'llm_judge'" in result.skip_reason.skip_message
     assert env.store.count_rows("labels") == 0
     # Running by default: later ticks skip without a message (no log line every 30 s) ...
-    quiet = labels_landed(sensor_context(env, cursor=result.cursor, labeling=LabelingSettings()))
+    quiet = labels_landed(sensor_context(env, cursor=result.cursor, labelling=LabellingSettings()))
     assert quiet.skip_reason is None and not quiet.run_requests
     assert env.store.count_rows("labels") == 0
     # ... until the reason changes.
-    judge = LabelingSettings(source="reward_model_judge")
-    changed = labels_landed(sensor_context(env, cursor=quiet.cursor, labeling=judge))
+    judge = LabellingSettings(source="reward_model_judge")
+    changed = labels_landed(sensor_context(env, cursor=quiet.cursor, labelling=judge))
     assert "'reward_model_judge'" in changed.skip_reason.skip_message
     assert labels_landed.default_status == dg.DefaultSensorStatus.RUNNING
 
@@ -515,18 +517,18 @@ def test_labels_landed_waits_then_trains_and_is_idempotent(env):
 
     # Partial rule: half the pairs are enough once the wait is over.
     partial = people(min_fraction=0.5, wait_hours=0)
-    result = labels_landed(sensor_context(env, cursor=first.cursor, labeling=partial))
+    result = labels_landed(sensor_context(env, cursor=first.cursor, labelling=partial))
     assert [(r.job_name, r.partition_key, r.run_key) for r in result.run_requests] == [
         ("labelled_round", R1, f"labels-{R1}-2")  # the run_key counts the round's labels
     ]
     assert result.dynamic_partitions_requests == []  # round-0002 waits for round-0001's model
     # Evaluating the same tick again adds nothing and asks for the same run (same run_key).
-    again = labels_landed(sensor_context(env, cursor=first.cursor, labeling=partial))
+    again = labels_landed(sensor_context(env, cursor=first.cursor, labelling=partial))
     assert [r.run_key for r in again.run_requests] == [f"labels-{R1}-2"]
     assert env.store.count_rows("labels") == 2 and env.store.count_rows("imported_files") == 1
 
     # With a long wait the partial rule does not fire yet.
-    waiting = labels_landed(sensor_context(env, labeling=people(min_fraction=0.5, wait_hours=24)))
+    waiting = labels_landed(sensor_context(env, labelling=people(min_fraction=0.5, wait_hours=24)))
     assert waiting.run_requests == []
 
 
@@ -535,7 +537,7 @@ def test_new_labels_after_a_failed_run_start_a_new_run(env, capfd):
 
     partial = people(min_fraction=0.5, wait_hours=0)
     drop(env, "half.jsonl", labelled(env.batch[:2], ["A", "B"], "ann"))
-    first = labels_landed(sensor_context(env, labeling=partial))
+    first = labels_landed(sensor_context(env, labelling=partial))
     key = f"labels-{R1}-2"
     assert [r.run_key for r in first.run_requests] == [key]
     # The run with that key failed: the daemon never launches a run_key twice, and the sensor
@@ -547,13 +549,13 @@ def test_new_labels_after_a_failed_run_start_a_new_run(env, capfd):
         tags={"dagster/run_key": key, "dagster/partition": R1},
     )
     capfd.readouterr()
-    again = labels_landed(sensor_context(env, cursor=first.cursor, labeling=partial))
+    again = labels_landed(sensor_context(env, cursor=first.cursor, labelling=partial))
     assert [r.run_key for r in again.run_requests] == [key]
     logged = capfd.readouterr().err  # the sensor's log (its skip reason when it requests nothing)
     assert f"({key}) failed: it is tried again when more labels arrive" in logged
     # One more label arrives: a new run_key, so the daemon launches a new run.
     drop(env, "one-more.jsonl", labelled(env.batch[2:3], ["A"], "ann"))
-    third = labels_landed(sensor_context(env, cursor=again.cursor, labeling=partial))
+    third = labels_landed(sensor_context(env, cursor=again.cursor, labelling=partial))
     assert [(r.job_name, r.partition_key, r.run_key) for r in third.run_requests] == [
         ("labelled_round", R1, f"labels-{R1}-3")
     ]
@@ -562,7 +564,7 @@ def test_new_labels_after_a_failed_run_start_a_new_run(env, capfd):
 def test_late_labels_train_the_newest_round_again_before_the_next_round(env):
     partial = people(min_fraction=0.5, wait_hours=0)
     drop(env, "half.jsonl", labelled(env.batch[:2], ["A", "B"], "ann"))
-    first = labels_landed(sensor_context(env, labeling=partial))
+    first = labels_landed(sensor_context(env, labelling=partial))
     assert [r.run_key for r in first.run_requests] == [f"labels-{R1}-2"]
     assert train_on_labels(env.instance, R1, env.model, partial).success
     status = {s.round_id: s for s in label_status(env.store, partial)}[R1]
@@ -571,7 +573,7 @@ def test_late_labels_train_the_newest_round_again_before_the_next_round(env):
     # The rest of the labels arrive after the model was trained on half of them: the round is
     # still the newest, so it is trained again, and the next round waits for that model.
     drop(env, "rest.jsonl", labelled(env.batch[2:], ["A", "B"], "ann"))
-    result = labels_landed(sensor_context(env, cursor=first.cursor, labeling=partial))
+    result = labels_landed(sensor_context(env, cursor=first.cursor, labelling=partial))
     assert [(r.job_name, r.partition_key, r.run_key) for r in result.run_requests] == [
         ("labelled_round", R1, f"labels-{R1}-4")
     ]
@@ -583,7 +585,7 @@ def test_late_labels_train_the_newest_round_again_before_the_next_round(env):
         instance.add_dynamic_partitions("rounds", [R1])
         mark_trained(instance, R1)
         with dg.build_schedule_context(
-            instance=instance, resources={"store": env.store, "labeling": partial}
+            instance=instance, resources={"store": env.store, "labelling": partial}
         ) as context:
             skip = nightly_round(context)
     assert f"{R1} is trained again by labels_landed" in skip.skip_message
@@ -592,7 +594,7 @@ def test_late_labels_train_the_newest_round_again_before_the_next_round(env):
     assert env.store.round_rows("reward_models", R1)["pairs_trained"].to_list() == [4]
     status = {s.round_id: s for s in label_status(env.store, partial)}[R1]
     assert (status.state, status.late_labels) == ("trained", 0)
-    after = labels_landed(sensor_context(env, cursor=result.cursor, labeling=partial))
+    after = labels_landed(sensor_context(env, cursor=result.cursor, labelling=partial))
     assert [(r.job_name, r.partition_key) for r in after.run_requests] == [
         ("pair_selection", "round-0002")
     ]
@@ -600,15 +602,15 @@ def test_late_labels_train_the_newest_round_again_before_the_next_round(env):
 
 def test_late_labels_are_reported_not_used_once_a_later_round_exists(env, capsys, monkeypatch):
     drop(env, "all.jsonl", labelled(env.batch, ["A", "B", "A", "B"], "ann"))
-    scan_inbox(env.store, env.labeling, None, now=1e12)
-    assert train_on_labels(env.instance, R1, env.model, env.labeling).success
+    scan_inbox(env.store, env.labelling, None, now=1e12)
+    assert train_on_labels(env.instance, R1, env.model, env.labelling).success
     env.instance.add_dynamic_partitions("rounds", ["round-0002"])
     drop(env, "late.jsonl", labelled(env.batch[:3], ["B", "B", "B"], "late"))
     result = labels_landed(sensor_context(env))
     assert env.store.count_rows("labels") == 7
     assert not result.run_requests  # round-0002 started from round-0001's model: no fork
     status = {
-        s.round_id: s for s in label_status(env.store, env.labeling, registered=["round-0002", R1])
+        s.round_id: s for s in label_status(env.store, env.labelling, registered=["round-0002", R1])
     }[R1]
     assert (status.state, status.late_labels, status.late_pairs) == ("trained", 3, 3)
     assert status.superseded_by == "round-0002"
@@ -616,9 +618,9 @@ def test_late_labels_are_reported_not_used_once_a_later_round_exists(env, capsys
         status.why
     )
     # Without the Dagster partitions (the CLI), a later round in the store counts the same.
-    assert {s.round_id: s.state for s in label_status(env.store, env.labeling)}[R1] == "retrain"
+    assert {s.round_id: s.state for s in label_status(env.store, env.labelling)}[R1] == "retrain"
     env.store.register_round("round-0002", 2)
-    assert {s.round_id: s.state for s in label_status(env.store, env.labeling)}[R1] == "trained"
+    assert {s.round_id: s.state for s in label_status(env.store, env.labelling)}[R1] == "trained"
 
     monkeypatch.setenv("AUF_LABEL_SOURCE", "people")
     assert cli_main(["labels", "status"]) == 0
@@ -631,7 +633,7 @@ def test_late_labels_are_reported_not_used_once_a_later_round_exists(env, capsys
 
 def test_label_status_reads_all_rounds_in_a_constant_number_of_queries(env, monkeypatch):
     drop(env, "half.jsonl", labelled(env.batch[:2], ["A", "tie"], "ann"))
-    scan_inbox(env.store, env.labeling, None, now=1e12)
+    scan_inbox(env.store, env.labelling, None, now=1e12)
     # Four more rounds with a batch and labels of their own (rows written directly).
     for k in range(2, 6):
         rid = f"round-{k:04d}"
@@ -652,7 +654,7 @@ def test_label_status_reads_all_rounds_in_a_constant_number_of_queries(env, monk
         return real(self)
 
     monkeypatch.setattr(DuckDBStore, "_connect", counting)
-    statuses = label_status(env.store, env.labeling)
+    statuses = label_status(env.store, env.labelling)
     assert [s.round_id for s in statuses] == [R1] + [f"round-{k:04d}" for k in range(2, 6)]
     assert [s.labels for s in statuses] == [2] * 5 and statuses[0].ties == 1
     assert len(connections) == 2  # label progress, and the labels of every round at once
@@ -663,8 +665,8 @@ def test_people_verdicts_resolve_every_label_and_skip_unlabelled_pairs(env):
     drop(env, "x.jsonl", labelled(b[:3], ["A", "A", "tie"], "x"))
     drop(env, "y.jsonl", labelled(b[:2], ["A", "B"], "y"))
     drop(env, "z.csv", f"pair_id,choice,annotator\n{b[1]['pair_id']},B,z\n")
-    scan_inbox(env.store, env.labeling, None, now=1e12)
-    result = train_on_labels(env.instance, R1, env.model, env.labeling)
+    scan_inbox(env.store, env.labelling, None, now=1e12)
+    result = train_on_labels(env.instance, R1, env.model, env.labelling)
     assert result.success
     assert all(c.passed for c in result.get_asset_check_evaluations())
     shown = dict(env.store.sql_for_tests("SELECT pair_id, swapped FROM presentations").rows())
@@ -692,7 +694,7 @@ def test_people_verdicts_resolve_every_label_and_skip_unlabelled_pairs(env):
 
 def test_people_judgements_fail_clearly_without_labels(env):
     with pytest.raises(dg.Failure, match="has no labels yet"):
-        train_on_labels(env.instance, R1, env.model, env.labeling)
+        train_on_labels(env.instance, R1, env.model, env.labelling)
 
 
 def test_end_to_end_labels_to_the_next_round(env, tiny_lm_dir):
@@ -703,7 +705,7 @@ def test_end_to_end_labels_to_the_next_round(env, tiny_lm_dir):
         asset_checks=ROUND_CHECKS,
         jobs=[active_round_job, pair_selection_job, labelled_round_job],
         sensors=[labels_landed],
-        resources=tiny_resources(tiny_lm_dir, env.labeling),
+        resources=tiny_resources(tiny_lm_dir, env.labelling),
     )
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("rounds", [R1])
@@ -714,7 +716,7 @@ def test_end_to_end_labels_to_the_next_round(env, tiny_lm_dir):
                 instance_ref=instance.get_ref(),
                 cursor=cursor,
                 definitions=defs,
-                resources={"store": env.store, "labeling": env.labeling},
+                resources={"store": env.store, "labelling": env.labelling},
             ) as context:
                 data = labels_landed.evaluate_tick(context)
             for request in data.dynamic_partitions_requests or []:
@@ -744,7 +746,7 @@ def test_end_to_end_labels_to_the_next_round(env, tiny_lm_dir):
             ("pair_selection", "round-0002")
         ]
         assert instance.get_dynamic_partitions("rounds") == [R1, "round-0002"]
-        assert (env.labeling.outbox_dir / "round-0002.jsonl").exists()
+        assert (env.labelling.outbox_dir / "round-0002.jsonl").exists()
         scores = env.store.round_rows("reward_scores", "round-0002")
         assert set(scores["reward_model_round"]) == {R1}  # trained on round-0001's labels
 
@@ -804,7 +806,7 @@ def test_only_round_runs_hold_the_next_round_back(env):
         ("pair_selection", "round-0002")
     ]
     automatic = dg.build_sensor_context(
-        instance=env.instance, resources={"store": env.store, "labeling": LabelingSettings()}
+        instance=env.instance, resources={"store": env.store, "labelling": LabellingSettings()}
     )
     assert next_round(automatic).run_requests[0].partition_key == "round-0002"
     with dg.instance_for_test() as instance:  # a schedule context needs a persistent instance
@@ -812,7 +814,7 @@ def test_only_round_runs_hold_the_next_round_back(env):
         training_runs(instance)
         with dg.build_schedule_context(
             instance=instance,
-            resources={"store": env.store, "labeling": LabelingSettings()},
+            resources={"store": env.store, "labelling": LabellingSettings()},
             scheduled_execution_time=datetime(2026, 3, 1, 2, 0, tzinfo=timezone.utc),
         ) as context:
             assert nightly_round(context).partition_key == "round-0002"
@@ -835,10 +837,10 @@ def test_only_round_runs_hold_the_next_round_back(env):
 
 
 def test_next_round_sensor_starts_rounds_for_automatic_judges(auf_home):
-    store, labeling = DuckDBStore(), LabelingSettings()
+    store, labelling = DuckDBStore(), LabellingSettings()
     instance = dg.DagsterInstance.ephemeral()
     ctx = lambda: dg.build_sensor_context(  # noqa: E731
-        instance=instance, resources={"store": store, "labeling": labeling}
+        instance=instance, resources={"store": store, "labelling": labelling}
     )
     assert "no prompts ingested" in next_round(ctx()).skip_message
     dg.materialize([prompt_pool], instance=instance, resources={"store": store})
@@ -853,7 +855,7 @@ def test_next_round_sensor_starts_rounds_for_automatic_judges(auf_home):
     assert second.run_requests[0].partition_key == "round-0002"
     assert second.dynamic_partitions_requests[0].partition_keys == ["round-0002"]
     people_ctx = dg.build_sensor_context(
-        instance=instance, resources={"store": store, "labeling": people()}
+        instance=instance, resources={"store": store, "labelling": people()}
     )
     assert "labels_landed advances" in next_round(people_ctx).skip_message
 
@@ -864,24 +866,24 @@ def test_nightly_schedule(env):
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("rounds", [R1])
 
-        def evaluate(labeling):
+        def evaluate(labelling):
             with dg.build_schedule_context(
                 instance=instance,
-                resources={"store": env.store, "labeling": labeling},
+                resources={"store": env.store, "labelling": labelling},
                 scheduled_execution_time=datetime(2026, 3, 1, 2, 0, tzinfo=timezone.utc),
             ) as context:
                 return nightly_round(context)
 
         # People mode: round-0001 waits for its labels.
-        assert "round-0001 is waiting for labels" in evaluate(env.labeling).skip_message
+        assert "round-0001 is waiting for labels" in evaluate(env.labelling).skip_message
         # Automatic mode: round-0001 never finished and nothing runs it: run it again.
-        request = evaluate(LabelingSettings())
+        request = evaluate(LabellingSettings())
         assert request.partition_key == R1 and request.run_key == f"{R1}-2026-03-01"
         assert set(request.asset_selection) == {a.key for a in ROUND_ASSETS}
         # Requested by asset selection, not by a round job: the chain tag is set by the schedule.
         assert request.tags == {**ROUND_CHAIN_TAGS, "auf/trigger": "nightly_round"}
         mark_trained(instance, R1)
-        request = evaluate(LabelingSettings())
+        request = evaluate(LabellingSettings())
         assert request.partition_key == "round-0002"
         assert "round-0002" in instance.get_dynamic_partitions("rounds")
         create_run_for_test(
@@ -890,7 +892,7 @@ def test_nightly_schedule(env):
             status=dg.DagsterRunStatus.STARTED,
             tags={"dagster/partition": "round-0002"},
         )
-        assert "round-0002 running" in evaluate(LabelingSettings()).skip_message
+        assert "round-0002 running" in evaluate(LabellingSettings()).skip_message
         for key in ("round-10000", "round-9999"):
             create_run_for_test(
                 instance,
@@ -899,7 +901,7 @@ def test_nightly_schedule(env):
                 tags={"dagster/partition": key},
             )
         # Named in round order (round-10000 sorts before round-9999 as a string).
-        assert evaluate(LabelingSettings()).skip_message.startswith(
+        assert evaluate(LabellingSettings()).skip_message.startswith(
             "round-0002, round-9999, round-10000 running"
         )
     assert nightly_round.default_status == dg.DefaultScheduleStatus.STOPPED
@@ -909,7 +911,7 @@ def test_nightly_schedule(env):
 
 
 def test_settings_from_the_environment():
-    s = labeling_from_env({"AUF_LABEL_SOURCE": "people", "AUF_LABEL_MIN_FRACTION": "0.8"})
+    s = labelling_from_env({"AUF_LABEL_SOURCE": "people", "AUF_LABEL_MIN_FRACTION": "0.8"})
     assert s.people and s.min_fraction == 0.8 and s.problem is None
     s.check()  # nothing rejected: no error (bad values: tests/test_settings_env.py)
     from sensors.rounds import nightly_settings
@@ -943,7 +945,7 @@ def test_cli_import_and_status(env, tmp_path, capsys, monkeypatch):
     assert cli_main(["labels", "import", str(bad), "--round", "round-0002"]) == 1
     err = capsys.readouterr().err
     assert "line 1: pair" in err and "not to round-0002" in err
-    assert bad.exists() and (env.labeling.quarantine_dir / "bad.jsonl.reason").exists()
+    assert bad.exists() and (env.labelling.quarantine_dir / "bad.jsonl.reason").exists()
     assert env.store.count_rows("labels") == 3
 
     assert cli_main(["labels", "status"]) == 0
@@ -957,9 +959,9 @@ def test_cli_import_and_status(env, tmp_path, capsys, monkeypatch):
 def test_import_outside_the_inbox_keeps_the_original(env, tmp_path):
     src = tmp_path / "x.jsonl"
     src.write_text(json.dumps({"pair_id": env.batch[0]["pair_id"], "choice": "B"}) + "\n")
-    outcome = import_label_file(src, env.store, env.labeling, keep_original=True)
+    outcome = import_label_file(src, env.store, env.labelling, keep_original=True)
     assert outcome.status == "imported" and src.exists()
-    status = {s.round_id: s for s in label_status(env.store, env.labeling)}
+    status = {s.round_id: s for s in label_status(env.store, env.labelling)}
     assert status[R1].labelled_pairs == 1 and status[R1].state == "waiting"
 
 
@@ -994,7 +996,7 @@ def tiny_reward_model(tmp_path_factory, tiny_lm_dir) -> Path:
 def test_reward_model_judge_labels_a_round(env, tiny_reward_model):
     judge = RewardModelJudge(model=str(tiny_reward_model), device="cpu", batch_size=3)
     resources = {
-        **tiny_resources(env.model, LabelingSettings(source="reward_model_judge")),
+        **tiny_resources(env.model, LabellingSettings(source="reward_model_judge")),
         "reward_judge": judge,
     }
     result = dg.materialize(
@@ -1043,7 +1045,7 @@ def test_oracle_labels_a_round_read_from_a_pool_file(auf_home, tiny_lm_dir, tmp_
     ]
     pool = tmp_path / "pool.parquet"
     pl.DataFrame(rows).write_parquet(pool)
-    labeling = LabelingSettings(source="oracle", oracle_pool=str(pool))
+    labelling = LabellingSettings(source="oracle", oracle_pool=str(pool))
     instance = dg.DagsterInstance.ephemeral()
     store = DuckDBStore()
     assert dg.materialize(
@@ -1060,7 +1062,7 @@ def test_oracle_labels_a_round_read_from_a_pool_file(auf_home, tiny_lm_dir, tmp_
         [*ROUND_ASSETS, *ROUND_CHECKS],
         instance=instance,
         partition_key=R1,
-        resources=tiny_resources(tiny_lm_dir, labeling),
+        resources=tiny_resources(tiny_lm_dir, labelling),
         run_config=config,
     )
     assert result.success
@@ -1084,7 +1086,7 @@ def test_oracle_labels_a_round_read_from_a_pool_file(auf_home, tiny_lm_dir, tmp_
             [judgements],
             instance=instance,
             partition_key=R1,
-            resources=tiny_resources(tiny_lm_dir, LabelingSettings(source="oracle")),
+            resources=tiny_resources(tiny_lm_dir, LabellingSettings(source="oracle")),
         )
     bad = dict(config)
     bad["ops"] = {
@@ -1096,6 +1098,6 @@ def test_oracle_labels_a_round_read_from_a_pool_file(auf_home, tiny_lm_dir, tmp_
             [ROUND_ASSETS[1]],
             instance=instance,
             partition_key=R1,
-            resources=tiny_resources(tiny_lm_dir, labeling),
+            resources=tiny_resources(tiny_lm_dir, labelling),
             run_config={"ops": {"completions": bad["ops"]["completions"]}},
         )

@@ -16,7 +16,8 @@ import torch
 from auf_assets.core import devices
 from auf_assets.core.judging import judge_messages
 from auf_assets.core.policy import PolicyScorer
-from auf_assets.core.training import TrainingError, TrainSettings, train_reward_model
+from auf_assets.core.settings import TrainingSettings
+from auf_assets.core.training import TrainingError, train_reward_model
 from resources.loaded_models import LoadedModels
 from resources.model_loading import load_tokenizer_and_model, weights_dtype
 from resources.vllm_lm import _stop_vllm
@@ -262,7 +263,7 @@ def test_training_and_policy_scoring_take_a_share_of_the_cpus(
     monkeypatch.setattr(devices, "_THREADS", None)
     monkeypatch.setattr(devices, "_CPU_CLAIM", None)
     with pytest.raises(TrainingError):  # no base model: fails after the device was chosen
-        train_reward_model("/nowhere", [], TrainSettings(device="cpu"), "unused")
+        train_reward_model("/nowhere", [], TrainingSettings(device="cpu"), "unused")
     assert devices.count_cpu_claims(new_process) == 1
     assert torch.get_num_threads() == devices.share_threads(devices.available_cpus(), 1)
 

@@ -34,12 +34,11 @@ from resources.store import DuckDBStore
 
 def test_the_pipeline_encoder_gives_the_simulator_features(tmp_path, tiny_lm_dir):
     pool = validate_pool(pool_frame(4, 3))
+    spec = f"{tiny_lm_dir}+text-stats"  # one setting, the same string in both
     sim = pool_features(
-        pool, f"{tiny_lm_dir}+text-stats", pooling="last", dtype="fp32", device="cpu", root=tmp_path
+        pool, spec, pooling="last", dtype="fp32", device="cpu", root=tmp_path
     ).matrix
-    encoder = FeatureEncoder(
-        model=str(tiny_lm_dir), pooling="last", dtype="fp32", device="cpu", text_stats=True
-    )
+    encoder = FeatureEncoder(encoder=spec, pooling="last", dtype="fp32", device="cpu")
     frame = pool.frame.sort("feature_row")
     ours = encoder.encode(frame["prompt"].to_list(), frame["response"].to_list())
     assert ours.shape == (12, 32 + N_TEXT_FEATURES)
@@ -54,8 +53,6 @@ def test_the_pipeline_encoder_gives_the_simulator_features(tmp_path, tiny_lm_dir
     assert "text-stats" in encoder.key and encoder.key.endswith("|z1")
     assert encoder.key != FeatureEncoder().key  # the default: text statistics alone
     assert FeatureEncoder().key == "text-stats:v1|z1"
-    with pytest.raises(ValueError, match="needs a model, text_stats, or both"):
-        FeatureEncoder(text_stats=False).blocks()
 
 
 def test_text_statistics_are_scaled_by_fixed_numbers_not_by_the_batch():
@@ -70,11 +67,17 @@ def test_text_statistics_are_scaled_by_fixed_numbers_not_by_the_batch():
         scale_text_statistics(np.zeros((2, 3)))
 
 
-def test_the_encoder_needs_at_least_one_block():
-    with pytest.raises(ValueError, match="model, text_stats, or both"):
-        FeatureEncoder(model="", text_stats=False).key  # noqa: B018
-    only_stats = FeatureEncoder(model="").encode(["q"], ["an answer."])
+def test_the_encoder_is_one_spec_checked_when_built():
+    only_stats = FeatureEncoder(encoder="text-stats").encode(["q"], ["an answer."])
     assert only_stats.shape == (1, N_TEXT_FEATURES)
+    for bad in ("", "minilm++text-stats"):
+        with pytest.raises(ValueError, match="bad encoder setting"):
+            FeatureEncoder(encoder=bad)
+    # A run config saved with the old pair of keys is refused, naming the one spec to use.
+    with pytest.raises(ValueError, match="set encoder: 'all-minilm-l6-v2\\+text-stats'"):
+        FeatureEncoder(model="all-minilm-l6-v2")
+    with pytest.raises(ValueError, match="set encoder: 'text-stats'"):
+        FeatureEncoder(model="", text_stats=True)
 
 
 def test_replay_buffer_fifo():

@@ -183,7 +183,7 @@ def _round(instance, server, key="round-0001"):
             "ops": {
                 "round_prompts": {"config": {"batch_size": 4}},
                 "completions": {"config": {"members": members}},
-                "selected_pairs": {"config": {"method": "drts", "beta": 1.0}},
+                "selected_pairs": {"config": {"method": "drts", "acquisition_width": 1.0}},
             }
         },
         raise_on_error=False,

@@ -13,13 +13,13 @@ from auf_assets.policy_loop import policy_logprobs
 from auf_assets.prompts import prompt_pool
 from auf_assets.training import dpo_policy
 from resources.store import DuckDBStore
-from resources.training import TrainingSettings
+from resources.training import TrainingResource
 
 
 def _resources(tiny_lm_dir, tiny_chat_lm_dir) -> dict:
     return {
         **tiny_resources(tiny_lm_dir),
-        "training": TrainingSettings(
+        "training": TrainingResource(
             base_model=str(tiny_chat_lm_dir),
             device="cpu",
             batch_size=2,

@@ -12,7 +12,7 @@ from auf_assets.checks import ROUND_CHECKS
 from auf_assets.core.text_features import N_TEXT_FEATURES
 from auf_assets.prompts import prompt_pool
 from resources import DuckDBStore, FeatureEncoder, GenerationEngine, RubricJudge
-from resources.labeling import LabelingSettings
+from resources.labelling import LabellingSettings
 from resources.reward_judge import RewardModelJudge
 from resources.reward_model import UncertaintyModel
 
@@ -32,10 +32,10 @@ def test_a_round_with_the_packaged_models(auf_home):
         "store": store,
         "engine": GenerationEngine(device="cpu"),
         # the packaged MiniLM (the default features are text statistics alone)
-        "encoder": FeatureEncoder(model="all-minilm-l6-v2", device="cpu"),
+        "encoder": FeatureEncoder(encoder="minilm+text-stats", device="cpu"),
         "judge": RubricJudge(device="cpu"),
         "reward_judge": RewardModelJudge(),
-        "labeling": LabelingSettings(),
+        "labelling": LabellingSettings(),
         "uncertainty_model": UncertaintyModel(),
     }
     instance = dg.DagsterInstance.ephemeral()
@@ -83,11 +83,11 @@ def test_dpo_and_reward_model_training_on_the_packaged_smollm2(auf_home, tmp_pat
     from auf_assets.core.training import (
         implicit_reward_accuracy,
         load_policy,
-        preset,
         train_policy,
         train_reward_model,
+        training_settings,
     )
-    from resources.training import TrainingSettings
+    from resources.training import TrainingResource
 
     rows = [
         {
@@ -97,11 +97,11 @@ def test_dpo_and_reward_model_training_on_the_packaged_smollm2(auf_home, tmp_pat
         }
         for i in range(8)
     ]
-    base = TrainingSettings().base_dir("policy")  # the packaged GGUF, converted once
-    settings = preset("policy", "cpu", max_steps=3, batch_size=2, max_length=128)
+    base = TrainingResource().base_dir("policy")  # the packaged GGUF, converted once
+    settings = training_settings("policy", "cpu", max_steps=3, batch_size=2, max_length=128)
     report = train_policy(base, rows, settings, tmp_path / "policy", log=lambda _: None)
     assert report.steps == 3 and report.seconds > 0
     tokenizer, model = load_policy(base, tmp_path / "policy", device="cpu")
     assert implicit_reward_accuracy(model, tokenizer, rows[:4], beta=0.1)["pairs"] == 4
-    rm = preset("reward_model", "cpu", max_steps=2, batch_size=2, max_length=128)
+    rm = training_settings("reward_model", "cpu", max_steps=2, batch_size=2, max_length=128)
     assert train_reward_model(base, rows, rm, tmp_path / "rm", log=lambda _: None).steps == 2

@@ -424,7 +424,7 @@ def test_dry_run_plan_needs_no_network_and_lists_what_would_be_pushed(home):
 
 
 def test_rounds_request_a_release_after_each_finished_round_when_enabled(auf_home):
-    from resources.labeling import LabelingSettings
+    from resources.labelling import LabellingSettings
     from sensors.rounds import next_round, nightly_round
 
     store = DuckDBStore()
@@ -437,13 +437,13 @@ def test_rounds_request_a_release_after_each_finished_round_when_enabled(auf_hom
 
         def sensor(settings):
             ctx = dg.build_sensor_context(
-                instance=instance, resources={"store": store, "labeling": settings}
+                instance=instance, resources={"store": store, "labelling": settings}
             )
             return next_round(ctx)
 
-        off = sensor(LabelingSettings())
+        off = sensor(LabellingSettings())
         assert [r.job_name for r in off.run_requests] == ["active_round"]
-        on = sensor(LabelingSettings(publish_after_round=True, train_after_round=True))
+        on = sensor(LabellingSettings(publish_after_round=True, train_after_round=True))
         release = [r for r in on.run_requests if r.job_name == "dataset_release"]
         assert [r.run_key for r in release] == ["release-round-0001"]
         train = [r for r in on.run_requests if r.job_name == "policy_training"]
@@ -451,7 +451,7 @@ def test_rounds_request_a_release_after_each_finished_round_when_enabled(auf_hom
 
         with dg.build_schedule_context(
             instance=instance,
-            resources={"store": store, "labeling": LabelingSettings(publish_after_round=True)},
+            resources={"store": store, "labelling": LabellingSettings(publish_after_round=True)},
             scheduled_execution_time=datetime(2026, 3, 1, 2, 0, tzinfo=timezone.utc),
         ) as context:
             requests = nightly_round(context)
@@ -466,7 +466,7 @@ def test_rounds_request_a_release_after_each_finished_round_when_enabled(auf_hom
         instance.report_runless_asset_event(
             dg.AssetMaterialization("reward_model", partition="round-0001")
         )
-        again = sensor(LabelingSettings(publish_after_round=True, train_after_round=True))
+        again = sensor(LabellingSettings(publish_after_round=True, train_after_round=True))
         keys = sorted(r.run_key for r in again.run_requests if r.job_name != "active_round")
         assert len(keys) == 2 and all(k.rsplit("-", 1)[1].isdigit() for k in keys)
         assert keys[0].startswith("release-round-0001-") and keys[1].startswith("train-round-0001-")

@@ -13,20 +13,22 @@ from auf_assets.checks import ROUND_CHECKS
 from auf_assets.definitions import defs
 from auf_assets.prompts import prompt_pool
 from resources import DuckDBStore, FeatureEncoder, GenerationEngine, RubricJudge
-from resources.labeling import LabelingSettings
+from resources.labelling import LabellingSettings
 from resources.reward_judge import RewardModelJudge
 from resources.reward_model import UncertaintyModel
 
 
-def tiny_resources(model_dir, labeling: LabelingSettings | None = None) -> dict:
+def tiny_resources(model_dir, labelling: LabellingSettings | None = None) -> dict:
     model = str(model_dir)
     return {
-        "labeling": labeling or LabelingSettings(),
+        "labelling": labelling or LabellingSettings(),
         "reward_judge": RewardModelJudge(),
         "store": DuckDBStore(),
         "engine": GenerationEngine(device="cpu", batch_size=4),
         # Any transformers backbone works as the encoder: last-token pooling of the tiny Llama.
-        "encoder": FeatureEncoder(model=model, pooling="last", device="cpu", max_length=64),
+        "encoder": FeatureEncoder(
+            encoder=f"{model}+text-stats", pooling="last", device="cpu", max_length=64
+        ),
         # The whole vocabulary as "top-k" so the random model always puts mass on the digits.
         "judge": RubricJudge(model=model, device="cpu", top_k=1000),
         "uncertainty_model": UncertaintyModel(
@@ -44,7 +46,7 @@ def tiny_run_config(model_dir, method: str = "drts") -> dict:
         "ops": {
             "round_prompts": {"config": {"batch_size": 4}},
             "completions": {"config": {"members": members}},
-            "selected_pairs": {"config": {"method": method, "beta": 1.0}},
+            "selected_pairs": {"config": {"method": method, "acquisition_width": 1.0}},
         }
     }
 
@@ -149,11 +151,15 @@ def test_round_metadata_is_useful(auf_home, tiny_lm_dir):
     json.dumps(meta["judgements"]["aspect_failure_rate"].value)
 
 
-def test_unknown_method_fails_with_a_clear_message(auf_home, tiny_lm_dir):
+def test_an_unknown_method_is_refused_before_the_run_starts(auf_home, tiny_lm_dir):
+    # The run's first step checks the whole run config (auf_assets.preflight) before any work:
+    # the unknown method is named with the valid ones.
     instance = dg.DagsterInstance.ephemeral()
     dg.materialize([prompt_pool], instance=instance, resources={"store": DuckDBStore()})
-    with pytest.raises(dg.Failure, match="unknown selection method 'nope'; known: random"):
+    with pytest.raises(dg.Failure, match="selected_pairs.*nope") as info:
         materialize_round(instance, "round-0001", tiny_lm_dir, method="nope")
+    assert "deltaucb" in str(info.value)
+    assert DuckDBStore().count_rows("round_prompts") == 0
 
 
 def test_changing_the_encoder_between_rounds_fails_and_names_it(auf_home, tiny_lm_dir):
@@ -162,7 +168,7 @@ def test_changing_the_encoder_between_rounds_fails_and_names_it(auf_home, tiny_l
     dg.materialize([prompt_pool], instance=instance, resources={"store": store})
     assert materialize_round(instance, "round-0001", tiny_lm_dir).success
     other = FeatureEncoder(
-        model=str(tiny_lm_dir), pooling="mean", device="cpu", max_length=64, dtype="fp32"
+        encoder=str(tiny_lm_dir), pooling="mean", device="cpu", max_length=64, dtype="fp32"
     )
     # Round 1's model reads other features: starting round 2 from fresh heads would fork the
     # model's history, so round 2 stops and says why.

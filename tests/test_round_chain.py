@@ -21,7 +21,7 @@ from auf_assets.cli.main import main as cli_main
 from auf_assets.prompts import prompt_pool
 from resources import home as home_module
 from resources.chain_lock import ChainBusy, round_chain
-from resources.labeling import LabelingSettings
+from resources.labelling import LabellingSettings
 from resources.reward_model import UncertaintyModel
 from resources.store import DuckDBStore
 from sensors.rounds import next_round
@@ -208,7 +208,7 @@ def test_rerunning_an_earlier_round_marks_the_later_ones_stale(
     assert store.reward_model_record("round-0001")["path"] != model_2["base_path"]
     # No new round starts on top of a stale one.
     with dg.build_sensor_context(
-        instance=pool, resources={"store": store, "labeling": LabelingSettings()}
+        instance=pool, resources={"store": store, "labelling": LabellingSettings()}
     ) as context:
         result = next_round(context)
     reason = result.skip_message if hasattr(result, "skip_message") else result.skip_reason

@@ -20,15 +20,15 @@ import pytest
 import sensors.rounds as rounds
 from auf_assets.cli import main as cli_main
 from auf_assets.labels import annotation_batch
-from resources.labeling import LabelingSettings, labeling_from_env
+from resources.labelling import LabellingSettings, labelling_from_env
 from resources.store import DuckDBStore
 from sensors.rounds import labels_landed, next_round, nightly_round, nightly_settings
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_labeling_from_env_keeps_the_valid_values_and_records_the_rest():
-    s = labeling_from_env(
+def test_labelling_from_env_keeps_the_valid_values_and_records_the_rest():
+    s = labelling_from_env(
         {
             "AUF_LABEL_SOURCE": "humans",
             "AUF_LABEL_MIN_FRACTION": "0.5",
@@ -49,29 +49,31 @@ def test_labeling_from_env_keeps_the_valid_values_and_records_the_rest():
     assert "RESOLUTION" not in problem
     with pytest.raises(ValueError, match="AUF_LABEL_SOURCE='humans'"):
         s.check()
-    out_of_range = labeling_from_env({"AUF_LABEL_MIN_FRACTION": "2"})
+    out_of_range = labelling_from_env({"AUF_LABEL_MIN_FRACTION": "2"})
     assert "AUF_LABEL_MIN_FRACTION='2' is invalid" in out_of_range.problem
     assert "less than or equal to 1" in out_of_range.problem and out_of_range.min_fraction == 1.0
-    assert labeling_from_env({"AUF_LABEL_SOURCE": "people"}).problem is None
+    assert labelling_from_env({"AUF_LABEL_SOURCE": "people"}).problem is None
 
 
 def test_nightly_settings_fall_back_to_the_default_and_say_why():
     n = nightly_settings({"AUF_NIGHTLY_CRON": "every night", "AUF_NIGHTLY_TIMEZONE": "Mars/Base"})
     assert (n.cron, n.timezone) == ("0 2 * * *", "UTC")
-    assert "AUF_NIGHTLY_CRON='every night' is not a valid cron string" in n.problem
-    assert "AUF_NIGHTLY_TIMEZONE='Mars/Base' is not a known time zone" in n.problem
+    assert "AUF_NIGHTLY_CRON='every night' is invalid" in n.problem
+    assert "not a valid cron string" in n.problem
+    assert "AUF_NIGHTLY_TIMEZONE='Mars/Base' is invalid" in n.problem
+    assert "not a known time zone" in n.problem
     only_tz = nightly_settings({"AUF_NIGHTLY_CRON": "30 1 * * 1", "AUF_NIGHTLY_TIMEZONE": "x"})
     assert only_tz.cron == "30 1 * * 1" and "AUF_NIGHTLY_CRON" not in only_tz.problem
     assert nightly_settings({}).problem is None
 
 
 def test_the_sensors_and_the_schedule_skip_with_the_message(auf_home, monkeypatch):
-    bad = labeling_from_env({"AUF_LABEL_SOURCE": "humans", "AUF_LABEL_MIN_FRACTION": "0.5"})
+    bad = labelling_from_env({"AUF_LABEL_SOURCE": "humans", "AUF_LABEL_MIN_FRACTION": "0.5"})
     dropped = bad.inbox_dir / "labels.jsonl"
     dropped.parent.mkdir(parents=True)
     dropped.write_text('{"pair_id": "p", "choice": "A"}\n')
     instance = dg.DagsterInstance.ephemeral()
-    resources = {"store": DuckDBStore(), "labeling": bad}
+    resources = {"store": DuckDBStore(), "labelling": bad}
     for sensor in (labels_landed, next_round):
         # The resource is built (and set up) for the tick: no error, the sensor skips.
         with dg.build_sensor_context(instance=instance, resources=resources) as context:
@@ -82,11 +84,11 @@ def test_the_sensors_and_the_schedule_skip_with_the_message(auf_home, monkeypatc
     with dg.build_schedule_context(instance=instance, resources=resources) as context:
         assert "AUF_LABEL_SOURCE='humans'" in nightly_round(context).skip_message
 
-    good = {"store": DuckDBStore(), "labeling": LabelingSettings()}
+    good = {"store": DuckDBStore(), "labelling": LabellingSettings()}
     monkeypatch.setattr(rounds, "NIGHTLY", nightly_settings({"AUF_NIGHTLY_CRON": "x"}))
     with dg.build_schedule_context(instance=instance, resources=good) as context:
         skip = nightly_round(context)
-    assert "AUF_NIGHTLY_CRON='x' is not a valid cron string" in skip.skip_message
+    assert "AUF_NIGHTLY_CRON='x' is invalid" in skip.skip_message
     assert instance.get_dynamic_partitions("rounds") == []  # started nothing
 
 
@@ -97,7 +99,10 @@ def test_a_run_that_uses_the_settings_fails_with_the_message(auf_home):
         [annotation_batch],
         instance=instance,
         partition_key="round-0001",
-        resources={"store": DuckDBStore(), "labeling": labeling_from_env({"AUF_MAX_ROUNDS": "-1"})},
+        resources={
+            "store": DuckDBStore(),
+            "labelling": labelling_from_env({"AUF_MAX_ROUNDS": "-1"}),
+        },
         raise_on_error=False,
     )
     assert not result.success
@@ -175,7 +180,8 @@ def test_the_code_location_loads_with_bad_values_and_ticks_say_why(tmp_path):
     assert out["cron"] == "0 2 * * *"
     assert "AUF_LABEL_MIN_FRACTION='lots' is invalid" in out["sensor"]
     assert "valid number" in out["sensor"]
-    assert "AUF_NIGHTLY_CRON='every night' is not a valid cron string" in out["schedule"]
+    assert "AUF_NIGHTLY_CRON='every night' is invalid" in out["schedule"]
+    assert "not a valid cron string" in out["schedule"]
 
 
 def test_serving_settings_from_env_and_their_errors():
@@ -197,4 +203,6 @@ def test_serving_settings_from_env_and_their_errors():
 
     result = dg.materialize([uses_the_judge], resources={"judge": judge}, raise_on_error=False)
     assert not result.success
-    assert "bad judge settings: AUF_JUDGE_BACKEND='tgi'" in str(result.all_events)
+    assert "bad judge settings in the environment: AUF_JUDGE_BACKEND='tgi'" in str(
+        result.all_events
+    )

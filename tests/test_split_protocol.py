@@ -339,89 +339,53 @@ def test_auf_simulate_on_one_half_and_with_a_preset(tmp_path, auf_home, capsys):
     models = {c.split("-")[1] for c in pairs["chosen_completion_id"]}
     assert models <= set(summary["split"]["confirm_models"])
     assert "confirm half of models split 1" in capsys.readouterr().out
-    assert main([*argv[:-2], "--preset", "nope"]) == 2
+    with pytest.raises(SystemExit) as refused:  # refused when parsed, before any work
+        main([*argv[:-2], "--preset", "nope"])
+    assert refused.value.code == 2
 
 
 # -- presets ----------------------------------------------------------------------------------
 
 
-def test_presets_are_plain_data_and_default_matches_the_code_defaults():
+def test_presets_are_round_settings_and_default_is_what_the_code_does():
     from auf_assets.cli import build_parser
-    from auf_assets.core.ensemble import EnsembleConfig
     from auf_assets.core.methods import get_method
-    from auf_assets.core.presets import (
-        ENSEMBLE_KEYS,
-        PRESETS,
-        ROUND_KEYS,
-        get_preset,
-        run_settings,
-    )
+    from auf_assets.core.presets import PRESETS, get_preset, run_settings
+    from auf_assets.core.settings import RoundSettings, SettingsError
 
-    assert {"default", "reference"} <= set(PRESETS)
-    json.dumps(PRESETS)  # plain data
+    # `default` is RoundSettings() by construction: every consumer reads its defaults from it.
+    assert get_preset("default") == RoundSettings()
     ref = get_preset("reference")
-    assert ref["encoder"] == "minilm"
-    assert ref["ensemble"]["lr"] == 5e-5 and ref["ensemble"]["n_heads"] == 20
-    assert ref["ensemble"]["max_steps"] == 100 and ref["ensemble"]["anchor_half_life"] == 1000.0
-    assert ref["round"] == {"train_passes": 1, "warmup_rounds": 0, "beta": 1.0}
+    assert (ref.encoder, ref.train_passes, ref.ensemble.min_steps) == ("minilm", 1, 0)
     for name, preset in PRESETS.items():
-        assert get_method(preset["method"]).family == "reward_model", name
-        assert set(preset["ensemble"]) == set(ENSEMBLE_KEYS), name
-        assert set(preset["round"]) == set(ROUND_KEYS), name
+        assert get_method(preset.settings.method).family == "reward_model", name
         SimulationConfig.from_dict(run_settings(name))  # every preset is a valid config
-
-    # `default` is what the code does without a preset: the simulator, the pipeline's resources
-    # and configs, the Dagster benchmark and the CLIs all read it.
-    from auf_assets.active_round import SelectedPairsConfig
-    from auf_assets.bench import MethodBenchmarkConfig, PoolFeaturesConfig
-    from auf_assets.core.features import encoder_parts
-    from resources.encoder import FeatureEncoder
-    from resources.reward_model import UncertaintyModel
-
-    default = get_preset("default")
-    assert EnsembleConfig().to_dict()["lr"] == ref["ensemble"]["lr"]  # the class: the reference
-    sim = SimulationConfig()
-    pipeline = UncertaintyModel().ensemble_config()
-    for key in ENSEMBLE_KEYS:
-        want = default["ensemble"][key]
-        for name, got in (
-            ("simulator", getattr(sim.ensemble, key)),
-            ("pipeline", getattr(pipeline, key)),
-        ):
-            assert (list(got) if key == "hidden" else got) == want, (name, key)
-    assert default["method"] == sim.method == SelectedPairsConfig().method
-    for key in ROUND_KEYS:
-        assert getattr(sim, key) == default["round"][key], key
-    assert UncertaintyModel().train_passes == default["round"]["train_passes"]
-    assert SelectedPairsConfig().beta == default["round"]["beta"]
-    assert SelectedPairsConfig().warmup_rounds == default["round"]["warmup_rounds"]
-    encoder = FeatureEncoder()
-    assert (encoder.model, encoder.text_stats) == encoder_parts(default["encoder"])
-    assert PoolFeaturesConfig(pool="p").encoder == default["encoder"]
-    assert MethodBenchmarkConfig().train_passes == default["round"]["train_passes"]
     # A partial ensemble dict overrides the default preset's, not the reference's.
     partial = SimulationConfig.from_dict({"ensemble": {"lr": 1e-3}}).ensemble
-    assert partial.lr == 1e-3 and partial.min_steps == default["ensemble"]["min_steps"]
+    assert partial.lr == 1e-3 and partial.min_steps == RoundSettings().ensemble.min_steps
+    # The CLIs leave the preset's values alone unless a flag is given.
     args = build_parser().parse_args(["simulate", "--pool", "p", "--out", "o"])
-    # encoder and method come from the default preset
     assert args.encoder is None and args.preset is None and args.method is None
     demo = build_parser().parse_args(["demo"])
-    assert demo.method is None and demo.beta is None  # SelectedPairsConfig's defaults apply
+    assert demo.method is None and demo.acquisition_width is None
 
-    # Copies, not the table itself; overrides merge into the ensemble.
-    get_preset("reference")["ensemble"]["lr"] = 1.0
-    assert PRESETS["reference"]["ensemble"]["lr"] == 5e-5
-    merged = run_settings("reference", ensemble={"lr": 1e-3}, beta=0.5)
+    # Copies, not the table itself; overrides merge into the ensemble and are checked.
+    get_preset("reference").ensemble.lr = 1.0
+    assert PRESETS["reference"].settings.ensemble.lr == 5e-5
+    merged = run_settings("reference", ensemble={"lr": 1e-3}, acquisition_width=0.5)
     assert merged["ensemble"]["lr"] == 1e-3 and merged["ensemble"]["n_heads"] == 20
-    assert merged["beta"] == 0.5
-    with pytest.raises(ValueError, match="unknown preset"):
+    assert merged["acquisition_width"] == 0.5
+    with pytest.raises(SettingsError, match=r"acquisition_width must be .* in \[0, inf\)"):
+        run_settings("default", acquisition_width=-1.0)
+    with pytest.raises(SettingsError, match="unknown preset"):
         get_preset("tuned-on-my-laptop")
 
 
 def test_presets_module_imports_nothing_heavy():
+    # The CLI builds its parser (and checks its flags) from the presets: no torch, no Dagster.
     code = (
-        "import sys, auf_assets.core.presets\n"
-        "print([m for m in ('numpy', 'torch', 'dagster', 'polars') if m in sys.modules])"
+        "import sys, auf_assets.core.presets, auf_assets.cli\n"
+        "print([m for m in ('torch', 'dagster', 'polars') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -10,7 +10,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from auf_assets.cli.train import round_argument
+from auf_assets.cli.common import round_arg as round_argument
 from auf_assets.core.checkpoints import SMALL_TRAIN_PAIRS
 from auf_assets.training import dpo_policy, policy_eval, reward_model_checkpoint, training_data
 from resources.store import DuckDBStore

@@ -7,9 +7,10 @@ import json
 import numpy as np
 import pytest
 
+from auf_assets.core.settings import SettingsError
 from auf_assets.core.training import (
     TrainingError,
-    TrainSettings,
+    TrainingSettings,
     check_rows,
     implicit_reward_accuracy,
     load_policy,
@@ -45,7 +46,7 @@ def toy_rows(n: int = 16) -> list[dict]:
     ]
 
 
-def settings(**kw) -> TrainSettings:
+def settings(**kw) -> TrainingSettings:
     base = dict(
         learning_rate=2e-2,
         epochs=1,
@@ -55,9 +56,9 @@ def settings(**kw) -> TrainSettings:
         lora_alpha=8,
         max_length=64,
         device="cpu",
-        beta=0.1,
+        dpo_beta=0.1,
     )
-    return TrainSettings(**{**base, **kw})
+    return TrainingSettings(**{**base, **kw})
 
 
 def test_dpo_loss_goes_down_and_the_adapter_reloads(tiny_chat_lm_dir, tmp_path):
@@ -146,7 +147,7 @@ def test_bad_input_fails_clearly_and_keeps_the_previous_checkpoint(
         train_policy(tiny_lm_dir, toy_rows(4), settings(), out, log=lambda _: None)
     with pytest.raises(TrainingError, match="longer than max_length=8"):
         train_policy(tiny_chat_lm_dir, toy_rows(4), settings(max_length=8), out, log=print)
-    with pytest.raises(TrainingError, match="must be one of"):
+    with pytest.raises(SettingsError, match="unknown loss 'kto'; valid: dpo, ipo, simpo"):
         settings(loss="kto")
     assert (out / "adapter_model.safetensors").read_bytes() == b"previous"
 
@@ -180,11 +181,11 @@ def test_win_rate_counts_ties_half_and_gives_an_interval():
 def _training_resources(tiny_lm_dir, tiny_chat_lm_dir, **overrides):
     from test_round import tiny_resources
 
-    from resources.training import TrainingSettings
+    from resources.training import TrainingResource
 
     return {
         **tiny_resources(tiny_lm_dir),
-        "training": TrainingSettings(
+        "training": TrainingResource(
             base_model=str(tiny_chat_lm_dir),
             device="cpu",
             max_steps=4,
@@ -298,8 +299,10 @@ def test_auf_train_trains_the_newest_round(home, tiny_chat_lm_dir, monkeypatch, 
     assert "nan" not in out
     partitions = dg.DagsterInstance.get().get_dynamic_partitions("rounds")
     assert "1" not in partitions and "round-0001" in partitions
-    assert main(["train", "--round", "round-0009", "--base-model", str(tiny_chat_lm_dir)]) == 1
+    # Refused before any work, and no partition is added for a round that does not exist.
+    assert main(["train", "--round", "9", "--base-model", str(tiny_chat_lm_dir)]) == 2
     assert "round-0009 has no judgements" in capsys.readouterr().err
+    assert "round-0009" not in dg.DagsterInstance.get().get_dynamic_partitions("rounds")
 
 
 def test_the_engine_generates_with_a_policy_adapter_merged(tiny_chat_lm_dir, tmp_path):

@@ -56,7 +56,7 @@ def test_a_round_through_vllm_serve(vllm_python, model_dir, tmp_path, monkeypatc
     from resources import DuckDBStore, FeatureEncoder
     from resources.engine import GenerationEngine, ServerSettings
     from resources.judge import RubricJudge
-    from resources.labeling import LabelingSettings
+    from resources.labelling import LabellingSettings
     from resources.reward_judge import RewardModelJudge
     from resources.reward_model import UncertaintyModel
     from tests.vllm_server import vllm_server
@@ -84,7 +84,7 @@ def test_a_round_through_vllm_serve(vllm_python, model_dir, tmp_path, monkeypatc
                 "engine": GenerationEngine(backend="openai", server=settings),
                 "judge": RubricJudge(model=SERVED, backend="openai", server=settings),
                 "encoder": FeatureEncoder(),
-                "labeling": LabelingSettings(),
+                "labelling": LabellingSettings(),
                 "reward_judge": RewardModelJudge(),
                 "uncertainty_model": UncertaintyModel(),
             },

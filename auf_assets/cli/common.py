@@ -1,18 +1,108 @@
-"""What the `auf` commands share: the home and its Dagster instance, running a job of the
-definitions in this process, and reading its result (what failed, in one line)."""
+"""What the `auf` commands share: checked flag types, the home and its Dagster instance, running
+a job of the definitions in this process, and reading its result (what failed, in one line)."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from auf_assets.core.settings import SettingsError, check_method, range_problem
 from resources import home
 
 # The workspace `make dev` (dagster dev -w workspace.yaml) loads: it names the code location.
 WORKSPACE = Path(__file__).resolve().parents[2] / "workspace.yaml"
 DEFINITIONS_MODULE = "auf_assets.definitions"  # what `dagster dev -m ...` loads without it
 INTERRUPTS = ("DagsterExecutionInterruptedError", "KeyboardInterrupt")
+# -- flags checked when they are parsed: a bad value is refused before any work --------------------
+
+
+def number(*, integer: bool = False, finite: bool = True, **bounds: Any) -> Callable[[str], Any]:
+    """An argparse `type` for a number in a range (`ge`, `gt`, `le`, `lt`); the message says the
+    range, e.g. "argument --batch-size: must be an integer in [1, inf), got -5"."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{'an integer' if integer else 'a number'} expected, got {text!r}"
+            ) from None
+        problem = range_problem(value, integer=integer, finite=finite, **bounds)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    return parse
+
+
+def setting(check: Callable[[Any], object], convert: Callable[[str], Any] = float):
+    """An argparse `type` whose value is checked by building the settings object that owns it
+    (`check(value)` raises with the allowed range), so the range is written once."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            kind = "an integer" if convert is int else "a number"
+            raise argparse.ArgumentTypeError(f"{kind} expected, got {text!r}") from None
+        try:
+            check(value)
+        except ValueError as exc:  # SettingsError and the settings' own checks
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return value
+
+    return parse
+
+
+def one_of(known: Callable[[], list[str]], what: str = "method") -> Callable[[str], str]:
+    """An argparse `type` for a name from `known()`; the message lists the valid names."""
+
+    def parse(text: str) -> str:
+        try:
+            check_method(text, known(), what)
+        except SettingsError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+
+    return parse
+
+
+def round_arg(text: str) -> str:
+    """An argparse `type` for a round: `3`, `0003` or `round-0003` -> `round-0003`."""
+    from auf_assets.partitions import round_index, round_key
+
+    text = text.strip()
+    try:
+        return round_key(int(text) if text.isdigit() else round_index(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a round number or key (e.g. 3 or round-0003), got {text!r}"
+        ) from None
+
+
+def environment_refusal() -> str | None:
+    """The rejected `AUF_*` values of the environment (engine, judge, labelling, budget,
+    deployment), as one message for a command to refuse to start with; None when there is none."""
+    from auf_assets.placement import DeploymentSettingError, gpu_tags
+    from resources.environment import environment_problems
+
+    problems = environment_problems()
+    try:
+        gpu_tags()  # AUF_DEPLOYMENT, AUF_K8S_*
+    except DeploymentSettingError as exc:
+        problems.append(str(exc))
+    return "; ".join(problems) + ". Fix or unset the variables" if problems else None
+
+
+def refuse(message: str) -> int:
+    """Print why a command does not start (nothing was done) and return its exit code."""
+    print(f"error: {message}", file=sys.stderr)
+    return 2
 
 
 def prepare_home() -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from auf_assets.cli.common import prepare_home
+from auf_assets.cli.common import prepare_home, round_arg
 
 
 def _cost(args: argparse.Namespace) -> int:
@@ -112,7 +112,9 @@ def add_commands(sub) -> None:
         description="The ledger of this home's model steps, priced with the price table "
         "(AUF_PRICES or $AUF_HOME/prices.yaml; see auf_assets/core/costs.py for its format).",
     )
-    cost.add_argument("--round", help="one round (e.g. round-0002); default: all")
+    cost.add_argument(
+        "--round", type=round_arg, help="one round (a number or key: 2, round-0002); default: all"
+    )
     cost.add_argument("--prices", help="a price table to use instead of the configured one")
     cost.add_argument("--json", action="store_true", help="the priced ledger rows as JSON")
     cost.set_defaults(func=_cost)

@@ -19,16 +19,28 @@ import argparse
 import copy
 import os
 import time
+import warnings
 from pathlib import Path
 
-from auf_assets.cli.common import failure_message, metadata, prepare_home, ui_run_tags
+from auf_assets.cli.common import (
+    environment_refusal,
+    failure_message,
+    metadata,
+    number,
+    one_of,
+    prepare_home,
+    refuse,
+    ui_run_tags,
+)
 from auf_assets.cli.console import RunConsole, job_console
+from auf_assets.core.settings import DEFAULT_ROUND_PROMPTS, RoundSettings, pipeline_methods
 from resources.chain_lock import ChainBusy, round_chain
 
 # Jobs whose ops a demo run config configures; an op of one of them that another job lacks is
 # left out of that job's config (other unknown ops still reach Dagster, which names them).
 _ROUND_JOBS = ("active_round", "pair_selection", "labelled_round", "policy_round")
 
+_DEFAULT = RoundSettings()  # the default preset
 ROUNDS_HELP = (
     "automatic judge: rounds to run (default 1). People labelling (AUF_LABEL_SOURCE=people): "
     "the most new annotation batches to write; a call first trains every round whose labels "
@@ -38,27 +50,16 @@ ROUNDS_HELP = (
 
 
 def _demo(args: argparse.Namespace) -> int:
-    root = prepare_home()
-    with job_console(root, "demo", verbose=args.verbose) as console:
-        return _demo_with(console, root, args)
-
-
-def _demo_with(console: RunConsole, root: Path, args: argparse.Namespace) -> int:
-    import dagster as dg
-
-    from auf_assets.definitions import defs
-
-    instance = dg.DagsterInstance.get()
-    console.say(f"home: {root}  (Dagster instance: {os.environ['DAGSTER_HOME']})")
-    hint = "" if args.verbose else "  (--verbose prints them here too)"
-    console.say(f"full logs: {console.log_path}{hint}")
-
+    # Everything is checked before any work: the flags when they were parsed, then the
+    # environment's settings, then the whole run config of every job the demo will run.
+    refusal = environment_refusal()
+    if refusal:
+        return refuse(refusal)
     run_config: dict = {
-        "ops": {
-            "round_prompts": {"config": {"batch_size": args.batch_size}},
-            "selected_pairs": {"config": _selection_config(args)},
-        },
+        "ops": {"selected_pairs": {"config": _selection_config(args)}},
     }
+    if args.batch_size is not None:
+        run_config["ops"]["round_prompts"] = {"config": {"batch_size": args.batch_size}}
     if args.device:
         run_config["resources"] = {
             name: {"config": {"device": args.device}} for name in ("engine", "encoder", "judge")
@@ -67,31 +68,65 @@ def _demo_with(console: RunConsole, root: Path, args: argparse.Namespace) -> int
         try:
             run_config = _merge(run_config, _read_run_config(args.config))
         except (OSError, ValueError) as exc:
-            console.error(f"--config {args.config}: {exc}")
-            return 2
+            return refuse(f"--config {args.config}: {exc}")
     try:
-        labeling = _labeling_settings(run_config)
+        labelling = _labelling_settings(run_config)
     except ValueError as exc:
-        console.error(str(exc))
-        return 2
+        return refuse(str(exc))
     method = run_config["ops"].get("selected_pairs", {}).get("config", {}).get("method")
     try:
-        selection = _round_method(method)
+        selection = _round_method(method)  # a method from --config is checked here too
     except ValueError as exc:
-        console.error(f"--method: {exc}")
-        return 2
-    round_job = "active_round"
+        return refuse(f"selected_pairs.method: {exc}")
+    round_jobs = ["labelled_round", "pair_selection"] if labelling.people else ["active_round"]
     if selection is not None and selection.family == "policy":
-        if labeling.people:
-            console.error(
+        if labelling.people:
+            return refuse(
                 f"{method} selects with the DPO policy, whose step runs in the policy_round job "
                 "with an automatic judge; with people labelling use a reward-model method "
                 "(auf methods), or run policy_round from the UI once the labels are in"
             )
-            return 2
         # The policy loop: the DPO step ends each round and the next round selects with it.
-        round_job = "policy_round"
+        round_jobs = ["policy_round"]
         run_config = _merge(_policy_round_config(method), run_config)
+
+    # Warnings of the import (Dagster's preview warnings) go to the log file once it is open.
+    with warnings.catch_warnings(record=True) as import_warnings:
+        from auf_assets.definitions import defs
+    from auf_assets.preflight import run_config_problems
+
+    problems = [
+        f"{job}: {problem}"
+        for job in round_jobs
+        for problem in run_config_problems(
+            defs.resolve_job_def(job), _job_config(defs, job, run_config)
+        )
+    ]
+    if problems:
+        where = f"--config {args.config}" if args.config else "the demo's run config"
+        return refuse(f"{where} has bad values; nothing was run:\n  " + "\n  ".join(problems))
+    root = prepare_home()
+    with job_console(root, "demo", verbose=args.verbose) as console:
+        for w in import_warnings:
+            console.showwarning(w.message, w.category, w.filename, w.lineno)
+        return _demo_with(console, root, args, defs, run_config, labelling, round_jobs[-1])
+
+
+def _demo_with(
+    console: RunConsole,
+    root: Path,
+    args: argparse.Namespace,
+    defs,
+    run_config: dict,
+    labelling,
+    round_job: str,
+) -> int:
+    import dagster as dg
+
+    instance = dg.DagsterInstance.get()
+    console.say(f"home: {root}  (Dagster instance: {os.environ['DAGSTER_HOME']})")
+    hint = "" if args.verbose else "  (--verbose prints them here too)"
+    console.say(f"full logs: {console.log_path}{hint}")
 
     pool_config = {}
     if args.prompts.startswith("hf:"):
@@ -110,15 +145,15 @@ def _demo_with(console: RunConsole, root: Path, args: argparse.Namespace) -> int
         return result.success
 
     try:
-        if not labeling.people and not ingest():
+        if not labelling.people and not ingest():
             code = 1
         else:
             # Held for the whole command: a second `auf demo` (or a round run from the UI) on
             # this home stops with a message instead of running rounds in between ours.
             with round_chain(root, f"auf demo (--rounds {args.rounds})"):
-                if labeling.people:
+                if labelling.people:
                     code = _people_rounds(
-                        console, instance, defs, run_config, labeling, args.rounds, ingest
+                        console, instance, defs, run_config, labelling, args.rounds, ingest
                     )
                 else:
                     code = _run_rounds(console, instance, defs, run_config, args.rounds, round_job)
@@ -144,36 +179,43 @@ def _demo_with(console: RunConsole, root: Path, args: argparse.Namespace) -> int
 
 
 def _selection_config(args: argparse.Namespace) -> dict:
-    """--method/--beta when given; otherwise SelectedPairsConfig's defaults (the preset's)."""
-    given = {"method": args.method, "beta": args.beta}
+    """--method/--acquisition-width when given; otherwise SelectedPairsConfig's defaults (the
+    default preset's)."""
+    given = {"method": args.method, "acquisition_width": args.acquisition_width}
     return {key: value for key, value in given.items() if value is not None}
 
 
-def _labeling_settings(run_config: dict):
+def _labelling_settings(run_config: dict):
     """The labelling settings the runs will use: the environment, then the run config's."""
-    from resources.labeling import LabelingSettings, labeling_from_env
+    from resources.labelling import LabellingSettings, labelling_from_env
 
-    settings = labeling_from_env()
+    settings = labelling_from_env()
     settings.check()
-    override = ((run_config.get("resources") or {}).get("labeling") or {}).get("config") or {}
+    override = ((run_config.get("resources") or {}).get("labelling") or {}).get("config") or {}
     if override:
-        fields = {name: getattr(settings, name) for name in LabelingSettings.model_fields}
+        fields = {name: getattr(settings, name) for name in LabellingSettings.model_fields}
         try:
-            settings = LabelingSettings(**{**fields, **override})
+            settings = LabellingSettings(**{**fields, **override})
         except Exception as exc:  # pydantic's ValidationError, with every rejected field
-            raise ValueError(f"resources.labeling.config in --config: {exc}") from exc
+            raise ValueError(f"resources.labelling.config in --config: {exc}") from exc
     return settings
+
+
+def _job_config(defs, job_name: str, run_config: dict) -> dict:
+    """`run_config` without the ops of other round jobs that `job_name` lacks."""
+    ops = set(defs.resolve_job_def(job_name).graph.node_dict)
+    known = set().union(*(defs.resolve_job_def(n).graph.node_dict for n in _ROUND_JOBS))
+    config = dict(run_config)
+    if "ops" in config:
+        config["ops"] = {k: v for k, v in config["ops"].items() if k in ops or k not in known}
+    return config
 
 
 def _execute(console: RunConsole, defs, instance, job_name: str, run_config: dict, key=None):
     """Run a job of the definitions in this process, its records going to the console."""
     job = defs.resolve_job_def(job_name)
     job = job.with_logger_defs({**job.loggers, **console.logger_defs()})
-    ops = set(job.graph.node_dict)
-    known = set().union(*(defs.resolve_job_def(n).graph.node_dict for n in _ROUND_JOBS))
-    config = dict(run_config)
-    if "ops" in config:
-        config["ops"] = {k: v for k, v in config["ops"].items() if k in ops or k not in known}
+    config = _job_config(defs, job_name, run_config)
     config["loggers"] = {**(config.get("loggers") or {}), **console.run_config_loggers()}
     return job.execute_in_process(
         instance=instance,
@@ -236,7 +278,9 @@ def _run_rounds(
 # -- people label: the labels_landed sensor's work, run by hand ----------------------------------
 
 
-def _people_rounds(console, instance, defs, run_config: dict, labeling, rounds: int, ingest) -> int:
+def _people_rounds(
+    console, instance, defs, run_config: dict, labelling, rounds: int, ingest
+) -> int:
     """Import the inbox, train the labelled rounds, write at most `rounds` new batches.
 
     Runs nothing (no prompt ingestion either) while the newest round waits for its labels.
@@ -247,8 +291,8 @@ def _people_rounds(console, instance, defs, run_config: dict, labeling, rounds: 
     from sensors.rounds import plan_next_round, trained_rounds
 
     store = DuckDBStore()
-    console.say(f"\nlabels come from people: inbox {labeling.inbox_dir}")
-    outcomes, _, waiting = scan_inbox(store, labeling, None, time.time())
+    console.say(f"\nlabels come from people: inbox {labelling.inbox_dir}")
+    outcomes, _, waiting = scan_inbox(store, labelling, None, time.time())
     for outcome in outcomes:
         if outcome.status in ("imported", "already_imported"):
             console.say(f"  {outcome.summary()}")
@@ -257,13 +301,13 @@ def _people_rounds(console, instance, defs, run_config: dict, labeling, rounds: 
     if waiting:
         console.say(
             f"  still being written, read on the next call: {', '.join(waiting)} (files younger "
-            f"than {labeling.settle_seconds:g}s)"
+            f"than {labelling.settle_seconds:g}s)"
         )
 
     # 1. Train every round whose labels are complete, by the sensor's rules (label_status).
     registered = registered_rounds(instance)
     trained = trained_rounds(instance)
-    for status in label_status(store, labeling, registered=registered):
+    for status in label_status(store, labelling, registered=registered):
         rid = status.round_id
         if rid not in registered:
             continue
@@ -289,9 +333,9 @@ def _people_rounds(console, instance, defs, run_config: dict, labeling, rounds: 
         keys = registered_rounds(instance)
         newest = keys[-1] if keys else None
         if newest and newest not in trained_rounds(instance):
-            status = _status_of(label_status(store, labeling, registered=keys), newest)
+            status = _status_of(label_status(store, labelling, registered=keys), newest)
             if status is not None and status.state != "not_sent":
-                _waiting_message(console, status, labeling)
+                _waiting_message(console, status, labelling)
                 return 0
             key = newest  # registered, but its pair_selection never finished
         elif written >= rounds:  # not reached while each new batch waits for its labels
@@ -302,7 +346,7 @@ def _people_rounds(console, instance, defs, run_config: dict, labeling, rounds: 
                 if not ingest():
                     return 1
                 ingested = True
-            plan = plan_next_round(instance, store, labeling, start_first=True)
+            plan = plan_next_round(instance, store, labelling, start_first=True)
             if plan.key is None:
                 console.say(f"\nno new round: {plan.reason}")
                 return 0
@@ -327,7 +371,7 @@ def _status_of(statuses, round_id: str):
     return next((s for s in statuses if s.round_id == round_id), None)
 
 
-def _waiting_message(console: RunConsole, status, labeling) -> None:
+def _waiting_message(console: RunConsole, status, labelling) -> None:
     console.say(f"\n{status.round_id} waits for its labels: {status.why}.")
     console.say("Label the pairs (choice A, B or tie; see docs/labelling.md) in one of:")
     for kind, path in status.outbox.items():
@@ -335,7 +379,7 @@ def _waiting_message(console: RunConsole, status, labeling) -> None:
         console.say(f"  {path}{extra}")
     console.say(
         "then hand the file back with `auf labels import FILE`, or drop it into "
-        f"{labeling.inbox_dir}, and run `auf demo` again: it trains {status.round_id} and writes "
+        f"{labelling.inbox_dir}, and run `auf demo` again: it trains {status.round_id} and writes "
         "the next round's batch."
     )
 
@@ -461,7 +505,7 @@ def add_commands(sub) -> None:
         "stages and the summaries; the full Dagster logs are in $AUF_HOME/logs/demo-<time>.log "
         "and in the Dagster UI.",
     )
-    demo.add_argument("--rounds", type=int, default=1, help=ROUNDS_HELP)
+    demo.add_argument("--rounds", type=number(integer=True, ge=1), default=1, help=ROUNDS_HELP)
     demo.add_argument(
         "--prompts",
         default="",
@@ -471,14 +515,27 @@ def add_commands(sub) -> None:
     demo.add_argument(
         "--prompts-split", default="", help="split of a saved DatasetDict or Hub dataset"
     )
-    demo.add_argument("--batch-size", type=int, default=8, help="prompts per round")
+    demo.add_argument(
+        "--batch-size",
+        type=number(integer=True, ge=1),
+        default=None,
+        help=f"prompts per round (default {DEFAULT_ROUND_PROMPTS})",
+    )
     demo.add_argument(
         "--method",
+        type=one_of(pipeline_methods),
         default=None,
-        help="selection method: a reward-model or policy method of `auf methods` (default: the "
-        "default preset's, deltaucb)",
+        help=f"selection method (auf methods; default: the default preset's, {_DEFAULT.method})",
     )
-    demo.add_argument("--beta", type=float, default=None, help="acquisition width (default 1)")
+    demo.add_argument(
+        "--acquisition-width",
+        "--beta",  # the old name
+        dest="acquisition_width",
+        type=number(ge=0),
+        default=None,
+        help="bounds are mu -/+ width * sigma (default: the preset's, "
+        f"{_DEFAULT.acquisition_width:g})",
+    )
     demo.add_argument("--device", default="", help="cpu, cuda, ... (default: auto)")
     demo.add_argument(
         "--config", default="", help="YAML/JSON Dagster run config merged over the demo's"

@@ -1,6 +1,6 @@
 """`auf labels import FILE` and `auf labels status`: human labelling without the UI.
 
-Both read the same settings as the sensor (`AUF_LABEL_*`, see `resources.labeling`) and the same
+Both read the same settings as the sensor (`AUF_LABEL_*`, see `resources.labelling`) and the same
 store (`$AUF_HOME/auf.duckdb`). `import` runs the sensor's own import code on one file.
 """
 
@@ -10,12 +10,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from auf_assets.cli.common import round_arg
+
 
 def _settings():
     """The settings from the environment; ValueError naming every rejected variable."""
-    from resources.labeling import labeling_from_env
+    from resources.labelling import labelling_from_env
 
-    settings = labeling_from_env()
+    settings = labelling_from_env()
     settings.check()
     return settings
 
@@ -147,7 +149,12 @@ def add_commands(sub) -> None:
         "read after that wait).",
     )
     imp.add_argument("file", help="label file")
-    imp.add_argument("--round", default="", help="reject labels of pairs of any other round")
+    imp.add_argument(
+        "--round",
+        type=round_arg,
+        default=None,
+        help="reject labels of pairs of any other round (a number or key: 3, round-0003)",
+    )
     imp.set_defaults(func=_import)
     status = commands.add_parser("status", help="per round: pairs, labelled, ties, state")
     status.set_defaults(func=_status)

@@ -18,10 +18,12 @@ from pathlib import Path
 from auf_assets.cli.common import (
     execute_job,
     failure_message,
+    number,
     prepare_home,
     was_interrupted,
 )
 from auf_assets.cli.console import RunConsole, job_console
+from auf_assets.core.settings import TEST_FRACTION
 
 # The options of `preference_dataset` the command line sets, as a person typed them.
 FLAGS = {
@@ -59,7 +61,9 @@ def _dataset_config(args: argparse.Namespace) -> dict:
     from auf_assets.release import PreferenceDatasetConfig, released_rounds
     from resources.store import DuckDBStore
 
-    config: dict = {"test_fraction": args.test_fraction}
+    config: dict = {}
+    if args.test_fraction is not None:
+        config["test_fraction"] = args.test_fraction
     if args.rounds:
         config["rounds"] = [_round_arg(r) for r in args.rounds]
     if args.split_names == "h4":
@@ -69,7 +73,11 @@ def _dataset_config(args: argparse.Namespace) -> dict:
             config[key] = getattr(args, key)
     if args.language:
         config["language"] = args.language
-    repo = getattr(args, "repo", "") or os.environ.get("AUF_HUB_REPO", "")
+    repo = getattr(args, "repo", "")
+    if not repo:
+        from resources.environment import hub_from_env
+
+        repo = hub_from_env().repo_id  # AUF_HUB_REPO
     if repo:
         config["repo_id"] = repo
     try:
@@ -283,10 +291,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--test-fraction",
-        type=float,
-        default=0.1,
-        help="share of prompts in test, in [0, 1) (default 0.1); a split that would be empty "
-        "is left out, with a warning",
+        type=number(ge=0, lt=1),
+        default=None,
+        help=f"share of prompts in test, in [0, 1) (default {TEST_FRACTION:g}); a split that "
+        "would be empty is left out, with a warning",
     )
     parser.add_argument(
         "--split-names",

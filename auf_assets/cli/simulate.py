@@ -14,7 +14,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from auf_assets.cli.common import number, one_of, refuse, setting
+from auf_assets.core.features import EncoderBlock
+from auf_assets.core.settings import PACKAGED_LM, EnsembleSettings, RoundSettings, known_methods
+
 DEFAULT_BENCH_OUT = "bench-out"
+
+
+_DEFAULT = RoundSettings()  # the default preset
 
 
 def _csv_list(values: list[str] | None) -> list[str]:
@@ -25,88 +32,158 @@ def _csv_list(values: list[str] | None) -> list[str]:
     return out
 
 
+def _ensemble(field: str, convert=float):
+    """A flag checked by the ensemble settings that own the value (their range)."""
+    return setting(lambda v: EnsembleSettings(**{field: v}), convert)
+
+
+def _round(field: str, convert=int):
+    return setting(lambda v: RoundSettings(**{field: v}), convert)
+
+
+def _policy(field: str, convert=float):
+    from auf_assets.core.policy import PolicyLoopConfig
+
+    return setting(lambda v: PolicyLoopConfig(**{field: v}), convert)
+
+
 def _add_run_args(p: argparse.ArgumentParser) -> None:
+    """The flags of a run. Numbers are checked when parsed (a bad value stops the command before
+    any work); the ones without a default here take the simulator's (SimulationConfig)."""
+    from auf_assets.core.policy import PolicyLoopConfig
+
+    loop = PolicyLoopConfig()
     p.add_argument(
         "--pool", required=True, help="pool file (parquet/csv/jsonl), one row per response"
     )
     p.add_argument(
         "--responses-per-prompt",
         "-K",
-        type=int,
+        type=number(integer=True, ge=0),
         default=0,
-        help="K responses per prompt, sampled by seed (default 0: all)",
-    )
-    p.add_argument("--batch", "-B", type=int, default=32, help="prompts per round (default 32)")
-    p.add_argument(
-        "--heldout", type=float, default=0.25, help="fraction of prompts held out (default 0.25)"
+        help="K responses per prompt (at least 2), sampled by seed (default 0: all)",
     )
     p.add_argument(
-        "--beta", type=float, default=None, help="acquisition width (default: the preset's, 1.0)"
+        "--batch", "-B", type=number(integer=True, ge=1), default=None, help="prompts per round"
     )
-    p.add_argument("--eval-every", type=int, default=1, help="evaluate every E rounds (default 1)")
+    p.add_argument(
+        "--heldout",
+        type=number(ge=0, lt=1),
+        default=None,
+        help="fraction of prompts held out for evaluation",
+    )
+    p.add_argument(
+        "--acquisition-width",
+        "--beta",  # the old name
+        dest="acquisition_width",
+        type=_round("acquisition_width", float),
+        default=None,
+        help="bounds are mu -/+ width * sigma (default: the preset's, "
+        f"{_DEFAULT.acquisition_width:g})",
+    )
+    p.add_argument(
+        "--eval-every",
+        type=number(integer=True, ge=1),
+        default=None,
+        help="evaluate every E rounds",
+    )
     p.add_argument(
         "--gap-threshold",
-        type=float,
-        default=0.1,
-        help="held-out pairs count when their oracle scores differ by at least this (default 0.1)",
+        type=number(ge=0),
+        default=None,
+        help="held-out pairs count when their oracle scores differ by at least this",
     )
     p.add_argument(
         "--warmup-rounds",
-        type=int,
+        type=_round("warmup_rounds"),
         default=None,
-        help="first rounds pick at random (default: the preset's, 0)",
+        help=f"first rounds pick at random (default: the preset's, {_DEFAULT.warmup_rounds})",
     )
     p.add_argument(
         "--train-passes",
-        type=int,
+        type=_round("train_passes"),
         default=None,
-        help="training passes over the replay buffer per round (default: the preset's)",
+        help="training passes over the replay buffer per round (default: the preset's, "
+        f"{_DEFAULT.train_passes})",
     )
-    p.add_argument("--max-rounds", type=int, default=0, help="stop after N rounds (0: all)")
+    p.add_argument(
+        "--max-rounds",
+        type=number(integer=True, ge=0),
+        default=0,
+        help="stop after N rounds (0: all)",
+    )
+    ref = EnsembleSettings()  # the reference values, for the help
     ens = p.add_argument_group(
         "running reward model and features: a named preset, each value overridable by its flag"
     )
     ens.add_argument(
         "--preset",
+        type=one_of(_preset_names, "preset"),
         default=None,
         help="settings preset (auf_assets/core/presets.py): "
         f"{', '.join(_preset_names())} (default: default; reference = the paper's values)",
     )
-    ens.add_argument("--heads", type=int, default=None, help="ensemble heads (reference 20)")
-    ens.add_argument("--lr", type=float, default=None, help="AdamW learning rate (reference 5e-5)")
     ens.add_argument(
-        "--max-steps", type=int, default=None, help="steps per round (reference 100, batch 64)"
+        "--heads",
+        type=_ensemble("n_heads", int),
+        default=None,
+        help=f"ensemble heads (reference {ref.n_heads})",
+    )
+    ens.add_argument(
+        "--lr",
+        type=_ensemble("lr"),
+        default=None,
+        help=f"AdamW learning rate (reference {ref.lr:g})",
+    )
+    ens.add_argument(
+        "--max-steps",
+        type=_ensemble("max_steps", int),
+        default=None,
+        help=f"steps per round (reference {ref.max_steps}, batch {ref.batch_size})",
     )
     ens.add_argument(
         "--min-steps",
-        type=int,
+        type=_ensemble("min_steps", int),
         default=None,
-        help="the fewest steps per round: a small buffer is passed over again (reference 0)",
+        help="the fewest steps per round: a small buffer is passed over again (reference "
+        f"{ref.min_steps})",
     )
     ens.add_argument(
-        "--anchor-lambda0", type=float, default=None, help="anchor strength (reference 1.0)"
+        "--anchor-lambda0",
+        type=_ensemble("anchor_lambda0"),
+        default=None,
+        help=f"anchor strength (reference {ref.anchor_lambda0:g})",
     )
     ens.add_argument(
-        "--anchor-half-life", type=float, default=None, help="prompts (reference 1000; inf: none)"
+        "--anchor-half-life",
+        type=_ensemble("anchor_half_life"),
+        default=None,
+        help=f"prompts (reference {ref.anchor_half_life:g}; inf: none)",
     )
     ev = p.add_argument_group("evaluation reward model (fresh each evaluation)")
-    ev.add_argument("--eval-epochs", type=int, default=None, help="passes (default 10)")
-    ev.add_argument("--eval-lr", type=float, default=None, help="learning rate (default 3e-4)")
-    ev.add_argument("--eval-heads", type=int, default=None, help="heads (default 8)")
+    ev.add_argument("--eval-epochs", type=number(integer=True, ge=1), default=None, help="passes")
+    ev.add_argument("--eval-lr", type=number(gt=0), default=None, help="learning rate")
+    ev.add_argument("--eval-heads", type=number(integer=True, ge=1), default=None, help="heads")
     fe = p.add_argument_group("features (computed once per pool, cached under $AUF_HOME)")
     fe.add_argument(
         "--encoder",
+        type=setting(lambda v: RoundSettings(encoder=v), str),
         default=None,
         help="minilm | text-stats | a transformers dir | blocks joined by '+' "
-        "(default: the preset's; minilm = the packaged all-minilm-l6-v2)",
+        f"(default: the preset's, {_DEFAULT.encoder}; minilm = the packaged all-minilm-l6-v2)",
     )
-    fe.add_argument("--pooling", choices=("mean", "last"), default="mean")
-    fe.add_argument("--max-length", type=int, default=512, help="encoder tokens (default 512)")
+    fe.add_argument("--pooling", choices=("mean", "last"), default=EncoderBlock.pooling)
+    fe.add_argument(
+        "--max-length",
+        type=number(integer=True, ge=8),
+        default=EncoderBlock.max_length,
+        help=f"encoder tokens (default {EncoderBlock.max_length})",
+    )
     fe.add_argument(
         "--dtype",
         choices=("bf16", "fp16", "fp32", "auto"),
-        default="bf16",
-        help="encoder compute dtype (default bf16)",
+        default=EncoderBlock.dtype,
+        help=f"encoder compute dtype (default {EncoderBlock.dtype})",
     )
     fe.add_argument("--device", default="auto", help="cpu, cuda, ... (default auto)")
     sp = p.add_argument_group(
@@ -119,7 +196,12 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
         help="halve the pool by prompts, by the models that wrote the responses, or both "
         "(default none: the whole pool)",
     )
-    sp.add_argument("--split-seed", type=int, default=0, help="seed of the splits (default 0)")
+    sp.add_argument(
+        "--split-seed",
+        type=number(integer=True, ge=0),
+        default=0,
+        help="seed of the splits (default 0)",
+    )
     sp.add_argument(
         "--no-stratify-models",
         action="store_true",
@@ -137,29 +219,51 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     )
     po.add_argument(
         "--policy-model",
-        default="smollm2-135m-instruct",
+        default=PACKAGED_LM,
         help="the policy's base: packaged name, local HF dir or cached repo id "
         "(default: the packaged SmolLM2-135M-Instruct)",
     )
-    po.add_argument("--policy-steps", type=int, default=8, help="DPO steps a round (default 8)")
-    po.add_argument("--policy-beta", type=float, default=0.1, help="DPO beta (default 0.1)")
-    po.add_argument("--policy-lr", type=float, default=5e-4, help="DPO learning rate (5e-4)")
     po.add_argument(
-        "--policy-max-length",
-        type=int,
-        default=256,
-        help="tokens of prompt + response for scoring and training (default 256)",
+        "--policy-steps",
+        type=_policy("steps_per_round", int),
+        default=loop.steps_per_round,
+        help=f"DPO steps a round (default {loop.steps_per_round})",
     )
     po.add_argument(
-        "--sketch-dim", type=int, default=1024, help="activedpo: projected dimension (1024)"
+        "--dpo-beta",
+        "--policy-beta",  # the old name
+        dest="dpo_beta",
+        type=_policy("dpo_beta"),
+        default=loop.dpo_beta,
+        help=f"DPO beta (default {loop.dpo_beta:g})",
+    )
+    po.add_argument(
+        "--policy-lr",
+        type=_policy("learning_rate"),
+        default=loop.learning_rate,
+        help=f"DPO learning rate (default {loop.learning_rate:g})",
+    )
+    po.add_argument(
+        "--policy-max-length",
+        type=_policy("max_length", int),
+        default=loop.max_length,
+        help=f"tokens of prompt + response for scoring and training (default {loop.max_length})",
+    )
+    po.add_argument(
+        "--sketch-dim",
+        type=_policy("sketch_dim", int),
+        default=loop.sketch_dim,
+        help=f"activedpo: projected dimension (default {loop.sketch_dim})",
     )
     po.add_argument(
         "--fraction",
-        type=float,
+        type=number(gt=0, le=1),
         default=None,
         help="policy-aware methods: the share of a round's prompts that get a pair (default 1)",
     )
-    po.add_argument("--policy-device", default="cpu", help="cpu, cuda, ... (default cpu)")
+    po.add_argument(
+        "--policy-device", default=loop.device, help=f"cpu, cuda, ... (default {loop.device})"
+    )
     dm = p.add_argument_group("delta_model baseline")
     dm.add_argument("--strong-model", default=None, help="model whose response is chosen")
     dm.add_argument("--weak-model", default=None, help="model whose response is rejected")
@@ -171,7 +275,7 @@ def _preset_names() -> list[str]:
     return preset_names()
 
 
-def _preset(args: argparse.Namespace) -> dict[str, Any]:
+def _preset(args: argparse.Namespace) -> RoundSettings:
     from auf_assets.core.presets import DEFAULT_PRESET, get_preset
 
     return get_preset(args.preset or DEFAULT_PRESET)
@@ -179,7 +283,7 @@ def _preset(args: argparse.Namespace) -> dict[str, Any]:
 
 def _encoder(args: argparse.Namespace) -> str:
     """``--encoder`` if given, else the preset's."""
-    return args.encoder or _preset(args)["encoder"]
+    return args.encoder or _preset(args).encoder
 
 
 def _run_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -200,7 +304,7 @@ def _run_settings(args: argparse.Namespace) -> dict[str, Any]:
             ensemble[key] = value
     rounds = {
         key: getattr(args, key)
-        for key in ("beta", "warmup_rounds", "train_passes")
+        for key in ("acquisition_width", "warmup_rounds", "train_passes")
         if getattr(args, key) is not None
     }
     eval_model: dict[str, Any] = {}
@@ -208,15 +312,18 @@ def _run_settings(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, arg)
         if value is not None:
             eval_model[key] = value
+    given = {
+        "batch_size": args.batch,
+        "heldout_fraction": args.heldout,
+        "eval_every": args.eval_every,
+        "gap_threshold": args.gap_threshold,
+    }
     settings: dict[str, Any] = run_settings(
         args.preset or DEFAULT_PRESET,
         **rounds,
+        **{key: value for key, value in given.items() if value is not None},
         ensemble=ensemble,
         responses_per_prompt=args.responses_per_prompt or None,
-        batch_size=args.batch,
-        heldout_fraction=args.heldout,
-        eval_every=args.eval_every,
-        gap_threshold=args.gap_threshold,
         max_rounds=args.max_rounds or None,
         eval_model=eval_model,
     )
@@ -241,7 +348,7 @@ def _policy_spec(args: argparse.Namespace, methods: list[str]) -> dict[str, Any]
     from resources.model_loading import local_model_dir
 
     config = PolicyLoopConfig(
-        beta=args.policy_beta,
+        dpo_beta=args.dpo_beta,
         steps_per_round=args.policy_steps,
         learning_rate=args.policy_lr,
         max_length=args.policy_max_length,
@@ -296,8 +403,9 @@ def _simulate(args: argparse.Namespace) -> int:
     from auf_assets.sim_bench import policy_loop
 
     try:
-        method = args.method or _preset(args)["method"]
-        config = SimulationConfig.from_dict(  # an unknown method fails here, before any loading
+        # Settings first: a bad value is refused before the pool is read or a model loads.
+        method = args.method or _preset(args).method
+        config = SimulationConfig.from_dict(
             {**_run_settings(args), "method": method, "seed": args.seed}
         )
         pool = load_pool(args.pool)
@@ -306,6 +414,7 @@ def _simulate(args: argparse.Namespace) -> int:
             policy_spec = _policy_spec(args, [method])
         except (ValueError, OSError) as exc:  # bad policy setting or model source
             raise ValueError(f"policy: {exc}") from None
+        pool = load_pool(args.pool)
         split = None
         if args.split != "none":
             split = protocol_split(
@@ -390,15 +499,19 @@ def _simulate(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     _setup_env()
     from auf_assets.core.simulation import PoolError
-    from auf_assets.sim_bench import DEFAULT_METHODS, BenchSpec, run_bench
+    from auf_assets.sim_bench import DEFAULT_METHODS, DEFAULT_SEEDS, BenchSpec, run_bench
 
     methods = _csv_list(args.methods) or list(DEFAULT_METHODS)
+    unknown = [m for m in methods if m not in known_methods()]
+    if unknown:
+        return refuse(f"unknown method(s) {unknown}; valid: {', '.join(known_methods())}")
     try:
-        seeds = [int(s) for s in _csv_list(args.seeds)] or [0, 1, 2]
+        seeds = [int(s) for s in _csv_list(args.seeds)] or list(DEFAULT_SEEDS)
         budgets = [int(b) for b in _csv_list(args.budgets)]
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return refuse(f"--seeds and --budgets take integers: {exc}")
+    if any(b < 1 for b in budgets) or any(s < 0 for s in seeds):
+        return refuse("--budgets must be integers >= 1 and --seeds integers >= 0")
     try:
         spec = BenchSpec(
             pool=args.pool,
@@ -445,13 +558,20 @@ def add_commands(sub) -> None:
         "Writes the selected pairs (parquet) and the evaluation curve (same name, .json).",
     )
     sim.add_argument(
-        "--method", "-m", default=None, help=f"one of: {methods} (default: the preset's, deltaucb)"
+        "--method",
+        "-m",
+        type=one_of(known_methods),
+        default=None,
+        help=f"one of: {methods} (default: the preset's, {_DEFAULT.method})",
     )
-    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--seed", type=number(integer=True, ge=0), default=0)
     sim.add_argument("--out", "-o", required=True, help="selected pairs, .parquet")
     _add_run_args(sim)
     sim.add_argument(
-        "--split-index", type=int, default=0, help="with --split: which split (default 0)"
+        "--split-index",
+        type=number(integer=True, ge=0),
+        default=0,
+        help="with --split: which split (default 0)",
     )
     sim.add_argument(
         "--half",
@@ -474,14 +594,20 @@ def add_commands(sub) -> None:
     )
     bench.add_argument("--seeds", nargs="+", default=None, help="default 0 1 2")
     bench.add_argument("--out", "-o", default=DEFAULT_BENCH_OUT, help="output folder")
-    bench.add_argument("--jobs", "-j", type=int, default=0, help="worker processes (0: cores)")
+    bench.add_argument(
+        "--jobs",
+        "-j",
+        type=number(integer=True, ge=0),
+        default=0,
+        help="worker processes (0: cores)",
+    )
     bench.add_argument(
         "--budgets", nargs="+", default=None, help="label budgets of the table (default: auto)"
     )
     _add_run_args(bench)
     bench.add_argument(
         "--splits",
-        type=int,
+        type=number(integer=True, ge=1),
         default=2,
         help="with --split: how many seeded splits; every method and seed runs on both halves "
         "of each (default 2)",

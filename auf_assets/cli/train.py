@@ -7,8 +7,10 @@ checkpoint, its curves and its evaluation show in the UI like any other material
 from __future__ import annotations
 
 import argparse
-import re
 import sys
+
+from auf_assets.cli.common import environment_refusal, number, refuse, round_arg, setting
+from auf_assets.core.settings import LOSSES, TrainingSettings
 
 ROUND_HELP = (
     "the round to train for, on the labelled pairs of rounds 1..K: its number (3) or its key "
@@ -16,16 +18,9 @@ ROUND_HELP = (
 )
 
 
-def round_argument(text: str) -> str:
-    """`3`, `0003`, `round-3` and `round-0003` all name round-0003 (argparse `type`)."""
-    from auf_assets.partitions import round_key
-
-    match = re.fullmatch(r"(?:round-)?(\d+)", text.strip())
-    if not match or int(match.group(1)) < 1:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a round: give its number (3) or its key (round-0003)"
-        )
-    return round_key(int(match.group(1)))
+def _training(field: str, convert=float):
+    """A flag checked by the training settings that own the value (their range)."""
+    return setting(lambda v: TrainingSettings(**{field: v}), convert)
 
 
 def _settings_problems(exc) -> str:
@@ -33,7 +28,7 @@ def _settings_problems(exc) -> str:
     problems = []
     for error in exc.errors():
         message = error["msg"].removeprefix("Value error, ")
-        option = "--" + str(error["loc"][0]).replace("_", "-")
+        option = "--" + str(error["loc"][0]).replace("_", "-") if error["loc"] else "settings"
         problems.append(f"{option} {error['input']!r}: {message[:1].lower()}{message[1:]}")
     return "; ".join(problems)
 
@@ -41,7 +36,7 @@ def _settings_problems(exc) -> str:
 def _checked(args: argparse.Namespace):
     """The training settings, round and data, checked before any model loads or run starts.
 
-    Returns (settings, round_id) or prints why not and returns None.
+    Returns (the training resource's overrides, round_id), or prints why not and returns None.
     """
     from pydantic import ValidationError
 
@@ -49,7 +44,7 @@ def _checked(args: argparse.Namespace):
     from auf_assets.training import training_data
     from resources.model_loading import ModelSourceError
     from resources.store import DuckDBStore
-    from resources.training import TrainingSettings
+    from resources.training import TrainingResource
 
     given = {
         "base_model": args.base_model,
@@ -57,11 +52,12 @@ def _checked(args: argparse.Namespace):
         "max_steps": args.max_steps,
         "learning_rate": args.learning_rate,
         "max_length": args.max_length,
+        "dpo_beta": args.dpo_beta,
     }
     overrides = {k: v for k, v in given.items() if v not in (None, "")}
     try:
-        settings = TrainingSettings(**overrides)
-        settings.check_sources()
+        resource = TrainingResource(**overrides)
+        resource.check_sources()
     except ValidationError as exc:
         return _refuse(_settings_problems(exc))
     except ModelSourceError as exc:
@@ -71,8 +67,12 @@ def _checked(args: argparse.Namespace):
     round_id = args.round or (available[-1] if available else None)
     if round_id is None:
         return _refuse(f"no round has judgements yet in {store.root}: run a round first (auf demo)")
+    if round_id not in available:
+        # Refused before a partition is added: `auf train` never registers a round.
+        rounds = ", ".join(available) or "none"
+        return _refuse(f"{round_id} has no judgements; rounds with judgements: {rounds}")
     try:
-        training_data(store, round_id, settings.test_fraction).train_rows()
+        training_data(store, round_id, resource.test_fraction).train_rows()
     except TrainingError as exc:
         return _refuse(str(exc))
     return overrides, round_id
@@ -86,19 +86,20 @@ def _refuse(message: str) -> None:
 def _train(args: argparse.Namespace) -> int:
     from auf_assets.cli.common import failure_message, metadata, prepare_home, ui_run_tags
 
+    refusal = environment_refusal()
+    if refusal:
+        return refuse(refusal)
     root = prepare_home()
     checked = _checked(args)
     if checked is None:
-        return 1
+        return 2
     training, round_id = checked
     import dagster as dg
 
     from auf_assets.definitions import defs
     from auf_assets.partitions import rounds_partitions
+    from auf_assets.preflight import run_config_problems
 
-    instance = dg.DagsterInstance.get()
-    if not instance.has_dynamic_partition(rounds_partitions.name, round_id):
-        instance.add_dynamic_partitions(rounds_partitions.name, [round_id])
     run_config: dict = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
     if training:
         run_config["resources"] = {"training": {"config": training}}
@@ -111,6 +112,12 @@ def _train(args: argparse.Namespace) -> int:
         run_config["ops"] = {
             "dpo_policy": {"config": {"loss": args.loss, "warm_start": args.warm_start}}
         }
+    problems = run_config_problems(job, run_config)
+    if problems:
+        return refuse("bad training settings; nothing was run: " + "; ".join(problems))
+    instance = dg.DagsterInstance.get()
+    if not instance.has_dynamic_partition(rounds_partitions.name, round_id):
+        instance.add_dynamic_partitions(rounds_partitions.name, [round_id])
     selection = [dg.AssetKey(asset)] if args.no_eval else None
     print(f"training {asset} for {round_id} (rounds 1..{round_id})")
     result = job.execute_in_process(
@@ -183,8 +190,8 @@ def add_commands(sub) -> None:
         "released dataset's train split) and evaluate it on the held-out split; with "
         "--reward-model, a LoRA reward model instead. Settings: docs/training.md.",
     )
-    train.add_argument("--round", type=round_argument, help=ROUND_HELP)
-    train.add_argument("--loss", choices=["dpo", "ipo", "simpo"], default="dpo")
+    train.add_argument("--round", type=round_arg, default=None, help=ROUND_HELP)
+    train.add_argument("--loss", choices=LOSSES, default=TrainingSettings().loss)
     train.add_argument("--reward-model", action="store_true", help="train the reward model")
     train.add_argument(
         "--warm-start", action="store_true", help="start from the previous round's adapter"
@@ -192,7 +199,25 @@ def add_commands(sub) -> None:
     train.add_argument("--no-eval", action="store_true", help="train only (no policy_eval)")
     train.add_argument("--base-model", default="", help="default: the packaged SmolLM2-135M")
     train.add_argument("--device", default="", help="cpu, cuda, ... (default: auto)")
-    train.add_argument("--max-steps", type=int, help="default: the preset's epochs")
-    train.add_argument("--learning-rate", type=float, help="default: the preset's")
-    train.add_argument("--max-length", type=int, help="tokens per prompt + response")
+    train.add_argument(
+        "--max-steps",
+        type=number(integer=True, ge=1),
+        default=None,
+        help="training steps (default: the preset's epochs decide)",
+    )
+    train.add_argument(
+        "--learning-rate", type=_training("learning_rate"), default=None, help="default: preset's"
+    )
+    train.add_argument(
+        "--max-length",
+        type=_training("max_length", int),
+        default=None,
+        help="tokens per prompt + response (default: the preset's)",
+    )
+    train.add_argument(
+        "--dpo-beta",
+        type=_training("dpo_beta"),
+        default=None,
+        help=f"DPO beta, IPO tau (default {TrainingSettings().dpo_beta:g})",
+    )
     train.set_defaults(func=_train)

@@ -69,6 +69,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .settings import EnsembleSettings
+
 __all__ = [
     "EnsembleConfig",
     "RewardEnsemble",
@@ -125,13 +127,11 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-def _is_real(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
 @dataclass
-class EnsembleConfig:
-    """Hyper-parameters of :class:`RewardEnsemble` (defaults: the reference's, spec section 2).
+class EnsembleConfig(EnsembleSettings):
+    """Hyper-parameters of :class:`RewardEnsemble` (defaults: the reference's, spec section 2):
+    :class:`~auf_assets.core.settings.EnsembleSettings` (checked there) plus the run's own seed
+    and compute options.
 
     Attributes:
         n_heads: number of independent MLP heads ``H``.
@@ -186,32 +186,12 @@ class EnsembleConfig:
     #: than silently ignored).
     FIXED_FIELDS: ClassVar[tuple[str, ...]] = ("n_heads", "hidden", "seed")
 
-    n_heads: int = 20
-    hidden: tuple[int, ...] = (128, 128)
-    lr: float = 5e-5
-    weight_decay: float = 0.0
-    anchor_lambda0: float = 1.0
-    anchor_half_life: float = 1000.0
-    center_coef: float = 0.01
-    replay_capacity: int = 6400
-    batch_size: int = 64
-    max_steps: int = 100
-    min_steps: int = 0
     seed: int = 0
     compute_dtype: str = "float32"
     stats_pairs: int = 256
 
     def __post_init__(self) -> None:
-        if isinstance(self.hidden, (list, np.ndarray)):
-            self.hidden = tuple(int(h) for h in self.hidden)
-        for name in ("n_heads", "replay_capacity", "batch_size", "max_steps"):
-            value = getattr(self, name)
-            if not _is_int(value) or value < 1:
-                raise ValueError(f"EnsembleConfig.{name} must be an integer >= 1, got {value!r}")
-        if not _is_int(self.min_steps) or self.min_steps < 0:
-            raise ValueError(
-                f"EnsembleConfig.min_steps must be an integer >= 0, got {self.min_steps!r}"
-            )
+        super().__post_init__()
         if not _is_int(self.stats_pairs) or self.stats_pairs < 0:
             raise ValueError(
                 f"EnsembleConfig.stats_pairs must be an integer >= 0, got {self.stats_pairs!r}"
@@ -219,31 +199,6 @@ class EnsembleConfig:
         if not _is_int(self.seed) or not 0 <= self.seed < 2**63:
             raise ValueError(
                 f"EnsembleConfig.seed must be an integer in [0, 2**63), got {self.seed!r}"
-            )
-        if (
-            not isinstance(self.hidden, tuple)
-            or len(self.hidden) == 0
-            or not all(_is_int(h) and h >= 1 for h in self.hidden)
-        ):
-            raise ValueError(
-                "EnsembleConfig.hidden must be a non-empty tuple of integers >= 1, "
-                f"got {self.hidden!r}"
-            )
-        self.hidden = tuple(int(h) for h in self.hidden)
-        if not _is_real(self.lr) or not math.isfinite(self.lr) or self.lr <= 0:
-            raise ValueError(f"EnsembleConfig.lr must be a finite number > 0, got {self.lr!r}")
-        for name in ("weight_decay", "anchor_lambda0", "center_coef"):
-            value = getattr(self, name)
-            if not _is_real(value) or not math.isfinite(value) or value < 0:
-                raise ValueError(
-                    f"EnsembleConfig.{name} must be a finite number >= 0, got {value!r}"
-                )
-        if self.weight_decay * self.lr >= 1.0:
-            raise ValueError("EnsembleConfig.weight_decay * lr must be < 1")
-        hl = self.anchor_half_life
-        if not _is_real(hl) or math.isnan(hl) or hl <= 0:
-            raise ValueError(
-                f"EnsembleConfig.anchor_half_life must be > 0 (inf disables decay), got {hl!r}"
             )
         if self.compute_dtype not in _COMPUTE_DTYPES:
             raise ValueError(

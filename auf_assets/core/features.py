@@ -30,7 +30,6 @@ __all__ = [
     "SCALING_VERSION",
     "TEXT_STATS",
     "EncoderBlock",
-    "encoder_parts",
     "parse_encoder",
     "scale_block",
 ]
@@ -64,7 +63,11 @@ class EncoderBlock:
 
 
 def parse_encoder(
-    spec: str, *, pooling: str = "mean", max_length: int = 512, dtype: str = "bf16"
+    spec: str,
+    *,
+    pooling: str = EncoderBlock.pooling,
+    max_length: int = EncoderBlock.max_length,
+    dtype: str = EncoderBlock.dtype,
 ) -> list[EncoderBlock]:
     """``"minilm+text-stats"`` -> blocks; unknown names are taken as model sources (a packaged
     name or a transformers directory) and resolved when first encoded."""
@@ -83,16 +86,6 @@ def parse_encoder(
         else:
             blocks.append(EncoderBlock(name, pooling, int(max_length), dtype))
     return blocks
-
-
-def encoder_parts(spec: str) -> tuple[str, bool]:
-    """An encoder setting as the pipeline's encoder fields: (backbone model or ``""``,
-    text statistics on?). The pipeline takes at most one backbone, listed first."""
-    blocks = parse_encoder(spec)
-    models = [b.name for b in blocks if not b.is_text_stats]
-    if len(models) > 1:
-        raise ValueError(f"encoder setting {spec!r}: the pipeline takes one backbone at most")
-    return (models[0] if models else ""), any(b.is_text_stats for b in blocks)
 
 
 def scale_block(block: EncoderBlock, raw: np.ndarray) -> np.ndarray:

@@ -45,7 +45,8 @@ from .chat_lm import (
 )
 from .devices import choose_device
 from .policy_selection import CountSketch
-from .training import TrainSettings, train_policy
+from .settings import TrainingSettings, check_number
+from .training import train_policy
 
 __all__ = [
     "PolicyLoop",
@@ -215,6 +216,9 @@ class ReferenceCache:
         tmp.replace(self.path)
 
 
+_TRAINING = TrainingSettings()  # the DPO defaults the loop shares with `auf train` on a CPU
+
+
 @dataclass(frozen=True)
 class PolicyLoopConfig:
     """The policy in the loop: DPO settings per round and ActiveDPO's projection.
@@ -223,12 +227,12 @@ class PolicyLoopConfig:
     from the previous round's adapter (the reference stays the base model).
     """
 
-    beta: float = 0.1
+    dpo_beta: float = _TRAINING.dpo_beta
     steps_per_round: int = 8
-    batch_size: int = 4
-    learning_rate: float = 5e-4
-    lora_r: int = 8
-    lora_alpha: int = 16
+    batch_size: int = _TRAINING.batch_size
+    learning_rate: float = _TRAINING.learning_rate
+    lora_r: int = _TRAINING.lora_r
+    lora_alpha: int = _TRAINING.lora_alpha
     max_length: int = 256
     sketch_dim: int = 1024
     sketch_seed: int = 0
@@ -236,10 +240,12 @@ class PolicyLoopConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        if self.beta <= 0 or self.steps_per_round < 1 or self.batch_size < 1:
-            raise ValueError("policy loop: beta > 0, steps_per_round >= 1, batch_size >= 1")
-        if self.sketch_dim < 1 or self.lam <= 0 or self.max_length < 16:
-            raise ValueError("policy loop: sketch_dim >= 1, lam > 0, max_length >= 16")
+        check_number("policy loop dpo_beta", self.dpo_beta, gt=0)
+        for name in ("steps_per_round", "batch_size", "lora_r", "lora_alpha", "sketch_dim"):
+            check_number(f"policy loop {name}", getattr(self, name), ge=1, integer=True)
+        check_number("policy loop learning_rate", self.learning_rate, gt=0)
+        check_number("policy loop lam", self.lam, gt=0)
+        check_number("policy loop max_length", self.max_length, ge=16, integer=True)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -314,13 +320,13 @@ class PolicyLoop:
         else:
             pol, _ = scorer.logps(ps, rs)
         self._time(part, started)
-        return self.config.beta * (pol - ref), tokens
+        return self.config.dpo_beta * (pol - ref), tokens
 
     def gradient_features(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
         started = time.perf_counter()
         turns = [conversation(p, r) for p, r in zip(prompts, responses, strict=True)]
         out = self.scorer().gradient_features(
-            [t[0] for t in turns], [t[1] for t in turns], self.sketch(), self.config.beta
+            [t[0] for t in turns], [t[1] for t in turns], self.sketch(), self.config.dpo_beta
         )
         self._time("gradients", started)
         return out
@@ -329,8 +335,8 @@ class PolicyLoop:
         """One round's DPO step on ``rows`` (TRL rows), warm-started from the last adapter."""
         started = time.perf_counter()
         c = self.config
-        settings = TrainSettings(
-            beta=c.beta,
+        settings = TrainingSettings(
+            dpo_beta=c.dpo_beta,
             learning_rate=c.learning_rate,
             max_steps=c.steps_per_round,
             batch_size=c.batch_size,

@@ -1,22 +1,20 @@
-"""Named settings of the running reward model and its features: plain data, in one place.
+"""Named settings: the round presets (:class:`RoundSettings`) and the training presets.
 
-A *preset* fixes what makes the active loop's reward model select well: the feature encoder, the
-ensemble (:class:`~auf_assets.core.ensemble.EnsembleConfig` fields) and the per-round recipe
-(training passes over the replay buffer per round, random warm-up rounds, the acquisition width
-``beta``). ``auf simulate`` / ``auf bench`` take ``--preset NAME`` and explicit flags override its
-values; the pipeline can read the same table (:func:`get_preset`), so a setting chosen in the
-simulator means the same in a real round.
+A *round preset* fixes what makes the active loop's reward model select well: the feature
+encoder, the ensemble and the per-round recipe (training passes over the replay buffer per round,
+random warm-up rounds, the acquisition width). ``auf simulate`` / ``auf bench`` take ``--preset
+NAME`` and explicit flags override its values; the pipeline's defaults are the ``default``
+preset, so a setting chosen in the simulator means the same in a real round.
 
 * ``reference``: the paper's reference values (spec section 2): MiniLM features, 20 heads of
   ``d -> 128 -> 128 -> 1``, AdamW lr 5e-5, batch 64, at most 100 steps per round, anchor
-  ``lambda_0 = 1`` halving every 1000 prompts, one training pass per round, beta 1.
-* ``default``: what a run gets without ``--preset``: ``dev-protocol`` with a floor of 3 training
-  steps per pass (``min_steps``), so the first rounds of a small batch (the demo's 8 prompts)
-  learn; pooled over every held-out half of the protocol (tuning, confirmation and fresh splits),
-  every seed's mean keeps an accuracy above random's (+0.007 to +0.012) at 2.2-2.3x random's
-  gap. ``SimulationConfig()``, the pipeline's ``FeatureEncoder``/``UncertaintyModel``, the
-  Dagster benchmark and the CLIs read it (``EnsembleConfig()`` stays the reference); a test
-  checks they agree.
+  ``lambda_0 = 1`` halving every 1000 prompts, one training pass per round, width 1
+  (:class:`EnsembleSettings`' defaults).
+* ``default``: what a run gets without ``--preset`` (``RoundSettings()``, by construction):
+  ``dev-protocol`` with a floor of 3 training steps per pass (``min_steps``), so the first rounds
+  of a small batch (the demo's 8 prompts) learn; pooled over every held-out half of the protocol
+  (tuning, confirmation and fresh splits), every seed's mean keeps an accuracy above random's
+  (+0.007 to +0.012) at 2.2-2.3x random's gap.
 * ``dev-protocol``: what the split protocol chose on the dev pool (``benchmarks/bench_defaults.py``,
   ``--split both --splits 3``, seeds 0-2): chosen on half the prompts x half the models, confirmed
   on the other halves and on 3 fresh splits of another split seed. Text statistics instead of
@@ -28,125 +26,110 @@ simulator means the same in a real round.
 ``method`` is the acquisition rule a preset recommends (``auf simulate`` uses it when no
 ``--method`` is given).
 
-Pure data and dict helpers: no numpy, torch or Dagster import.
+The *training presets* (:data:`TRAINING_PRESETS`): the spec's settings (LoRA r=64, beta 0.1, lr
+2e-5, 3 epochs, effective batch 32) on a GPU; small, fast ones on the CPU, where a 135M model is
+what fits. Reward models: r=16, lr 2e-5, 2 epochs on a GPU.
+
+No torch, polars or Dagster import.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
+
+from .settings import EnsembleSettings, RoundSettings, SettingsError, TrainingSettings
 
 __all__ = [
     "DEFAULT_PRESET",
-    "ENSEMBLE_KEYS",
     "PRESETS",
     "ROUND_KEYS",
+    "TRAINING_PRESETS",
+    "Preset",
     "get_preset",
-    "default_ensemble",
-    "default_round",
     "preset_names",
     "run_settings",
 ]
 
-#: EnsembleConfig fields a preset sets (all of them that shape learning; seed and the
-#: compute/measurement options stay the run's).
-ENSEMBLE_KEYS = (
-    "n_heads",
-    "hidden",
-    "lr",
-    "weight_decay",
-    "anchor_lambda0",
-    "anchor_half_life",
-    "center_coef",
-    "replay_capacity",
-    "batch_size",
-    "max_steps",
-    "min_steps",
-)
-#: Round recipe keys (SimulationConfig fields of the same name).
-ROUND_KEYS = ("train_passes", "warmup_rounds", "beta")
+#: RoundSettings fields that are SimulationConfig fields of the same name.
+ROUND_KEYS = ("acquisition_width", "warmup_rounds", "train_passes")
 
-_REFERENCE: dict[str, Any] = {
-    "description": "the paper's reference values (spec section 2)",
-    "method": "deltaucb",
-    "encoder": "minilm",
-    "ensemble": {
-        "n_heads": 20,
-        "hidden": [128, 128],
-        "lr": 5e-5,
-        "weight_decay": 0.0,
-        "anchor_lambda0": 1.0,
-        "anchor_half_life": 1000.0,
-        "center_coef": 0.01,
-        "replay_capacity": 6400,
-        "batch_size": 64,
-        "max_steps": 100,
-        "min_steps": 0,
-    },
-    "round": {"train_passes": 1, "warmup_rounds": 0, "beta": 1.0},
-}
 
-_DEV_PROTOCOL: dict[str, Any] = {
-    "description": (
-        "chosen by the split protocol on the dev pool (benchmarks/bench_defaults.py: tuned "
-        "on half the prompts x half the models, confirmed on the other halves)"
+@dataclass(frozen=True)
+class Preset:
+    description: str
+    settings: RoundSettings
+
+
+_DEV_PROTOCOL = RoundSettings(ensemble=EnsembleSettings())
+
+PRESETS: dict[str, Preset] = {
+    "reference": Preset(
+        "the paper's reference values (spec section 2)",
+        RoundSettings(encoder="minilm", train_passes=1, ensemble=EnsembleSettings()),
     ),
-    "method": "deltaucb",
-    "encoder": "text-stats",
-    "ensemble": dict(_REFERENCE["ensemble"]),
-    "round": {"train_passes": 3, "warmup_rounds": 0, "beta": 1.0},
-}
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "reference": _REFERENCE,
-    # The code's defaults (EnsembleConfig stays the reference; SimulationConfig, the pipeline's
-    # FeatureEncoder/UncertaintyModel and the CLIs read this entry; tests/test_split_protocol.py
-    # checks they agree).
-    "default": {
-        **copy.deepcopy(_DEV_PROTOCOL),
-        "description": (
-            "the code's defaults: dev-protocol plus at least 3 training steps per pass, so the "
-            "first rounds of small batches learn (docs/benchmarks.md)"
-        ),
-        "ensemble": {**_DEV_PROTOCOL["ensemble"], "min_steps": 3},
-    },
-    "dev-protocol": _DEV_PROTOCOL,
+    "default": Preset(
+        "the code's defaults: dev-protocol plus at least 3 training steps per pass, so the "
+        "first rounds of small batches learn (docs/benchmarks.md)",
+        RoundSettings(),
+    ),
+    "dev-protocol": Preset(
+        "chosen by the split protocol on the dev pool (benchmarks/bench_defaults.py: tuned "
+        "on half the prompts x half the models, confirmed on the other halves)",
+        _DEV_PROTOCOL,
+    ),
 }
 
 DEFAULT_PRESET = "default"
+
+TRAINING_PRESETS: dict[str, dict[str, TrainingSettings]] = {
+    "gpu": {
+        "policy": TrainingSettings(
+            learning_rate=2e-5,
+            epochs=3,
+            batch_size=8,
+            grad_accum=4,
+            lora_r=64,
+            lora_alpha=128,
+            max_length=2048,
+        ),
+        "reward_model": TrainingSettings(
+            learning_rate=2e-5,
+            epochs=2,
+            batch_size=8,
+            grad_accum=4,
+            lora_r=16,
+            lora_alpha=32,
+            max_length=2048,
+        ),
+    },
+    "cpu": {
+        "policy": TrainingSettings(),
+        "reward_model": TrainingSettings(learning_rate=1e-3, epochs=2),
+    },
+}
 
 
 def preset_names() -> list[str]:
     return list(PRESETS)
 
 
-def get_preset(name: str) -> dict[str, Any]:
-    """A deep copy of preset ``name`` (``description``, ``method``, ``encoder``, ``ensemble``,
-    ``round``)."""
+def get_preset(name: str) -> RoundSettings:
+    """A copy of preset ``name``'s settings."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
-    return copy.deepcopy(PRESETS[name])
+        raise SettingsError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    return copy.deepcopy(PRESETS[name].settings)
 
 
 def run_settings(name: str, **overrides: Any) -> dict[str, Any]:
-    """SimulationConfig keys of preset ``name`` (``ensemble`` plus the round keys), with
+    """SimulationConfig keys of preset ``name`` (``ensemble`` plus :data:`ROUND_KEYS`), with
     ``overrides`` applied on top: ``ensemble`` overrides merge into the preset's ensemble,
-    everything else replaces."""
-    preset = get_preset(name)
-    out: dict[str, Any] = {**preset["round"], "ensemble": dict(preset["ensemble"])}
-    for key, value in overrides.items():
-        if key == "ensemble":
-            out["ensemble"].update(value or {})
-        else:
-            out[key] = value
-    return out
-
-
-def default_ensemble() -> dict[str, Any]:
-    """The ensemble settings a run gets without a preset (the ``default`` preset's)."""
-    return get_preset(DEFAULT_PRESET)["ensemble"]
-
-
-def default_round() -> dict[str, Any]:
-    """The round recipe (train passes, warm-up rounds, beta) a run gets without a preset."""
-    return get_preset(DEFAULT_PRESET)["round"]
+    everything else replaces. Round keys are checked here (a bad value raises SettingsError)."""
+    round_overrides = {k: overrides.pop(k) for k in ROUND_KEYS if k in overrides}
+    settings = get_preset(name).with_overrides(
+        **round_overrides, ensemble=overrides.pop("ensemble", None)
+    )
+    out: dict[str, Any] = {k: getattr(settings, k) for k in ROUND_KEYS}
+    out["ensemble"] = settings.ensemble.learning()
+    return {**out, **overrides}

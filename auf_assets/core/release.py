@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from auf_assets.core.judging import ASPECTS
+from auf_assets.core.settings import TEST_FRACTION
 
 MANIFEST = "manifest.json"
 CARD = "README.md"
@@ -52,7 +53,7 @@ class ReleaseError(ValueError):
 
 @dataclass(frozen=True)
 class ReleaseOptions:
-    test_fraction: float = 0.1
+    test_fraction: float = TEST_FRACTION
     train_split: str = "train"
     test_split: str = "test"
     max_shard_bytes: int = 500 * 2**20

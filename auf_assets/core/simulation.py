@@ -64,8 +64,8 @@ import polars as pl
 from .ensemble import EnsembleConfig, RewardEnsemble
 from .methods import get_method, method_names
 from .policy_selection import identical_pairs
-from .presets import default_ensemble, default_round
 from .round_step import ReplayBuffer, select_with_model, select_with_policy, train_on_replay
+from .settings import RoundSettings, refuse_renamed
 
 __all__ = [
     "POOL_COLUMNS",
@@ -107,8 +107,9 @@ PAIR_COLUMNS = (
     "tie",
 )
 
+# The default preset (what a run gets when nothing else is said).
+_DEFAULT_ROUND = RoundSettings()
 # Independent random streams derived from the run's seed.
-_DEFAULT_ROUND = default_round()
 _STREAM_SAMPLE, _STREAM_SPLIT, _STREAM_SELECT, _STREAM_PROTOCOL = 11, 12, 13, 14
 _EVAL_SEED_OFFSET = 1_000_003
 
@@ -625,7 +626,7 @@ class SimulationConfig:
         responses_per_prompt: K responses per prompt sampled by seed; ``None``/0 = all.
         batch_size: prompts per round (B).
         heldout_fraction: fraction of prompts held out for evaluation (never selected from).
-        beta: the acquisition width ``mu +- beta * sigma``.
+        acquisition_width: the width of the bounds ``mu -/+ acquisition_width * sigma``.
         method_options: extra options of the rule (deltaquantile: ``q``, ``eps``).
         eval_every: evaluate after every this many rounds (and always after the last).
         gap_threshold: held-out pairs count for accuracy when ``|score_i - score_j| >=`` this.
@@ -639,20 +640,20 @@ class SimulationConfig:
             (chosen, rejected) pair.
     """
 
-    method: str = "deltaucb"
+    method: str = _DEFAULT_ROUND.method
     seed: int = 0
     responses_per_prompt: int | None = None
     batch_size: int = 32
     heldout_fraction: float = 0.25
-    beta: float = _DEFAULT_ROUND["beta"]
+    acquisition_width: float = _DEFAULT_ROUND.acquisition_width
     method_options: dict[str, float] = field(default_factory=dict)
     eval_every: int = 1
     gap_threshold: float = 0.1
-    warmup_rounds: int = _DEFAULT_ROUND["warmup_rounds"]
-    train_passes: int = _DEFAULT_ROUND["train_passes"]
+    warmup_rounds: int = _DEFAULT_ROUND.warmup_rounds
+    train_passes: int = _DEFAULT_ROUND.train_passes
     max_rounds: int | None = None
     ensemble: EnsembleConfig = field(
-        default_factory=lambda: EnsembleConfig.from_dict(default_ensemble())
+        default_factory=lambda: EnsembleConfig.from_dict(_DEFAULT_ROUND.ensemble.learning())
     )
     eval_model: EvalModelConfig = field(default_factory=EvalModelConfig)
     strong_model: str | None = None
@@ -661,21 +662,27 @@ class SimulationConfig:
     def __post_init__(self) -> None:
         if isinstance(self.ensemble, dict):
             # A partial dict overrides the default preset's ensemble, as a preset's flags do.
-            self.ensemble = EnsembleConfig.from_dict({**default_ensemble(), **self.ensemble})
+            self.ensemble = EnsembleConfig.from_dict(
+                {**_DEFAULT_ROUND.ensemble.learning(), **self.ensemble}
+            )
         if isinstance(self.eval_model, dict):
             data = dict(self.eval_model)
             if "hidden" in data:
                 data["hidden"] = tuple(data["hidden"])
             self.eval_model = EvalModelConfig(**data)
         selection = get_method(self.method)  # a ValueError lists the known methods
+        # The round's own settings (method, width, warm-up, passes) check themselves.
+        RoundSettings(
+            method=self.method,
+            acquisition_width=self.acquisition_width,
+            warmup_rounds=self.warmup_rounds,
+            train_passes=self.train_passes,
+            ensemble=self.ensemble,
+        )
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.eval_every < 1:
             raise ValueError(f"eval_every must be >= 1, got {self.eval_every}")
-        if self.train_passes < 1:
-            raise ValueError(f"train_passes must be >= 1, got {self.train_passes}")
-        if self.warmup_rounds < 0:
-            raise ValueError(f"warmup_rounds must be >= 0, got {self.warmup_rounds}")
         if self.max_rounds is not None and self.max_rounds < 1:
             raise ValueError(f"max_rounds must be >= 1 or None, got {self.max_rounds}")
         if not (self.gap_threshold >= 0 and math.isfinite(self.gap_threshold)):
@@ -689,8 +696,6 @@ class SimulationConfig:
             )
         if not (0.0 <= self.heldout_fraction < 1.0):
             raise ValueError(f"heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
-        if not (math.isfinite(self.beta) and self.beta >= 0):
-            raise ValueError(f"beta must be finite and >= 0, got {self.beta}")
         if "fraction" in self.method_options and selection.family != "policy":
             raise ValueError(
                 f"fraction applies to the policy-aware methods "
@@ -720,6 +725,7 @@ class SimulationConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SimulationConfig:
         known = {f.name for f in fields(cls)}
+        refuse_renamed("simulation", data)
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown SimulationConfig keys: {unknown}")
@@ -1051,7 +1057,7 @@ def simulate(
                 mask,
                 round_number=rnd + 1,
                 warmup_rounds=cfg.warmup_rounds,
-                beta=cfg.beta,
+                beta=cfg.acquisition_width,
                 seed=rng,
                 options=cfg.method_options,
             )

@@ -30,10 +30,11 @@ import numpy as np
 from .chat_lm import load_tokenizer, lora_config, sequence_logps
 from .checkpoints import REWARD_MODEL_LOSS, train_note, write_checkpoint_record
 from .devices import choose_device, wants_gpu
+from .presets import TRAINING_PRESETS
+from .settings import TrainingSettings
 
-LOSSES = ("dpo", "ipo", "simpo")
 # Settings that only a policy's loss reads (a reward model's record leaves them out).
-POLICY_ONLY_SETTINGS = ("loss", "beta", "simpo_gamma")
+POLICY_ONLY_SETTINGS = ("loss", "dpo_beta", "simpo_gamma")
 Log = Callable[[str], None]
 
 
@@ -41,74 +42,11 @@ class TrainingError(ValueError):
     """Training cannot start or did not finish; the message says why. Nothing was replaced."""
 
 
-@dataclass(frozen=True)
-class TrainSettings:
-    """Hyper-parameters of one training run (see `preset` for the CPU and GPU defaults)."""
-
-    loss: str = "dpo"
-    beta: float = 0.1
-    learning_rate: float = 5e-4
-    epochs: float = 1.0
-    max_steps: int = 0  # 0: the epochs decide
-    batch_size: int = 4
-    grad_accum: int = 1
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    max_length: int = 384
-    simpo_gamma: float = 0.5
-    seed: int = 0
-    device: str = "auto"  # auto: the first GPU if there is one, else the CPU
-    bf16: bool | None = None  # None: on a GPU that supports it
-    gradient_checkpointing: bool | None = None  # None: on a GPU
-
-    def __post_init__(self) -> None:
-        if self.loss not in LOSSES:
-            raise TrainingError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        if self.batch_size < 1 or self.grad_accum < 1 or self.lora_r < 1:
-            raise TrainingError("batch_size, grad_accum and lora_r must be at least 1")
-        if self.epochs <= 0 and self.max_steps <= 0:
-            raise TrainingError("give epochs > 0 or max_steps > 0")
-
-
-# The spec's settings (LoRA r=64, beta 0.1, lr 2e-5, 3 epochs, effective batch 32) on a GPU; small,
-# fast ones on CPU, where a 135M model is what fits. Reward models: r=16, lr 2e-5, 2 epochs.
-PRESETS: dict[str, dict[str, TrainSettings]] = {
-    "gpu": {
-        "policy": TrainSettings(
-            learning_rate=2e-5,
-            epochs=3,
-            batch_size=8,
-            grad_accum=4,
-            lora_r=64,
-            lora_alpha=128,
-            max_length=2048,
-        ),
-        "reward_model": TrainSettings(
-            learning_rate=2e-5,
-            epochs=2,
-            batch_size=8,
-            grad_accum=4,
-            lora_r=16,
-            lora_alpha=32,
-            max_length=2048,
-        ),
-    },
-    "cpu": {
-        "policy": TrainSettings(
-            learning_rate=5e-4, epochs=1, batch_size=4, lora_r=8, lora_alpha=16, max_length=384
-        ),
-        "reward_model": TrainSettings(
-            learning_rate=1e-3, epochs=2, batch_size=4, lora_r=8, lora_alpha=16, max_length=384
-        ),
-    },
-}
-
-
-def preset(kind: str, device: str = "auto", **overrides: Any) -> TrainSettings:
-    """The preset for `kind` (policy, reward_model) on `device`, with `overrides` applied."""
+def training_settings(kind: str, device: str = "auto", **overrides: Any) -> TrainingSettings:
+    """The preset for `kind` (policy, reward_model) on `device`'s kind (GPU or CPU), with the
+    `overrides` that are not None applied (and checked)."""
     where = "gpu" if wants_gpu(device) else "cpu"
-    base = PRESETS[where][kind]
+    base = TRAINING_PRESETS[where][kind]
     return replace(base, device=device, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -211,7 +149,7 @@ def check_base(base_dir: str | Path, kind: str) -> None:
         )
 
 
-def _device_args(settings: TrainSettings, device) -> dict[str, Any]:
+def _device_args(settings: TrainingSettings, device) -> dict[str, Any]:
     import torch
 
     gpu = device.type == "cuda"
@@ -224,7 +162,7 @@ def _device_args(settings: TrainSettings, device) -> dict[str, Any]:
     }
 
 
-def _common_args(settings: TrainSettings, output_dir: str, device) -> dict[str, Any]:
+def _common_args(settings: TrainingSettings, output_dir: str, device) -> dict[str, Any]:
     return {
         "output_dir": output_dir,
         "learning_rate": settings.learning_rate,
@@ -348,7 +286,7 @@ def _save(trainer, tokenizer, out_dir: Path, info: dict) -> None:
 def train_policy(
     base_dir: str | Path,
     rows: Sequence[dict],
-    settings: TrainSettings,
+    settings: TrainingSettings,
     out_dir: str | Path,
     *,
     init_adapter: str | Path | None = None,
@@ -374,7 +312,7 @@ def train_policy(
                 CPOConfig(
                     loss_type="simpo",
                     cpo_alpha=0.0,
-                    beta=settings.beta,
+                    beta=settings.dpo_beta,
                     simpo_gamma=settings.simpo_gamma,
                     **common,
                 ),
@@ -391,7 +329,8 @@ def train_policy(
             from trl import DPOConfig, DPOTrainer
 
             loss_type = ["sigmoid"] if settings.loss == "dpo" else ["ipo"]
-            args = _train_on(DPOConfig(loss_type=loss_type, beta=settings.beta, **common), device)
+            config = DPOConfig(loss_type=loss_type, beta=settings.dpo_beta, **common)
+            args = _train_on(config, device)
             trainer = DPOTrainer(
                 model=str(base_dir),
                 args=args,
@@ -452,7 +391,7 @@ def _train_and_save(trainer, tokenizer, base_dir, settings, given, rows, out_dir
     return report
 
 
-def _lora(settings: TrainSettings, task_type: str):
+def _lora(settings: TrainingSettings, task_type: str):
     return lora_config(settings.lora_r, settings.lora_alpha, task_type, settings.lora_dropout)
 
 
@@ -483,7 +422,7 @@ def _load_adapter_weights(model, folder: Path) -> None:
 def train_reward_model(
     base_dir: str | Path,
     rows: Sequence[dict],
-    settings: TrainSettings,
+    settings: TrainingSettings,
     out_dir: str | Path,
     *,
     info: dict | None = None,

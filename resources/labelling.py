@@ -1,34 +1,28 @@
 """Where a round's labels come from, and the folders and rules of human labelling.
 
-`LabelingSettings` is the one place for these settings: the `judgements` and `annotation_batch`
+`LabellingSettings` is the one place for these settings: the `judgements` and `annotation_batch`
 assets, the round sensors, the nightly schedule and `auf labels` all read it. The definitions and
-the CLI build it with `labeling_from_env()`, so a deployment sets it once with environment
-variables (the UI can still override it per run in the launchpad).
-
-A bad value in the environment never stops the code location from loading: `labeling_from_env`
-keeps the valid values, leaves the field of a rejected one at its default and records why in
-`env_errors`. Everything that uses the settings then stops with that message (`problem`): a run
-fails when the resource is set up (`setup_for_execution`), the round sensors and the nightly
-schedule skip their ticks (they build the resource too, outside a run, and check it first), and
-`auf labels` exits with it.
+the CLI build it with `labelling_from_env()`, so a deployment sets it once with environment
+variables (the UI can still override it per run in the launchpad). A rejected variable never stops
+the code location from loading; everything that uses the settings stops with its message (see
+`resources.env_settings`).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal, get_args
 
-import dagster as dg
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from resources import home
+from resources.env_settings import EnvSettings, from_env
 
 LabelSource = Literal["llm_judge", "reward_model_judge", "oracle", "people"]
-LABEL_SOURCES: tuple[str, ...] = ("llm_judge", "reward_model_judge", "oracle", "people")
+LABEL_SOURCES: tuple[str, ...] = get_args(LabelSource)
 
-# environment variable -> LabelingSettings field
+# environment variable -> LabellingSettings field
 ENV_VARS = {
     "AUF_LABEL_SOURCE": "source",
     "AUF_LABEL_INBOX": "inbox",
@@ -48,8 +42,10 @@ ENV_VARS = {
 }
 
 
-class LabelingSettings(dg.ConfigurableResource):
+class LabellingSettings(EnvSettings):
     """The label source of every round, and the human-labelling inbox/outbox and rules."""
+
+    SETTINGS_NAME: ClassVar[str] = "labelling"
 
     source: LabelSource = Field(
         default="llm_judge",
@@ -112,35 +108,6 @@ class LabelingSettings(dg.ConfigurableResource):
         description="the round sensors and the nightly schedule train and evaluate the round's "
         "DPO policy (the policy_training job) after every finished round",
     )
-    env_errors: str = Field(
-        default="",
-        description="set by labeling_from_env: the AUF_* variables whose values were rejected "
-        "(their fields keep the default). While it is not empty, runs that use these settings "
-        "fail and the round sensors and the nightly schedule skip, saying why; fix the variables "
-        "and reload the code location",
-    )
-
-    @property
-    def problem(self) -> str | None:
-        """Why these settings must not be used (rejected environment values), or None."""
-        if not self.env_errors:
-            return None
-        return (
-            f"bad labelling settings in the environment: {self.env_errors}. Fix or unset them "
-            "and reload the code location (restart `dagster dev`)"
-        )
-
-    def check(self) -> None:
-        """Raise ValueError with `problem` when the environment held a rejected value."""
-        if self.env_errors:
-            raise ValueError(self.problem)
-
-    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        # Dagster sets a ConfigurableResource up for sensor and schedule ticks as well as runs
-        # (the tick's resources are built the same way). Only a run fails here; a tick has no
-        # run, and the sensors and the schedule skip with `problem` themselves.
-        if self.env_errors and context.run is not None:
-            raise dg.Failure(description=self.problem)
 
     def _dir(self, value: str, name: str) -> Path:
         return Path(value) if value else home.labels_dir() / name
@@ -170,31 +137,7 @@ class LabelingSettings(dg.ConfigurableResource):
         return self.source == "people"
 
 
-def _reason(exc: ValidationError, field: str) -> str:
-    msg = "; ".join(e["msg"] for e in exc.errors()) or str(exc)
-    if LabelingSettings.model_fields[field].annotation is bool:
-        msg = "input should be one of 1/0, true/false, yes/no, on/off"
-    return msg[:1].lower() + msg[1:]
-
-
-def labeling_from_env(environ: Mapping[str, str] | None = None) -> LabelingSettings:
-    """Settings from `AUF_LABEL_*`, `AUF_MAX_ROUNDS` and `AUF_ORACLE_POOL`; defaults otherwise.
-
-    Never raises: each variable is checked on its own, a rejected one leaves its field at the
-    default and its message (variable, value, what is allowed) goes to `env_errors`, so every
-    user of the settings stops with it (module docstring) while the code location still loads.
-    """
-    env = os.environ if environ is None else environ
-    values: dict[str, str] = {}
-    errors: list[str] = []
-    for var, field in ENV_VARS.items():
-        raw = env.get(var, "").strip()
-        if not raw:
-            continue
-        try:
-            LabelingSettings(**{field: raw})
-        except ValidationError as exc:
-            errors.append(f"{var}={raw!r} is invalid ({field}: {_reason(exc, field)})")
-            continue
-        values[field] = raw
-    return LabelingSettings(**values, env_errors="; ".join(errors))
+def labelling_from_env(environ: Mapping[str, str] | None = None) -> LabellingSettings:
+    """Settings from `AUF_LABEL_*`, `AUF_MAX_ROUNDS`, `AUF_ORACLE_POOL`, `AUF_PUBLISH_AFTER_ROUND`
+    and `AUF_TRAIN_AFTER_ROUND`; defaults otherwise (rejected values in `env_errors`)."""
+    return from_env(LabellingSettings, ENV_VARS, environ)

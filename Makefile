@@ -12,7 +12,7 @@ ROUNDS ?= 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_VERBOSITY := error
 
-.PHONY: demo test test-heavy test-vllm dev lint format bench clean-home
+.PHONY: demo test test-fast test-heavy test-vllm dev lint format bench clean-home
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The fast part for a developer's inner loop: no packaged real models, no real processes.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m 'not slow and not process and not heavy and not vllm'
 
 # Opt-in: TRL training steps on the packaged SmolLM2 (minutes on CPU).
 test-heavy: $(STAMP)

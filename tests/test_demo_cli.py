@@ -108,6 +108,7 @@ def write_labels(path: Path, pairs: list[dict]) -> Path:
     return path
 
 
+@pytest.mark.process
 def test_people_label_between_two_auf_demo_calls(demo_home, tmp_path):
     home, config = demo_home
     people = {"AUF_LABEL_SOURCE": "people"}
@@ -154,6 +155,7 @@ def test_people_label_between_two_auf_demo_calls(demo_home, tmp_path):
     assert query(home, "SELECT count(*) FROM pairs WHERE round_id = 'round-0002'") == [(PROMPTS,)]
 
 
+@pytest.mark.process
 def test_the_console_shows_stages_and_the_log_keeps_everything(demo_home):
     home, config = demo_home
     proc = auf(home, "demo", "--config", str(config))
@@ -254,6 +256,7 @@ def test_noisy_warnings_go_to_the_log_file_only(tmp_path, capsys):
     assert console.log_path.parent == tmp_path / "logs"
 
 
+@pytest.mark.process
 def test_auf_demo_with_a_policy_method_runs_the_policy_loop(
     tmp_path, tiny_lm_dir, tiny_chat_lm_dir
 ):
@@ -295,6 +298,7 @@ def test_auf_demo_with_a_policy_method_runs_the_policy_loop(
     ]
 
 
+@pytest.mark.process
 def test_auf_demo_refuses_a_method_a_round_cannot_run(tmp_path):
     home = tmp_path / "home"
     for method, says in (

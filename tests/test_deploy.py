@@ -131,6 +131,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.process
 def test_on_k8s_the_gpu_pool_assets_ask_their_pods_for_a_gpu_and_no_other_does():
     proc = _run([sys.executable, "-c", _COLLECT], _env(AUF_DEPLOYMENT="k8s"))
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -182,6 +183,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.process
 @needs_dagster_k8s
 def test_on_k8s_the_definitions_use_one_pod_per_step_and_gpu_steps_get_gpus():
     env = _env(
@@ -197,6 +199,7 @@ def test_on_k8s_the_definitions_use_one_pod_per_step_and_gpu_steps_get_gpus():
     assert out["tolerations"] == ["nvidia.com/gpu"]
 
 
+@pytest.mark.process
 @needs_dagster_k8s
 def test_dagster_definitions_validate_passes_on_k8s(tmp_path):
     dagster = Path(sys.executable).with_name("dagster")
@@ -319,6 +322,7 @@ def test_dagster_accepts_the_instance_config_the_values_make(values, tmp_path):
     not (shutil.which("helm") and os.environ.get("AUF_HELM_CHART")),
     reason="needs `helm` and AUF_HELM_CHART (a local dagster/dagster chart, folder or .tgz)",
 )
+@pytest.mark.process
 def test_helm_template_renders_the_values(values):
     proc = _run(
         ["helm", "template", "auf", os.environ["AUF_HELM_CHART"], "-f", str(VALUES)], os.environ

@@ -216,6 +216,7 @@ def _wide_model(tiny_lm_dir: Path, folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.process
 def test_an_interrupt_stops_a_long_generation_within_seconds(tiny_lm_dir, tmp_path):
     model = _wide_model(tiny_lm_dir, tmp_path / "wide")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}

@@ -119,6 +119,7 @@ def snapshot(home: Path) -> dict[str, list[tuple]]:
         con.close()
 
 
+@pytest.mark.process
 def test_a_killed_round_resumes_to_the_same_store(tmp_path, tiny_lm_dir):
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(run_config(tiny_lm_dir)))

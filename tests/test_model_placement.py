@@ -177,6 +177,7 @@ def test_cpu_claims_are_counted_while_their_processes_hold_them(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p, _ in claims)
 
 
+@pytest.mark.process
 def test_a_claim_goes_when_its_process_is_killed(tmp_path):
     child = _python(
         f"""

@@ -151,6 +151,7 @@ def test_auf_methods_lists_the_policy_aware_methods(capsys):
         assert name in out
 
 
+@pytest.mark.process
 def test_the_sketch_is_the_same_in_another_process():
     code = (
         "from auf_assets.core.policy_selection import CountSketch;"

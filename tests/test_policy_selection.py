@@ -502,6 +502,7 @@ def test_countsketch_is_reproducible_for_a_seed_and_differs_otherwise():
     assert np.unique(a.indices).size == 32  # 1000 coordinates reach every bucket
 
 
+@pytest.mark.process
 def test_countsketch_fingerprint_is_identical_in_another_process():
     code = (
         "from auf_assets.core.policy_selection import CountSketch;"

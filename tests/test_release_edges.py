@@ -220,6 +220,7 @@ def test_export_and_dry_run_say_when_a_split_is_left_out_and_runs_show_under_the
     assert {r.tags["dagster/code_location"] for r in runs} == {"auf_assets.definitions:defs"}
 
 
+@pytest.mark.process
 def test_a_failed_push_is_one_line_and_the_trace_goes_to_the_log_file(home, tmp_path):
     """A real `auf` process: no Dagster stack trace or preview warning on the console."""
     repo = Path(__file__).resolve().parents[1]

@@ -36,6 +36,7 @@ def _take(db: str, round_id: str, index: int, start, out) -> None:
     out.put((round_id, taken.prompts["prompt_id"].to_list()))
 
 
+@pytest.mark.process
 def test_rounds_taking_prompts_at_the_same_time_never_share_one(tmp_path):
     db = str(tmp_path / "auf.duckdb")
     store = DuckDBStore(path=db)
@@ -100,6 +101,7 @@ def test_a_round_step_stops_while_another_process_holds_the_chain(auf_home, chai
         pass
 
 
+@pytest.mark.process
 def test_a_second_auf_demo_stops_with_a_message(auf_home, chain_holder):
     proc = subprocess.run(
         [sys.executable, "-m", "auf_assets.cli", "demo", "--rounds", "1"],
@@ -113,6 +115,7 @@ def test_a_second_auf_demo_stops_with_a_message(auf_home, chain_holder):
     assert f"pid {chain_holder.pid}" in proc.stderr
 
 
+@pytest.mark.process
 def test_the_lock_is_reentrant_in_one_process_and_exclusive_across(auf_home):
     with round_chain(auf_home, "outer"), round_chain(auf_home, "inner"):
         code = (

@@ -327,6 +327,7 @@ def test_auf_bench_checks_the_methods_before_reading_the_pool(auf_home, capsys):
     assert "unknown method(s) ['nope']" in err and "not found" not in err
 
 
+@pytest.mark.process
 def test_a_refusal_in_a_fresh_process_takes_about_a_second(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUF_")}
     env.update(AUF_HOME=str(tmp_path / "home"), PYTHONPATH=str(REPO))

@@ -170,6 +170,7 @@ def _load_and_tick(tmp_path: Path, **env: str) -> dict:
     return json.loads(line.removeprefix("RESULT "))
 
 
+@pytest.mark.process
 def test_the_code_location_loads_with_bad_values_and_ticks_say_why(tmp_path):
     out = _load_and_tick(
         tmp_path,

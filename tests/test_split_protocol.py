@@ -381,6 +381,7 @@ def test_presets_are_round_settings_and_default_is_what_the_code_does():
         get_preset("tuned-on-my-laptop")
 
 
+@pytest.mark.process
 def test_presets_module_imports_nothing_heavy():
     # The CLI builds its parser (and checks its flags) from the presets: no torch, no Dagster.
     code = (

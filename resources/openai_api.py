@@ -373,9 +373,8 @@ class OpenAILM:
     def _run(self, calls: Sequence[Callable[[], object]], progress: Progress | None) -> list:
         """Run the calls with the endpoint's concurrency, in input order; first error raised.
 
-        On an error or an interrupt (Ctrl-C, a run terminated) the calls not yet sent are
-        dropped at once instead of being sent before the error is raised; those in flight end
-        in the background."""
+        On an error the calls not yet sent are dropped and those in flight are waited for (their
+        answers are cached); on an interrupt (Ctrl-C, a run terminated) nothing is waited for."""
         results: list = [None] * len(calls)
         done = 0
         workers = max(1, min(self.endpoint.max_concurrency, len(calls)))
@@ -387,7 +386,12 @@ class OpenAILM:
                 done += 1
                 if progress:
                     progress(done, len(calls))
-        except BaseException:
+        except Exception:
+            # Requests already sent are paid for: wait for them, so their answers reach the
+            # call cache and a re-run asks only for what is missing; the rest is not sent.
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        except BaseException:  # an interrupt: stop at once, in-flight requests end by themselves
             pool.shutdown(wait=False, cancel_futures=True)
             raise
         pool.shutdown()

@@ -164,14 +164,8 @@ def test_bad_export_and_publish_arguments_are_refused_before_any_work(
         ("export", "--out", str(photos)): "is not empty and is not an earlier export",
         ("export", "--out", str(home / "datasets" / "x")): "is where the home keeps its versions",
         ("export", "--out", str(a_file / "x")): f"{a_file} is a file, not a folder",
-        ("export", "--out", str(tmp_path / "new"), "--test-fraction", "1.5"): (
-            "--test-fraction 1.5: Input should be less than 1"
-        ),
         ("export", "--out", str(tmp_path / "new"), "--rounds", "9"): (
             "rounds without judgements cannot be released: ['round-0009']"
-        ),
-        ("export", "--out", str(tmp_path / "new"), "--rounds", "round-1"): (
-            "--rounds round-1: 'round-1' is not a round partition key"
         ),
         ("publish", "--repo", "me/prefs", "--endpoint", "notaurl", "--dry-run"): (
             "endpoint 'notaurl' is not a URL"
@@ -184,6 +178,18 @@ def test_bad_export_and_publish_arguments_are_refused_before_any_work(
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, (argv, err)  # one line
         assert time.monotonic() - started < 10
+    # Flags of the wrong shape are refused by the parser (its usage line, then the error).
+    for argv, message in {
+        ("export", "--out", str(tmp_path / "new"), "--test-fraction", "1.5"): (
+            "argument --test-fraction: must be a finite number in [0, 1), got 1.5"
+        ),
+        ("export", "--out", str(tmp_path / "new"), "--rounds", "x1"): (
+            "argument --rounds: 'x1' is not a round"
+        ),
+    }.items():
+        with pytest.raises(SystemExit) as exit_info:
+            _cli(monkeypatch, home, *argv)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err, argv
     assert a_file.read_text() == "mine" and (photos / "cat.jpg").read_bytes() == b"\xff"
     assert not (tmp_path / "new").exists()
     assert len(_runs(home)) == runs and _versions(home) == versions  # nothing ran or was built
@@ -267,9 +273,8 @@ def test_a_resource_that_cannot_start_is_reported_with_its_cause():
     result = dg.materialize([needs_engine], resources={"engine": engine}, raise_on_error=False)
     assert not result.success
     message = failure_message(result)
-    assert message.startswith(
-        "the engine resource could not start: bad engine settings: AUF_ENGINE_BACKEND='bogus'"
-    )
+    assert message.startswith("the engine resource could not start: bad engine settings")
+    assert "AUF_ENGINE_BACKEND='bogus' is invalid" in message
     assert "DagsterResourceFunctionError" not in message and "resource_fn" not in message
 
 

@@ -33,7 +33,7 @@ def test_settings_check_themselves_and_say_the_range():
         RoundSettings(acquisition_width=-1)
     with pytest.raises(SettingsError, match=r"train_passes must be an integer in \[1, inf\)"):
         RoundSettings(train_passes=0)
-    with pytest.raises(SettingsError, match="unknown method 'nonsense'; valid: random, .*deltaucb"):
+    with pytest.raises(SettingsError, match="unknown selection method 'nonsense'; known: random"):
         RoundSettings(method="nonsense")
     with pytest.raises(SettingsError, match="encoder: bad encoder setting"):
         RoundSettings(encoder="minilm+")
@@ -255,7 +255,7 @@ def _refused(capsys, argv: list[str]) -> str:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["demo", "--method", "nonsense"], "unknown method 'nonsense'; valid: random,"),
+        (["demo", "--method", "nonsense"], "unknown selection method 'nonsense'; known: random,"),
         (["demo", "--batch-size", "-5"], "--batch-size: must be an integer in [1, inf), got -5"),
         (["demo", "--batch-size", "0"], "--batch-size: must be an integer in [1, inf), got 0"),
         (["demo", "--rounds", "0"], "--rounds: must be an integer in [1, inf)"),
@@ -263,12 +263,15 @@ def _refused(capsys, argv: list[str]) -> str:
         (["demo", "--beta", "nan"], "must be a finite number in [0, inf), got nan"),
         (["simulate", "--pool", "p", "--out", "o", "--batch", "-5"], "--batch/-B: must be"),
         (["simulate", "--pool", "p", "--out", "o", "--heads", "0"], "n_heads must be an integer"),
-        (["simulate", "--pool", "p", "--out", "o", "--method", "nope"], "unknown method 'nope'"),
+        (
+            ["simulate", "--pool", "p", "--out", "o", "--method", "nope"],
+            "unknown selection method 'nope'",
+        ),
         (["simulate", "--pool", "p", "--out", "o", "--heldout", "1"], "in [0, 1), got 1.0"),
         (["simulate", "--pool", "p", "--out", "o", "--dpo-beta", "0"], "dpo_beta must be"),
         (["simulate", "--pool", "p", "--out", "o", "--encoder", "x++y"], "bad encoder setting"),
         (["bench", "--pool", "p", "--jobs", "-1"], "--jobs/-j: must be an integer in [0, inf)"),
-        (["train", "--round", "latest"], "expected a round number or key (e.g. 3 or round-0003)"),
+        (["train", "--round", "latest"], "'latest' is not a round: give its number (3) or its key"),
         (["train", "--learning-rate", "-1"], "learning_rate must be a finite number in (0, inf)"),
         (["train", "--max-steps", "0"], "--max-steps: must be an integer in [1, inf)"),
         (["export", "--out", "o", "--test-fraction", "1.5"], "must be a finite number in [0, 1)"),
@@ -341,6 +344,6 @@ def test_a_refusal_in_a_fresh_process_takes_about_a_second(tmp_path):
         timeout=120,
     )
     wall = time.perf_counter() - started
-    assert proc.returncode == 2 and "valid: random" in proc.stderr
+    assert proc.returncode == 2 and "known: random" in proc.stderr
     assert wall < 5, wall  # no torch, Dagster or model import on the way to the refusal
     assert not (tmp_path / "home").exists()

@@ -10,7 +10,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from auf_assets.cli.common import round_arg as round_argument
+from auf_assets.cli.common import round_arg
 from auf_assets.core.checkpoints import SMALL_TRAIN_PAIRS
 from auf_assets.training import dpo_policy, policy_eval, reward_model_checkpoint, training_data
 from resources.store import DuckDBStore
@@ -28,11 +28,11 @@ def _state(instance: dg.DagsterInstance) -> tuple[int, list[str]]:
 
 def test_round_numbers_and_keys_name_the_same_round():
     for given in ("1", "0001", "round-1", "round-0001", " 1 "):
-        assert round_argument(given) == "round-0001"
-    assert round_argument("12345") == "round-12345"
+        assert round_arg(given) == "round-0001"
+    assert round_arg("12345") == "round-12345"
     for bad in ("0", "round-0", "one", "round-x", "-1", ""):
         with pytest.raises(argparse.ArgumentTypeError, match="number .3. or its key"):
-            round_argument(bad)
+            round_arg(bad)
 
 
 def test_auf_train_refuses_bad_arguments_before_any_run(home, monkeypatch, capsys, tmp_path):
@@ -42,16 +42,22 @@ def test_auf_train_refuses_bad_arguments_before_any_run(home, monkeypatch, capsy
     before = _state(instance)
     refused = {
         ("--round", "9"): "round-0009 has no judgements",
-        ("--max-steps", "0"): "--max-steps 0",
-        ("--learning-rate", "-1"): "--learning-rate -1.0",
-        ("--max-length", "0"): "--max-length 0",
         ("--device", "bogus"): "device must be auto, cpu, cuda or cuda:N",
         ("--base-model", str(tmp_path / "missing")): "--base-model",
     }
     for args, problem in refused.items():
-        assert main(["train", *args]) == 1, args
+        assert main(["train", *args]) == 2, args
         err = capsys.readouterr().err
         assert problem in err and "nothing was started" in err, (args, err)
+    # Numbers out of range are refused by the parser, with the range.
+    for args, problem in {
+        ("--max-steps", "0"): "argument --max-steps: must be an integer in [1, inf), got 0",
+        ("--learning-rate", "-1"): "argument --learning-rate:",
+        ("--max-length", "0"): "argument --max-length:",
+    }.items():
+        with pytest.raises(SystemExit) as exit_:
+            main(["train", *args])
+        assert exit_.value.code == 2 and problem in capsys.readouterr().err, args
     assert "rounds with judgements: round-0001, round-0002" in main_err(main, ["--round", "9"])
     with pytest.raises(SystemExit) as exit_:
         main(["train", "--round", "nonsense"])
@@ -68,7 +74,7 @@ def main_err(main, args) -> str:
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
-        assert main(["train", *args]) == 1
+        assert main(["train", *args]) == 2
     return err.getvalue()
 
 
@@ -91,7 +97,7 @@ def test_an_empty_home_is_refused_at_once(tmp_path, monkeypatch, capsys):
         (["--reward-model"], "no round has judgements yet"),
         (["--round", "1"], "round-0001 has no judgements"),
     ):
-        assert main(["train", *args]) == 1
+        assert main(["train", *args]) == 2
         assert problem in capsys.readouterr().err
     assert _state(instance) == (0, [])
 
@@ -117,7 +123,7 @@ def test_a_home_of_ties_says_no_labelled_pair(home, monkeypatch, capsys, tiny_ch
     try:
         before = _state(instance)
         for extra in ([], ["--reward-model"], ["--round", "1"]):
-            assert main(["train", "--base-model", str(tiny_chat_lm_dir), *extra]) == 1
+            assert main(["train", "--base-model", str(tiny_chat_lm_dir), *extra]) == 2
             err = capsys.readouterr().err
             assert "has no labelled pair" in err and "tie" in err, err
             assert "Traceback" not in err
@@ -137,9 +143,9 @@ def test_a_home_of_ties_says_no_labelled_pair(home, monkeypatch, capsys, tiny_ch
 
 
 def _settings(tiny_chat_lm_dir, **overrides):
-    from resources.training import TrainingSettings
+    from resources.training import TrainingResource
 
-    return TrainingSettings(
+    return TrainingResource(
         base_model=str(tiny_chat_lm_dir),
         device="cpu",
         max_steps=2,

@@ -158,11 +158,11 @@ def test_the_reward_model_records_its_own_loss(trained_home):
         (trained_home / "checkpoints/reward_model/round-0003/auf_checkpoint.json").read_text()
     )
     assert record["loss"] == "bradley-terry" and record["kind"] == "reward_model"
-    assert not {"loss", "beta", "simpo_gamma"} & set(record["settings"])
+    assert not {"loss", "dpo_beta", "simpo_gamma"} & set(record["settings"])
     policy = json.loads(
         (trained_home / "checkpoints/dpo_policy/round-0003/auf_checkpoint.json").read_text()
     )
-    assert policy["loss"] == "dpo" and policy["settings"]["beta"] == 0.1
+    assert policy["loss"] == "dpo" and policy["settings"]["dpo_beta"] == 0.1
     assert policy["metrics"]["steps"] == 2 and policy["metrics"]["loss_last"] is not None
 
 

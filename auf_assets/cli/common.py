@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from auf_assets.core.settings import SettingsError, check_method, range_problem
+from auf_assets.core.settings import SettingsError, check_choice, check_method, range_problem
 from resources import home
 
 # The workspace `make dev` (dagster dev -w workspace.yaml) loads: it names the code location.
@@ -59,12 +59,26 @@ def setting(check: Callable[[Any], object], convert: Callable[[str], Any] = floa
     return parse
 
 
-def one_of(known: Callable[[], list[str]], what: str = "method") -> Callable[[str], str]:
+def one_of(known: Callable[[], list[str]], what: str) -> Callable[[str], str]:
     """An argparse `type` for a name from `known()`; the message lists the valid names."""
 
     def parse(text: str) -> str:
         try:
-            check_method(text, known(), what)
+            check_choice(text, known(), what)
+        except SettingsError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+
+    return parse
+
+
+def selection_method(families: tuple[str, ...] | None = None) -> Callable[[str], str]:
+    """An argparse `type` for a method of the registry (of those families: a round runs
+    reward-model and policy methods); the message lists the names it takes."""
+
+    def parse(text: str) -> str:
+        try:
+            check_method(text, families)
         except SettingsError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
         return text
@@ -73,16 +87,16 @@ def one_of(known: Callable[[], list[str]], what: str = "method") -> Callable[[st
 
 
 def round_arg(text: str) -> str:
-    """An argparse `type` for a round: `3`, `0003` or `round-0003` -> `round-0003`."""
-    from auf_assets.partitions import round_index, round_key
+    """An argparse `type` for a round: `3`, `0003`, `round-3` and `round-0003` all name
+    `round-0003`."""
+    from auf_assets.partitions import round_key
 
-    text = text.strip()
-    try:
-        return round_key(int(text) if text.isdigit() else round_index(text))
-    except ValueError:
+    match = re.fullmatch(r"(?:round-)?(\d+)", text.strip())
+    if not match or int(match.group(1)) < 1:
         raise argparse.ArgumentTypeError(
-            f"expected a round number or key (e.g. 3 or round-0003), got {text!r}"
-        ) from None
+            f"{text!r} is not a round: give its number (3) or its key (round-0003)"
+        )
+    return round_key(int(match.group(1)))
 
 
 def environment_refusal() -> str | None:

@@ -27,13 +27,14 @@ from auf_assets.cli.common import (
     failure_message,
     metadata,
     number,
-    one_of,
     prepare_home,
     refuse,
+    selection_method,
     ui_run_tags,
 )
 from auf_assets.cli.console import RunConsole, job_console
-from auf_assets.core.settings import DEFAULT_ROUND_PROMPTS, RoundSettings, pipeline_methods
+from auf_assets.core.methods import ROUND_FAMILIES, get_method
+from auf_assets.core.settings import DEFAULT_ROUND_PROMPTS, RoundSettings
 from resources.chain_lock import ChainBusy, round_chain
 
 # Jobs whose ops a demo run config configures; an op of one of them that another job lacks is
@@ -240,8 +241,6 @@ def _run_round_job(console, instance, defs, run_config, job_name: str, key: str,
 def _round_method(method: str | None):
     """The registry's entry of the method a round runs (None: the preset's default); a method
     a round cannot run (unknown, or an oracle baseline) fails before any run starts."""
-    from auf_assets.core.methods import ROUND_FAMILIES, get_method
-
     return None if method is None else get_method(method, families=ROUND_FAMILIES)
 
 
@@ -523,7 +522,7 @@ def add_commands(sub) -> None:
     )
     demo.add_argument(
         "--method",
-        type=one_of(pipeline_methods),
+        type=selection_method(ROUND_FAMILIES),
         default=None,
         help=f"selection method (auf methods; default: the default preset's, {_DEFAULT.method})",
     )

@@ -20,6 +20,7 @@ from auf_assets.cli.common import (
     failure_message,
     number,
     prepare_home,
+    round_arg,
     was_interrupted,
 )
 from auf_assets.cli.console import RunConsole, job_console
@@ -43,16 +44,6 @@ class UsageError(ValueError):
     """An argument that cannot work; the message names it. Nothing was built or sent."""
 
 
-def _round_arg(value: str) -> str:
-    """`1`, `0001` or `round-0001` as the round key `round-0001`."""
-    from auf_assets.partitions import round_index, round_key
-
-    try:
-        return round_key(int(value)) if value.isdigit() else round_key(round_index(value))
-    except ValueError as exc:
-        raise UsageError(f"--rounds {value}: {exc}") from None
-
-
 def _dataset_config(args: argparse.Namespace) -> dict:
     """The run config of `preference_dataset`, checked: every value must work."""
     from pydantic import ValidationError
@@ -65,7 +56,7 @@ def _dataset_config(args: argparse.Namespace) -> dict:
     if args.test_fraction is not None:
         config["test_fraction"] = args.test_fraction
     if args.rounds:
-        config["rounds"] = [_round_arg(r) for r in args.rounds]
+        config["rounds"] = list(args.rounds)
     if args.split_names == "h4":
         config.update(train_split="train_prefs", test_split="test_prefs")
     for key in ("license", "pretty_name"):
@@ -286,6 +277,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rounds",
         nargs="+",
+        type=round_arg,
         default=[],
         help="rounds to include, as 1 or round-0001 (default: every round with judgements)",
     )

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from auf_assets.cli.common import number, one_of, refuse, setting
+from auf_assets.cli.common import number, one_of, refuse, selection_method, setting
 from auf_assets.core.features import EncoderBlock
 from auf_assets.core.settings import PACKAGED_LM, EnsembleSettings, RoundSettings, known_methods
 
@@ -560,7 +560,7 @@ def add_commands(sub) -> None:
     sim.add_argument(
         "--method",
         "-m",
-        type=one_of(known_methods),
+        type=selection_method(),
         default=None,
         help=f"one of: {methods} (default: the preset's, {_DEFAULT.method})",
     )

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from .features import parse_encoder
-from .methods import ROUND_FAMILIES, method_names
+from .methods import ROUND_FAMILIES, get_method, method_names
 
 __all__ = [
     "DEFAULT_ROUND_PROMPTS",
@@ -101,9 +101,17 @@ def pipeline_methods() -> list[str]:
     return [name for family in ROUND_FAMILIES for name in method_names(family)]
 
 
-def check_method(value: Any, known: list[str], what: str = "method") -> None:
+def check_choice(value: Any, known: list[str], what: str) -> None:
     if value not in known:
         raise SettingsError(f"unknown {what} {value!r}; valid: {', '.join(known)}")
+
+
+def check_method(value: Any, families: tuple[str, ...] | None = None) -> None:
+    """A selection method of the registry (of those families); the message lists the names."""
+    try:
+        get_method(value, families=families)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def _is_int(value: Any) -> bool:
@@ -226,7 +234,7 @@ class RoundSettings:
     def __post_init__(self) -> None:
         if isinstance(self.ensemble, Mapping):
             self.ensemble = _from_mapping(EnsembleSettings, self.ensemble, "ensemble")
-        check_method(self.method, known_methods())
+        check_method(self.method)
         try:
             parse_encoder(self.encoder)
         except (ValueError, AttributeError) as exc:
@@ -283,7 +291,7 @@ class TrainingSettings:
     gradient_checkpointing: bool | None = None
 
     def __post_init__(self) -> None:
-        check_method(self.loss, list(LOSSES), "loss")
+        check_choice(self.loss, list(LOSSES), "loss")
         check_number("dpo_beta", self.dpo_beta, gt=0)
         check_number("learning_rate", self.learning_rate, gt=0)
         check_number("epochs", self.epochs, ge=0)

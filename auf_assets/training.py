@@ -32,14 +32,12 @@ from auf_assets.core.checkpoints import (
 from auf_assets.core.release import in_test_split, preference_rows, trl_rows
 from auf_assets.core.response_pool import PoolFileError, oracle_scores
 from auf_assets.core.settings import LOSSES, TrainingSettings
-from auf_assets.core.training import (
-    TrainingError,
+from auf_assets.core.training import TrainingError, train_policy, train_reward_model
+from auf_assets.core.training_evaluation import (
     implicit_reward_accuracy,
     load_policy,
     load_reward_model,
     reward_model_accuracy,
-    train_policy,
-    train_reward_model,
     win_rate,
 )
 from auf_assets.partitions import round_index, rounds_partitions

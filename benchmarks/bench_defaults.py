@@ -278,7 +278,7 @@ def _init_worker() -> None:
 
 def _job(job: dict[str, Any]) -> dict[str, Any]:
     from auf_assets.core.simulation import SimulationConfig, load_pool, simulate
-    from auf_assets.sim_bench import split_pool
+    from auf_assets.sim_bench_runs import split_pool
 
     if "pool" not in _CACHE:
         _CACHE["pool"] = load_pool(job["pool"])
@@ -337,7 +337,7 @@ def run_jobs(jobs: list[dict[str, Any]], workers: int, label: str) -> list[dict[
 
 def report_for(runs: list[dict[str, Any]], variant: str, encoder: str) -> dict[str, Any]:
     """protocol_report of one setting: its drts/deltaucb runs plus random/maxmin of its encoder."""
-    from auf_assets.sim_bench import protocol_report
+    from auf_assets.sim_bench_report import protocol_report
 
     sel = [
         r
@@ -844,7 +844,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from auf_assets.core.simulation import SPLIT_HALVES, load_pool, protocol_splits
-    from auf_assets.sim_bench import protocol_report
+    from auf_assets.sim_bench_report import protocol_report
 
     started = time.perf_counter()
     out = Path(args.out)

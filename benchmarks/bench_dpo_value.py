@@ -186,12 +186,12 @@ class EvalSet:
         return len(self.ci)
 
     def logps(self, model, tokenizer, max_length: int) -> np.ndarray:
-        from auf_assets.core.training import response_logps
+        from auf_assets.core.training_evaluation import response_logps
 
         return response_logps(model, tokenizer, self.prompts, self.responses, max_length=max_length)
 
     def rewards(self, model, tokenizer, max_length: int) -> np.ndarray:
-        from auf_assets.core.training import reward_scores
+        from auf_assets.core.training_evaluation import reward_scores
 
         convs = [p + r for p, r in zip(self.prompts, self.responses, strict=True)]
         return reward_scores(model, tokenizer, convs, max_length=max_length)
@@ -224,13 +224,8 @@ def run_seed(seed: int, pool, features, base_dir: Path, args, out: Path) -> list
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from auf_assets.core.training import (
-        load_policy,
-        load_reward_model,
-        train_policy,
-        train_reward_model,
-        training_settings,
-    )
+    from auf_assets.core.training import train_policy, train_reward_model, training_settings
+    from auf_assets.core.training_evaluation import load_policy, load_reward_model
 
     runs_dir = out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)

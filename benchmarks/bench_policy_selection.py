@@ -35,7 +35,8 @@ METHODS = ("random", "drts", "deltaucb", "sharp", "wsharp", "activedpo", "apl")
 
 def main(argv: list[str] | None = None) -> int:
     from auf_assets.core.policy import PolicyLoopConfig
-    from auf_assets.sim_bench import BenchSpec, policy_table, run_bench
+    from auf_assets.sim_bench import BenchSpec, run_bench
+    from auf_assets.sim_bench_report import policy_table
     from resources import home
     from resources.model_loading import local_model_dir
 

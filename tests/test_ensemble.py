@@ -271,13 +271,13 @@ def test_anchor_gradient_split_only_when_harmless():
 
 def test_fused_adam_matches_formula(monkeypatch):
     """torch's fused Adam/AdamW kernels and the written-out formula train identically."""
-    import auf_assets.core.ensemble as ens
+    from auf_assets.core.ensemble import kernels
 
     c, r = _pairs(200)
     for wd in (0.0, 0.1):
         out = []
         for force in (False, True):
-            monkeypatch.setattr(ens, "_FORCE_REFERENCE_ADAM", force)
+            monkeypatch.setattr(kernels, "_FORCE_REFERENCE_ADAM", force)
             m = RewardEnsemble(D, _small(lr=1e-2, weight_decay=wd))
             m.train_round(c, r, n_done=0)
             m.train_round(c, r, n_done=64)
@@ -583,16 +583,17 @@ def test_load_names_every_changed_fixed_setting(tmp_path):
 
 def _train_both_ways(monkeypatch, onednn: bool, fused_adam: bool, kw: dict):
     """Train a few rounds with the GEMM route and the Adam kernel forced as given."""
-    import auf_assets.core.ensemble as ens
+    from auf_assets.core.ensemble import heads, kernels, reward_ensemble
 
     def refuse(*_a, **_k):
         raise AssertionError("a disabled fast path was used")
 
     with monkeypatch.context() as mp:
-        mp.setattr(ens, "_ONEDNN_OK", onednn)
-        mp.setattr(ens, "_FUSED_ADAM_OK", fused_adam)
+        mp.setattr(kernels, "_ONEDNN_OK", onednn)
+        mp.setattr(kernels, "_FUSED_ADAM_OK", fused_adam)
         if not onednn:
-            mp.setattr(ens, "_onednn_linear", refuse)
+            for module in (kernels, heads, reward_ensemble):  # every caller of the oneDNN route
+                mp.setattr(module, "_onednn_linear", refuse)
         if not fused_adam:
             mp.setattr(torch, "_fused_adam_", refuse)
             mp.setattr(torch, "_fused_adamw_", refuse)
@@ -616,9 +617,9 @@ def _train_both_ways(monkeypatch, onednn: bool, fused_adam: bool, kw: dict):
 def test_fallbacks_match_fast_paths(monkeypatch, kw):
     """Without oneDNN (plain torch GEMMs) and without torch's fused Adam (the written-out
     formula) training gives the fast paths' results to float rounding."""
-    import auf_assets.core.ensemble as ens
+    from auf_assets.core.ensemble import kernels
 
-    if not (ens.onednn_available() and ens._fused_adam_ok()):
+    if not (kernels.onednn_available() and kernels._fused_adam_ok()):
         pytest.skip("the fast paths are not available here, so there is nothing to compare")
     fast = _train_both_ways(monkeypatch, True, True, kw)
     for onednn, fused in ((False, True), (True, False), (False, False)):
@@ -645,34 +646,34 @@ def test_blas_fallback_is_deterministic(monkeypatch):
 def test_fast_path_probes_fall_back_on_failure(monkeypatch):
     """The one-time checks answer "not usable" when the kernels are missing, fail or are wrong,
     and new models then take the plain route."""
-    import auf_assets.core.ensemble as ens
+    from auf_assets.core.ensemble import kernels
 
     def broken(*_a, **_k):
         raise RuntimeError("no kernel here")
 
     with monkeypatch.context() as mp:
-        mp.setattr(ens, "_ONEDNN_OK", None)
+        mp.setattr(kernels, "_ONEDNN_OK", None)
         mp.setattr(torch.backends.mkldnn, "is_available", lambda: False)
-        assert ens.onednn_available() is False
-        assert ens._ONEDNN_OK is False  # cached
+        assert kernels.onednn_available() is False
+        assert kernels._ONEDNN_OK is False  # cached
         assert RewardEnsemble(D, _small()).gemm_backend == "blas"
     with monkeypatch.context() as mp:
-        mp.setattr(ens, "_ONEDNN_OK", None)
-        mp.setattr(ens, "_onednn_linear", broken)
-        assert ens.onednn_available() is False
+        mp.setattr(kernels, "_ONEDNN_OK", None)
+        mp.setattr(kernels, "_onednn_linear", broken)
+        assert kernels.onednn_available() is False
     with monkeypatch.context() as mp:
-        mp.setattr(ens, "_ONEDNN_OK", None)
+        mp.setattr(kernels, "_ONEDNN_OK", None)
         # a kernel that runs but computes something else (no ReLU) is refused too
-        mp.setattr(ens, "_onednn_linear", lambda x, w, b, attr: torch.addmm(b, x, w.T))
-        assert ens.onednn_available() is False
+        mp.setattr(kernels, "_onednn_linear", lambda x, w, b, attr: torch.addmm(b, x, w.T))
+        assert kernels.onednn_available() is False
     with monkeypatch.context() as mp:
-        mp.setattr(ens, "_FUSED_ADAM_OK", None)
+        mp.setattr(kernels, "_FUSED_ADAM_OK", None)
         mp.setattr(torch, "_fused_adam_", broken)
-        assert ens._fused_adam_ok() is False
+        assert kernels._fused_adam_ok() is False
     with monkeypatch.context() as mp:
-        mp.setattr(ens, "_FUSED_ADAM_OK", None)
+        mp.setattr(kernels, "_FUSED_ADAM_OK", None)
         mp.setattr(torch, "_fused_adamw_", lambda *a, **k: None)  # does nothing: wrong result
-        assert ens._fused_adam_ok() is False
+        assert kernels._fused_adam_ok() is False
     # with oneDNN switched off in torch the model takes the plain route even where it works
     with monkeypatch.context() as mp:
         mp.setattr(torch.backends.mkldnn, "enabled", False)

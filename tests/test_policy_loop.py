@@ -172,7 +172,7 @@ def test_identical_pairs_marks_same_texts_of_one_prompt_only():
 
 
 def test_the_bench_table_shows_the_policy_and_its_cost_per_round():
-    from auf_assets.sim_bench import policy_table
+    from auf_assets.sim_bench_report import policy_table
 
     def run(method, acc, training):
         point = {

@@ -80,13 +80,8 @@ def test_a_round_with_the_packaged_models(auf_home):
 @pytest.mark.heavy
 def test_dpo_and_reward_model_training_on_the_packaged_smollm2(auf_home, tmp_path):
     """A handful of TRL steps on the real 135M model: the CPU defaults run and give a checkpoint."""
-    from auf_assets.core.training import (
-        implicit_reward_accuracy,
-        load_policy,
-        train_policy,
-        train_reward_model,
-        training_settings,
-    )
+    from auf_assets.core.training import train_policy, train_reward_model, training_settings
+    from auf_assets.core.training_evaluation import implicit_reward_accuracy, load_policy
     from resources.training import TrainingResource
 
     rows = [

@@ -232,7 +232,7 @@ def _run(method, seed, split, half, acc, gap, labels=8):
 
 
 def test_protocol_report_pairs_runs_with_random_and_applies_the_bar():
-    from auf_assets.sim_bench import protocol_markdown, protocol_report
+    from auf_assets.sim_bench_report import protocol_markdown, protocol_report
 
     runs = []
     for half in SPLIT_HALVES:

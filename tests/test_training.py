@@ -12,13 +12,15 @@ from auf_assets.core.training import (
     TrainingError,
     TrainingSettings,
     check_rows,
+    train_policy,
+    train_reward_model,
+)
+from auf_assets.core.training_evaluation import (
     implicit_reward_accuracy,
     load_policy,
     load_reward_model,
     response_logps,
     reward_model_accuracy,
-    train_policy,
-    train_reward_model,
     win_rate,
 )
 

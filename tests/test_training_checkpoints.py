@@ -23,13 +23,12 @@ from auf_assets.core.checkpoints import (
     heldout_note,
     train_note,
 )
-from auf_assets.core.training import (
+from auf_assets.core.training import train_policy, train_reward_model
+from auf_assets.core.training_evaluation import (
     load_policy,
     load_reward_model,
     response_logps,
     reward_scores,
-    train_policy,
-    train_reward_model,
 )
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "training.md"

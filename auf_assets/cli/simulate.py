@@ -400,7 +400,7 @@ def _simulate(args: argparse.Namespace) -> int:
         simulate,
     )
     from auf_assets.pool_features import pool_features
-    from auf_assets.sim_bench import policy_loop
+    from auf_assets.sim_bench_runs import policy_loop
 
     try:
         # Settings first: a bad value is refused before the pool is read or a model loads.

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import polars as pl
 
-from resources import home
+from resources import chain_lock, home
 from resources.store import postgres, schema
+from resources.store.chain import postgres_round_chain
 from resources.store.duck import open_file
 from resources.store.schema import ROUND_TABLES, StoreError, ensure_schema
 
@@ -130,6 +131,19 @@ class StoreBase:
         """Where the tables live, safe to show (no password)."""
         url = self.store_url
         return f"Postgres at {postgres.redact(url)}" if url else f"DuckDB file {self.database}"
+
+    @contextlib.contextmanager
+    def round_chain(self, what: str, *, wait_s: float = 0.0) -> Iterator[None]:
+        """Hold this store's round-chain lock while the block runs (one writer per chain):
+        the file lock in the home for DuckDB, an advisory lock on the server for Postgres.
+        Raises `resources.chain_lock.ChainBusy` naming the holder."""
+        url = self.store_url
+        if url:
+            with postgres_round_chain(url, what, wait_s=wait_s):
+                yield
+        else:
+            with chain_lock.round_chain(self.root, what, wait_s=wait_s):
+                yield
 
     @property
     def database(self) -> Path:

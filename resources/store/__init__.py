@@ -36,6 +36,7 @@ from pydantic import Field
 from resources.store.base import STORE_URL_ENV, StoreError, insert_rows, utcnow
 from resources.store.labels import LabelsAndJudgements
 from resources.store.ledger import CallCache, LedgerAndCallCache
+from resources.store.migrate import TableCopy, copy_duckdb_to_postgres
 from resources.store.pairs import ScoresAndPairs
 from resources.store.prompts_rounds import PromptsAndRounds, TakenPrompts
 from resources.store.releases import ReleasesAndCheckpoints
@@ -54,7 +55,9 @@ __all__ = [
     "DuckDBStore",
     "Store",
     "StoreError",
+    "TableCopy",
     "TakenPrompts",
+    "copy_duckdb_to_postgres",
     "utcnow",
 ]
 

@@ -53,14 +53,17 @@ class DuckDBConnection:
 
 
 @contextlib.contextmanager
-def open_file(database: Path, lock_timeout_s: float) -> Iterator[DuckDBConnection]:
+def open_file(
+    database: Path, lock_timeout_s: float, *, read_only: bool = False
+) -> Iterator[DuckDBConnection]:
     """A connection to the file, retrying while another process holds it."""
-    database.parent.mkdir(parents=True, exist_ok=True)
+    if not read_only:
+        database.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + lock_timeout_s
     delay = 0.05
     while True:
         try:
-            raw = duckdb.connect(str(database))
+            raw = duckdb.connect(str(database), read_only=read_only)
             break
         except duckdb.IOException as exc:
             if "lock" not in str(exc).lower() or time.monotonic() > deadline:

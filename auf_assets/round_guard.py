@@ -8,13 +8,14 @@ import functools
 import dagster as dg
 
 from auf_assets.preflight import check_run_config
-from resources.chain_lock import ChainBusy, round_chain
+from resources.chain_lock import ChainBusy
 from resources.store import DuckDBStore
 
 
 def holds_round_chain(compute):
-    """Run a round asset while holding its home's round-chain lock (see resources.chain_lock),
-    after checking the run's whole config (`auf_assets.preflight`).
+    """Run a round asset while holding its store's round-chain lock (the home's file lock,
+    resources.chain_lock, or an advisory lock on a Postgres store, resources.store.chain), after
+    checking the run's whole config (`auf_assets.preflight`).
 
     A second process working on the rounds of the same home at that moment makes this step fail
     with a message that names the holder, instead of letting two rounds interleave. A bad value
@@ -30,7 +31,7 @@ def holds_round_chain(compute):
             f"{context.partition_key})"
         )
         try:
-            with round_chain(store.root, what):
+            with store.round_chain(what):
                 return compute(context, *args, **kwargs)
         except ChainBusy as exc:
             raise dg.Failure(str(exc)) from exc

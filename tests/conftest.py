@@ -55,3 +55,38 @@ def home(rounds_home, monkeypatch) -> Path:
     """`rounds_home` as the current AUF_HOME."""
     monkeypatch.setenv("AUF_HOME", str(rounds_home))
     return rounds_home
+
+
+# -- a real PostgreSQL for the store's Postgres backend ------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory) -> str:
+    """A server URL: AUF_TEST_POSTGRES_URL if set, else a throwaway PostgreSQL from `pgserver`."""
+    url = os.environ.get("AUF_TEST_POSTGRES_URL")
+    if url:
+        yield url
+        return
+    import pgserver
+
+    server = pgserver.get_server(tmp_path_factory.mktemp("pgdata"), cleanup_mode="stop")
+    yield server.get_uri()
+    server.cleanup()
+
+
+@pytest.fixture()
+def postgres_url(postgres_server) -> str:
+    """A fresh, empty database on the test server, dropped after the test."""
+    from postgres_tools import drop_database, fresh_database
+
+    url = fresh_database(postgres_server)
+    yield url
+    drop_database(postgres_server, url)
+
+
+@pytest.fixture(params=["duckdb", "postgres"])
+def store_url(request) -> str:
+    """Each store test runs on both backends: "" (the DuckDB file) or a fresh Postgres URL."""
+    if request.param == "duckdb":
+        return ""
+    return request.getfixturevalue("postgres_url")

@@ -1,4 +1,5 @@
-"""The DuckDB store: idempotent partition writes and feature storage."""
+"""The store on both backends (the DuckDB file and a real Postgres): idempotent partition
+writes and feature storage."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 import duckdb
 import numpy as np
 import polars as pl
+import psycopg
 import pytest
 
 from resources.store import DuckDBStore, StoreError, utcnow
@@ -15,7 +17,12 @@ from resources.store import schema as store_schema
 
 
 @pytest.fixture()
-def store(tmp_path) -> DuckDBStore:
+def store(tmp_path, store_url) -> DuckDBStore:
+    return DuckDBStore(path=str(tmp_path / "db.duckdb"), url=store_url)
+
+
+@pytest.fixture()
+def duckdb_store(tmp_path) -> DuckDBStore:
     return DuckDBStore(path=str(tmp_path / "db.duckdb"))
 
 
@@ -87,7 +94,7 @@ def test_the_database_refuses_a_prompt_in_two_rounds(store):
     _prompts(store, 2)
     store.take_round_prompts("round-0001", 1, 1)
     rows = pl.DataFrame({"round_id": "round-0002", "prompt_id": ["p00"], "position": [0]})
-    with pytest.raises(duckdb.ConstraintException):
+    with pytest.raises((duckdb.ConstraintException, psycopg.errors.UniqueViolation)):
         store.replace_round("round_prompts", "round-0002", rows.cast({"position": pl.Int32}))
 
 
@@ -125,9 +132,10 @@ def test_schema_runs_once_per_file_version(store, monkeypatch):
     assert version == store_schema.SCHEMA_VERSION
 
 
-def test_an_older_file_is_migrated_forward_and_keeps_its_rows(store):
+def test_an_older_file_is_migrated_forward_and_keeps_its_rows(duckdb_store):
     """A file from before the human-labelling columns and the lineage columns (schema 4, with
     the bounds still required) gains them on its next connection, its rows kept."""
+    store = duckdb_store
     con = duckdb.connect(str(store.database))
     con.execute(
         "CREATE TABLE judgements (pair_id VARCHAR PRIMARY KEY, round_id VARCHAR NOT NULL, "

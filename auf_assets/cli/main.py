@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from auf_assets.cli import cost, demo, labels, release, rounds, simulate, train
+from auf_assets.cli import cost, demo, labels, release, rounds, simulate, store, train
 
 
 def _methods(args: argparse.Namespace) -> int:
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_commands(sub)
     methods = sub.add_parser("methods", help="list the selection methods")
     methods.set_defaults(func=_methods)
-    for module in (rounds, labels, simulate, release, train, cost):
+    for module in (rounds, labels, simulate, release, train, cost, store):
         module.add_commands(sub)
     return parser
 

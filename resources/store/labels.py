@@ -27,10 +27,7 @@ class LabelsAndJudgements(StoreBase):
         Labels already stored (same label_id) are left as they are. Returns how many were new.
         """
         with self._transaction() as con:
-            before = con.execute("SELECT count(*) FROM labels").fetchone()[0]
-            if labels.height:
-                insert_rows(con, "labels", labels, "INSERT OR IGNORE")
-            new = con.execute("SELECT count(*) FROM labels").fetchone()[0] - before
+            new = insert_rows(con, "labels", labels, "ignore")
             row = {**file_row, "status": "imported", "new_labels": new}
             con.execute("DELETE FROM imported_files WHERE file_sha256 = ?", [row["file_sha256"]])
             insert_rows(con, "imported_files", pl.DataFrame([row]))
@@ -39,14 +36,12 @@ class LabelsAndJudgements(StoreBase):
     def record_rejected_file(self, file_row: Mapping) -> None:
         """Remember a quarantined file (a file already imported keeps that status)."""
         row = {**file_row, "status": "quarantined", "new_labels": 0}
-        with self._connect() as con:
-            con.register("incoming_file", pl.DataFrame([row]).to_arrow())
+        with self._transaction() as con:
             con.execute(
                 "DELETE FROM imported_files WHERE file_sha256 = ? AND status <> 'imported'",
                 [row["file_sha256"]],
             )
-            con.execute("INSERT OR IGNORE INTO imported_files BY NAME SELECT * FROM incoming_file")
-            con.unregister("incoming_file")
+            insert_rows(con, "imported_files", pl.DataFrame([row]), "ignore")
 
     def labels_of_round(self, round_id: str) -> pl.DataFrame:
         return self._query(
@@ -111,7 +106,8 @@ class LabelsAndJudgements(StoreBase):
             "j.chosen_completion_id, j.rejected_completion_id FROM judgements j "
             "JOIN rounds r USING (round_id) LEFT JOIN round_prompts q "
             "ON q.round_id = j.round_id AND q.prompt_id = j.prompt_id "
-            "WHERE (? IS NULL OR r.round_index <= ?) AND j.preference IN ('a', 'b') "
+            "WHERE (CAST(? AS INTEGER) IS NULL OR r.round_index <= ?) "
+            "AND j.preference IN ('a', 'b') "
             "ORDER BY r.round_index, q.position NULLS FIRST, j.pair_id",
             [through_index, through_index],
         )
@@ -135,7 +131,8 @@ class LabelsAndJudgements(StoreBase):
             "SELECT (SELECT count(*) FROM pairs WHERE round_id = $r) AS pairs, "
             "count(*) AS verdicts, "
             "count(*) FILTER (WHERE preference IN ('a', 'b') AND coalesce(source, '') <> 'people' "
-            "AND (score_a IS NULL OR score_b IS NULL OR isnan(score_a) OR isnan(score_b))) "
+            "AND (score_a IS NULL OR score_b IS NULL OR score_a = CAST('NaN' AS FLOAT8) "
+            "OR score_b = CAST('NaN' AS FLOAT8))) "
             "AS unscored, "
             "count(*) FILTER (WHERE preference IN ('a', 'b', 'tie') AND source = 'people' "
             "AND coalesce(n_labels, 0) = 0) AS without_labels, "

@@ -20,7 +20,7 @@ class LedgerAndCallCache(StoreBase):
         """Add ledger rows (one per actor of a step's attempt); a row recorded again replaces."""
         if rows.height:
             with self._transaction() as con:
-                insert_rows(con, "usage", rows, verb="INSERT OR REPLACE")
+                insert_rows(con, "usage", rows, "replace")
 
     def usage(self, round_ids: Sequence[str] | None = None) -> pl.DataFrame:
         if round_ids is None:
@@ -36,7 +36,7 @@ class LedgerAndCallCache(StoreBase):
             return {}
         rows = self._query(
             "SELECT key, payload FROM call_cache WHERE round_id = ? AND step = ? "
-            "AND key IN (SELECT * FROM unnest(?))",
+            "AND key IN (SELECT unnest(CAST(? AS VARCHAR[])))",
             [round_id, step, list(keys)],
         )
         return dict(zip(rows["key"], rows["payload"], strict=True))
@@ -54,7 +54,7 @@ class LedgerAndCallCache(StoreBase):
             }
         )
         with self._transaction() as con:
-            insert_rows(con, "call_cache", rows, verb="INSERT OR REPLACE")
+            insert_rows(con, "call_cache", rows, "replace")
 
     def clear_cached_calls(self, round_id: str, step: str) -> None:
         with self._transaction() as con:

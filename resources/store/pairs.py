@@ -8,7 +8,10 @@ from collections.abc import Sequence
 
 import polars as pl
 
-from resources.store.base import StoreBase
+from resources.store.base import StoreBase, insert_rows
+
+# A mean or spread that is not a finite number (both backends compare NaN equal to itself).
+_NOT_FINITE = "(CAST('NaN' AS FLOAT8), CAST('Infinity' AS FLOAT8), CAST('-Infinity' AS FLOAT8))"
 
 
 class ScoresAndPairs(StoreBase):
@@ -20,8 +23,10 @@ class ScoresAndPairs(StoreBase):
         """What the scores check reads: the round's scored responses, those with a non-finite
         mean or spread or a negative spread, and its responses."""
         return self._query(
-            "SELECT count(*) AS scored, count(*) FILTER (WHERE NOT isfinite(mu) OR NOT "
-            "isfinite(sigma) OR sigma < 0) AS bad, (SELECT count(*) FROM completions WHERE "
+            "SELECT count(*) AS scored, count(*) FILTER (WHERE mu IN " + _NOT_FINITE + " OR "
+            "sigma IN "
+            + _NOT_FINITE
+            + " OR sigma < 0) AS bad, (SELECT count(*) FROM completions WHERE "
             "round_id = $r) AS responses FROM reward_scores WHERE round_id = $r",
             {"r": round_id},
         ).row(0, named=True)
@@ -29,7 +34,7 @@ class ScoresAndPairs(StoreBase):
     def score_checkpoints(self) -> dict[str, list]:
         """Per round with scores: the reward-model checkpoint files its scores came from."""
         rows = self._query(
-            "SELECT round_id, list(DISTINCT reward_model_path) AS paths "
+            "SELECT round_id, array_agg(DISTINCT reward_model_path) AS paths "
             "FROM reward_scores GROUP BY round_id"
         )
         return {r["round_id"]: r["paths"] for r in rows.to_dicts()}
@@ -44,7 +49,7 @@ class ScoresAndPairs(StoreBase):
             "SELECT count(*) AS pairs, count(DISTINCT s.prompt_id) AS prompts_with_pairs, "
             "(SELECT count(*) FROM round_prompts WHERE round_id = $r) AS prompts, "
             "count(*) FILTER (WHERE s.completion_a = s.completion_b) AS same_response, "
-            "any_value(s.method) AS method, any_value(s.fallback) AS fallback, "
+            "min(s.method) AS method, min(s.fallback) AS fallback, "
             "count(*) FILTER (WHERE a.prompt_id IS DISTINCT FROM s.prompt_id OR "
             "b.prompt_id IS DISTINCT FROM s.prompt_id) AS foreign_response "
             "FROM pairs s LEFT JOIN completions a ON a.completion_id = s.completion_a "
@@ -73,28 +78,21 @@ class ScoresAndPairs(StoreBase):
         """Record how pairs are shown (A/B); a pair shown before keeps its first presentation."""
         if rows.height == 0:
             return 0
-        with self._connect() as con:
-            con.register("incoming", rows.to_arrow())
-            before = con.execute("SELECT count(*) FROM presentations").fetchone()[0]
-            con.execute("INSERT OR IGNORE INTO presentations BY NAME SELECT * FROM incoming")
-            after = con.execute("SELECT count(*) FROM presentations").fetchone()[0]
-            con.unregister("incoming")
-        return after - before
+        with self._transaction() as con:
+            return insert_rows(con, "presentations", rows, "ignore")
 
     def pair_infos(self, pair_ids: Sequence[str]) -> pl.DataFrame:
         """pair_id, round_id, completion_a, completion_b, shown_as_a (null: never sent out)."""
         wanted = pl.DataFrame(
             {"pair_id": list(dict.fromkeys(pair_ids))}, schema={"pair_id": pl.String}
         )
-        with self._connect() as con:
-            con.register("wanted", wanted.to_arrow())
-            out = con.execute(
-                "SELECT p.pair_id, p.round_id, p.completion_a, p.completion_b, s.shown_as_a "
-                "FROM wanted w JOIN pairs p USING (pair_id) "
-                "LEFT JOIN presentations s USING (pair_id)"
-            ).pl()
-            con.unregister("wanted")
-        return out
+        return self._with_frame(
+            "wanted",
+            wanted,
+            "SELECT p.pair_id, p.round_id, p.completion_a, p.completion_b, s.shown_as_a "
+            "FROM wanted w JOIN pairs p USING (pair_id) "
+            "LEFT JOIN presentations s USING (pair_id)",
+        )
 
     def presentation_swaps(self, round_id: str) -> pl.DataFrame:
         """pair_id, swapped of every pair of the round shown to people (swapped: the pair's

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import duckdb
 import polars as pl
 
 from resources.store.base import StoreBase, StoreError, insert_rows, utcnow
@@ -35,23 +34,24 @@ class PromptsAndRounds(StoreBase):
         rows = prompts.select("prompt_id", "prompt", "source").with_columns(
             origin=pl.lit(origin), ingested_at=pl.lit(utcnow())
         )
-        with self._connect() as con:
-            con.register("incoming", rows.to_arrow())
-            conflicts = con.execute(
-                "SELECT count(*) FROM incoming i JOIN prompts p USING (prompt_id) "
-                "WHERE p.prompt <> i.prompt"
-            ).fetchone()[0]
-            known = con.execute(
-                "SELECT count(*) FROM incoming i JOIN prompts p USING (prompt_id)"
-            ).fetchone()[0]
-            con.execute("INSERT OR IGNORE INTO prompts BY NAME SELECT * FROM incoming")
-            con.unregister("incoming")
-        return {"new": rows.height - known, "known": known - conflicts, "conflicting": conflicts}
+        with self._transaction() as con:
+            con.register("incoming", rows)
+            try:
+                conflicts = con.execute(
+                    "SELECT count(*) FROM incoming i JOIN prompts p USING (prompt_id) "
+                    "WHERE p.prompt <> i.prompt"
+                ).fetchone()[0]
+            finally:
+                con.unregister("incoming")
+            new = insert_rows(con, "prompts", rows, "ignore")
+        known = rows.height - new
+        return {"new": new, "known": known - conflicts, "conflicting": conflicts}
 
     def register_round(self, round_id: str, round_index: int) -> None:
         with self._connect() as con:
             con.execute(
-                "INSERT OR IGNORE INTO rounds VALUES (?, ?, ?)", [round_id, round_index, utcnow()]
+                "INSERT INTO rounds VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                [round_id, round_index, utcnow()],
             )
 
     def take_round_prompts(
@@ -75,8 +75,10 @@ class PromptsAndRounds(StoreBase):
         with self._connect() as con:
             add_unique_round_prompts(con)
         with self._transaction() as con:
+            # Rounds taking prompts at once queue here (Postgres; DuckDB holds the file).
+            con.serialize("take_round_prompts")
             con.execute(
-                "INSERT OR IGNORE INTO rounds VALUES (?, ?, ?)",
+                "INSERT INTO rounds VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                 [round_id, round_index, utcnow()],
             )
             held = con.execute(
@@ -112,7 +114,7 @@ class PromptsAndRounds(StoreBase):
     def shared_round_prompts(self) -> pl.DataFrame:
         """Prompts held by more than one round (only possible in files from before the rule)."""
         return self._query(
-            "SELECT prompt_id, list(round_id ORDER BY round_id) AS rounds FROM round_prompts "
+            "SELECT prompt_id, array_agg(round_id ORDER BY round_id) AS rounds FROM round_prompts "
             "GROUP BY prompt_id HAVING count(*) > 1 ORDER BY prompt_id"
         )
 
@@ -147,7 +149,8 @@ class PromptsAndRounds(StoreBase):
         """prompt_id, prompt of `prompt_ids` (a held-out split), then of every prompt no round
         took (by id): the prompts a policy has never been trained on."""
         return self._query(
-            "SELECT prompt_id, prompt FROM prompts WHERE prompt_id IN (SELECT unnest($ids)) "
+            "SELECT prompt_id, prompt FROM prompts "
+            "WHERE prompt_id IN (SELECT unnest(CAST($ids AS VARCHAR[]))) "
             "UNION ALL (SELECT prompt_id, prompt FROM prompts WHERE prompt_id NOT IN "
             "(SELECT prompt_id FROM round_prompts) ORDER BY prompt_id)",
             {"ids": list(prompt_ids)},
@@ -167,13 +170,13 @@ class PromptsAndRounds(StoreBase):
         )
 
 
-def _unused(con: duckdb.DuckDBPyConnection) -> int:
+def _unused(con) -> int:
     return con.execute(
         "SELECT count(*) FROM prompts WHERE prompt_id NOT IN (SELECT prompt_id FROM round_prompts)"
     ).fetchone()[0]
 
 
-def _check_retake(con: duckdb.DuckDBPyConnection, round_id: str, round_index: int) -> None:
+def _check_retake(con, round_id: str, round_index: int) -> None:
     """A round may draw new prompts only while nothing depends on the ones it holds."""
     later = con.execute(
         "SELECT min(round_id) FROM rounds r WHERE round_index > ? AND EXISTS "

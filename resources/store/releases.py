@@ -108,25 +108,25 @@ class ReleasesAndCheckpoints(StoreBase):
         """Cached reference log-probs and token counts of these completions (the known ones)."""
         if not completion_ids:
             return {}
-        with self._connect() as con:
-            con.register("wanted", pl.DataFrame({"completion_id": list(completion_ids)}).to_arrow())
-            rows = con.execute(
-                "SELECT completion_id, logp, tokens FROM reference_logprobs JOIN wanted "
-                "USING (completion_id) WHERE base_model = ? AND max_length = ?",
-                [base_model, max_length],
-            ).fetchall()
-        return {cid: (float(lp), int(t)) for cid, lp, t in rows}
+        wanted = pl.DataFrame(
+            {"completion_id": list(completion_ids)}, schema={"completion_id": pl.String}
+        )
+        rows = self._with_frame(
+            "wanted",
+            wanted,
+            "SELECT completion_id, logp, tokens FROM reference_logprobs JOIN wanted "
+            "USING (completion_id) WHERE base_model = ? AND max_length = ?",
+            [base_model, max_length],
+        )
+        return {cid: (float(lp), int(t)) for cid, lp, t in rows.iter_rows()}
 
     def add_reference_logprobs(self, rows: pl.DataFrame) -> None:
         """Store reference log-probs (base_model, completion_id, max_length, logp, tokens)."""
         if rows.height == 0:
             return
+        columns = ["base_model", "completion_id", "max_length", "logp", "tokens"]
         with self._transaction() as con:
-            con.register("incoming", rows.to_arrow())
-            con.execute(
-                "INSERT INTO reference_logprobs SELECT base_model, completion_id, max_length, "
-                "logp, tokens FROM incoming ON CONFLICT DO NOTHING"
-            )
+            insert_rows(con, "reference_logprobs", rows.select(columns), "ignore")
 
     # -- downstream checkpoints --------------------------------------------------------------
 

@@ -45,8 +45,9 @@ class ResponsesAndFeatures(StoreBase):
         """
         return self._query(
             "SELECT c.completion_id, p.prompt, c.response FROM completions c "
-            "JOIN prompts p USING (prompt_id) WHERE c.round_id IN (SELECT unnest($rounds)) "
-            "AND c.completion_id IN (SELECT unnest($ids))",
+            "JOIN prompts p USING (prompt_id) "
+            "WHERE c.round_id IN (SELECT unnest(CAST($rounds AS VARCHAR[]))) "
+            "AND c.completion_id IN (SELECT unnest(CAST($ids AS VARCHAR[])))",
             {"ids": list(completion_ids), "rounds": list(round_ids)},
         )
 
@@ -63,7 +64,8 @@ class ResponsesAndFeatures(StoreBase):
         (whichever round wrote it), by prompt then completion."""
         return self._query(
             "SELECT c.prompt_id, p.prompt, c.completion_id, c.response FROM completions c "
-            "JOIN prompts p USING (prompt_id) WHERE c.prompt_id IN (SELECT unnest($ids)) "
+            "JOIN prompts p USING (prompt_id) "
+            "WHERE c.prompt_id IN (SELECT unnest(CAST($ids AS VARCHAR[]))) "
             "ORDER BY c.prompt_id, c.completion_id",
             {"ids": list(prompt_ids)},
         )
@@ -85,17 +87,18 @@ class ResponsesAndFeatures(StoreBase):
     # -- features ----------------------------------------------------------------------------
 
     def missing_features(self, completion_ids: Sequence[str], encoder: str) -> list[str]:
-        ids = pl.DataFrame({"completion_id": list(completion_ids)})
-        with self._connect() as con:
-            con.register("wanted", ids.to_arrow())
-            missing = con.execute(
-                "SELECT w.completion_id FROM wanted w LEFT JOIN features f "
-                "ON f.completion_id = w.completion_id AND f.encoder = ? "
-                "WHERE f.completion_id IS NULL",
-                [encoder],
-            ).fetchall()
-            con.unregister("wanted")
-        return [row[0] for row in missing]
+        ids = pl.DataFrame(
+            {"completion_id": list(completion_ids)}, schema={"completion_id": pl.String}
+        )
+        missing = self._with_frame(
+            "wanted",
+            ids,
+            "SELECT w.completion_id FROM wanted w LEFT JOIN features f "
+            "ON f.completion_id = w.completion_id AND f.encoder = ? "
+            "WHERE f.completion_id IS NULL",
+            [encoder],
+        )
+        return missing["completion_id"].to_list()
 
     def add_features(
         self, completion_ids: Sequence[str], encoder: str, vectors: np.ndarray
@@ -121,24 +124,24 @@ class ResponsesAndFeatures(StoreBase):
                 "dim": int(vectors.shape[1]),
             }
         )
-        with self._connect() as con:
-            insert_rows(con, "features", index, "INSERT OR REPLACE")
+        with self._transaction() as con:
+            insert_rows(con, "features", index, "replace")
         return path
 
     def load_features(self, completion_ids: Sequence[str], encoder: str) -> np.ndarray:
         """Feature matrix [len(ids), dim] (float32) in the order of `completion_ids`."""
         wanted = pl.DataFrame(
-            {"completion_id": list(completion_ids), "order": np.arange(len(completion_ids))}
+            {"completion_id": list(completion_ids), "wanted_order": np.arange(len(completion_ids))},
+            schema={"completion_id": pl.String, "wanted_order": pl.Int64},
         )
-        with self._connect() as con:
-            con.register("wanted", wanted.to_arrow())
-            index = con.execute(
-                "SELECT w.order, f.file, f.row_index, f.dim FROM wanted w "
-                "LEFT JOIN features f ON f.completion_id = w.completion_id AND f.encoder = ? "
-                "ORDER BY w.order",
-                [encoder],
-            ).pl()
-            con.unregister("wanted")
+        index = self._with_frame(
+            "wanted",
+            wanted,
+            "SELECT w.wanted_order, f.file, f.row_index, f.dim FROM wanted w "
+            "LEFT JOIN features f ON f.completion_id = w.completion_id AND f.encoder = ? "
+            "ORDER BY w.wanted_order",
+            [encoder],
+        )
         if index["file"].null_count():
             missing = wanted["completion_id"].filter(index["file"].is_null()).to_list()
             raise StoreError(f"no {encoder} features for {len(missing)} completions: {missing[:3]}")
@@ -148,7 +151,7 @@ class ResponsesAndFeatures(StoreBase):
         out = np.empty((index.height, int(dims[0])), dtype=np.float32)
         for (file,), group in index.group_by(["file"]):
             block = np.load(self.root / file, mmap_mode="r")
-            out[group["order"].to_numpy()] = block[group["row_index"].to_numpy()]
+            out[group["wanted_order"].to_numpy()] = block[group["row_index"].to_numpy()]
         return out
 
     def feature_dim(self, round_id: str, encoder: str) -> int | None:

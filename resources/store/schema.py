@@ -1,14 +1,16 @@
-"""The store's tables: the DDL, its version, and the forward migration of an older file.
+"""The store's tables: the DDL, its version, and the forward migration of an older database.
 
-A file records the schema version it was last brought to (`auf_schema`); a connection runs the
-DDL only when that version is older than `SCHEMA_VERSION`. Every statement is idempotent
-(`CREATE ... IF NOT EXISTS`, `ADD COLUMN IF NOT EXISTS`), so the same DDL creates a new file and
-upgrades an old one.
+A database (the DuckDB file or the Postgres one) records the schema version it was last brought
+to (`auf_schema`); a connection runs the DDL only when that version is older than
+`SCHEMA_VERSION`, and refuses a database from a newer version of the code. Every statement is
+idempotent (`CREATE ... IF NOT EXISTS`, `ADD COLUMN IF NOT EXISTS`), so the same DDL creates a
+new database and upgrades an old one, on both backends (Postgres spells DOUBLE out).
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 from datetime import datetime
 
 import duckdb
@@ -330,27 +332,69 @@ ROUND_TABLES = (
 )
 
 
-def ensure_schema(con: duckdb.DuckDBPyConnection, now: datetime) -> None:
-    """Create or upgrade the tables once per file version (not on every connection)."""
-    try:
-        row = con.execute("SELECT max(version) FROM auf_schema").fetchone()
-        if row and row[0] is not None and row[0] >= SCHEMA_VERSION:
-            return
-    except duckdb.CatalogException:
-        pass
-    con.execute(SCHEMA)
+class StoreError(RuntimeError):
+    """A store operation that cannot go ahead; nothing was written."""
+
+
+def schema_sql(dialect: str) -> str:
+    """The DDL in the backend's dialect."""
+    return SCHEMA if dialect == "duckdb" else re.sub(r"\bDOUBLE\b", "DOUBLE PRECISION", SCHEMA)
+
+
+def stored_version(con) -> int | None:
+    if not con.has_table("auf_schema"):
+        return None
+    return con.execute("SELECT max(version) FROM auf_schema").fetchone()[0]
+
+
+def ensure_schema(con, now: datetime, where: str) -> None:
+    """Create or upgrade the tables once per database version (not on every connection);
+    refuse a database that a newer version of the code brought further."""
+    version = stored_version(con)
+    if version is not None and version > SCHEMA_VERSION:
+        raise StoreError(
+            f"the store {where} holds schema version {version}, written by a newer version of "
+            f"this code (this one knows version {SCHEMA_VERSION}); upgrade the code, nothing "
+            "was changed"
+        )
+    if version is not None and version == SCHEMA_VERSION:
+        return
+    if con.dialect == "duckdb":
+        _apply(con, now)
+        return
+    with con.transaction():
+        con.serialize("schema")  # several processes starting at once migrate once
+        if stored_version(con) != SCHEMA_VERSION:
+            _apply(con, now)
+
+
+def _apply(con, now: datetime) -> None:
+    con.execute(schema_sql(con.dialect))
     add_unique_round_prompts(con)
     con.execute("CREATE TABLE IF NOT EXISTS auf_schema (version INTEGER, applied_at TIMESTAMP)")
     con.execute("INSERT INTO auf_schema VALUES (?, ?)", [SCHEMA_VERSION, now])
 
 
-def add_unique_round_prompts(con: duckdb.DuckDBPyConnection) -> None:
+def add_unique_round_prompts(con) -> None:
     """A prompt belongs to one round at most: the database itself refuses a second round.
 
-    A file written before the rule may already hold a prompt in two rounds (two rounds that ran
-    at once); the index is then left out, and `shared_round_prompts` names the rounds to redo.
+    A database written before the rule may already hold a prompt in two rounds (two rounds that
+    ran at once); the index is then left out, and `shared_round_prompts` names the rounds to
+    redo.
     """
-    with contextlib.suppress(duckdb.ConstraintException):
-        con.execute(
-            "CREATE UNIQUE INDEX IF NOT EXISTS round_prompts_one_round ON round_prompts (prompt_id)"
-        )
+    if con.dialect == "duckdb":
+        with contextlib.suppress(duckdb.ConstraintException):
+            con.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {_UNIQUE_INDEX}")
+        return
+    import psycopg
+
+    present = con.execute(
+        "SELECT count(*) FROM pg_indexes WHERE indexname = 'round_prompts_one_round' "
+        "AND schemaname = current_schema()"
+    ).fetchone()[0]
+    if not present:
+        with contextlib.suppress(psycopg.errors.UniqueViolation), con.transaction():
+            con.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {_UNIQUE_INDEX}")
+
+
+_UNIQUE_INDEX = "round_prompts_one_round ON round_prompts (prompt_id)"

@@ -218,3 +218,18 @@ def test_the_seeds_are_the_ones_stored_rounds_were_made_with():
     assert stable_hash("x", length=40) == "2d711642b726b04401627ca9fbac32f5c8530fb1"
     assert stable_seed("round-0001", 0) == 1855077389
     assert stable_seed(7, "a\x1fb", None) == 1686055986
+
+
+#: The most lines a module of the project may have (benchmarks/ and tests/ aside): a module a
+#: newcomer can hold in their head.
+MAX_MODULE_LINES = 650
+
+
+def test_every_module_is_small_enough_to_read():
+    too_long = {
+        str(path.relative_to(ROOT)): n
+        for package in PACKAGES
+        for path in (ROOT / package).rglob("*.py")
+        if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
+    }
+    assert not too_long, f"modules over {MAX_MODULE_LINES} lines: {too_long}"

@@ -83,16 +83,16 @@ def test_rounds_and_a_label_import_on_postgres(tmp_path, postgres_url, monkeypat
     store = DuckDBStore()
     assert dg.materialize([prompt_pool], instance=instance, resources={"store": store}).success
     assert select_pairs_for(instance, "round-0001", tiny_lm_dir, people()).success
-    labeling = people()  # a fresh one: Dagster binds the one it ran with
+    labelling = people()  # a fresh one: Dagster binds the one it ran with
     batch = [
         json.loads(line)
-        for line in (labeling.outbox_dir / "round-0001.jsonl").read_text().splitlines()
+        for line in (labelling.outbox_dir / "round-0001.jsonl").read_text().splitlines()
     ]
-    env = SimpleNamespace(labeling=labeling)
+    env = SimpleNamespace(labelling=labelling)
     drop(env, "batch1.jsonl", labelled(batch, ["A", "B", "A", "tie"], "ann"))
-    outcomes, _, _ = scan_inbox(store, labeling, None, now=1e12)
+    outcomes, _, _ = scan_inbox(store, labelling, None, now=1e12)
     assert [o.status for o in outcomes] == ["imported"] and outcomes[0].new_labels == 4
-    assert train_on_labels(instance, "round-0001", tiny_lm_dir, labeling).success
+    assert train_on_labels(instance, "round-0001", tiny_lm_dir, labelling).success
     assert store.count_rows("labels", "round-0001") == 4
     assert store.reward_model_record("round-0001") is not None
 

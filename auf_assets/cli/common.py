@@ -17,6 +17,7 @@ from resources import home
 # The workspace `make dev` (dagster dev -w workspace.yaml) loads: it names the code location.
 WORKSPACE = Path(__file__).resolve().parents[2] / "workspace.yaml"
 DEFINITIONS_MODULE = "auf_assets.definitions"  # what `dagster dev -m ...` loads without it
+INTERRUPTED = 130  # the exit status of a command stopped by Ctrl-C
 INTERRUPTS = ("DagsterExecutionInterruptedError", "KeyboardInterrupt")
 # -- flags checked when they are parsed: a bad value is refused before any work --------------------
 
@@ -288,3 +289,38 @@ def _resource_name(failures) -> str | None:
 # points the file descriptors at a file and tails that back), so the console writes to its own
 # copy of the original stdout: live lines reach the terminal at once and never end up in the
 # compute logs.
+
+
+def run_job(console, job_name: str, run_config: dict, **kwargs) -> tuple[object | None, int]:
+    """Run a job of the definitions for a command: (result, 0) on success, else (None, the
+    exit status) with one line said on the console (the trace is in the log file)."""
+    import dagster as dg
+
+    try:
+        result = execute_job(console, job_name, run_config, **kwargs)
+    except KeyboardInterrupt:
+        console.log_exception(f"{job_name} interrupted")
+        return None, _interrupted(console, job_name)
+    except dg.DagsterError as exc:  # refused before it ran (its run config, say)
+        console.log_exception(f"{job_name} could not start")
+        console.error(f"{job_name} could not start: {str(exc).strip().splitlines()[0]}")
+        console.error(f"The full log is in {console.log_path}.")
+        return None, 1
+    if result.success:
+        return result, 0
+    if was_interrupted(result):
+        return None, _interrupted(console, job_name)
+    console.error(f"{job_name} failed: {failure_message(result)}")
+    console.error(
+        f"The full log is in {console.log_path}. Nothing local was lost: fix the cause and run "
+        "the same command again."
+    )
+    return None, 1
+
+
+def _interrupted(console, job_name: str) -> int:
+    console.error(
+        f"{job_name} interrupted: nothing local was lost; run the same command again to finish "
+        f"(the log is in {console.log_path})"
+    )
+    return INTERRUPTED

@@ -16,12 +16,10 @@ import tempfile
 from pathlib import Path
 
 from auf_assets.cli.common import (
-    execute_job,
-    failure_message,
     number,
     prepare_home,
     round_arg,
-    was_interrupted,
+    run_job,
 )
 from auf_assets.cli.console import RunConsole, job_console
 from auf_assets.core.settings import TEST_FRACTION
@@ -37,7 +35,6 @@ FLAGS = {
     "pretty_name": "--pretty-name",
     "repo_id": "--repo",
 }
-INTERRUPTED = 130  # the exit status of a command stopped by Ctrl-C
 
 
 class UsageError(ValueError):
@@ -113,40 +110,6 @@ def _checked_out(value: str, root: Path) -> Path:
     return out
 
 
-def _run(console: RunConsole, job_name: str, run_config: dict) -> tuple[object | None, int]:
-    """Run a release job; (result, 0) on success, else (None, exit status) with one line said."""
-    import dagster as dg
-
-    try:
-        result = execute_job(console, job_name, run_config)
-    except KeyboardInterrupt:
-        console.log_exception(f"{job_name} interrupted")
-        return None, _interrupted(console, job_name)
-    except dg.DagsterError as exc:  # refused before it ran (its run config, say)
-        console.log_exception(f"{job_name} could not start")
-        console.error(f"{job_name} could not start: {str(exc).strip().splitlines()[0]}")
-        console.error(f"The full log is in {console.log_path}.")
-        return None, 1
-    if result.success:
-        return result, 0
-    if was_interrupted(result):
-        return None, _interrupted(console, job_name)
-    console.error(f"{job_name} failed: {failure_message(result)}")
-    console.error(
-        f"The full log is in {console.log_path}. Nothing local was lost: fix the cause and run "
-        "the same command again."
-    )
-    return None, 1
-
-
-def _interrupted(console: RunConsole, job_name: str) -> int:
-    console.error(
-        f"{job_name} interrupted: nothing local was lost; run the same command again to finish "
-        f"(the log is in {console.log_path})"
-    )
-    return INTERRUPTED
-
-
 def _built_folder() -> Path:
     from resources.store import DuckDBStore
 
@@ -180,7 +143,7 @@ def _export(args: argparse.Namespace) -> int:
             console.error(str(exc))
             return 2
         ops = {"preference_dataset": {"config": config}}
-        result, status = _run(console, "dataset_build", {"ops": ops})
+        result, status = run_job(console, "dataset_build", {"ops": ops})
         if result is None:
             return status
         try:
@@ -241,7 +204,7 @@ def _publish_with(console: RunConsole, args: argparse.Namespace) -> int:
         console.error(str(exc))
         return 2
     if args.dry_run:
-        result, status = _run(console, "dataset_build", {"ops": ops})
+        result, status = run_job(console, "dataset_build", {"ops": ops})
         if result is None:
             return status
         folder = _built_folder()
@@ -261,7 +224,7 @@ def _publish_with(console: RunConsole, args: argparse.Namespace) -> int:
         console.say(f"  {plan['bytes']:>12,}  bytes in all; nothing was sent")
         return 0
     run_config = {"ops": ops, "resources": {"hub": {"config": hub_config}}}
-    result, status = _run(console, "dataset_release", run_config)
+    result, status = run_job(console, "dataset_release", run_config)
     if result is None:
         return status
     mat = result.asset_materializations_for_node("hub_dataset")[0].metadata

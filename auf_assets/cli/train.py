@@ -84,7 +84,8 @@ def _refuse(message: str) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from auf_assets.cli.common import failure_message, metadata, prepare_home, ui_run_tags
+    from auf_assets.cli.common import metadata, prepare_home, run_job
+    from auf_assets.cli.console import job_console
 
     refusal = environment_refusal()
     if refusal:
@@ -100,7 +101,7 @@ def _train(args: argparse.Namespace) -> int:
     from auf_assets.partitions import rounds_partitions
     from auf_assets.preflight import run_config_problems
 
-    run_config: dict = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+    run_config: dict = {}
     if training:
         run_config["resources"] = {"training": {"config": training}}
     if args.reward_model:
@@ -119,19 +120,15 @@ def _train(args: argparse.Namespace) -> int:
     if not instance.has_dynamic_partition(rounds_partitions.name, round_id):
         instance.add_dynamic_partitions(rounds_partitions.name, [round_id])
     selection = [dg.AssetKey(asset)] if args.no_eval else None
-    print(f"training {asset} for {round_id} (rounds 1..{round_id})")
-    result = job.execute_in_process(
-        instance=instance,
-        partition_key=round_id,
-        run_config=run_config,
-        asset_selection=selection,
-        raise_on_error=False,
-        tags=ui_run_tags(),
-    )
-    if not result.success:
-        print(f"\n{job.name} failed: {failure_message(result)}", file=sys.stderr)
-        print("Earlier checkpoints are untouched.", file=sys.stderr)
-        return 1
+    # One line per stage on the console; Dagster's records and any trace go to the log file.
+    with job_console(root, "train", verbose=args.verbose) as console:
+        console.say(f"training {asset} for {round_id} (rounds 1..{round_id})")
+        result, status = run_job(
+            console, job.name, run_config, partition_key=round_id, asset_selection=selection
+        )
+        if result is None:
+            console.error("Earlier checkpoints are untouched.")
+            return status
     meta = metadata(result, asset)
     print(
         f"\n{asset} {round_id}: {meta.get('train_pairs')} pairs, {meta.get('steps')} steps in "
@@ -197,6 +194,9 @@ def add_commands(sub) -> None:
         "--warm-start", action="store_true", help="start from the previous round's adapter"
     )
     train.add_argument("--no-eval", action="store_true", help="train only (no policy_eval)")
+    train.add_argument(
+        "--verbose", action="store_true", help="print every Dagster log line here too"
+    )
     train.add_argument("--base-model", default="", help="default: the packaged SmolLM2-135M")
     train.add_argument("--device", default="", help="cpu, cuda, ... (default: auto)")
     train.add_argument(

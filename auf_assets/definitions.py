@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dagster as dg
 
-from auf_assets.active_round import ROUND_ASSETS
 from auf_assets.bench import BENCH_ASSETS, BENCH_JOBS
 from auf_assets.checks import ROUND_CHECKS
 from auf_assets.jobs import (
@@ -24,6 +23,7 @@ from auf_assets.release import (
     dataset_build_job,
     dataset_release_job,
 )
+from auf_assets.round import ROUND_ASSETS
 from auf_assets.training import (
     TRAINING_ASSETS,
     policy_training_job,

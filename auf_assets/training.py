@@ -23,7 +23,6 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from auf_assets.active_round import judgements
 from auf_assets.core.checkpoints import (
     REWARD_MODEL_LOSS,
     heldout_note,
@@ -45,6 +44,7 @@ from auf_assets.core.training import (
 from auf_assets.partitions import round_index, rounds_partitions
 from auf_assets.placement import GPU_POOL, GPU_TAGS
 from auf_assets.reporting import figure_png, png_markdown, progress_logger
+from auf_assets.round import judgements
 from resources.engine import GenerationEngine
 from resources.judge import RubricJudge
 from resources.labelling import LabellingSettings

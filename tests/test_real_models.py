@@ -7,10 +7,10 @@ import importlib.util
 import dagster as dg
 import pytest
 
-from auf_assets.active_round import ROUND_ASSETS
 from auf_assets.checks import ROUND_CHECKS
 from auf_assets.core.text_features import N_TEXT_FEATURES
 from auf_assets.prompts import prompt_pool
+from auf_assets.round import ROUND_ASSETS
 from resources import DuckDBStore, FeatureEncoder, GenerationEngine, RubricJudge
 from resources.labelling import LabellingSettings
 from resources.reward_judge import RewardModelJudge

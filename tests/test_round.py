@@ -8,10 +8,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from auf_assets.active_round import ROUND_ASSETS
 from auf_assets.checks import ROUND_CHECKS
 from auf_assets.definitions import defs
 from auf_assets.prompts import prompt_pool
+from auf_assets.round import ROUND_ASSETS
 from resources import DuckDBStore, FeatureEncoder, GenerationEngine, RubricJudge
 from resources.labelling import LabellingSettings
 from resources.reward_judge import RewardModelJudge

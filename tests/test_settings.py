@@ -81,6 +81,7 @@ def _resources() -> dict:
     from resources.encoder import FeatureEncoder
     from resources.engine import GenerationEngine
     from resources.judge import RubricJudge
+    from resources.label_source import label_source
     from resources.labelling import LabellingSettings
     from resources.reward_judge import RewardModelJudge
     from resources.reward_model import UncertaintyModel
@@ -91,6 +92,7 @@ def _resources() -> dict:
         "encoder": FeatureEncoder(device="cpu"),
         "judge": RubricJudge(device="cpu"),
         "reward_judge": RewardModelJudge(device="cpu"),
+        "label_source": label_source,
         "labelling": LabellingSettings(),
         "uncertainty_model": UncertaintyModel(),
     }

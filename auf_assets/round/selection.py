@@ -140,19 +140,34 @@ def selected_pairs(
             "mean_predicted_gap": float((rows["mu_a"] - rows["mu_b"]).abs().mean()),
             "random_pair_predicted_gap": random_pair_gap(mu, mask),
             "mean_pair_sigma": float(((rows["sigma_a"] + rows["sigma_b"]) / 2).mean()),
-            "preview": markdown_preview(
-                rows.select(
-                    "prompt_id",
-                    "completion_a",
-                    "completion_b",
-                    "mu_a",
-                    "mu_b",
-                    "sigma_a",
-                    "sigma_b",
-                )
-            ),
+            "preview": pair_preview(store, round_id, rows, ["mu_a", "mu_b", "sigma_a", "sigma_b"]),
         }
     )
+
+
+PREVIEW_ROWS = 8
+
+
+def pair_preview(
+    store: DuckDBStore, round_id: str, rows: pl.DataFrame, numbers: list[str]
+) -> dg.MarkdownMetadataValue:
+    """The first pairs as a person reads them: the prompt and both responses (cut short, as in
+    the preference_dataset preview), then the model's numbers of each response."""
+    shown = rows.head(PREVIEW_ROWS)
+    texts = store.round_completion_texts(round_id)
+    prompts = dict(zip(texts["completion_id"], texts["prompt"], strict=True))
+    responses = dict(zip(texts["completion_id"], texts["response"], strict=True))
+    table = shown.select(
+        pl.col("completion_a").replace_strict(prompts, return_dtype=pl.String).alias("prompt"),
+        pl.col("completion_a")
+        .replace_strict(responses, return_dtype=pl.String)
+        .alias("response_a"),
+        pl.col("completion_b")
+        .replace_strict(responses, return_dtype=pl.String)
+        .alias("response_b"),
+        *numbers,
+    )
+    return markdown_preview(table, max_rows=PREVIEW_ROWS)
 
 
 def _with_pair_ids(
@@ -196,8 +211,6 @@ def _policy_selected_pairs(context, config: SelectedPairsConfig, store, round_id
             "dagster/row_count": rows.height,
             "method": config.method,
             **meta,
-            "preview": markdown_preview(
-                rows.select("prompt_id", "completion_a", "completion_b", "mu_a", "mu_b")
-            ),
+            "preview": pair_preview(store, round_id, rows, ["mu_a", "mu_b"]),
         }
     )

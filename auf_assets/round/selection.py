@@ -153,19 +153,21 @@ def pair_preview(
 ) -> dg.MarkdownMetadataValue:
     """The first pairs as a person reads them: the prompt and both responses (cut short, as in
     the preference_dataset preview), then the model's numbers of each response."""
-    shown = rows.head(PREVIEW_ROWS)
+    shown = rows.head(PREVIEW_ROWS).with_row_index("order")
     texts = store.round_completion_texts(round_id)
-    prompts = dict(zip(texts["completion_id"], texts["prompt"], strict=True))
-    responses = dict(zip(texts["completion_id"], texts["response"], strict=True))
-    table = shown.select(
-        pl.col("completion_a").replace_strict(prompts, return_dtype=pl.String).alias("prompt"),
-        pl.col("completion_a")
-        .replace_strict(responses, return_dtype=pl.String)
-        .alias("response_a"),
-        pl.col("completion_b")
-        .replace_strict(responses, return_dtype=pl.String)
-        .alias("response_b"),
-        *numbers,
+    side_a = texts.select(
+        pl.col("completion_id").alias("completion_a"),
+        "prompt",
+        pl.col("response").alias("response_a"),
+    )
+    side_b = texts.select(
+        pl.col("completion_id").alias("completion_b"), pl.col("response").alias("response_b")
+    )
+    table = (
+        shown.join(side_a, on="completion_a", how="left")
+        .join(side_b, on="completion_b", how="left")
+        .sort("order")
+        .select("prompt", "response_a", "response_b", *numbers)
     )
     return markdown_preview(table, max_rows=PREVIEW_ROWS)
 

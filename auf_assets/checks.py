@@ -2,15 +2,15 @@
 
 import dagster as dg
 
-from auf_assets.active_round import (
+from auf_assets.core.methods import method_names
+from auf_assets.partitions import rounds_partitions
+from auf_assets.round import (
     completions,
     judgements,
     reward_model,
     reward_scores,
     selected_pairs,
 )
-from auf_assets.core.methods import method_names
-from auf_assets.partitions import rounds_partitions
 from auf_assets.round_chain import chain_report, stale_rounds
 from resources.store import DuckDBStore
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dagster as dg
 
-from auf_assets.active_round import ROUND_ASSETS
 from auf_assets.bench import BENCH_ASSETS, BENCH_JOBS
 from auf_assets.checks import ROUND_CHECKS
 from auf_assets.jobs import (
@@ -24,6 +23,7 @@ from auf_assets.release import (
     dataset_build_job,
     dataset_release_job,
 )
+from auf_assets.round import ROUND_ASSETS
 from auf_assets.training import (
     TRAINING_ASSETS,
     policy_training_job,
@@ -31,6 +31,7 @@ from auf_assets.training import (
 )
 from resources.encoder import FeatureEncoder
 from resources.environment import environment_settings, hub_from_env
+from resources.label_source import label_source
 from resources.reward_judge import RewardModelJudge
 from resources.reward_model import UncertaintyModel
 from resources.store import DuckDBStore
@@ -55,6 +56,8 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
         "judge": from_env["judge"],
         "reward_judge": RewardModelJudge(),
         "labelling": from_env["labelling"],
+        # One resource for who labels: built from the three above (resources.label_source).
+        "label_source": label_source,
         "uncertainty_model": UncertaintyModel(),
         "training": TrainingResource(),
         # The token is read from HF_TOKEN when a push starts (never stored in config).

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import dagster as dg
 
-from auf_assets.active_round import (
+from auf_assets.core.policy import PolicyLoopConfig
+from auf_assets.labels import annotation_batch
+from auf_assets.policy_loop import policy_logprobs
+from auf_assets.prompts import prompt_pool
+from auf_assets.round import (
     ROUND_ASSETS,
     completions,
     judgements,
@@ -14,10 +18,6 @@ from auf_assets.active_round import (
     round_prompts,
     selected_pairs,
 )
-from auf_assets.core.policy import PolicyLoopConfig
-from auf_assets.labels import annotation_batch
-from auf_assets.policy_loop import policy_logprobs
-from auf_assets.prompts import prompt_pool
 from auf_assets.training import dpo_policy
 
 # What runs before people label (the pair_selection job) and after (the labelled_round job).

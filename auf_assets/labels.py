@@ -1,14 +1,13 @@
 """The `labels` group: the round's selected pairs handed to people (the annotation batch).
 
 The labels that come back are imported by `auf_assets.label_inbox` (sensor and CLI) and resolved
-into verdicts by `judgements` (`auf_assets.active_round`).
+into verdicts by `judgements` (`auf_assets.round`).
 """
 
 import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from auf_assets.active_round import selected_pairs
 from auf_assets.core.labels import (
     LABEL_STUDIO_CONFIG,
     atomic_write_text,
@@ -21,6 +20,7 @@ from auf_assets.core.labels import (
 from auf_assets.core.seeding import stable_seed
 from auf_assets.partitions import rounds_partitions
 from auf_assets.reporting import markdown_preview
+from auf_assets.round import selected_pairs
 from auf_assets.round_guard import holds_round_chain
 from resources.labelling import LabellingSettings
 from resources.store import DuckDBStore, utcnow

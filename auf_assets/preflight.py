@@ -67,6 +67,10 @@ def run_config_problems(job: dg.JobDefinition, run_config: Mapping[str, Any] | N
             cls(**cls._get_non_default_public_field_values_cls(config))  # noqa: SLF001
         except ValidationError as exc:
             problems += _validation_lines(f"ops.{name}.config", exc)
+    # A resource built from others (`label_source`: labelling, judge, reward_judge) brings theirs.
+    for key in list(required):
+        if key in job.resource_defs:
+            required |= set(job.resource_defs[key].required_resource_keys)
     for key in sorted(required):
         definition = job.resource_defs.get(key)
         if not isinstance(definition, ConfigurableResourceFactoryResourceDefinition):

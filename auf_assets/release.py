@@ -18,13 +18,6 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from auf_assets.active_round import (
-    completions,
-    judgements,
-    reward_model,
-    reward_scores,
-    selected_pairs,
-)
 from auf_assets.core.costs import PriceTable
 from auf_assets.core.release import (
     CONFIG_DIRS,
@@ -43,6 +36,13 @@ from auf_assets.core.release_card import cost_facts, release_facts, render_card
 from auf_assets.core.settings import TEST_FRACTION
 from auf_assets.partitions import round_index
 from auf_assets.reporting import figure_png, markdown_preview, png_markdown
+from auf_assets.round import (
+    completions,
+    judgements,
+    reward_model,
+    reward_scores,
+    selected_pairs,
+)
 from resources import home
 from resources.hub import HubDataset, HubError
 from resources.ledger import ledger_from_env

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from auf_assets.active_round import replay_fingerprint
 from auf_assets.core.ensemble import EnsembleConfig
 from auf_assets.partitions import round_index
+from auf_assets.round import replay_fingerprint
 from resources.store import DuckDBStore
 
 

@@ -23,7 +23,6 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from auf_assets.active_round import judgements
 from auf_assets.core.checkpoints import (
     REWARD_MODEL_LOSS,
     heldout_note,
@@ -40,13 +39,13 @@ from auf_assets.core.training_evaluation import (
     reward_model_accuracy,
     win_rate,
 )
+from auf_assets.label_sources import get_label_source
 from auf_assets.partitions import round_index, rounds_partitions
 from auf_assets.placement import GPU_POOL, GPU_TAGS
 from auf_assets.reporting import figure_png, png_markdown, progress_logger
+from auf_assets.round import judgements
 from resources.engine import GenerationEngine
-from resources.judge import RubricJudge
-from resources.labelling import LabellingSettings
-from resources.reward_judge import RewardModelJudge
+from resources.label_source import LabelSource
 from resources.store import DuckDBStore, utcnow
 from resources.training import TrainingResource
 
@@ -438,14 +437,6 @@ def _oracle_rows(store, labelling, test_prompts: list[str], config: PolicyEvalCo
     return [rows[i] for i in keep]
 
 
-def _judge_scores(labelling, judge, reward_judge, prompts, responses, progress):
-    if labelling.source == "llm_judge":
-        return judge.overall(prompts, responses, progress=progress)[0]
-    if labelling.source == "reward_model_judge":
-        return reward_judge.score(prompts, responses, progress=progress)
-    return None
-
-
 def _eval_plot(evals: pl.DataFrame) -> bytes | None:
     import matplotlib
 
@@ -482,12 +473,15 @@ def policy_eval(
     config: PolicyEvalConfig,
     training: TrainingResource,
     engine: GenerationEngine,
-    judge: RubricJudge,
-    reward_judge: RewardModelJudge,
-    labelling: LabellingSettings,
+    label_source: dg.ResourceParam[LabelSource],
     store: DuckDBStore,
 ) -> dg.MaterializeResult:
     round_id = context.partition_key
+    labelling = label_source.labelling
+    try:
+        score_answers = get_label_source(label_source.name).score_answers
+    except ValueError as exc:
+        raise dg.Failure(f"policy_eval: {exc}") from exc
     checkpoint = store.checkpoint("dpo_policy", round_id)
     if checkpoint is None:
         raise dg.Failure(f"{round_id} has no dpo_policy checkpoint: materialise dpo_policy first")
@@ -525,7 +519,7 @@ def policy_eval(
     notes = [heldout_note(r["pairs"], f"implicit-reward accuracy {k}") for k, r in results.items()]
 
     held_out = store.held_out_prompts(test_prompts).head(config.win_rate_prompts)
-    if held_out.height and labelling.source in ("llm_judge", "reward_model_judge"):
+    if held_out.height and score_answers is not None:
         convs = [[{"role": "user", "content": p}] for p in held_out["prompt"]]
         answers = {}
         for name, source in (("policy", str(adapter)), ("base", training.base_model)):
@@ -542,9 +536,7 @@ def policy_eval(
             answers[name] = [o.text for o in outs]
         prompts = held_out["prompt"].to_list()
         scores = {
-            name: _judge_scores(
-                labelling, judge, reward_judge, prompts, texts, progress_logger(context, "judge")
-            )
+            name: score_answers(label_source, prompts, texts, progress_logger(context, "judge"))
             for name, texts in answers.items()
         }
         wr = win_rate(scores["policy"], scores["base"])

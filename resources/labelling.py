@@ -12,15 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import ClassVar, Literal, get_args
+from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from auf_assets.core.label_sources import check_label_source
 from resources import home
 from resources.env_settings import EnvSettings, from_env
-
-LabelSource = Literal["llm_judge", "reward_model_judge", "oracle", "people"]
-LABEL_SOURCES: tuple[str, ...] = get_args(LabelSource)
 
 # environment variable -> LabellingSettings field
 ENV_VARS = {
@@ -47,10 +45,11 @@ class LabellingSettings(EnvSettings):
 
     SETTINGS_NAME: ClassVar[str] = "labelling"
 
-    source: LabelSource = Field(
+    source: str = Field(
         default="llm_judge",
         description="who labels the selected pairs: llm_judge (rubric LLM), reward_model_judge "
-        "(a sequence-classification reward model), oracle (scores in a pool file) or people",
+        "(a sequence-classification reward model), oracle (scores in a pool file), people, or "
+        "a source registered with auf_assets.label_sources.register_label_source",
     )
     inbox: str = Field(
         default="", description="label files are dropped here ($AUF_HOME/labels/inbox)"
@@ -108,6 +107,11 @@ class LabellingSettings(EnvSettings):
         description="the round sensors and the nightly schedule train and evaluate the round's "
         "DPO policy (the policy_training job) after every finished round",
     )
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        return check_label_source(value)
 
     def _dir(self, value: str, name: str) -> Path:
         return Path(value) if value else home.labels_dir() / name

@@ -71,7 +71,6 @@ import dagster as dg
 from dagster._utils.schedules import is_valid_cron_string
 from pydantic import field_validator
 
-from auf_assets.active_round import ROUND_ASSETS
 from auf_assets.jobs import (
     ROUND_CHAIN_TAG,
     ROUND_CHAIN_TAGS,
@@ -86,6 +85,7 @@ from auf_assets.labels import annotation_batch
 from auf_assets.partitions import registered_rounds, round_index, round_key, rounds_partitions
 from auf_assets.policy_loop import policy_logprobs
 from auf_assets.release import RELEASE_ASSETS, dataset_release_job
+from auf_assets.round import ROUND_ASSETS
 from auf_assets.round_chain import chain_report, stale_rounds
 from auf_assets.training import dpo_policy, policy_eval, policy_training_job
 from resources.env_settings import EnvSettings, from_env

@@ -119,9 +119,9 @@ def test_the_local_definitions_keep_dagsters_default_executor():
 _COLLECT = """
 import json, sys
 import dagster as dg
-from auf_assets import active_round, bench, labels, policy_loop, prompts, release, training
+from auf_assets import bench, labels, policy_loop, prompts, release, round, training
 out = {}
-for module in (active_round, bench, labels, policy_loop, prompts, release, training):
+for module in (bench, labels, policy_loop, prompts, release, round, training):
     for value in vars(module).values():
         if isinstance(value, dg.AssetsDefinition) and value.is_executable:
             for key in value.keys:

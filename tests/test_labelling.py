@@ -19,7 +19,6 @@ import polars as pl
 import pytest
 from test_round import tiny_resources, tiny_run_config
 
-from auf_assets.active_round import ROUND_ASSETS, judgements
 from auf_assets.checks import ROUND_CHECKS, judgements_recorded
 from auf_assets.cli import main as cli_main
 from auf_assets.jobs import (
@@ -33,6 +32,7 @@ from auf_assets.jobs import (
 from auf_assets.label_inbox import import_label_file, label_status, scan_inbox
 from auf_assets.labels import annotation_batch
 from auf_assets.prompts import prompt_pool
+from auf_assets.round import ROUND_ASSETS, judgements
 from resources.labelling import LabellingSettings, labelling_from_env
 from resources.reward_judge import RewardModelJudge
 from resources.store import DuckDBStore

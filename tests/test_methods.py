@@ -139,8 +139,8 @@ def test_a_registered_method_runs_in_the_simulator(widest):
 def test_a_registered_method_picks_a_rounds_pairs_and_is_listed(widest, auf_home, capsys):
     import dagster as dg
 
-    from auf_assets.active_round import selected_pairs
     from auf_assets.cli import main
+    from auf_assets.round import selected_pairs
     from resources.store import DuckDBStore
 
     method, calls = widest
@@ -184,7 +184,7 @@ def test_a_registered_method_picks_a_rounds_pairs_and_is_listed(widest, auf_home
 def test_the_round_refuses_an_oracle_baseline_before_reading_anything(auf_home):
     import dagster as dg
 
-    from auf_assets.active_round import selected_pairs
+    from auf_assets.round import selected_pairs
     from resources.store import DuckDBStore
 
     instance = dg.DagsterInstance.ephemeral()

@@ -192,8 +192,8 @@ def test_warm_up_rounds_pick_at_random_and_passes_repeat_training(auf_home, tiny
     import dagster as dg
     from test_round import tiny_resources, tiny_run_config
 
-    from auf_assets.active_round import ROUND_ASSETS
     from auf_assets.prompts import prompt_pool
+    from auf_assets.round import ROUND_ASSETS
     from resources.reward_model import UncertaintyModel
 
     instance = dg.DagsterInstance.ephemeral()

@@ -162,8 +162,8 @@ def test_judge_top_k_above_the_servers_cap_is_refused_clearly(server, auf_home):
 
 
 def _round(instance, server, key="round-0001"):
-    from auf_assets.active_round import ROUND_ASSETS
     from auf_assets.checks import ROUND_CHECKS
+    from auf_assets.round import ROUND_ASSETS
     from tests.test_round import tiny_resources
 
     settings = ServerSettings(base_url=server.url, max_retries=1, max_concurrency=2)

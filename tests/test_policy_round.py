@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from test_round import tiny_resources, tiny_run_config
 
-from auf_assets.active_round import ROUND_ASSETS
 from auf_assets.checks import ROUND_CHECKS
 from auf_assets.policy_loop import policy_logprobs
 from auf_assets.prompts import prompt_pool
+from auf_assets.round import ROUND_ASSETS
 from auf_assets.training import dpo_policy
 from resources.store import DuckDBStore
 from resources.training import TrainingResource

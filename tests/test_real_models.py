@@ -7,11 +7,12 @@ import importlib.util
 import dagster as dg
 import pytest
 
-from auf_assets.active_round import ROUND_ASSETS
 from auf_assets.checks import ROUND_CHECKS
 from auf_assets.core.text_features import N_TEXT_FEATURES
 from auf_assets.prompts import prompt_pool
+from auf_assets.round import ROUND_ASSETS
 from resources import DuckDBStore, FeatureEncoder, GenerationEngine, RubricJudge
+from resources.label_source import label_source
 from resources.labelling import LabellingSettings
 from resources.reward_judge import RewardModelJudge
 from resources.reward_model import UncertaintyModel
@@ -35,6 +36,7 @@ def test_a_round_with_the_packaged_models(auf_home):
         "encoder": FeatureEncoder(encoder="minilm+text-stats", device="cpu"),
         "judge": RubricJudge(device="cpu"),
         "reward_judge": RewardModelJudge(),
+        "label_source": label_source,
         "labelling": LabellingSettings(),
         "uncertainty_model": UncertaintyModel(),
     }

@@ -6,13 +6,15 @@ import json
 from pathlib import Path
 
 import dagster as dg
+import polars as pl
 import pytest
 
-from auf_assets.active_round import ROUND_ASSETS
 from auf_assets.checks import ROUND_CHECKS
 from auf_assets.definitions import defs
 from auf_assets.prompts import prompt_pool
+from auf_assets.round import ROUND_ASSETS
 from resources import DuckDBStore, FeatureEncoder, GenerationEngine, RubricJudge
+from resources.label_source import label_source
 from resources.labelling import LabellingSettings
 from resources.reward_judge import RewardModelJudge
 from resources.reward_model import UncertaintyModel
@@ -23,6 +25,7 @@ def tiny_resources(model_dir, labelling: LabellingSettings | None = None) -> dic
     return {
         "labelling": labelling or LabellingSettings(),
         "reward_judge": RewardModelJudge(),
+        "label_source": label_source,
         "store": DuckDBStore(),
         "engine": GenerationEngine(device="cpu", batch_size=4),
         # Any transformers backbone works as the encoder: last-token pooling of the tiny Llama.
@@ -149,6 +152,16 @@ def test_round_metadata_is_useful(auf_home, tiny_lm_dir):
     assert meta["response_features"]["encoded"].value == 12
     assert "preview" in meta["judgements"]
     json.dumps(meta["judgements"]["aspect_failure_rate"].value)
+    # A person can judge the selected pairs from the preview: the prompt and both responses.
+    preview = meta["selected_pairs"]["preview"].value
+    header = preview.splitlines()[0]
+    for column in ("prompt", "response_a", "response_b", "mu_a", "mu_b", "sigma_a", "sigma_b"):
+        assert column in header, header
+    store = DuckDBStore()
+    pair = store.round_rows("pairs", "round-0001").row(0, named=True)
+    texts = store.round_completion_texts("round-0001")
+    first_prompt = texts.filter(pl.col("completion_id") == pair["completion_a"])["prompt"][0]
+    assert first_prompt.replace("\n", " ").replace("|", "\\|")[:30] in preview
 
 
 def test_an_unknown_method_is_refused_before_the_run_starts(auf_home, tiny_lm_dir):

@@ -16,9 +16,9 @@ import pytest
 import yaml
 from test_round import materialize_round, tiny_resources, tiny_run_config
 
-from auf_assets.active_round import ROUND_ASSETS, reward_model, round_prompts
 from auf_assets.cli.main import main as cli_main
 from auf_assets.prompts import prompt_pool
+from auf_assets.round import ROUND_ASSETS, reward_model, round_prompts
 from resources import home as home_module
 from resources.chain_lock import ChainBusy, round_chain
 from resources.labelling import LabellingSettings

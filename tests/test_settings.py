@@ -56,8 +56,8 @@ def test_the_ensemble_config_is_the_ensemble_settings_plus_the_runs_own():
 
 
 def test_renamed_keys_fail_naming_the_new_key():
-    from auf_assets.active_round import SelectedPairsConfig
     from auf_assets.core.simulation import SimulationConfig
+    from auf_assets.round import SelectedPairsConfig
     from resources.training import TrainingResource
 
     with pytest.raises(ValueError, match="'beta' was renamed to 'acquisition_width'"):
@@ -81,6 +81,7 @@ def _resources() -> dict:
     from resources.encoder import FeatureEncoder
     from resources.engine import GenerationEngine
     from resources.judge import RubricJudge
+    from resources.label_source import label_source
     from resources.labelling import LabellingSettings
     from resources.reward_judge import RewardModelJudge
     from resources.reward_model import UncertaintyModel
@@ -91,6 +92,7 @@ def _resources() -> dict:
         "encoder": FeatureEncoder(device="cpu"),
         "judge": RubricJudge(device="cpu"),
         "reward_judge": RewardModelJudge(device="cpu"),
+        "label_source": label_source,
         "labelling": LabellingSettings(),
         "uncertainty_model": UncertaintyModel(),
     }
@@ -126,8 +128,8 @@ def _failed_steps(result) -> dict[str, str]:
     ],
 )
 def test_a_bad_later_step_config_fails_the_first_step(auf_home, run_config, named):
-    from auf_assets.active_round import ROUND_ASSETS
     from auf_assets.prompts import prompt_pool
+    from auf_assets.round import ROUND_ASSETS
 
     instance = dg.DagsterInstance.ephemeral()
     assert dg.materialize([prompt_pool], instance=instance, resources={"store": DuckDBStore()})

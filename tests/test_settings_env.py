@@ -42,7 +42,7 @@ def test_labelling_from_env_keeps_the_valid_values_and_records_the_rest():
     assert (s.source, s.max_rounds, s.publish_after_round) == ("llm_judge", 0, False)  # defaults
     problem = s.problem
     assert "AUF_LABEL_SOURCE='humans' is invalid" in problem
-    assert "'llm_judge', 'reward_model_judge', 'oracle' or 'people'" in problem
+    assert "one of llm_judge, reward_model_judge, oracle, people" in problem
     assert "AUF_MAX_ROUNDS='many' is invalid" in problem and "valid integer" in problem
     assert "AUF_PUBLISH_AFTER_ROUND='maybe' is invalid" in problem and "true/false" in problem
     assert "MIN_FRACTION" not in problem and "WAIT_HOURS" not in problem

@@ -50,12 +50,13 @@ def _write(name: str, payload: dict) -> None:
 
 
 def test_a_round_through_vllm_serve(vllm_python, model_dir, tmp_path, monkeypatch):
-    from auf_assets.active_round import ROUND_ASSETS
     from auf_assets.checks import ROUND_CHECKS
     from auf_assets.prompts import prompt_pool
+    from auf_assets.round import ROUND_ASSETS
     from resources import DuckDBStore, FeatureEncoder
     from resources.engine import GenerationEngine, ServerSettings
     from resources.judge import RubricJudge
+    from resources.label_source import label_source
     from resources.labelling import LabellingSettings
     from resources.reward_judge import RewardModelJudge
     from resources.reward_model import UncertaintyModel
@@ -86,6 +87,7 @@ def test_a_round_through_vllm_serve(vllm_python, model_dir, tmp_path, monkeypatc
                 "encoder": FeatureEncoder(),
                 "labelling": LabellingSettings(),
                 "reward_judge": RewardModelJudge(),
+                "label_source": label_source,
                 "uncertainty_model": UncertaintyModel(),
             },
             run_config={

@@ -18,7 +18,7 @@ A round (spec section 1) works on a batch of prompts, each with N responses:
    loop, its DPO step follows.
 
 The simulator (:func:`auf_assets.core.simulation.simulate`) runs all four in memory; the assets
-(``selected_pairs`` and ``reward_model`` in :mod:`auf_assets.active_round`) run steps 2 and 4,
+(``selected_pairs`` and ``reward_model`` in :mod:`auf_assets.round`) run steps 2 and 4,
 reading the scores and the decided pairs from the store. Both call the functions here, so a
 setting tried in ``auf simulate`` means the same in a real round. No Dagster import here.
 """

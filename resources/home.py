@@ -80,5 +80,24 @@ def ensure_dagster_home(root: Path | None = None) -> Path:
     limits = runs.get("tag_concurrency_limits") or []
     if not any(lim.get("key") == CHAIN_TAG_LIMIT["key"] for lim in limits):
         runs["tag_concurrency_limits"] = [*limits, dict(CHAIN_TAG_LIMIT)]
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        _replace_text(path, yaml.safe_dump(config, sort_keys=False))
     return folder
+
+
+def _replace_text(path: Path, text: str) -> None:
+    """Write `path` whole through a temporary file and a rename: a crash while a user's
+    dagster.yaml is rewritten leaves the old file, never half of it (its mode is kept)."""
+    import tempfile
+
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

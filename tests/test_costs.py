@@ -48,7 +48,7 @@ def test_price_table_prices_tokens_and_gpu_time():
         ({"model": {}}, "unknown key"),
         ({"models": {"m": {"input": -1}}}, "models.m.input"),
         ({"models": {"m": {"in": 1}}}, "models.m must be"),
-        ({"gpu_hour": "lots"}, "gpu_hour: 'lots' is not a number"),
+        ({"gpu_hour": "lots"}, "gpu_hour: text is not a number"),
     ],
 )
 def test_bad_price_tables_name_the_entry(bad, message):

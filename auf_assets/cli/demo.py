@@ -35,6 +35,7 @@ from auf_assets.cli.common import (
 from auf_assets.cli.console import RunConsole, job_console
 from auf_assets.core.methods import ROUND_FAMILIES, get_method
 from auf_assets.core.settings import DEFAULT_ROUND_PROMPTS, RoundSettings
+from auf_assets.core.user_files import UserFileError, decode_utf8, read_limited, yaml_problem
 from resources.chain_lock import ChainBusy, round_chain
 
 # Jobs whose ops a demo run config configures; an op of one of them that another job lacks is
@@ -386,13 +387,21 @@ def _waiting_message(console: RunConsole, status, labelling) -> None:
 # -- run config and summaries --------------------------------------------------------------------
 
 
+# A run config is a page of YAML; anything larger is not one.
+MAX_RUN_CONFIG_BYTES = 1_000_000
+
+
 def _read_run_config(path: str) -> dict:
+    """The run config in the file (a regular file, UTF-8; no message quotes it: user_files)."""
     import yaml  # YAML is a superset of JSON: one reader for both
 
     try:
-        config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        text = decode_utf8(read_limited(path, max_bytes=MAX_RUN_CONFIG_BYTES), path)
+        config = yaml.safe_load(text)
+    except UserFileError as exc:
+        raise ValueError(exc.problem) from None
     except yaml.YAMLError as exc:
-        raise ValueError(f"not valid YAML/JSON: {exc}") from exc
+        raise ValueError(f"not valid YAML/JSON ({yaml_problem(exc)})") from None
     if not isinstance(config, dict):
         raise ValueError("a run config must be a mapping (ops:, resources:, ...)")
     return config

@@ -12,7 +12,9 @@ A price table is YAML (or JSON) that a team keeps next to its deployment:
 
 The file is read as UTF-8; a UTF-16 or UTF-32 file with its byte-order mark (what Windows
 editors write as "Unicode") is read too. Any other file that cannot be read is a
-`PriceTableError` naming it: callers then price nothing rather than fail a round.
+`PriceTableError` naming it: callers then price nothing rather than fail a round. Only a
+regular file of at most 1 MB is read (a fifo would hang the round; see `user_files`), and no
+message quotes the file: a bad entry is named by its place (`models.m.input`), a value by its type.
 
 Ledger rows carry tokens and GPU-seconds; `price_rows` adds their dollars (null, unknown, when
 there is no price table). The budget guard compares what was spent plus what the next round is
@@ -28,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
+
+from auf_assets.core.user_files import UserFileError, read_limited, yaml_problem
 
 __all__ = [
     "Budget",
@@ -52,6 +56,10 @@ _BOMS = (
 )
 
 
+# A price table is a few lines; anything larger is not one.
+MAX_PRICE_TABLE_BYTES = 1_000_000
+
+
 class PriceTableError(ValueError):
     """A price table that cannot be read or has a bad entry (the message names it)."""
 
@@ -63,23 +71,30 @@ class Price:
 
 
 def _non_negative(value, where: str) -> float:
+    # the value's type, not the value: the file may not be a price table at all
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise PriceTableError(f"{where}: {_kind(value)} is not a number")
     try:
         number = float(value)
-    except (TypeError, ValueError):
-        raise PriceTableError(f"{where}: {value!r} is not a number") from None
+    except ValueError:
+        raise PriceTableError(f"{where}: {_kind(value)} is not a number") from None
     if not math.isfinite(number) or number < 0:
-        raise PriceTableError(f"{where}: {value!r} must be a finite number >= 0")
+        raise PriceTableError(f"{where}: must be a finite number >= 0")
     return number
+
+
+def _kind(value) -> str:
+    if isinstance(value, str):
+        return "text" if value.strip() else "an empty text"
+    return "nothing" if value is None else f"a {type(value).__name__}"
 
 
 def read_price_text(path: Path) -> str:
     """The text of a price table file: UTF-8, or UTF-16/32 with a byte-order mark."""
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise PriceTableError(
-            f"price table {path} cannot be read ({exc.strerror or exc})"
-        ) from None
+        data = read_limited(path, max_bytes=MAX_PRICE_TABLE_BYTES)
+    except UserFileError as exc:
+        raise PriceTableError(f"price table {path} cannot be read: {exc.problem}") from None
     encoding = next((name for bom, name in _BOMS if data.startswith(bom)), "utf-8")
     try:
         text = data.decode(encoding)
@@ -141,7 +156,8 @@ class PriceTable:
         try:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
-            raise PriceTableError(f"price table {p} is not valid YAML/JSON: {exc}") from None
+            problem = yaml_problem(exc)
+            raise PriceTableError(f"price table {p} is not valid YAML/JSON ({problem})") from None
         return cls.from_mapping(data, str(p))
 
     def price_of(self, model: str) -> Price:

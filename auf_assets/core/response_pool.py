@@ -13,6 +13,8 @@ from pathlib import Path
 
 import polars as pl
 
+from auf_assets.core.user_files import UserFileError, check_regular_file, describe_names
+
 __all__ = ["POOL_COLUMNS", "PoolFileError", "oracle_scores", "read_pool"]
 
 POOL_COLUMNS = ("prompt_id", "prompt", "completion_id", "model", "response")
@@ -30,12 +32,38 @@ class PoolFileError(ValueError):
 
 def _scan(path: str | Path) -> pl.LazyFrame:
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise PoolFileError(f"pool file {p} does not exist")
+    try:  # a fifo would block the read, a device never end
+        check_regular_file(p)
+    except UserFileError as exc:
+        raise PoolFileError(f"pool file {p}: {exc.problem}") from None
     reader = _READERS.get(p.suffix.lower())
     if reader is None:
         raise PoolFileError(f"pool file {p}: use .parquet, .jsonl or .csv, not {p.suffix!r}")
     return reader(p)
+
+
+def _unreadable(path: str | Path, exc: Exception) -> PoolFileError:
+    # polars' message can quote the file (a value it could not parse): only its kind is shown
+    return PoolFileError(
+        f"pool file {path} cannot be read as {Path(path).suffix.lstrip('.')} "
+        f"({type(exc).__name__}; is it a pool file, in UTF-8?)"
+    )
+
+
+def _names(lazy: pl.LazyFrame, path: str | Path) -> list[str]:
+    try:
+        return lazy.collect_schema().names()
+    except pl.exceptions.PolarsError as exc:
+        raise _unreadable(path, exc) from exc
+
+
+def _collect(lazy: pl.LazyFrame, path: str | Path) -> pl.DataFrame:
+    try:
+        return lazy.collect()
+    except pl.exceptions.PolarsError as exc:
+        raise _unreadable(path, exc) from exc
 
 
 def read_pool(
@@ -45,15 +73,17 @@ def read_pool(
 ) -> pl.DataFrame:
     """The pool's rows for `prompt_ids` (only `columns`), checked for unique completion ids."""
     lazy = _scan(path)
-    names = lazy.collect_schema().names()
+    names = _names(lazy, path)
     missing = [c for c in columns if c not in names]
     if missing:
-        raise PoolFileError(f"pool file {path} has no column {', '.join(missing)} (has {names})")
-    rows = (
+        raise PoolFileError(
+            f"pool file {path} has no column {', '.join(missing)} (has {describe_names(names)})"
+        )
+    rows = _collect(
         lazy.select(list(columns))
         .with_columns(pl.col("prompt_id").cast(pl.String), pl.col("completion_id").cast(pl.String))
-        .filter(pl.col("prompt_id").is_in(list(prompt_ids)))
-        .collect()
+        .filter(pl.col("prompt_id").is_in(list(prompt_ids))),
+        path,
     )
     dupes = rows.filter(pl.col("completion_id").is_duplicated())["completion_id"].unique()
     if dupes.len():
@@ -66,16 +96,16 @@ def read_pool(
 def oracle_scores(path: str | Path, completion_ids: Sequence[str]) -> dict[str, float]:
     """completion_id -> oracle_score for the ids found in the pool (missing ids are left out)."""
     lazy = _scan(path)
-    names = lazy.collect_schema().names()
+    names = _names(lazy, path)
     missing = [c for c in ("completion_id", "oracle_score") if c not in names]
     if missing:
         raise PoolFileError(f"pool file {path} has no column {', '.join(missing)}")
-    rows = (
+    rows = _collect(
         lazy.select(
             pl.col("completion_id").cast(pl.String), pl.col("oracle_score").cast(pl.Float64)
         )
         .filter(pl.col("completion_id").is_in(list(completion_ids)))
-        .filter(pl.col("oracle_score").is_not_null() & pl.col("oracle_score").is_finite())
-        .collect()
+        .filter(pl.col("oracle_score").is_not_null() & pl.col("oracle_score").is_finite()),
+        path,
     )
     return dict(zip(rows["completion_id"], rows["oracle_score"], strict=True))

@@ -50,6 +50,7 @@ result and prompt ids) and ``errors`` (:class:`PromptInputError`).
 
 from auf_assets.core.prompts.batch import (
     MAX_PROMPT_CHARS,
+    MAX_PROMPT_FILE_BYTES,
     PromptBatch,
     normalise_prompt,
     stable_prompt_id,
@@ -67,6 +68,7 @@ from auf_assets.core.prompts.loading import (
 __all__ = [
     "DEMO_PROMPTS_PATH",
     "MAX_PROMPT_CHARS",
+    "MAX_PROMPT_FILE_BYTES",
     "SUPPORTED_SUFFIXES",
     "PromptBatch",
     "PromptInputError",

@@ -11,6 +11,9 @@ import polars as pl
 
 # The longest prompt ingestion accepts, in characters (about 4,000 tokens of English text).
 MAX_PROMPT_CHARS = 16_000
+# The largest JSON Lines, JSON or CSV prompt file read (they are read whole; Parquet is read by
+# columns and has no limit): a pool of 60,000 prompts of 16,000 characters fits.
+MAX_PROMPT_FILE_BYTES = 1_000_000_000
 
 
 @dataclass

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import polars as pl
 
-from auf_assets.core.prompts.batch import MAX_PROMPT_CHARS, PromptBatch
+from auf_assets.core.prompts.batch import MAX_PROMPT_CHARS, MAX_PROMPT_FILE_BYTES, PromptBatch
 from auf_assets.core.prompts.errors import PromptInputError, _check_limit
 from auf_assets.core.prompts.readers import (
     _frame_table,
@@ -35,6 +35,7 @@ def load_prompts(
     split: str | None = None,
     limit: int | None = None,
     max_prompt_chars: int | None = MAX_PROMPT_CHARS,
+    max_file_bytes: int = MAX_PROMPT_FILE_BYTES,
 ) -> PromptBatch:
     """Read and validate a prompt pool.
 
@@ -43,10 +44,13 @@ def load_prompts(
     ``DatasetDict`` ``split`` picks the split (default ``"train"`` when there is one); ``split``
     is an error for every other kind of input, except a saved ``Dataset`` whose own split is the
     one named. ``prompt_column=None`` recognises the layout (see the package docstring, which also
-    has the validation rules).
+    has the validation rules). A file must be a regular file (a link to one is followed; a fifo or
+    a device is refused); a JSON Lines, JSON or CSV file over ``max_file_bytes`` is refused
+    before it is read.
     """
     _check_limit(limit)
     _check_limit(max_prompt_chars, "max_prompt_chars")
+    _check_limit(max_file_bytes, "max_file_bytes")
     p = Path(path)
     origin = str(path)
     if not p.exists():
@@ -65,16 +69,16 @@ def load_prompts(
             )
         suffix = p.suffix.lower()
         if suffix in (".jsonl", ".ndjson"):
-            table = _read_jsonl(p, origin)
+            table = _read_jsonl(p, origin, max_file_bytes)
             where = "line"
         elif suffix == ".json":
-            table = _read_json(p, origin)
+            table = _read_json(p, origin, max_file_bytes)
             where = "row"
         elif suffix == ".parquet":
             table = _read_parquet(p, origin)
             where = "row"
         elif suffix == ".csv":
-            table = _read_csv(p, origin)
+            table = _read_csv(p, origin, max_file_bytes)
             where = "row"
         else:
             raise PromptInputError(

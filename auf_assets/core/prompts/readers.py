@@ -13,6 +13,12 @@ from typing import Any
 import polars as pl
 
 from auf_assets.core.prompts.errors import PromptInputError, _describe_type, _first_line
+from auf_assets.core.user_files import (
+    UserFileError,
+    check_regular_file,
+    decode_utf8,
+    read_limited,
+)
 
 _MISSING = object()  # a record without the column at all (JSON rows may differ in their keys)
 
@@ -58,19 +64,22 @@ def _frame_table(df: pl.DataFrame) -> _Table:
     return _Table(columns=list(df.columns), rows=rows, first_value=first_value)
 
 
-def _read_text(p: Path, origin: str) -> str:
+def _read_text(p: Path, origin: str, max_bytes: int) -> str:
+    """The whole text of a regular file of at most `max_bytes` (user_files: no fifo, no device)."""
     try:
-        return p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise PromptInputError(
-            origin, f"not UTF-8 text ({exc.reason} at byte {exc.start})"
-        ) from exc
-    except OSError as exc:
-        raise PromptInputError(origin, f"cannot read the file ({exc.strerror or exc})") from exc
+        return decode_utf8(read_limited(p, max_bytes=max_bytes), p)
+    except UserFileError as exc:
+        raise PromptInputError(origin, _with_hint(exc.problem)) from exc
 
 
-def _read_jsonl(p: Path, origin: str) -> _Table:
-    text = _read_text(p, origin)
+def _with_hint(problem: str) -> str:
+    if problem.startswith("the file is"):  # too large to read whole
+        return problem + " (max_file_bytes): split it, or save it as Parquet, which is not"
+    return problem
+
+
+def _read_jsonl(p: Path, origin: str, max_bytes: int) -> _Table:
+    text = _read_text(p, origin, max_bytes)
     records: list[tuple[int, dict]] = []
     columns: dict[str, None] = {}
     for lineno, line in enumerate(text.splitlines(), start=1):
@@ -96,8 +105,8 @@ def _read_jsonl(p: Path, origin: str) -> _Table:
     return _records_table(records, list(columns))
 
 
-def _read_json(p: Path, origin: str) -> _Table:
-    text = _read_text(p, origin)
+def _read_json(p: Path, origin: str, max_bytes: int) -> _Table:
+    text = _read_text(p, origin, max_bytes)
     if not text.strip():
         raise PromptInputError(origin, "the file is empty")
     try:
@@ -131,7 +140,11 @@ def _frame_records(df: pl.DataFrame, origin: str) -> _Table:
 
 
 def _read_parquet(p: Path, origin: str) -> _Table:
-    if p.stat().st_size == 0:
+    try:  # read by columns, not whole: no size limit, but a regular file (a fifo would block)
+        entry = check_regular_file(p)
+    except UserFileError as exc:
+        raise PromptInputError(origin, exc.problem) from exc
+    if entry.st_size == 0:
         raise PromptInputError(origin, "the file is empty")
     try:
         df = pl.read_parquet(p)
@@ -140,12 +153,14 @@ def _read_parquet(p: Path, origin: str) -> _Table:
     return _frame_records(df, origin)
 
 
-def _read_csv(p: Path, origin: str) -> _Table:
-    if not _read_text(p, origin).strip():
+def _read_csv(p: Path, origin: str, max_bytes: int) -> _Table:
+    text = _read_text(p, origin, max_bytes)
+    if not text.strip():
         raise PromptInputError(origin, "the file is empty")
     try:
         # Everything as text: CSV has no types, so ids stay as written and prompts stay strings.
-        df = pl.read_csv(p, infer_schema=False, empty_string_is_null=False)
+        # The text already read is parsed: the file is opened once.
+        df = pl.read_csv(text.encode("utf-8"), infer_schema=False, empty_string_is_null=False)
     except Exception as exc:  # polars raises ComputeError/NoDataError/... on malformed CSV
         raise PromptInputError(origin, f"cannot read as CSV ({_first_line(exc)})") from exc
     return _frame_records(df, origin)

@@ -13,6 +13,7 @@ import polars as pl
 from auf_assets.core.prompts.batch import PromptBatch, normalise_prompt, stable_prompt_id
 from auf_assets.core.prompts.errors import PromptInputError, _describe_type
 from auf_assets.core.prompts.readers import _MISSING, _Table
+from auf_assets.core.user_files import describe_names
 
 _CHAT_COLUMNS = ("messages", "conversations", "chosen")
 _LAYOUTS_TRIED = (
@@ -42,7 +43,7 @@ def _is_chat(value: Any) -> bool:
 
 def _resolve_layout(table: _Table, prompt_column: str | None, origin: str) -> _Layout:
     columns = table.columns
-    found = ", ".join(repr(c) for c in columns) if columns else "none"
+    found = describe_names(columns)  # never a line of a file that is not a table
     if prompt_column is not None:
         if prompt_column not in columns:
             raise PromptInputError(

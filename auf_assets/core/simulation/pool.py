@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from auf_assets.core.user_files import UserFileError, check_regular_file, describe_names
+
 from .streams import _STREAM_SAMPLE, _STREAM_SPLIT
 
 #: Columns a pool file must have (``source`` is optional).
@@ -124,15 +126,22 @@ def _read_table(path: Path) -> pl.DataFrame:
         raise PoolError(f"{path}: unsupported pool format {suffix!r} (use parquet, csv or jsonl)")
     try:
         return readers[suffix](path)
-    except Exception as exc:  # the reader's own message, prefixed with the file
-        raise PoolError(f"{path}: cannot read the pool: {exc}") from exc
+    except Exception as exc:  # the reader's message can quote the file: only its kind is shown
+        raise PoolError(
+            f"{path}: cannot read the pool as {suffix.lstrip('.')} ({type(exc).__name__}; is it "
+            "a pool file, in UTF-8?)"
+        ) from exc
 
 
 def load_pool(path: str | Path) -> SimPool:
     """Read and validate a pool file (parquet, csv or jsonl); see :func:`validate_pool`."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise PoolError(f"{p}: pool file not found")
+    try:  # a fifo would block the read, a device never end
+        check_regular_file(p)
+    except UserFileError as exc:
+        raise PoolError(str(exc)) from None
     return validate_pool(_read_table(p), name=str(p))
 
 
@@ -153,7 +162,7 @@ def validate_pool(frame: pl.DataFrame, name: str = "<frame>") -> SimPool:
     if missing:
         raise PoolError(
             f"{name}: missing column(s) {missing}; a pool needs {list(POOL_COLUMNS)} "
-            f"(optional: source); found {frame.columns}"
+            f"(optional: source); found {describe_names(frame.columns)}"
         )
     df = frame.select(*POOL_COLUMNS, *(["source"] if "source" in frame.columns else []))
     if "source" not in df.columns:
@@ -169,10 +178,9 @@ def validate_pool(frame: pl.DataFrame, name: str = "<frame>") -> SimPool:
         cast = score.cast(pl.Float64, strict=False)
         bad = df.filter(cast.is_null() & score.is_not_null())
         if bad.height:
-            raise PoolError(
+            raise PoolError(  # the ids, not the values: the file may not be a pool at all
                 f"{name}: oracle_score must be numeric; {bad.height} value(s) are not, e.g. "
-                f"{_examples(bad['oracle_score'].to_list())} (completion "
-                f"{_examples(bad['completion_id'].to_list())})"
+                f"completion {_examples(bad['completion_id'].to_list())}"
             )
         score = cast
     elif not score.dtype.is_numeric():

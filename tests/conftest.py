@@ -61,17 +61,28 @@ def home(rounds_home, monkeypatch) -> Path:
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory) -> str:
-    """A server URL: AUF_TEST_POSTGRES_URL if set, else a throwaway PostgreSQL from `pgserver`."""
+def postgres_server() -> str:
+    """A server URL: AUF_TEST_POSTGRES_URL if set, else a throwaway PostgreSQL from `pgserver`.
+
+    Its data folder is a temporary folder of its own, not under pytest's base temp: another
+    pytest session on the machine prunes old base temps (and the server's files with them), and
+    the server's socket path must stay short."""
     url = os.environ.get("AUF_TEST_POSTGRES_URL")
     if url:
         yield url
         return
+    import shutil
+    import tempfile
+
     import pgserver
 
-    server = pgserver.get_server(tmp_path_factory.mktemp("pgdata"), cleanup_mode="stop")
-    yield server.get_uri()
-    server.cleanup()
+    folder = tempfile.mkdtemp(prefix="auf-pg-")
+    server = pgserver.get_server(folder, cleanup_mode="stop")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture()

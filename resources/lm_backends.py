@@ -10,10 +10,6 @@ sources and loading are in `resources.model_loading`.
 
 from __future__ import annotations
 
-from resources.openai_api import OpenAILM
-from resources.transformers_lm import TransformersLM
-from resources.vllm_lm import VLLMLM
-
 
 def language_model(
     backend: str,
@@ -27,12 +23,19 @@ def language_model(
     max_logprobs: int = 20,
     endpoint=None,
 ):
-    """The backend named in a resource's config (`endpoint`: a ChatEndpoint for `openai`)."""
+    """The backend named in a resource's config (`endpoint`: a ChatEndpoint for `openai`).
+
+    Each backend is imported when it is built: reading a resource's settings (the CLI checks
+    them before any work) must not load torch."""
     if backend == "transformers":
+        from resources.transformers_lm import TransformersLM
+
         return TransformersLM(
             source, device=device, dtype=dtype, cache_dir=cache_dir, enable_thinking=enable_thinking
         )
     if backend == "vllm":
+        from resources.vllm_lm import VLLMLM
+
         return VLLMLM(
             source,
             dtype=dtype,
@@ -44,6 +47,8 @@ def language_model(
     if backend == "openai":
         if endpoint is None:
             raise ValueError("backend 'openai' needs a base_url")
+        from resources.openai_api import OpenAILM
+
         return OpenAILM(
             source, endpoint, enable_thinking=enable_thinking, max_logprobs=max_logprobs
         )

@@ -10,8 +10,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-import torch
-
 log = logging.getLogger(__name__)
 
 
@@ -68,8 +66,11 @@ class LoadedModels:
         import gc
 
         gc.collect()
-        if slot and slot.startswith("cuda") and torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        if slot and slot.startswith("cuda"):
+            import torch  # a GPU slot was filled, so torch is loaded already
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
 
     def release(self, prefix: str = "") -> int:
         """Free every model whose slot starts with `prefix` ("" = every slotted model)."""

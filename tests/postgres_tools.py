@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -27,3 +28,32 @@ def drop_database(server_url: str, url: str) -> None:
     name = urlsplit(url).path.lstrip("/")
     with psycopg.connect(server_url, autocommit=True) as con:
         con.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class OwnServer:
+    """A throwaway PostgreSQL of a test's own (not the session's), which the test may kill and
+    start again: `pgserver`'s binaries, its socket in the data directory (so the URL stays)."""
+
+    def __init__(self, pgdata: Path):
+        import pgserver
+
+        self.pgdata = pgdata
+        self._server = pgserver.get_server(pgdata, cleanup_mode="delete")
+        self.url = self._server.get_uri()
+
+    def kill(self) -> None:
+        """Stop the server the way a crash does (`pg_ctl stop -m immediate`: no clean shutdown,
+        every connection cut)."""
+        from pgserver._commands import pg_ctl
+
+        pg_ctl(
+            ["-w", "-m", "immediate", "stop"],
+            pgdata=self._server.pgdata,
+            user=self._server.system_user,
+        )
+
+    def start(self) -> None:
+        self._server.ensure_postgres_running()
+
+    def close(self) -> None:
+        self._server.cleanup()

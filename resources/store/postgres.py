@@ -22,6 +22,10 @@ import polars as pl
 PASSWORD_FILE_ENV = "AUF_STORE_PASSWORD_FILE"
 POOL_MAX = int(os.environ.get("AUF_STORE_POOL_MAX", "4"))
 CONNECT_TIMEOUT_S = 10
+# How long an operation waits for a pooled connection: all in use, or the server restarting (a
+# restart shorter than this is ridden out; a longer outage fails the step naming the server).
+WAIT_ENV = "AUF_STORE_WAIT_S"
+DEFAULT_WAIT_S = 60.0
 
 _SCHEMES = ("postgresql://", "postgres://")
 
@@ -83,13 +87,27 @@ def _conninfo_kwargs() -> dict:
     return kwargs
 
 
-def _pg_error(url: str, exc: BaseException) -> PostgresUnavailable:
+def _pg_error(url: str, exc: BaseException, *, lost: bool = False) -> PostgresUnavailable:
     reason = _scrub(str(exc).strip() or type(exc).__name__, url)
+    if lost:
+        return PostgresUnavailable(
+            f"lost the connection to the Postgres store at {redact(url)} in the middle of an "
+            f"operation ({reason}); its transaction was not committed. Run the step again when "
+            "the server is back: work already saved (finished steps, the call cache) is kept"
+        )
     return PostgresUnavailable(
         f"cannot connect to the Postgres store at {redact(url)}: {reason}. Check the server is "
         f"running and reachable, and the user's password (PGPASSWORD, a passfile or "
         f"{PASSWORD_FILE_ENV})"
     )
+
+
+def _wait_s() -> float:
+    value = os.environ.get(WAIT_ENV, "")
+    try:
+        return float(value) if value else DEFAULT_WAIT_S
+    except ValueError:
+        raise PostgresUnavailable(f"{WAIT_ENV}={value!r} is not a number of seconds") from None
 
 
 _pools: dict[tuple[int, str], object] = {}
@@ -111,8 +129,16 @@ def _pool(url: str):
             except psycopg.OperationalError as exc:
                 raise _pg_error(url, exc) from None
             kwargs = {**_conninfo_kwargs(), "autocommit": True}
+            # `check`: a connection that sat idle in the pool while the server restarted is
+            # found dead and replaced when taken, instead of failing the next statement.
             pool = psycopg_pool.ConnectionPool(
-                url, min_size=0, max_size=POOL_MAX, kwargs=kwargs, open=True, timeout=60
+                url,
+                min_size=0,
+                max_size=POOL_MAX,
+                kwargs=kwargs,
+                open=True,
+                timeout=_wait_s(),
+                check=psycopg_pool.ConnectionPool.check_connection,
             )
             _pools[key] = pool
     return pool
@@ -124,6 +150,17 @@ def close_pool(url: str) -> None:
         pool = _pools.pop((os.getpid(), url), None)
     if pool is not None:
         pool.close(timeout=5)
+
+
+def _drop_pool(url: str, pool) -> None:
+    """Forget a pool whose server went away: the next operation opens a fresh one, which
+    connects at once (or fails at once naming the server) instead of waiting on the old pool's
+    reconnection backoff."""
+    with _pools_lock:
+        if _pools.get((os.getpid(), url)) is pool:
+            del _pools[(os.getpid(), url)]
+    with contextlib.suppress(Exception):
+        pool.close(timeout=1)
 
 
 @atexit.register
@@ -154,13 +191,16 @@ def pooled(url: str) -> Iterator[PostgresConnection]:
     try:
         raw = pool.getconn()
     except psycopg_pool.PoolTimeout as exc:
+        _drop_pool(url, pool)
         raise _pg_error(url, exc) from None
     try:
         yield PostgresConnection(raw)
     except psycopg.OperationalError as exc:
-        raise _pg_error(url, exc) from exc
+        raise _pg_error(url, exc, lost=raw.broken) from exc
     finally:
         pool.putconn(raw)  # the pool discards a broken connection
+        if raw.broken:
+            _drop_pool(url, pool)
 
 
 # -- SQL -------------------------------------------------------------------------------------

@@ -5,6 +5,10 @@ first attempt's finished work kept."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
+
 import dagster as dg
 import pytest
 from postgres_tools import OwnServer, drop_database, fresh_database
@@ -37,13 +41,19 @@ class EngineThatKillsTheServer(GenerationEngine):
 
 
 @pytest.fixture(scope="module")
-def own_server(tmp_path_factory):
-    pgdata = tmp_path_factory.mktemp("own-pgdata")
+def own_server():
+    # A folder of its own under the system temp (as the session server's): pytest's base temp
+    # is private to root, and the server may run as another user.
+    folder = Path(tempfile.mkdtemp(prefix="auf-pg-own-"))
+    pgdata = folder / "pgdata"
     server = OwnServer(pgdata)
     _servers[str(pgdata)] = server
-    yield server
-    _servers.pop(str(pgdata))
-    server.close()
+    try:
+        yield server
+    finally:
+        _servers.pop(str(pgdata))
+        server.close()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture()

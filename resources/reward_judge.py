@@ -67,6 +67,12 @@ class RewardModelJudge(dg.ConfigurableResource):
     )
     batch_size: int = Field(default=8, ge=1)
     max_length: int = Field(default=2048, ge=8, description="tokens per (prompt, response)")
+    confidence_temperature: float = Field(
+        default=1.0,
+        gt=0,
+        description="a verdict's confidence is sigmoid(reward gap / this): 1 reads the rewards "
+        "as Bradley-Terry scores; larger values for a judge that is too sure of itself",
+    )
 
     @property
     def name(self) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
@@ -1021,6 +1022,9 @@ def test_reward_model_judge_labels_a_round(env, tiny_reward_model):
         ]
         assert row["score_a"] == pytest.approx(a)
         assert row["preference"] == ("a" if row["score_a"] > row["score_b"] else "b")
+        # the reward gap read as a Bradley-Terry probability of the chosen side (temperature 1)
+        gap = abs(row["score_a"] - row["score_b"])
+        assert row["confidence"] == pytest.approx(1 / (1 + math.exp(-gap)))
     # the same text scores the same alone and in a padded batch
     one = judge.score(["q"], ["a short answer"])
     many = judge.score(["q", "q2"], ["a short answer", "a much longer answer " * 5])

@@ -152,6 +152,17 @@ def test_round_metadata_is_useful(auf_home, tiny_lm_dir):
     assert meta["response_features"]["encoded"].value == 12
     assert "preview" in meta["judgements"]
     json.dumps(meta["judgements"]["aspect_failure_rate"].value)
+    # Each decided verdict carries the judge's confidence in its chosen side; ties and failures
+    # carry none, and the metadata summarises the decided ones with a histogram.
+    verdicts = DuckDBStore().round_rows("judgements", "round-0001")
+    decided = verdicts.filter(pl.col("preference").is_in(["a", "b"]))
+    assert decided.height > 0
+    assert decided["confidence"].is_between(0.0, 1.0).all(), decided["confidence"]
+    assert verdicts.filter(~pl.col("preference").is_in(["a", "b"]))["confidence"].null_count() == (
+        verdicts.height - decided.height
+    )
+    assert meta["judgements"]["confidence"].value["n"] == decided.height
+    assert meta["judgements"]["confidence_histogram"].value.startswith("![judge confidence]")
     # A person can judge the selected pairs from the preview: the prompt and both responses.
     preview = meta["selected_pairs"]["preview"].value
     header = preview.splitlines()[0]

@@ -158,6 +158,7 @@ def test_an_older_file_is_migrated_forward_and_keeps_its_rows(duckdb_store):
     assert store.count_rows("judgements") == 1
     verdict = store.round_rows("judgements", "round-0001").row(0, named=True)
     assert verdict["preference"] == "a" and verdict["source"] is None and "votes" in verdict
+    assert verdict["confidence"] is None  # a verdict from before confidence was kept has none
     store.replace_round(
         "reward_scores",
         "round-0001",
@@ -250,6 +251,7 @@ def _small_round(store) -> None:
             "score_b": [0.0, None],
             "preference": ["a", "failed"],
             "labeller": "judge",
+            "confidence": [0.8, None],
         }
     )
     scores = pl.DataFrame(
@@ -324,6 +326,8 @@ def test_the_round_reads_the_assets_and_checks_use(store):
         "unlabelled": 0,
     }
     assert store.judgements_per_round().rows() == [(rid, 2)]
+    stored = store.round_rows("judgements", rid).sort("pair_id")
+    assert stored["confidence"].to_list() == [0.8, None]  # the judge's confidence, kept
     assert store.score_checkpoints() == {rid: ["reward_models/round-0000.safetensors"]}
     texts = store.pairs_with_texts(rid)
     assert texts.select("pair_id", "prompt", "response_a", "response_b").rows() == [

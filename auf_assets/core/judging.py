@@ -133,6 +133,9 @@ class AspectScore:
     ``digit_mass`` is the total probability the judge put on the five digits (a diagnostic:
     low mass means the judge wanted to say something else); it is NaN when the score was not
     computed from log-probs (text fallback). ``method`` is ``"logprobs"`` or ``"text"``.
+    ``digit_probs`` is the distribution over the digits 1-5 the score is the expectation of
+    (normalised; a text score is all mass on its digit), ``None`` when failed: the judge's
+    confidence in a verdict is computed from it (`core.agreement`).
     """
 
     score: float | None
@@ -140,6 +143,7 @@ class AspectScore:
     reason: str | None
     digit_mass: float
     method: str = "logprobs"
+    digit_probs: tuple[float, ...] | None = None
 
 
 def expected_digit_score(digit_logprobs: np.ndarray) -> np.ndarray:
@@ -209,7 +213,9 @@ def score_from_top_logprobs(
             digit_mass=mass,
         )
     score = float(expected_digit_score(per_digit))
-    return AspectScore(score, failed=False, reason=None, digit_mass=mass)
+    weights = np.exp(per_digit - per_digit.max())
+    probs = tuple(float(w) for w in weights / weights.sum())
+    return AspectScore(score, failed=False, reason=None, digit_mass=mass, digit_probs=probs)
 
 
 _LABELLED_DIGIT = re.compile(
@@ -234,8 +240,15 @@ def score_from_text(text: str) -> AspectScore:
             digit_mass=math.nan,
             method="text",
         )
+    digit = match.group(1)
+    probs = tuple(1.0 if d == digit else 0.0 for d in DIGITS)
     return AspectScore(
-        float(match.group(1)), failed=False, reason=None, digit_mass=math.nan, method="text"
+        float(digit),
+        failed=False,
+        reason=None,
+        digit_mass=math.nan,
+        method="text",
+        digit_probs=probs,
     )
 
 

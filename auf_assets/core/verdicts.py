@@ -4,7 +4,8 @@ reward model, oracle) or people's votes per pair, into one verdict row per pair.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 
 import numpy as np
@@ -28,6 +29,9 @@ VERDICT_SCHEMA = {
     "n_labels": pl.Int32,
     "votes": pl.String,
     "raw_choices": pl.String,
+    # P(the chosen response really is the better one), from the judge's own uncertainty; null
+    # for ties, failures, and sources that give none (people, the oracle).
+    "confidence": pl.Float64,
 }
 SCORE_SCHEMA = {
     "round_id": pl.String,
@@ -58,8 +62,14 @@ def verdicts_from_scores(
     labeller: str,
     source: str,
     labelled_at: datetime,
+    a_beats_b: Callable[[str, str], float] | None = None,
 ) -> pl.DataFrame:
-    """One verdict per pair from a score per response (NaN or absent: the pair failed)."""
+    """One verdict per pair from a score per response (NaN or absent: the pair failed).
+
+    ``a_beats_b(first, second)``, where the source has it, is the probability that response
+    ``first`` is better than ``second``; a decided verdict's ``confidence`` is that probability
+    for its chosen side (NaN from it is stored as null).
+    """
     verdicts = []
     for pair in pairs.iter_rows(named=True):
         a = scores.get(pair["completion_a"], float("nan"))
@@ -67,6 +77,10 @@ def verdicts_from_scores(
         failed = np.isnan(a) or np.isnan(b)
         pref = "failed" if failed else decide_preference(a, b, tie_margin=tie_margin)
         chosen, rejected = chosen_and_rejected(pair, pref)
+        confidence = None
+        if a_beats_b is not None and chosen is not None:
+            p = float(a_beats_b(chosen, rejected))
+            confidence = None if math.isnan(p) else p
         verdicts.append(
             {
                 "pair_id": pair["pair_id"],
@@ -83,6 +97,7 @@ def verdicts_from_scores(
                 "n_labels": 0 if failed else 1,
                 "votes": None,
                 "raw_choices": pref,
+                "confidence": confidence,
             }
         )
     return pl.DataFrame(verdicts, schema=VERDICT_SCHEMA)
@@ -142,6 +157,7 @@ def verdicts_from_votes(
                 "n_labels": res.n_labels,
                 "votes": json.dumps(res.counts) if given else None,
                 "raw_choices": ";".join(r["raw_choice"] for _, r in given) or None,
+                "confidence": None,
             }
         )
     return pl.DataFrame(verdicts, schema=VERDICT_SCHEMA)

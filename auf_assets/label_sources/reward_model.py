@@ -8,6 +8,7 @@ import time
 import dagster as dg
 import numpy as np
 
+from auf_assets.core.agreement import reward_confidence
 from auf_assets.core.verdicts import scalar_score_rows, verdicts_from_scores
 from auf_assets.label_sources.base import LabelRequest, Labels, LabelSourceAdapter, judged_items
 from auf_assets.reporting import progress_logger
@@ -41,6 +42,9 @@ def label(request: LabelRequest) -> Labels:
         labeller=reward_judge.name,
         source="reward_model_judge",
         labelled_at=utcnow(),
+        a_beats_b=lambda first, second: reward_confidence(
+            scores[first], scores[second], temperature=reward_judge.confidence_temperature
+        ),
     )
     metadata = {
         "judge": reward_judge.name,

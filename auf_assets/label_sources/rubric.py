@@ -6,8 +6,10 @@ from __future__ import annotations
 import time
 
 import dagster as dg
+import numpy as np
 import polars as pl
 
+from auf_assets.core.agreement import win_probability
 from auf_assets.core.judging import ASPECTS
 from auf_assets.core.verdicts import verdicts_from_scores
 from auf_assets.label_sources.base import LabelRequest, Labels, LabelSourceAdapter, judged_items
@@ -53,6 +55,12 @@ def label(request: LabelRequest) -> Labels:
         },
     )
     overall = dict(zip(items["completion_id"], overall_scores, strict=True))
+    # Each response's digit distributions of the aspects its overall score averages.
+    distributions: dict[str, list] = {}
+    for r in rated:
+        if not r.result.failed:
+            completion = items["completion_id"][r.item]
+            distributions.setdefault(completion, []).append(r.result.digit_probs)
     verdicts = verdicts_from_scores(
         pairs,
         overall,
@@ -60,6 +68,9 @@ def label(request: LabelRequest) -> Labels:
         labeller=judge.name,
         source="llm_judge",
         labelled_at=utcnow(),
+        a_beats_b=lambda first, second: win_probability(
+            np.array(distributions[first]), np.array(distributions[second])
+        ),
     )
     failures = aspect_rows.group_by("aspect").agg(pl.col("failed").mean()).sort("aspect")
     metadata = {

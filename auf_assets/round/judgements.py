@@ -4,12 +4,14 @@ and their registry: `auf_assets.label_sources`)."""
 from collections import Counter
 
 import dagster as dg
+import polars as pl
 from pydantic import Field
 
+from auf_assets.core.agreement import confidence_summary
 from auf_assets.label_sources import LabelRequest, get_label_source
 from auf_assets.partitions import rounds_partitions
 from auf_assets.placement import GPU_POOL, GPU_TAGS
-from auf_assets.reporting import markdown_preview
+from auf_assets.reporting import figure_png, markdown_preview, png_markdown
 from auf_assets.round.selection import selected_pairs
 from auf_assets.round.shared import GROUP
 from auf_assets.round_guard import holds_round_chain
@@ -23,6 +25,32 @@ class JudgementsConfig(dg.Config):
         ge=0.0,
         description="scores this close count as a tie (rubric, reward-model and oracle judges)",
     )
+
+
+def _confidence_histogram(confidence: pl.Series) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 2.4), dpi=100)
+    ax.hist(confidence.to_numpy(), bins=10, range=(0.0, 1.0), color="#9ab", edgecolor="#567")
+    ax.set_xlabel("P(chosen is better)", fontsize=8)
+    ax.set_ylabel("verdicts", fontsize=8)
+    return figure_png(fig)
+
+
+def _confidence_metadata(rows: pl.DataFrame) -> dict:
+    """The judge's confidence over the decided verdicts (none for sources without one)."""
+    if "confidence" not in rows.columns:  # a registered source may build its own rows
+        return {}
+    given = rows["confidence"].drop_nulls().drop_nans()
+    if given.len() == 0:
+        return {}
+    return {
+        "confidence": dg.MetadataValue.json(confidence_summary(given.to_numpy())),
+        "confidence_histogram": png_markdown(_confidence_histogram(given), "judge confidence"),
+    }
 
 
 @dg.asset(
@@ -70,6 +98,7 @@ def judgements(
             "failed_pairs": prefs["failed"],
             "unlabelled_pairs": prefs["unlabelled"],
             **extra,
+            **_confidence_metadata(rows),
             "preview": markdown_preview(rows.select(preview)),
         }
     )

@@ -311,10 +311,13 @@ CREATE TABLE IF NOT EXISTS call_cache (
 ALTER TABLE pairs ADD COLUMN IF NOT EXISTS fallback VARCHAR;
 UPDATE pairs SET fallback = split_part(method, ':', 2), method = split_part(method, ':', 1)
 WHERE method LIKE '%:%';
+-- The judge's confidence in a decided verdict (P(the chosen response is better)); null for ties,
+-- failures and sources without one.
+ALTER TABLE judgements ADD COLUMN IF NOT EXISTS confidence DOUBLE;
 """
 
 # Bumped whenever SCHEMA changes: a connection runs SCHEMA only when the file's version is older.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 # Tables whose rows belong to one round partition (the unit of idempotent replacement).

@@ -232,4 +232,9 @@ def test_an_old_homes_random_suffix_becomes_the_fallback_field(tmp_path):
         "SELECT pair_id, method, fallback FROM pairs ORDER BY pair_id"
     ).rows()
     assert rows == [("p1", "sharp", "random"), ("p2", "sharp", None), ("p3", "deltaucb", None)]
-    assert store.sql_for_tests("SELECT max(version) AS v FROM auf_schema")["v"].item() == 6
+    from resources.store.schema import SCHEMA_VERSION
+
+    # Migrated forward to this code's version (6 added the field).
+    assert store.sql_for_tests("SELECT max(version) AS v FROM auf_schema")["v"].item() == (
+        SCHEMA_VERSION
+    )

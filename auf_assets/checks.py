@@ -2,7 +2,9 @@
 
 import dagster as dg
 
+from auf_assets.core.judge_vs_people import agreement_summary, judge_calibration, rounded
 from auf_assets.core.methods import method_names
+from auf_assets.judge_agreement import aspect_agreement, comparisons
 from auf_assets.partitions import rounds_partitions
 from auf_assets.round import (
     completions,
@@ -12,6 +14,7 @@ from auf_assets.round import (
     selected_pairs,
 )
 from auf_assets.round_chain import chain_report, stale_rounds
+from resources.labelling import LabellingSettings
 from resources.store import DuckDBStore
 
 
@@ -96,6 +99,57 @@ def judgements_recorded(
 
 
 @dg.asset_check(
+    asset=judgements,
+    partitions_def=rounds_partitions,
+    description="judge+people: the screening judge agrees with people on at least "
+    "labelling.min_agreement of the pairs both labelled (a warning below it), with kappa, the "
+    "agreement per route and per rubric aspect, and the judge's calibration. Passes with "
+    "nothing to compare (another label source, or no labels yet).",
+)
+def judge_agreement(
+    context: dg.AssetCheckExecutionContext, store: DuckDBStore, labelling: LabellingSettings
+) -> dg.AssetCheckResult:
+    frame = comparisons(store, labelling.resolution, [context.partition_key])
+    summary = agreement_summary(frame)
+    overall = summary["all"]
+    if overall["pairs"] == 0:
+        return dg.AssetCheckResult(
+            passed=True, metadata={"compared_pairs": 0, "why": "no pair has both verdicts"}
+        )
+    passed = overall["accuracy"] >= labelling.min_agreement
+    if not passed:
+        context.log.warning(
+            f"{context.partition_key}: the judge agrees with people on {overall['accuracy']:.0%} "
+            f"of {overall['pairs']} pairs, under labelling.min_agreement "
+            f"{labelling.min_agreement:.0%}"
+        )
+    calibration = [
+        {
+            "confidence": f"{b.lower:.1f}-{b.upper:.1f}",
+            "verdicts": b.count,
+            "mean_confidence": round(b.mean_confidence, 3),
+            "people_agreed": round(b.observed_agreement, 3),
+        }
+        for b in judge_calibration(frame)
+        if b.count
+    ]
+    exact = rounded(summary)["all"]
+    return dg.AssetCheckResult(
+        passed=passed,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "compared_pairs": overall["pairs"],
+            "accuracy": exact["accuracy"],
+            "kappa": exact["kappa"],
+            "min_agreement": labelling.min_agreement,
+            "by_route": dg.MetadataValue.json(rounded(summary)),
+            "by_aspect": dg.MetadataValue.json(rounded(aspect_agreement(store, frame))),
+            "calibration": dg.MetadataValue.json(calibration),
+        },
+    )
+
+
+@dg.asset_check(
     asset=reward_model,
     description="The round chain is current: every round's scores and reward model were built "
     "on the checkpoint its previous round holds now, and on the judgements stored now. Fails "
@@ -133,4 +187,5 @@ ROUND_CHECKS = [
     reward_scores_finite,
     selected_pairs_valid,
     judgements_recorded,
+    judge_agreement,
 ]

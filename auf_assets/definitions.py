@@ -13,7 +13,7 @@ from auf_assets.jobs import (
     policy_round_job,
     prompt_ingestion_job,
 )
-from auf_assets.labels import annotation_batch
+from auf_assets.labels import annotation_batch, judge_screening
 from auf_assets.placement import default_executor
 from auf_assets.policy_loop import POLICY_ASSETS
 from auf_assets.prompts import prompt_pool
@@ -70,6 +70,7 @@ defs = dg.Definitions(
         prompt_pool,
         *ROUND_ASSETS,
         *POLICY_ASSETS,
+        judge_screening,
         annotation_batch,
         *RELEASE_ASSETS,
         *TRAINING_ASSETS,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from auf_assets.core.policy import PolicyLoopConfig
-from auf_assets.labels import annotation_batch
+from auf_assets.labels import annotation_batch, judge_screening
 from auf_assets.policy_loop import policy_logprobs
 from auf_assets.prompts import prompt_pool
 from auf_assets.round import (
@@ -34,6 +34,7 @@ SELECTION_ASSETS = [
     response_features,
     reward_scores,
     selected_pairs,
+    judge_screening,
     annotation_batch,
 ]
 LABELLED_ASSETS = [judgements, reward_model]
@@ -57,7 +58,8 @@ pair_selection_job = dg.define_asset_job(
     tags=ROUND_CHAIN_TAGS,
     selection=dg.AssetSelection.assets(*SELECTION_ASSETS),
     description="The first half of a round people label: prompts -> completions -> uncertainty "
-    "scores -> pairs -> the annotation batch in the outbox.",
+    "scores -> pairs -> (judge+people: the judge's screening) -> the annotation batch in the "
+    "outbox.",
 )
 
 labelled_round_job = dg.define_asset_job(

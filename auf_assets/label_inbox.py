@@ -527,6 +527,8 @@ def label_status(
             state, ready, why = "trained", True, "labels trained on (reward model saved)"
         elif written is None:
             state, ready, why = "not_sent", False, "no annotation batch was written"
+        elif pairs == 0:
+            state, ready, why = "ready", True, "the judge's screening sent no pair to people"
         elif pairs and done >= pairs:
             state, ready, why = "ready", True, f"all {pairs} pairs labelled"
         elif enough and waited >= timedelta(hours=settings.wait_hours):

@@ -14,9 +14,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from auf_assets.core.label_sources import check_label_source
+from auf_assets.core.label_sources import MIXED_SOURCE, PEOPLE_SOURCES, check_label_source
+from auf_assets.core.routing import RoutingRule
 from resources import home
 from resources.env_settings import EnvSettings, from_env
 
@@ -35,6 +36,11 @@ ENV_VARS = {
     "AUF_LABEL_MAX_PROBLEMS": "max_problems",
     "AUF_MAX_ROUNDS": "max_rounds",
     "AUF_ORACLE_POOL": "oracle_pool",
+    "AUF_LABEL_SCREENING_JUDGE": "screening_judge",
+    "AUF_LABEL_PEOPLE_THRESHOLD": "people_threshold",
+    "AUF_LABEL_PEOPLE_BUDGET": "people_budget",
+    "AUF_LABEL_CALIBRATION_SHARE": "calibration_share",
+    "AUF_LABEL_MIN_AGREEMENT": "min_agreement",
     "AUF_PUBLISH_AFTER_ROUND": "publish_after_round",
     "AUF_TRAIN_AFTER_ROUND": "train_after_round",
 }
@@ -48,8 +54,43 @@ class LabellingSettings(EnvSettings):
     source: str = Field(
         default="llm_judge",
         description="who labels the selected pairs: llm_judge (rubric LLM), reward_model_judge "
-        "(a sequence-classification reward model), oracle (scores in a pool file), people, or "
-        "a source registered with auf_assets.label_sources.register_label_source",
+        "(a sequence-classification reward model), oracle (scores in a pool file), people, "
+        "judge+people (the screening_judge labels every pair, people the ones it is unsure of), "
+        "or a source registered with auf_assets.label_sources.register_label_source",
+    )
+    screening_judge: str = Field(
+        default="llm_judge",
+        description="judge+people: the source that labels every pair first (llm_judge, "
+        "reward_model_judge, or a registered source that scores responses)",
+    )
+    people_threshold: float = Field(
+        default=0.75,
+        ge=0.0,
+        le=1.0,
+        description="judge+people: pairs whose verdict the judge gives with a confidence "
+        "(P(chosen is better)) below this go to people, and so do its ties and failures; 0 = no "
+        "threshold (then people_budget alone picks them)",
+    )
+    people_budget: int = Field(
+        default=0,
+        ge=0,
+        description="judge+people: at most this many unsure pairs a round go to people, the "
+        "least confident first; 0 = no cap",
+    )
+    calibration_share: float = Field(
+        default=0.05,
+        ge=0.0,
+        le=1.0,
+        description="judge+people: this share of the pairs the judge is sure of (at least one a "
+        "round) also goes to people, so its agreement with people is measured where it decides "
+        "alone; 0 = none",
+    )
+    min_agreement: float = Field(
+        default=0.7,
+        ge=0.0,
+        le=1.0,
+        description="the judge_agreement check warns when the judge agrees with people on fewer "
+        "than this share of the pairs both decided",
     )
     inbox: str = Field(
         default="", description="label files are dropped here ($AUF_HOME/labels/inbox)"
@@ -113,6 +154,23 @@ class LabellingSettings(EnvSettings):
     def _known_source(cls, value: str) -> str:
         return check_label_source(value)
 
+    @model_validator(mode="after")
+    def _mixed_sends_pairs(self) -> LabellingSettings:
+        rule = (self.people_threshold, self.people_budget, self.calibration_share)
+        if self.source == MIXED_SOURCE and not any(rule):
+            raise ValueError(
+                "judge+people with people_threshold, people_budget and calibration_share all 0 "
+                "sends no pair to people: set one of them, or use the judge alone (llm_judge)"
+            )
+        return self
+
+    @field_validator("screening_judge")
+    @classmethod
+    def _judge_source(cls, value: str) -> str:
+        if value in PEOPLE_SOURCES:
+            raise ValueError(f"the screening judge labels on its own: not {value!r}")
+        return check_label_source(value)
+
     def _dir(self, value: str, name: str) -> Path:
         return Path(value) if value else home.labels_dir() / name
 
@@ -138,7 +196,17 @@ class LabellingSettings(EnvSettings):
 
     @property
     def people(self) -> bool:
-        return self.source == "people"
+        """People label some or all pairs: rounds run in two halves, the labels in between."""
+        return self.source in PEOPLE_SOURCES
+
+    @property
+    def mixed(self) -> bool:
+        """The judge labels every pair and people the ones it is unsure of (`judge+people`)."""
+        return self.source == MIXED_SOURCE
+
+    @property
+    def routing_rule(self) -> RoutingRule:
+        return RoutingRule(self.people_threshold, self.people_budget, self.calibration_share)
 
 
 def labelling_from_env(environ: Mapping[str, str] | None = None) -> LabellingSettings:

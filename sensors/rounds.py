@@ -81,7 +81,7 @@ from auf_assets.jobs import (
     pair_selection_job,
 )
 from auf_assets.label_inbox import label_status, scan_inbox
-from auf_assets.labels import annotation_batch
+from auf_assets.labels import annotation_batch, judge_screening
 from auf_assets.partitions import registered_rounds, round_index, round_key, rounds_partitions
 from auf_assets.policy_loop import policy_logprobs
 from auf_assets.release import RELEASE_ASSETS, dataset_release_job
@@ -115,7 +115,9 @@ def trained_rounds(instance: dg.DagsterInstance) -> set[str]:
 # The assets of the round chain (each holds the chain's lock, `holds_round_chain`): a run of any
 # of them for a round partition is a round run. Training a policy or a reward model on the rounds
 # (`policy_training`, `reward_model_training`) and releases read the rounds but are not rounds.
-_ROUND_CHAIN_ASSETS = frozenset(a.key for a in (*ROUND_ASSETS, annotation_batch, policy_logprobs))
+_ROUND_CHAIN_ASSETS = frozenset(
+    a.key for a in (*ROUND_ASSETS, judge_screening, annotation_batch, policy_logprobs)
+)
 _ROUND_JOB_NAMES = frozenset(job.name for job in ROUND_JOBS)
 
 
@@ -291,7 +293,8 @@ def labels_landed(
     if not labelling.people:
         return _idle(
             context,
-            f"label source is {labelling.source!r}: labels_landed acts only for 'people' "
+            f"label source is {labelling.source!r}: labels_landed acts only when people label "
+            "('people', 'judge+people') "
             "(turn on next_round to advance rounds with an automatic judge). Said once: later "
             "ticks skip quietly until the label source changes",
         )
@@ -415,7 +418,9 @@ def next_round(
     if problem:
         return dg.SkipReason(problem)
     if labelling.people:
-        return dg.SkipReason("label source is 'people': labels_landed advances the rounds")
+        return dg.SkipReason(
+            f"label source is {labelling.source!r}: labels_landed advances the rounds"
+        )
     plan = plan_next_round(context.instance, store, labelling, start_first=True)
     after = after_round_requests(context.instance, labelling, "next_round", schedule=False)
     if plan.key is None:
@@ -494,7 +499,7 @@ NIGHTLY = nightly_settings()
     cron_schedule=NIGHTLY.cron,
     execution_timezone=NIGHTLY.timezone,
     target=dg.AssetSelection.assets(
-        *ROUND_ASSETS, annotation_batch, *RELEASE_ASSETS, *POLICY_ASSETS
+        *ROUND_ASSETS, judge_screening, annotation_batch, *RELEASE_ASSETS, *POLICY_ASSETS
     ),
     default_status=dg.DefaultScheduleStatus.STOPPED,
     description="Nightly: starts the next round (pair selection when people label, the whole "

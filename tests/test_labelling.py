@@ -31,7 +31,7 @@ from auf_assets.jobs import (
     pair_selection_job,
 )
 from auf_assets.label_inbox import import_label_file, label_status, scan_inbox
-from auf_assets.labels import annotation_batch
+from auf_assets.labels import annotation_batch, judge_screening
 from auf_assets.prompts import prompt_pool
 from auf_assets.round import ROUND_ASSETS, judgements
 from resources.labelling import LabellingSettings, labelling_from_env
@@ -702,7 +702,7 @@ def test_end_to_end_labels_to_the_next_round(env, tiny_lm_dir):
     """Labels dropped -> sensor -> labelled_round run -> sensor -> round-0002 selected, through
     Dagster's own sensor evaluation (run keys, partition requests validated) and real runs."""
     defs = dg.Definitions(
-        assets=[prompt_pool, *ROUND_ASSETS, annotation_batch],
+        assets=[prompt_pool, *ROUND_ASSETS, judge_screening, annotation_batch],
         asset_checks=ROUND_CHECKS,
         jobs=[active_round_job, pair_selection_job, labelled_round_job],
         sensors=[labels_landed],

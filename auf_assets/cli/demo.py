@@ -456,6 +456,12 @@ def _round_summary(result, key: str, wall: float) -> str:
     pairs = metadata(result, "selected_pairs")
     if pairs:
         parts.append(f"{pairs.get('dagster/row_count')} pairs by {pairs.get('method')}")
+    screening = metadata(result, "judge_screening")
+    if screening.get("screened"):
+        parts.append(
+            f"the judge labelled {screening.get('dagster/row_count')} pairs "
+            f"({screening.get('unsure')} unsure, {screening.get('calibration')} for calibration)"
+        )
     batch = metadata(result, "annotation_batch")
     if batch.get("written"):
         parts.append(f"{batch.get('dagster/row_count')} pairs sent out for labelling")

@@ -122,7 +122,16 @@ def _status(args: argparse.Namespace) -> int:
         f"label source: {settings.source}; rule: {settings.resolution}, min_fraction "
         f"{settings.min_fraction:g} after {settings.wait_hours:g}h"
     )
+    if settings.mixed:
+        rule = settings.routing_rule
+        print(
+            f"judge+people: {settings.screening_judge} screens every pair; to people: confidence "
+            f"under {rule.threshold:g}"
+            + (f" (at most {rule.budget} a round)" if rule.budget else "")
+            + f", and {rule.calibration_share:.0%} of the rest for calibration"
+        )
     _print_status(store, settings)
+    _print_agreement(store, settings)
     inbox = settings.inbox_dir
     pending = sorted(p.name for p in inbox.iterdir() if not p.is_dir()) if inbox.is_dir() else []
     quarantined = settings.quarantine_dir
@@ -131,6 +140,46 @@ def _status(args: argparse.Namespace) -> int:
     print(f"inbox {inbox}: {len(pending)} file(s) not read yet{listed}")
     print(f"quarantine {quarantined}: {len(rejected)} rejected file(s)")
     return 0
+
+
+def _print_agreement(store, settings) -> None:
+    """Per round and in total: how often the screening judge agrees with people."""
+    from auf_assets.core.judge_vs_people import agreement_by_round, agreement_summary
+    from auf_assets.judge_agreement import aspect_agreement, comparisons
+
+    frame = comparisons(store, settings.resolution)
+    per_round = agreement_by_round(frame)
+    if frame.height == 0 or per_round["pairs"].sum() == 0:
+        return
+
+    def pct(value: float) -> str:
+        return "-" if value != value else f"{value:.0%}"
+
+    def kappa(value: float) -> str:
+        return "-" if value != value else f"{value:+.2f}"
+
+    print(f"\njudge vs people (min_agreement {settings.min_agreement:.0%})")
+    print(f"{'round':<12} {'pairs':>6} {'agree':>6} {'kappa':>6}  calibration pairs")
+    for row in per_round.iter_rows(named=True):
+        low = "  < min_agreement" if row["accuracy"] < settings.min_agreement else ""
+        print(
+            f"{row['round_id']:<12} {row['pairs']:>6} {pct(row['accuracy']):>6} "
+            f"{kappa(row['kappa']):>6}  {row['calibration_pairs']} agree "
+            f"{pct(row['calibration_accuracy'])}{low}"
+        )
+    total = agreement_summary(frame)
+    parts = ", ".join(
+        f"{name} {pct(part['accuracy'])} of {part['pairs']}"
+        for name, part in total.items()
+        if part["pairs"]
+    )
+    print(f"all rounds: {parts}; kappa {kappa(total['all']['kappa'])}")
+    aspects = aspect_agreement(store, frame)
+    if aspects:
+        print(
+            "per aspect: "
+            + ", ".join(f"{a} {pct(v['accuracy'])}" for a, v in aspects.items() if v["pairs"])
+        )
 
 
 def add_commands(sub) -> None:

@@ -7,7 +7,9 @@ its adapter in `auf_assets.label_sources`; `register_label_source` there adds a 
 
 from __future__ import annotations
 
-BUILT_IN_LABEL_SOURCES = ("llm_judge", "reward_model_judge", "oracle", "people")
+BUILT_IN_LABEL_SOURCES = ("llm_judge", "reward_model_judge", "oracle", "people", "judge+people")
+MIXED_SOURCE = "judge+people"  # a judge labels every pair, people the ones it is unsure of
+PEOPLE_SOURCES = ("people", MIXED_SOURCE)  # rounds wait for people's labels
 
 _names: list[str] = list(BUILT_IN_LABEL_SOURCES)
 
@@ -17,8 +19,8 @@ def label_source_names() -> tuple[str, ...]:
 
 
 def add_label_source_name(name: str) -> None:
-    if not name or not name.replace("_", "").replace("-", "").isalnum():
-        raise ValueError(f"a label source name is letters, digits, '-' and '_', got {name!r}")
+    if not name or not name.replace("_", "").replace("-", "").replace("+", "").isalnum():
+        raise ValueError(f"a label source name is letters, digits, '-', '_' and '+', got {name!r}")
     if name not in _names:
         _names.append(name)
 

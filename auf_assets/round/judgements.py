@@ -40,7 +40,7 @@ def _confidence_histogram(confidence: pl.Series) -> bytes:
     return figure_png(fig)
 
 
-def _confidence_metadata(rows: pl.DataFrame) -> dict:
+def confidence_metadata(rows: pl.DataFrame) -> dict:
     """The judge's confidence over the decided verdicts (none for sources without one)."""
     if "confidence" not in rows.columns:  # a registered source may build its own rows
         return {}
@@ -98,7 +98,7 @@ def judgements(
             "failed_pairs": prefs["failed"],
             "unlabelled_pairs": prefs["unlabelled"],
             **extra,
-            **_confidence_metadata(rows),
+            **confidence_metadata(rows),
             "preview": markdown_preview(rows.select(preview)),
         }
     )

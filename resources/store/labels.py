@@ -11,6 +11,9 @@ import polars as pl
 
 from resources.store.base import StoreBase, insert_rows
 
+# A pair went to people unless a `judge+people` screening kept it with the judge (route '').
+_SENT = "NOT EXISTS (SELECT 1 FROM judge_screening s WHERE s.pair_id = p.pair_id AND s.route = '')"
+
 
 class LabelsAndJudgements(StoreBase):
     """labels, imported_files, judgements, judge_scores, annotation_batches."""
@@ -58,20 +61,39 @@ class LabelsAndJudgements(StoreBase):
         )
 
     def label_progress(self) -> pl.DataFrame:
-        """Per round with an annotation batch or labels: pairs, labelled pairs, labels, state."""
+        """Per round with an annotation batch or labels: pairs sent to people (a `judge+people`
+        round sends only those its screening routed), labelled pairs, labels, state."""
         return self._query(
             "WITH r AS (SELECT round_id FROM annotation_batches UNION "
             "SELECT DISTINCT round_id FROM labels) "
             "SELECT r.round_id, "
-            "(SELECT count(*) FROM pairs p WHERE p.round_id = r.round_id) AS pairs, "
+            "(SELECT count(*) FROM pairs p WHERE p.round_id = r.round_id AND " + _SENT + ") "
+            "AS pairs, "
             "(SELECT count(DISTINCT l.pair_id) FROM labels l JOIN pairs p USING (pair_id) "
-            " WHERE l.round_id = r.round_id) AS labelled_pairs, "
+            " WHERE l.round_id = r.round_id AND " + _SENT + ") AS labelled_pairs, "
             "(SELECT count(*) FROM labels l WHERE l.round_id = r.round_id) AS labels, "
             "b.written_at, b.jsonl_path, b.csv_path, b.labelstudio_path, "
             "m.created_at AS trained_at "
             "FROM r LEFT JOIN annotation_batches b USING (round_id) "
             "LEFT JOIN reward_models m USING (round_id) "
             "LEFT JOIN rounds x USING (round_id) ORDER BY x.round_index NULLS LAST, r.round_id"
+        )
+
+    def screening_of_rounds(self, round_ids: Sequence[str] | None = None) -> pl.DataFrame:
+        """The judge's screening verdicts (`judge_screening`) of `round_ids` (None: every round)
+        with each pair's two responses and their models, in round order."""
+        select = (
+            "SELECT s.*, p.completion_a, p.completion_b, ca.model AS model_a, cb.model AS model_b "
+            "FROM judge_screening s JOIN pairs p USING (pair_id) "
+            "LEFT JOIN completions ca ON ca.completion_id = p.completion_a "
+            "LEFT JOIN completions cb ON cb.completion_id = p.completion_b "
+            "LEFT JOIN rounds r ON r.round_id = s.round_id "
+        )
+        order = "ORDER BY r.round_index NULLS LAST, s.round_id, s.pair_id"
+        if round_ids is None:
+            return self._query(select + order)
+        return self._with_rounds(
+            round_ids, select + "WHERE s.round_id IN (SELECT round_id FROM wanted) " + order
         )
 
     def rounds_labelled_by_people(self) -> set[str]:

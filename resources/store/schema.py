@@ -314,10 +314,31 @@ WHERE method LIKE '%:%';
 -- The judge's confidence in a decided verdict (P(the chosen response is better)); null for ties,
 -- failures and sources without one.
 ALTER TABLE judgements ADD COLUMN IF NOT EXISTS confidence DOUBLE;
+-- The judge's verdict on every selected pair of a `judge+people` round, made before people see
+-- any (the judgements columns), and where the pair went: 'unsure' and 'calibration' to people,
+-- '' nowhere (the judge's verdict stands).
+CREATE TABLE IF NOT EXISTS judge_screening (
+    pair_id VARCHAR PRIMARY KEY,
+    round_id VARCHAR NOT NULL,
+    prompt_id VARCHAR NOT NULL,
+    score_a DOUBLE,
+    score_b DOUBLE,
+    preference VARCHAR NOT NULL,
+    chosen_completion_id VARCHAR,
+    rejected_completion_id VARCHAR,
+    labeller VARCHAR NOT NULL,
+    labelled_at TIMESTAMP,
+    source VARCHAR,
+    n_labels INTEGER,
+    votes VARCHAR,
+    raw_choices VARCHAR,
+    confidence DOUBLE,
+    route VARCHAR NOT NULL
+);
 """
 
 # Bumped whenever SCHEMA changes: a connection runs SCHEMA only when the file's version is older.
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 # Tables whose rows belong to one round partition (the unit of idempotent replacement).
@@ -328,6 +349,7 @@ ROUND_TABLES = (
     "pairs",
     "judge_scores",
     "judgements",
+    "judge_screening",
     "reward_models",
     "annotation_batches",
     "policy_logprobs",

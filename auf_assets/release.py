@@ -35,6 +35,7 @@ from auf_assets.core.release import (
 from auf_assets.core.release_card import cost_facts, release_facts, render_card
 from auf_assets.core.settings import TEST_FRACTION
 from auf_assets.partitions import round_index
+from auf_assets.release_report import GROUP, dataset_report
 from auf_assets.reporting import figure_png, markdown_preview, png_markdown
 from auf_assets.round import (
     completions,
@@ -48,7 +49,6 @@ from resources.hub import HubDataset, HubError
 from resources.ledger import ledger_from_env
 from resources.store import DuckDBStore, utcnow
 
-GROUP = "release"
 CODE_VERSION = "1"
 
 
@@ -345,7 +345,7 @@ def preference_dataset_valid(store: DuckDBStore) -> dg.AssetCheckResult:
 
 @dg.asset(
     group_name=GROUP,
-    deps=[preference_dataset],
+    deps=[preference_dataset, dataset_report],
     kinds={"huggingface"},
     code_version=CODE_VERSION,
     description="The newest dataset version on the Hugging Face Hub: all its files in one "
@@ -399,16 +399,17 @@ def hub_dataset(
     )
 
 
-RELEASE_ASSETS = [preference_dataset, hub_dataset]
+RELEASE_ASSETS = [preference_dataset, dataset_report, hub_dataset]
 RELEASE_CHECKS = [preference_dataset_valid]
 
 dataset_build_job = dg.define_asset_job(
     "dataset_build",
-    selection=dg.AssetSelection.assets(preference_dataset),
-    description="Build the preference dataset of the completed rounds (auf export).",
+    selection=dg.AssetSelection.assets(preference_dataset, dataset_report),
+    description="Build the preference dataset of the completed rounds and its report (auf export).",
 )
 dataset_release_job = dg.define_asset_job(
     "dataset_release",
     selection=dg.AssetSelection.assets(*RELEASE_ASSETS),
-    description="Build the preference dataset of the completed rounds and push it to the Hub.",
+    description="Build the preference dataset of the completed rounds and its report, and "
+    "push it to the Hub.",
 )

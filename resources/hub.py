@@ -25,10 +25,10 @@ from urllib.parse import urlsplit
 import dagster as dg
 from pydantic import Field
 
-from auf_assets.core.release import CARD, CONFIG_DIRS, MANIFEST, verify_release
+from auf_assets.core.release import CARD, CONFIG_DIRS, MANIFEST, REPORT_DIR, verify_release
 
 # Files a push owns in the repo: anything else (a user's own files) is left alone.
-_MANAGED = (CARD, MANIFEST, *(f"{d}/" for d in CONFIG_DIRS.values()))
+_MANAGED = (CARD, MANIFEST, *(f"{d}/" for d in (*CONFIG_DIRS.values(), REPORT_DIR)))
 _TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
 # Errors of the HTTP client that no retry can fix: the URL itself is wrong.
 _MALFORMED_URL = ("UnsupportedProtocol", "InvalidURL", "LocalProtocolError")

@@ -458,6 +458,7 @@ def test_rounds_request_a_release_after_each_finished_round_when_enabled(auf_hom
         assert [r.partition_key for r in requests] == ["round-0002", None]
         assert set(requests[1].asset_selection) == {
             dg.AssetKey("preference_dataset"),
+            dg.AssetKey("dataset_report"),
             dg.AssetKey("hub_dataset"),
         }
         assert requests[1].run_key == "release-round-0001"

@@ -93,6 +93,8 @@ def _stage_note(asset: str, md: dict) -> str:
         splits = md.get("rows_per_split") or {}
         shown = ", ".join(f"{split} {n}" for split, n in splits.items())
         return f"{md.get('version')}: {rows} pairs ({shown})"
+    if asset == "dataset_report":
+        return f"{md.get('version')}: {len(md.get('rows_per_figure') or {})} figures in report/"
     if asset == "hub_dataset":
         what = "pushed" if md.get("new_commit") else "unchanged (no new commit)"
         return f"{what}: {md.get('url')}"

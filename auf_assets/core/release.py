@@ -9,6 +9,8 @@ laid out as a Hugging Face dataset repository:
     data/{split}-00000-of-0000N.parquet         config `default`: one row per labelled pair
     trl/{split}-...parquet           config `trl`: the same pairs as TRL's DPOTrainer wants them
     completions/{split}-...parquet   config `completions`: every prompt with all its responses
+    report/*.png                     the dataset report's figures, which the card shows (written
+                                     by `add_report` after the build; no config reads them)
 
 Everything is deterministic: the same stored rounds give byte-identical files (stable row order,
 a split by a hash of `prompt_id`, no timestamps of the build in any file). A split with no rows
@@ -43,6 +45,7 @@ CARD = "README.md"
 FORMAT = "auf-release/1"
 # config name -> folder in the repo (the Hub's convention: the default config lives in data/)
 CONFIG_DIRS = {"default": "data", "trl": "trl", "completions": "completions"}
+REPORT_DIR = "report"
 LABELLED = ("a", "b")
 NOT_RELEASED = ("tie", "failed", "unlabelled")
 
@@ -476,6 +479,49 @@ def finish_release(
         manifest_sha256=hashlib.sha256(text.encode()).hexdigest(),
         rows=manifest["rows"],
     )
+
+
+def add_report(folder: Path, figures: Mapping[str, bytes], card_text: str) -> ReleaseFiles:
+    """Put the report's files into a built version under `report/`, with the card that shows
+    them; returns the version's new manifest.
+
+    The version is checked against its manifest first (a damaged one is left as it is), then
+    rebuilt beside itself: the data files are hard links (a copy where links are not possible),
+    earlier report files are dropped, and `finish_release` swaps the new folder in whole and
+    lists every file in the manifest again (with `report`: the report's file names).
+    """
+    folder = Path(folder)
+    manifest = verify_release(folder)
+    for name in figures:
+        if not name or "/" in name or "\\" in name or name.startswith("."):
+            raise ReleaseError(f"a report file is a plain file name, got {name!r}")
+    keep = {CARD, MANIFEST, REPORT_DIR}
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        shutil.copytree(
+            folder,
+            staging,
+            dirs_exist_ok=True,
+            copy_function=_link_or_copy,
+            ignore=lambda where, names: keep & set(names) if Path(where) == folder else set(),
+        )
+        (staging / REPORT_DIR).mkdir()
+        for name, data in sorted(figures.items()):
+            (staging / REPORT_DIR / name).write_bytes(data)
+        fields = {k: v for k, v in manifest.items() if k != "files"}
+        fields["report"] = [f"{REPORT_DIR}/{name}" for name in sorted(figures)]
+        return finish_release(staging, folder, card_text=card_text, manifest=fields)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    """A hard link (a version's files are never written in place), else a copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def read_manifest(folder: Path) -> dict:

@@ -22,13 +22,14 @@ class ReleasesAndCheckpoints(StoreBase):
         """Every verdict of `round_ids` with its pair, prompt, both responses and their scores.
 
         `a` and `b` are the pair's responses as selected (not chosen/rejected: ties, failed and
-        unlabelled pairs are in here too, so they can be counted).
+        unlabelled pairs are in here too, so they can be counted). `confidence` is the judge's
+        (the dataset report plots it; the released rows do not carry it).
         """
         return self._with_rounds(
             round_ids,
             "SELECT j.pair_id, j.round_id, r.round_index, j.prompt_id, q.prompt, q.source, "
             "q.origin AS prompt_origin, j.preference, j.score_a, j.score_b, j.labeller, "
-            "j.source AS label_source, j.n_labels, j.labelled_at, "
+            "j.source AS label_source, j.n_labels, j.labelled_at, j.confidence, "
             "p.method, p.fallback, p.beta, p.seed, p.completion_a, p.completion_b, "
             "ca.member AS member_a, ca.model AS model_a, ca.sampling AS sampling_a, "
             "ca.principle AS principle_a, ca.response AS response_a, "

@@ -19,12 +19,14 @@ import dagster as dg
 import polars as pl
 
 from auf_assets.core.dataset_report import (
+    JUDGE_PEOPLE_SCHEMA,
     card_with_report,
     drawn_figures,
     report_section,
     report_tables,
 )
 from auf_assets.core.judge_bias import DECIDED
+from auf_assets.core.judge_vs_people import comparison_frame
 from auf_assets.core.markdown import markdown_table
 from auf_assets.core.release import CARD, CONFIG_DIRS, ReleaseError, add_report, verify_release
 from auf_assets.core.release_card import model_name
@@ -249,6 +251,23 @@ def _released_pair_ids(folder: Path) -> set[str]:
     return set(pl.read_parquet(shards, columns=["pair_id"])["pair_id"]) if shards else set()
 
 
+def judge_people_pairs(store: DuckDBStore, pairs: pl.DataFrame) -> pl.DataFrame:
+    """The `judge_people` frame of `core.dataset_report`: the `judge+people` screening verdicts
+    of the released rounds against people's verdicts as released (the pairs people decided)."""
+    rounds = pairs["round_id"].unique().to_list()
+    decided = pairs.filter(pl.col("label_source") == "people")
+    people = dict(zip(decided["pair_id"], decided["preference"], strict=True))
+    frame = comparison_frame(store.screening_of_rounds(rounds), people)
+    return frame.select(
+        "pair_id",
+        "round_id",
+        pl.col("labeller").alias("judge"),
+        pl.col("judge").alias("judge_preference"),
+        pl.col("people").alias("people_preference"),
+        "confidence",
+    ).cast(JUDGE_PEOPLE_SCHEMA)
+
+
 def write_dataset_report(
     store: DuckDBStore, judge_people: pl.DataFrame | None = None, log=print
 ) -> dict:
@@ -257,8 +276,9 @@ def write_dataset_report(
     version is built, for a damaged version, or for one whose rounds' verdicts changed in the
     store since it was built (the report would describe other data).
 
-    `judge_people`: pairs with both a judge's and people's verdict (`core.dataset_report`); the
-    agreement figure and the self-preference table need it.
+    `judge_people`: pairs with both a judge's and people's verdict (`core.dataset_report`), for
+    the agreement figure and the self-preference table; None reads them from the store
+    (`judge_people_pairs`).
     """
     release = store.latest_release()
     if release is None:
@@ -275,6 +295,8 @@ def write_dataset_report(
             f"({len(stored ^ released)} labelled pairs differ): materialise preference_dataset "
             "again, then the report"
         )
+    if judge_people is None:
+        judge_people = judge_people_pairs(store, pairs)
     tables = report_tables(pairs, store.release_completions(rounds), judge_people)
     figures = drawn_figures(tables)
     started = time.perf_counter()

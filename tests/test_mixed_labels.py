@@ -21,6 +21,8 @@ from auf_assets.judge_agreement import comparisons
 from auf_assets.label_inbox import label_status
 from auf_assets.labels import annotation_batch, judge_screening
 from auf_assets.prompts import prompt_pool
+from auf_assets.release import preference_dataset
+from auf_assets.release_report import dataset_report
 from resources.labelling import LabellingSettings
 from resources.store import DuckDBStore
 from sensors.rounds import labels_landed
@@ -152,6 +154,18 @@ def test_people_decide_the_routed_pairs_and_the_round_trains(
     assert check.metadata["compared_pairs"].value == compared.height >= 1
     assert check.metadata["accuracy"].value == pytest.approx(expected, abs=1e-3)
     assert check.passed == (expected >= 0.9) and check.severity == dg.AssetCheckSeverity.WARN
+
+    # the dataset report of this round draws the agreement and measures self-preference
+    release = dg.materialize(
+        [preference_dataset, dataset_report],
+        instance=instance,
+        resources={"store": store, "labelling": labelling},
+    )
+    assert release.success
+    folder = home / store.latest_release()["path"]
+    assert (folder / "report" / "agreement.png").exists()
+    card = (folder / "README.md").read_text()
+    assert "report/agreement.png" in card and "judge, where people labelled too" in card
 
     monkeypatch.setenv("AUF_LABEL_SOURCE", "judge+people")
     monkeypatch.setenv("AUF_LABEL_PEOPLE_THRESHOLD", "0")

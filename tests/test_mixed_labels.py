@@ -205,3 +205,25 @@ def test_a_round_of_another_source_keeps_no_screening(screened, tmp_path, monkey
     assert store.count_rows("judge_screening", R1) == 0
     [status] = label_status(store, people)
     assert status.pairs == 4  # every pair goes to people again
+
+
+def test_a_label_for_a_pair_the_judge_kept_is_refused(screened, tmp_path, monkeypatch):
+    import shutil
+
+    from auf_assets.label_inbox import import_label_file
+
+    home = tmp_path / "home"
+    shutil.copytree(screened[0], home)
+    monkeypatch.setenv("AUF_HOME", str(home))
+    store, labelling = DuckDBStore(), mixed()
+    screening = store.round_rows("judge_screening", R1)
+    kept = screening.filter(pl.col("route") == ROUTE_JUDGE)["pair_id"][0]
+    path = drop(
+        SimpleNamespace(labelling=labelling),
+        "kept.jsonl",
+        [{"pair_id": kept, "round_id": R1, "choice": "A"}],
+    )
+    outcome = import_label_file(path, store, labelling)
+    assert outcome.status == "quarantined"
+    assert "never sent out" in " ".join(outcome.problems)
+    assert store.count_rows("labels") == 0

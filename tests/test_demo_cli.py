@@ -309,3 +309,36 @@ def test_auf_demo_refuses_a_method_a_round_cannot_run(tmp_path):
         assert proc.returncode == 2, proc.stdout + proc.stderr
         assert says in proc.stderr and "sharp" in proc.stderr
         assert "== prompt pool" not in proc.stdout  # refused before any run
+
+
+@pytest.mark.process
+def test_judge_and_people_between_two_auf_demo_calls(demo_home, tmp_path):
+    """judge+people: the judge screens the pairs, only the least sure (and a calibration pair)
+    go out, and the second call trains on people's and the judge's verdicts together."""
+    home, config = demo_home
+    mixed = {
+        "AUF_LABEL_SOURCE": "judge+people",
+        "AUF_LABEL_PEOPLE_THRESHOLD": "0",
+        "AUF_LABEL_PEOPLE_BUDGET": "1",
+        "AUF_LABEL_CALIBRATION_SHARE": "0.01",
+    }
+    first = ok(auf(home, "demo", "--config", str(config), **mixed))
+    assert re.search(
+        r"judge_screening .*3 pairs judged: 1 unsure and 1 for calibration go to people", first
+    )
+    assert "0/2 pairs labelled" in first
+    sent = (home / "labels" / "outbox" / "round-0001.jsonl").read_text().splitlines()
+    pairs = [json.loads(line) for line in sent]
+    assert len(pairs) == 2
+    ok(auf(home, "labels", "import", str(write_labels(tmp_path / "l.jsonl", pairs)), **mixed))
+    second = ok(auf(home, "demo", "--config", str(config), **mixed))
+    assert "== round-0001: training on the labels (all 2 pairs labelled)" in second
+    sources = query(
+        home,
+        "SELECT source, count(*) FROM judgements WHERE round_id = 'round-0001' "
+        "GROUP BY source ORDER BY source",
+    )
+    assert sources == [("llm_judge", 1), ("people", 2)]
+    assert query(home, "SELECT pairs_trained FROM reward_models") == [(PROMPTS,)]
+    status = ok(auf(home, "labels", "status", **mixed))
+    assert "judge vs people" in status

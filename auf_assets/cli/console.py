@@ -98,6 +98,13 @@ def _stage_note(asset: str, md: dict) -> str:
     if asset == "hub_dataset":
         what = "pushed" if md.get("new_commit") else "unchanged (no new commit)"
         return f"{what}: {md.get('url')}"
+    if asset == "judge_screening":
+        if not md.get("screened"):
+            return "nothing to screen (the label source is not judge+people)"
+        return (
+            f"{rows} pairs judged: {num('unsure')} unsure and {num('calibration')} for "
+            f"calibration go to people, the judge decides {num('judge_decides')}"
+        )
     if asset == "annotation_batch":
         if md.get("written") is False:
             return "nothing written (labels do not come from people)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from datetime import datetime
 
 import duckdb
 import numpy as np
@@ -356,3 +357,26 @@ def test_the_round_reads_the_assets_and_checks_use(store):
     )
     assert store.reward_model_records()[rid]["pairs_trained"] == 1
     assert store.round_overview().row(0, named=True)["pairs_trained"] == 1
+
+
+def test_a_screening_limits_what_counts_as_sent_to_people(store):
+    _small_round(store)
+    rid = "round-0001"
+    store.replace_round(
+        "annotation_batches",
+        rid,
+        pl.DataFrame({"round_id": [rid], "pairs": [1], "written_at": [datetime(2026, 1, 1)]}),
+    )
+    assert store.label_progress()["pairs"].to_list() == [2]  # people label every pair
+    screening = store.round_rows("judgements", rid).with_columns(
+        route=pl.Series(["unsure", ""]), source=pl.lit("llm_judge")
+    )
+    store.replace_round("judge_screening", rid, screening)
+    assert store.label_progress()["pairs"].to_list() == [1]  # q1 stays with the judge
+    read = store.screening_of_rounds([rid])
+    assert read.select("pair_id", "route", "completion_a", "model_b").rows() == [
+        ("q0", "unsure", "c1", "m"),
+        ("q1", "", "c4", "m"),
+    ]
+    assert store.screening_of_rounds().height == 2
+    assert store.screening_of_rounds(["round-0002"]).height == 0

@@ -124,11 +124,15 @@ def _status(args: argparse.Namespace) -> int:
     )
     if settings.mixed:
         rule = settings.routing_rule
+        if rule.threshold and rule.budget:
+            unsure = f"confidence under {rule.threshold:g}, at most {rule.budget} a round"
+        elif rule.threshold:
+            unsure = f"confidence under {rule.threshold:g}"
+        else:
+            unsure = f"the {rule.budget} least confident a round" if rule.budget else "none"
         print(
-            f"judge+people: {settings.screening_judge} screens every pair; to people: confidence "
-            f"under {rule.threshold:g}"
-            + (f" (at most {rule.budget} a round)" if rule.budget else "")
-            + f", and {rule.calibration_share:.0%} of the rest for calibration"
+            f"judge+people: {settings.screening_judge} screens every pair; to people: {unsure}, "
+            f"and {rule.calibration_share:.0%} of the rest for calibration"
         )
     _print_status(store, settings)
     _print_agreement(store, settings)

@@ -27,6 +27,12 @@ from auf_assets.core.judging import (
     score_from_text,
     score_from_top_logprobs,
 )
+from auf_assets.core.pairwise import (
+    LETTERS,
+    LetterChoice,
+    choice_from_top_logprobs,
+    pairwise_messages,
+)
 from auf_assets.core.seeding import stable_hash
 from auf_assets.core.settings import PACKAGED_LM
 from resources import home
@@ -159,6 +165,48 @@ class RubricJudge(EnvSettings):
             every=self.save_every,
             dump=json.dumps,
         )
+
+    def compare(
+        self,
+        prompts: Sequence[str],
+        firsts: Sequence[str],
+        seconds: Sequence[str],
+        progress: Progress | None = None,
+        *,
+        cache: CallCache | None = None,
+        usage: Usage | None = None,
+    ) -> list[LetterChoice]:
+        """Per (prompt, first, second): P(first better) from one A/B question (`core.pairwise`);
+        the caller asks both orders. The same model, backend and limits as the rubric."""
+        convs = [
+            pairwise_messages(
+                p,
+                a,
+                b,
+                max_prompt_chars=self.max_prompt_chars,
+                max_response_chars=self.max_response_chars,
+            )
+            for p, a, b in zip(prompts, firsts, seconds, strict=True)
+        ]
+        lm = self._lm()
+        try:
+            tops = self._cached_calls(
+                "pairwise",
+                convs,
+                lambda chunk: lm.first_token_logprobs(
+                    chunk,
+                    top_k=self.top_k,
+                    candidates=LETTERS,
+                    batch_size=self.batch_size,
+                    progress=progress,
+                ),
+                cache,
+                usage,
+            )
+        finally:
+            if usage is not None:
+                usage.add(**lm.usage.snapshot())
+        return [choice_from_top_logprobs(top) for top in tops]
 
     def rate(
         self,

@@ -56,12 +56,13 @@ class LabellingSettings(EnvSettings):
         description="who labels the selected pairs: llm_judge (rubric LLM), reward_model_judge "
         "(a sequence-classification reward model), oracle (scores in a pool file), people, "
         "judge+people (the screening_judge labels every pair, people the ones it is unsure of), "
+        "pairwise_judge (the judge model compares the two responses, in both orders), "
         "or a source registered with auf_assets.label_sources.register_label_source",
     )
     screening_judge: str = Field(
         default="llm_judge",
         description="judge+people: the source that labels every pair first (llm_judge, "
-        "reward_model_judge, or a registered source that scores responses)",
+        "pairwise_judge, reward_model_judge, or a registered source that gives a confidence)",
     )
     people_threshold: float = Field(
         default=0.75,

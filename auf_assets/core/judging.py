@@ -87,7 +87,7 @@ _TRUNCATION_MARKER = "\n\n[... {what} truncated here: {n} more characters not sh
 _CUT_MARKER = "\n\n[... {{n}} characters of the {what} not shown here ...]\n\n"
 
 
-def _bounded(text: str, limit: int, what: str) -> str:
+def bounded_text(text: str, limit: int, what: str) -> str:
     if limit < 1:
         raise ValueError(f"max_{what}_chars must be positive, got {limit}")
     if len(text) <= limit:
@@ -113,8 +113,8 @@ def judge_messages(
     """
     if aspect not in RUBRICS:
         raise ValueError(f"unknown aspect {aspect!r}; expected one of {', '.join(ASPECTS)}")
-    shown = _bounded(response, max_response_chars, "response")
-    asked = _bounded(prompt, max_prompt_chars, "prompt")
+    shown = bounded_text(response, max_response_chars, "response")
+    asked = bounded_text(prompt, max_prompt_chars, "prompt")
     user = (
         f"Rate the response below on one aspect: {aspect.replace('_', ' ')}.\n\n"
         f"Rubric:\n{RUBRICS[aspect]}\n\n"

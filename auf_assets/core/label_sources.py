@@ -7,7 +7,14 @@ its adapter in `auf_assets.label_sources`; `register_label_source` there adds a 
 
 from __future__ import annotations
 
-BUILT_IN_LABEL_SOURCES = ("llm_judge", "reward_model_judge", "oracle", "people", "judge+people")
+BUILT_IN_LABEL_SOURCES = (
+    "llm_judge",
+    "reward_model_judge",
+    "oracle",
+    "people",
+    "judge+people",
+    "pairwise_judge",
+)
 MIXED_SOURCE = "judge+people"  # a judge labels every pair, people the ones it is unsure of
 PEOPLE_SOURCES = ("people", MIXED_SOURCE)  # rounds wait for people's labels
 

@@ -16,12 +16,19 @@ from auf_assets.core.label_sources import (
     add_label_source_name,
     label_source_names,
 )
-from auf_assets.label_sources import mixed, oracle, people, reward_model, rubric
+from auf_assets.label_sources import mixed, oracle, pairwise, people, reward_model, rubric
 from auf_assets.label_sources.base import LabelRequest, Labels, LabelSourceAdapter
 
 _SOURCES: dict[str, LabelSourceAdapter] = {
     adapter.name: adapter
-    for adapter in (rubric.SOURCE, reward_model.SOURCE, oracle.SOURCE, people.SOURCE, mixed.SOURCE)
+    for adapter in (
+        rubric.SOURCE,
+        reward_model.SOURCE,
+        oracle.SOURCE,
+        people.SOURCE,
+        mixed.SOURCE,
+        pairwise.SOURCE,
+    )
 }
 assert tuple(_SOURCES) == BUILT_IN_LABEL_SOURCES, "every built-in name has its adapter"
 

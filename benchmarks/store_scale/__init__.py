@@ -1,0 +1,1 @@
+"""Parts of benchmarks/bench_store_scale.py: the DuckDB and Postgres stores side by side."""

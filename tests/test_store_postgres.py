@@ -100,3 +100,15 @@ def test_rounds_and_a_label_import_on_postgres(tmp_path, postgres_url, monkeypat
     assert store.count_rows("judgements", "round-0002") == store.count_rows("pairs", "round-0002")
     assert store.shared_round_prompts().height == 0
     assert not (tmp_path / "auf.duckdb").exists()
+
+
+def test_every_per_round_table_is_indexed_by_round_on_postgres(tmp_path, postgres_url, monkeypatch):
+    monkeypatch.setenv("AUF_HOME", str(tmp_path))
+    monkeypatch.setenv("AUF_STORE_URL", postgres_url)
+    store = DuckDBStore()
+    indexed = set(
+        store.sql_for_tests("SELECT tablename FROM pg_indexes WHERE indexdef LIKE '%(round_id)'")[
+            "tablename"
+        ]
+    )
+    assert indexed >= {*schema.ROUND_TABLES, "labels"}

@@ -293,6 +293,16 @@ def _failure(result: dg.ExecuteInProcessResult) -> str:
     return ""
 
 
+@pytest.fixture()
+def home(home, tmp_path, monkeypatch) -> Path:
+    """A copy of the shared two-round home: the report rewrites versions and records pushes,
+    which other modules' tests of the same home must not see."""
+    copy = tmp_path / "own-home"
+    shutil.copytree(home, copy)
+    monkeypatch.setenv("AUF_HOME", str(copy))
+    return copy
+
+
 def test_the_report_lands_in_the_version_which_verifies_loads_and_shows_it(home, tmp_path):
     import datasets
     from huggingface_hub import DatasetCard

@@ -6,8 +6,10 @@ least confident under the threshold, at most k). A calibration share of the pair
 sure of goes to people too, picked at random, so the judge's agreement with people is measured on
 the pairs it decides alone as well, not only on the hard ones.
 
-A verdict's confidence is P(the chosen response is better) (`core.agreement`), so it lies in
-[0.5, 1]; a tie or a failed judgement has none (NaN) and counts as the least sure of all.
+A verdict's confidence is P(the chosen response is better) (`core.agreement`), mostly in
+[0.5, 1]: the rubric judge chooses by expected scores and its confidence compares mean-digit
+distributions, so a near-equal pair can come out just under 0.5 (it then counts as very unsure,
+as it should). A tie or a failed judgement has none (NaN) and counts as the least sure of all.
 """
 
 from __future__ import annotations

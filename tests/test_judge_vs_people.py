@@ -63,6 +63,12 @@ def test_calibration_bins_cover_the_upper_half():
     assert counts == {0.5: (1, 0.0), 0.8: (1, 1.0), 0.9: (1, 1.0)}
 
 
+def test_a_confidence_just_under_half_counts_in_the_first_bin():
+    low = TABLE.vstack(frame([("r2", "p7", "unsure", "b", 0.499, "a")]))
+    first = judge_calibration(low)[0]
+    assert (first.count, first.observed_agreement) == (2, 0.0)
+
+
 def test_aspect_verdicts_and_agreement():
     scores = pl.DataFrame(
         {

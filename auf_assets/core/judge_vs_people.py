@@ -89,12 +89,13 @@ def agreement_by_round(frame: pl.DataFrame) -> pl.DataFrame:
 
 def judge_calibration(frame: pl.DataFrame, n_bins: int = 5) -> list[CalibrationBin]:
     """The judge's confidence against how often people agreed, over the compared decided
-    verdicts. Confidence lies in [0.5, 1]; the bins cover that range's half of [0, 1]."""
+    verdicts, in `n_bins` bins over [0.5, 1] (a confidence just under 0.5, see `core.routing`,
+    counts in the first)."""
     rows = compared(frame).filter(
         pl.col("confidence").is_not_null() & pl.col("confidence").is_not_nan()
     )
     bins = calibration_bins(
-        rows["confidence"].to_list(),
+        rows["confidence"].clip(0.5, 1.0).to_list(),
         (rows["judge"] == rows["people"]).to_list(),
         n_bins=2 * n_bins,
     )

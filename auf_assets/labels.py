@@ -23,6 +23,7 @@ from auf_assets.core.labels import (
 from auf_assets.core.routing import ROUTE_CALIBRATION, ROUTE_JUDGE, ROUTE_UNSURE, route_to_people
 from auf_assets.core.seeding import stable_seed
 from auf_assets.label_sources import LabelRequest, get_label_source
+from auf_assets.label_sources.mixed import round_screening
 from auf_assets.partitions import rounds_partitions
 from auf_assets.placement import GPU_POOL, GPU_TAGS
 from auf_assets.reporting import markdown_preview
@@ -119,18 +120,7 @@ class AnnotationBatchConfig(dg.Config):
 
 def _routed_to_people(store: DuckDBStore, round_id: str, rows: pl.DataFrame) -> pl.DataFrame:
     """The pairs of `rows` the round's screening sent to people (judge+people)."""
-    screening = store.round_rows("judge_screening", round_id)
-    if screening.height == 0:
-        raise dg.Failure(
-            f"label source is 'judge+people' but {round_id} has no judge screening: materialise "
-            "judge_screening first (the pair_selection job runs it before this step)"
-        )
-    unscreened = rows.filter(~pl.col("pair_id").is_in(screening["pair_id"].to_list())).height
-    if unscreened:
-        raise dg.Failure(
-            f"{unscreened} of {round_id}'s selected pairs were selected after its screening: "
-            "materialise judge_screening again, then this step"
-        )
+    screening = round_screening(store, round_id, rows["pair_id"].to_list())
     sent = screening.filter(pl.col("route") != ROUTE_JUDGE)["pair_id"].to_list()
     return rows.filter(pl.col("pair_id").is_in(sent))
 

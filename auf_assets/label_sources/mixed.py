@@ -14,10 +14,12 @@ from auf_assets.core.routing import ROUTE_JUDGE
 from auf_assets.core.verdicts import VERDICT_SCHEMA
 from auf_assets.label_sources.base import LabelRequest, Labels, LabelSourceAdapter
 from auf_assets.label_sources.people import people_verdicts
+from resources.store import DuckDBStore
 
 
-def label(request: LabelRequest) -> Labels:
-    store, round_id, pairs = request.store, request.round_id, request.pairs
+def round_screening(store: DuckDBStore, round_id: str, pair_ids: list[str]) -> pl.DataFrame:
+    """The judge's screening of the round's pairs `pair_ids`; a dg.Failure saying what to run
+    when the round has none, or when a pair was selected after it."""
     screening = store.round_rows("judge_screening", round_id)
     if screening.height == 0:
         raise dg.Failure(
@@ -25,13 +27,18 @@ def label(request: LabelRequest) -> Labels:
             "pair_selection job for this round (its judge_screening step labels every pair and "
             "sends the unsure ones to people), then labelled_round once their labels are in"
         )
-    unscreened = pairs.filter(~pl.col("pair_id").is_in(screening["pair_id"].to_list())).height
+    unscreened = len(set(pair_ids) - set(screening["pair_id"]))
     if unscreened:
         raise dg.Failure(
             f"{unscreened} of {round_id}'s pairs were selected after its screening: run "
             "pair_selection for the round again (judge_screening, then a new annotation batch)"
         )
-    screening = screening.filter(pl.col("pair_id").is_in(pairs["pair_id"].to_list()))
+    return screening.filter(pl.col("pair_id").is_in(pair_ids))
+
+
+def label(request: LabelRequest) -> Labels:
+    store, round_id, pairs = request.store, request.round_id, request.pairs
+    screening = round_screening(store, round_id, pairs["pair_id"].to_list())
     sent = screening.filter(pl.col("route") != ROUTE_JUDGE)
     people = pl.DataFrame(schema=VERDICT_SCHEMA)
     people_meta: dict = {"labels": 0}

@@ -2,7 +2,12 @@
 
 import dagster as dg
 
-from auf_assets.core.judge_vs_people import agreement_summary, judge_calibration, rounded
+from auf_assets.core.judge_vs_people import (
+    agreement_summary,
+    judge_calibration,
+    reward_temperature,
+    rounded,
+)
 from auf_assets.core.methods import method_names
 from auf_assets.judge_agreement import aspect_agreement, comparisons
 from auf_assets.partitions import rounds_partitions
@@ -145,6 +150,8 @@ def judge_agreement(
             "by_route": dg.MetadataValue.json(rounded(summary)),
             "by_aspect": dg.MetadataValue.json(rounded(aspect_agreement(store, frame))),
             "calibration": dg.MetadataValue.json(calibration),
+            # reward-model judge: the confidence_temperature its rewards fit people's choices at
+            "fitted_confidence_temperature": reward_temperature(frame),
         },
     )
 

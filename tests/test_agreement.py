@@ -215,3 +215,15 @@ def test_a_verdict_carries_the_confidence_of_its_chosen_side():
     nan = verdicts_from_scores(pairs, scores, a_beats_b=lambda *_: math.nan, **kwargs)
     assert nan["confidence"].null_count() == 4  # NaN is stored as null
     assert verdicts_from_scores(pairs, scores, **kwargs)["confidence"].null_count() == 4
+
+
+def test_the_fitted_temperature_recovers_the_one_that_made_the_choices():
+    from auf_assets.core.agreement import fit_temperature
+
+    rng = np.random.default_rng(0)
+    gaps = rng.normal(0.0, 2.0, 4000)
+    a_won = rng.random(4000) < 1.0 / (1.0 + np.exp(-gaps / 0.5))
+    assert fit_temperature(gaps, a_won) == pytest.approx(0.5, rel=0.15)
+    # a judge that points the wrong way is told to stay near 0.5
+    assert fit_temperature(gaps, ~a_won) == pytest.approx(100.0)
+    assert fit_temperature([], []) is None and fit_temperature([0.0, 0.0], [True, False]) is None

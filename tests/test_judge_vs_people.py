@@ -114,3 +114,13 @@ def test_people_preferences_resolve_votes_and_comparison_frame():
     assert out.columns[:6] == ["round_id", "pair_id", "route", "judge", "confidence", "people"]
     assert out["people"].to_list() == ["b", "unlabelled"] and "model_a" in out.columns
     assert comparison_frame(screening, {})["people"].to_list() == ["unlabelled"] * 2
+
+
+def test_a_reward_judge_screening_fits_its_temperature_to_people():
+    from auf_assets.core.judge_vs_people import reward_temperature
+
+    rows = frame([("r", f"p{i}", "unsure", "a", 0.6, "a" if i % 4 else "b") for i in range(40)])
+    rows = rows.with_columns(source=pl.lit("reward_model_judge"), score_a=1.0, score_b=0.0)
+    fitted = reward_temperature(rows)  # people pick the higher reward 3 times in 4
+    assert fitted == pytest.approx(1 / math.log(3), rel=0.05)  # sigmoid(1 / T) = 0.75
+    assert reward_temperature(rows.with_columns(source=pl.lit("llm_judge"))) is None

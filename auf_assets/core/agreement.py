@@ -228,3 +228,30 @@ def confidence_summary(confidence: Sequence[float]) -> dict[str, float]:
     for q in (10, 25, 50, 75, 90):
         summary[f"p{q}"] = round(float(np.percentile(c, q)), 3)
     return summary
+
+
+def fit_temperature(
+    reward_gaps: Sequence[float], a_won: Sequence[bool], *, grid: int = 241
+) -> float | None:
+    """The `reward_confidence` temperature that best explains people's choices: the maximum
+    likelihood of ``a_won`` under ``sigmoid(gap / T)``, over T from 0.01 to 100 (log grid).
+
+    ``reward_gaps`` are ``r_a - r_b``, ``a_won`` whether people chose a (ties left out by the
+    caller). None with no pair, or when every gap is 0 (nothing to fit). A judge whose gaps point
+    the wrong way more often than not is fitted with the largest T: its confidence then stays
+    near 0.5, which is the honest statement about such a judge.
+    """
+    gaps = np.asarray(reward_gaps, dtype=np.float64).reshape(-1)
+    won = np.asarray(a_won, dtype=bool).reshape(-1)
+    if gaps.size != won.size:
+        raise ValueError(f"{gaps.size} gaps but {won.size} outcomes")
+    keep = np.isfinite(gaps)
+    gaps, won = gaps[keep], won[keep]
+    if gaps.size == 0 or not np.any(gaps):
+        return None
+    sign = np.where(won, 1.0, -1.0)
+    temperatures = np.logspace(-2, 2, grid)
+    # log sigmoid(s * g / T) = -log1p(exp(-s * g / T)), summed over the pairs, per T
+    z = -(sign * gaps)[None, :] / temperatures[:, None]
+    loglik = -np.logaddexp(0.0, z).sum(axis=1)
+    return float(temperatures[int(np.argmax(loglik))])

@@ -19,7 +19,14 @@ from collections.abc import Mapping
 import numpy as np
 import polars as pl
 
-from auf_assets.core.agreement import LABELS, Agreement, CalibrationBin, agreement, calibration_bins
+from auf_assets.core.agreement import (
+    LABELS,
+    Agreement,
+    CalibrationBin,
+    agreement,
+    calibration_bins,
+    fit_temperature,
+)
 from auf_assets.core.judging import decide_preference
 from auf_assets.core.labels import Vote, resolve_votes
 from auf_assets.core.routing import ROUTE_CALIBRATION, ROUTE_UNSURE
@@ -100,6 +107,24 @@ def judge_calibration(frame: pl.DataFrame, n_bins: int = 5) -> list[CalibrationB
         n_bins=2 * n_bins,
     )
     return bins[n_bins:]
+
+
+def reward_temperature(frame: pl.DataFrame) -> float | None:
+    """For a reward-model screening judge: the `confidence_temperature` that fits people's
+    choices on the pairs both decided (`core.agreement.fit_temperature`); None for another
+    judge or with nothing to fit."""
+    if "source" not in frame.columns or "score_a" not in frame.columns:
+        return None
+    rows = compared(frame).filter(
+        (pl.col("source") == "reward_model_judge")
+        & pl.col("people").is_in(["a", "b"])
+        & pl.col("score_a").is_not_null()
+        & pl.col("score_b").is_not_null()
+    )
+    if rows.height == 0:
+        return None
+    gaps = (rows["score_a"] - rows["score_b"]).to_numpy()
+    return fit_temperature(gaps, (rows["people"] == "a").to_numpy())
 
 
 def aspect_verdicts(

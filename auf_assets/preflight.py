@@ -20,6 +20,8 @@ from dagster._core.errors import DagsterInvalidConfigError
 from dagster._core.system_config.objects import ResolvedRunConfig
 from pydantic import ValidationError
 
+from resources.labelling import LabellingSettings
+
 # Resource keys that were renamed (old -> new): Dagster would only say "unexpected config entry".
 RENAMED_RESOURCES = {"labeling": "labelling"}
 
@@ -85,7 +87,22 @@ def run_config_problems(job: dg.JobDefinition, run_config: Mapping[str, Any] | N
         env_problem = getattr(resource, "environment_problem", None)
         if env_problem is not None and env_problem():
             problems.append(f"resources.{key}: {env_problem()}")
+        if isinstance(resource, LabellingSettings) and resource.people:
+            problems += _people_between_halves(job, resource)
     return problems
+
+
+def _people_between_halves(job: dg.JobDefinition, labelling: LabellingSettings) -> list[str]:
+    """People label between selecting a round's pairs and judging them: one run cannot do
+    both (it would generate the round, then fail waiting for labels)."""
+    ops = set(job.graph.node_dict)
+    if {"selected_pairs", "judgements"} <= ops:
+        return [
+            f"label source {labelling.source!r} waits for people between selected_pairs and "
+            "judgements: run the pair_selection job, then labelled_round once the labels are in "
+            f"(not {job.name})"
+        ]
+    return []
 
 
 def check_run_config(context: dg.AssetExecutionContext) -> None:

@@ -227,3 +227,15 @@ def test_a_label_for_a_pair_the_judge_kept_is_refused(screened, tmp_path, monkey
     assert outcome.status == "quarantined"
     assert "never sent out" in " ".join(outcome.problems)
     assert store.count_rows("labels") == 0
+
+
+@pytest.mark.parametrize("source", ["people", "judge+people"])
+def test_a_whole_round_in_one_run_is_refused_before_any_work_when_people_label(source):
+    from auf_assets.definitions import defs
+    from auf_assets.preflight import run_config_problems
+
+    config = {"resources": {"labelling": {"config": {"source": source}}}}
+    [problem] = run_config_problems(defs.resolve_job_def("active_round"), config)
+    assert f"label source {source!r} waits for people" in problem and "pair_selection" in problem
+    for job in ("pair_selection", "labelled_round"):
+        assert run_config_problems(defs.resolve_job_def(job), config) == []

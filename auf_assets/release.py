@@ -21,6 +21,7 @@ from pydantic import Field
 from auf_assets.core.costs import PriceTable
 from auf_assets.core.release import (
     CONFIG_DIRS,
+    MAX_SHARD_MB,
     ReleaseError,
     ReleaseOptions,
     completion_rows,
@@ -74,7 +75,7 @@ class PreferenceDatasetConfig(dg.Config):
     )
     train_split: str = Field(default="train", description="e.g. train_prefs (the H4 names)")
     test_split: str = Field(default="test", description="e.g. test_prefs")
-    max_shard_mb: float = Field(default=500.0, gt=0, description="largest parquet shard")
+    max_shard_mb: float = Field(default=MAX_SHARD_MB, gt=0, description="largest parquet shard")
     license: str = Field(default="", description="license id for the card (e.g. mit, cc-by-4.0)")
     language: list[str] = Field(default_factory=list, description="language codes for the card")
     pretty_name: str = Field(default="", description="the card's title")

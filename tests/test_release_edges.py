@@ -297,3 +297,22 @@ def test_an_interrupted_run_says_interrupted(tmp_path):
     console.close()
     assert not result.success and was_interrupted(result) and console.interrupted
     assert failure_message(result) == "interrupted (Ctrl-C) during stopped_by_ctrl_c"
+
+
+@pytest.mark.slow
+def test_a_text_column_over_2_gib_is_written_in_standard_types(tmp_path):
+    """At UltraFeedback's size the completions config holds 3 GB of text: more than a standard
+    Arrow string column can (2 GiB). Shards are cut before the cast, so each one fits."""
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    from auf_assets.core.release import write_tables
+
+    text = "x" * 2**20
+    frame = pl.DataFrame({"prompt_id": [f"p{i}" for i in range(2100)], "response": [text] * 2100})
+    written = write_tables(tmp_path, {"completions": {"train": frame}}, 500 * 2**20)
+    names = written["completions"]["train"]
+    assert len(names) == 5
+    schema = pq.read_schema(tmp_path / names[0])
+    assert schema.field("response").type == "string"
+    assert sum(pq.read_metadata(tmp_path / n).num_rows for n in names) == 2100

@@ -50,6 +50,9 @@ LABELLED = ("a", "b")
 NOT_RELEASED = ("tie", "failed", "unlabelled")
 
 
+MAX_SHARD_MB = 500  # the largest parquet shard of a release, before compression
+
+
 class ReleaseError(ValueError):
     """The dataset cannot be built from what is stored (the message says why)."""
 
@@ -59,7 +62,7 @@ class ReleaseOptions:
     test_fraction: float = TEST_FRACTION
     train_split: str = "train"
     test_split: str = "test"
-    max_shard_bytes: int = 500 * 2**20
+    max_shard_bytes: int = MAX_SHARD_MB * 2**20
     license: str = ""
     language: tuple[str, ...] = ()
     pretty_name: str = ""
@@ -373,16 +376,23 @@ def _standard_type(t: pa.DataType) -> pa.DataType:
     return t
 
 
-def standard_table(frame: pl.DataFrame) -> pa.Table:
-    table = frame.to_arrow()
+def standard_table(table: pa.Table) -> pa.Table:
     schema = pa.schema([pa.field(f.name, _standard_type(f.type), f.nullable) for f in table.schema])
     return table.cast(schema)
 
 
-def _shards(table: pa.Table, max_bytes: int) -> list[pa.Table]:
-    n = max(1, math.ceil(table.nbytes / max_bytes))
-    per = math.ceil(table.num_rows / n)
-    return [table.slice(i * per, per) for i in range(n) if i * per < table.num_rows]
+def standard_shards(frame: pl.DataFrame, max_bytes: int) -> list[pa.Table]:
+    """The frame in shards of about `max_bytes`, each in the standard Arrow types. Sliced
+    before the cast, in polars (an Arrow slice keeps the whole buffer, which the cast checks): a
+    standard string column holds at most 2 GiB, and a release's responses at UltraFeedback's
+    size are more (3 GB of text at 2M responses)."""
+    n = max(1, math.ceil(frame.estimated_size() / max_bytes))
+    per = math.ceil(frame.height / n)
+    return [
+        standard_table(frame.slice(i * per, per).to_arrow())
+        for i in range(n)
+        if i * per < frame.height
+    ]
 
 
 def _sha256(path: Path) -> str:
@@ -415,7 +425,7 @@ def write_tables(
         for split, frame in splits.items():
             if frame.height == 0:  # `datasets` cannot read a 0-row shard: see split_configs
                 raise ReleaseError(f"refusing to write the empty {split} split of {config}")
-            shards = _shards(standard_table(frame), max_shard_bytes)
+            shards = standard_shards(frame, max_shard_bytes)
             names = []
             for i, shard in enumerate(shards):
                 name = f"{sub}/{split}-{i:05d}-of-{len(shards):05d}.parquet"

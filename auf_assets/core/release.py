@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -382,16 +383,16 @@ def standard_table(table: pa.Table) -> pa.Table:
 
 
 def standard_shards(frame: pl.DataFrame, max_bytes: int) -> list[pa.Table]:
-    """The frame in shards of about `max_bytes`, each in the standard Arrow types. Sliced
-    before the cast, in polars (an Arrow slice keeps the whole buffer, which the cast checks): a
-    standard string column holds at most 2 GiB, and a release's responses at UltraFeedback's
-    size are more (3 GB of text at 2M responses)."""
-    n = max(1, math.ceil(frame.estimated_size() / max_bytes))
-    per = math.ceil(frame.height / n)
+    """The frame in shards of about `max_bytes`, each in the standard Arrow types. Each shard's
+    rows are copied out (`take`) before the cast: a standard string column holds at most 2 GiB, a
+    release's responses at UltraFeedback's size are more (3 GB of text at 2M responses), and a
+    slice (in Arrow or polars) keeps the whole buffer, which the cast checks, nested lists too."""
+    table = frame.to_arrow()
+    n = max(1, math.ceil(table.nbytes / max_bytes))
+    per = math.ceil(table.num_rows / n)
     return [
-        standard_table(frame.slice(i * per, per).to_arrow())
-        for i in range(n)
-        if i * per < frame.height
+        standard_table(table.take(np.arange(start, min(start + per, table.num_rows))))
+        for start in range(0, table.num_rows, per)
     ]
 
 

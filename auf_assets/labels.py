@@ -77,7 +77,8 @@ def judge_screening(
         LabelRequest(context, label_source, store, round_id, pairs, config.tie_margin)
     )
     confidence = verdicts["confidence"].fill_null(math.nan).to_numpy()
-    routes = route_to_people(confidence, labelling.routing_rule, seed=stable_seed(round_id))
+    rule = labelling.routing_rule
+    routes = route_to_people(confidence, rule, seed=stable_seed(round_id))
     rows = verdicts.with_columns(route=pl.Series(routes.tolist(), dtype=pl.String))
     store.replace_round_tables(round_id, {"judge_scores": scores, "judge_screening": rows})
     CallCache(store, round_id, "judgements").clear()
@@ -88,7 +89,6 @@ def judge_screening(
         f"{sent}/{rows.height} pairs go to people ({count.get(ROUTE_UNSURE, 0)} unsure, "
         f"{count.get(ROUTE_CALIBRATION, 0)} calibration); the judge decides the rest"
     )
-    rule = labelling.routing_rule
     return dg.MaterializeResult(
         metadata={
             "screened": True,
